@@ -1,0 +1,193 @@
+"""The ``clrl`` command: ``clrl list`` and ``clrl run``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clrl import metrics
+from clrl.algorithms import ALGORITHMS
+from clrl.errors import ClrlError, ConfigError
+from clrl.modules import L2, ContinualModule
+from clrl.presets import make_model
+from clrl.runner import TrainResult, train, train_multitask, train_single_task
+from clrl.streams import builtin_streams, load_stream, make_stream
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+METHODS: dict[str, type[ContinualModule] | None] = {"finetune": None, "l2": L2}
+"""Continual methods by command-line name (``None``: no module)."""
+BASELINES = ("multitask", "single-task")
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML literal (``0.001``, ``true``, ``[64, 64]``, ``{ net_arch = [8] }``), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _parse_assignments(items: Sequence[str], what: str) -> dict[str, Any]:
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} must look like key=value, got {item!r}")
+        parsed[key.strip()] = _parse_value(value.strip())
+    return parsed
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clrl", description="Continual reinforcement learning with SB3.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list built-in streams, algorithms and methods")
+    run = sub.add_parser("run", help="train on a stream, task after task, and print the return matrix")
+    run.add_argument("stream", help="a built-in stream name or a stream file (TOML)")
+    run.add_argument("--algo", default="ppo", help="algorithm (default: ppo)")
+    run.add_argument("--method", default="finetune", help="continual method or baseline (default: finetune)")
+    run.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
+    run.add_argument("--logdir", default="runs", help="root of run directories (default: runs)")
+    run.add_argument("--steps", type=int, help="training steps per task (default: the stream's)")
+    run.add_argument("--eval-episodes", type=int, default=10, help="episodes per task and evaluation")
+    run.add_argument("--eval-freq", type=int, help="also evaluate every N steps during training")
+    run.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="algorithm hyperparameters")
+    run.add_argument(
+        "--method-arg", nargs="*", default=[], metavar="KEY=VALUE", help="module hyperparameters"
+    )
+    run.add_argument("--device", default="auto", help="torch device (default: auto)")
+    run.add_argument("--overwrite", action="store_true", help="replace existing run directories")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("-v", "--verbose", action="store_true", help="print SB3's training logs")
+    return parser
+
+
+def _list() -> None:
+    print("streams:")
+    for name, path in builtin_streams().items():
+        stream = load_stream(path)
+        print(f"  {name:<20} {len(stream)} tasks, task id {stream.task_id:<8}  {stream.description}")
+    print("algorithms:\n  " + ", ".join(ALGORITHMS))
+    print("methods:\n  " + ", ".join([*METHODS, *BASELINES]))
+
+
+def _make_modules(method: str, args: dict[str, Any]) -> list[ContinualModule]:
+    cls = METHODS[method]
+    if cls is None:
+        if args:
+            raise ConfigError(f"method {method!r} takes no --method-arg")
+        return []
+    try:
+        return [cls(**args)]
+    except TypeError as exc:
+        raise ConfigError(f"bad --method-arg for {cls.__name__}: {exc}") from exc
+
+
+def _run(ns: argparse.Namespace) -> list[TrainResult]:
+    valid = [*METHODS, *BASELINES]
+    if ns.method not in valid:
+        raise ConfigError(f"unknown method {ns.method!r}; choose one of: {', '.join(valid)}")
+    if ns.algo.lower() not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {ns.algo!r}; choose one of: {', '.join(ALGORITHMS)}")
+    hp = _parse_assignments(ns.hp, "--hp")
+    method_args = _parse_assignments(ns.method_arg, "--method-arg")
+    stream = make_stream(ns.stream, steps_per_task=ns.steps)
+    if ns.method in METHODS:
+        _make_modules(ns.method, method_args)  # bad --method-arg fails before any training
+    elif method_args:
+        raise ConfigError(f"baseline {ns.method!r} takes no --method-arg")
+    if ns.verbose:
+        hp.setdefault("verbose", 1)
+    results = []
+    for seed in ns.seeds:
+        logdir = Path(ns.logdir) / stream.name / f"{ns.algo.lower()}-{ns.method}" / f"seed{seed}"
+        common: dict[str, Any] = dict(
+            logdir=logdir,
+            seed=seed,
+            eval_episodes=ns.eval_episodes,
+            overwrite=ns.overwrite,
+            progress_bar=not ns.no_progress,
+        )
+        print(f"clrl: {stream.name} / {ns.algo.lower()} / {ns.method} / seed {seed} -> {logdir}", flush=True)
+
+        def factory(i: int, seed: int = seed) -> Any:
+            return make_model(ns.algo, stream, seed, hp, task_index=i, device=ns.device)
+
+        result = _dispatch(ns, stream, factory, method_args, common)
+        print(format_result(result), flush=True)
+        results.append(result)
+    if len(results) > 1:
+        print(format_seeds(results))
+    return results
+
+
+def _dispatch(
+    ns: argparse.Namespace,
+    stream: Any,
+    factory: Callable[[int], Any],
+    method_args: dict[str, Any],
+    common: dict[str, Any],
+) -> TrainResult:
+    if ns.method == "single-task":
+        return train_single_task(factory, stream, **common)
+    if ns.method == "multitask":
+        return train_multitask(factory(0), stream, eval_freq=ns.eval_freq, **common)
+    modules = _make_modules(ns.method, method_args)
+    return train(factory(0), stream, modules, eval_freq=ns.eval_freq, method=ns.method, **common)
+
+
+def format_matrix(result: TrainResult) -> str:
+    """The return matrix as an aligned text table."""
+    names = result.task_names
+    width = max(10, *(len(n) + 2 for n in names))
+    lines = ["after \\ on".ljust(20) + "".join(n.rjust(width) for n in names)]
+    for i, row in enumerate(result.matrix):
+        label = "untrained" if i == 0 else f"{i}. {names[i - 1]}"
+        lines.append(label[:19].ljust(20) + "".join(f"{v:{width}.1f}" for v in row))
+    return "\n".join(lines)
+
+
+def format_result(result: TrainResult) -> str:
+    """The matrix and metrics of one run."""
+    m = result.metrics
+    line = "  ".join(f"{k.upper() if k != 'forgetting' else 'forgetting'} {m[k]:.1f}" for k in m)
+    return f"{format_matrix(result)}\n{line}\n"
+
+
+def format_seeds(results: Sequence[TrainResult]) -> str:
+    """Mean and 95% bootstrap confidence interval of each metric over seeds."""
+    lines = [f"over {len(results)} seeds (mean [95% CI]):"]
+    for key in results[0].metrics:
+        mean, lo, hi = metrics.bootstrap_ci([r.metrics[key] for r in results])
+        lines.append(f"  {key:<11} {mean:8.1f}  [{lo:.1f}, {hi:.1f}]")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clrl`` command; returns the exit status (2 for bad input)."""
+    ns = _build_parser().parse_args(argv)
+    np.set_printoptions(precision=1, suppress=True)
+    try:
+        if ns.command == "list":
+            _list()
+        else:
+            _run(ns)
+    except ClrlError as exc:
+        print(f"clrl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clrl: interrupted; the tasks completed so far are in results.json", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

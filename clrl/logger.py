@@ -1,0 +1,173 @@
+"""TensorBoard output of a continual run, and its ``results.json``.
+
+One run directory holds one event file, shared with SB3: SB3's own scalars (``rollout/``, ``train/``)
+continue across tasks on the global step axis, and clrl adds ``eval/<task>/return``, ``cl/*`` scalars, the
+return matrix as a heatmap image and as a text table, and the HParams summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat, configure
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+_CELL_W, _CELL_H, _MARGIN = 64, 24, 56
+# Anchor colours of matplotlib's viridis map, interpolated linearly.
+_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)
+
+
+class RunLogger:
+    """Writes one continual run to TensorBoard, sharing SB3's event file.
+
+    Args:
+        logdir: The run directory.
+        model: The SB3 model; its logger is replaced by one writing TensorBoard (and stdout when the model
+            is verbose) to ``logdir`` until :meth:`close` gives the model its own logger back.
+    """
+
+    def __init__(self, logdir: str | Path, model: BaseAlgorithm) -> None:
+        self.logdir = Path(logdir)
+        self.model = model
+        self._previous = (model.__dict__.get("_logger"), model._custom_logger)
+        formats = ["tensorboard", "stdout"] if model.verbose >= 1 else ["tensorboard"]
+        self.sb3_logger: Logger = configure(str(self.logdir), formats)
+        model.set_logger(self.sb3_logger)
+        tb = next(f for f in self.sb3_logger.output_formats if isinstance(f, TensorBoardOutputFormat))
+        self.writer: SummaryWriter = tb.writer
+
+    def eval_row(self, step: int, task_names: Sequence[str], row: Sequence[float] | np.ndarray) -> None:
+        """Log ``eval/<task>/return`` for every task at global step ``step``."""
+        log_eval_row(self.writer, step, task_names, row)
+
+    def task_end(
+        self,
+        step: int,
+        task_index: int,
+        task_names: Sequence[str],
+        matrix: np.ndarray,
+        metrics: Mapping[str, float],
+    ) -> None:
+        """Log ``cl/<metric>``, ``cl/task``, and the return matrix so far (heatmap and table)."""
+        self.writer.add_scalar("cl/task", task_index, step)
+        for key, value in metrics.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(f"cl/{key}", value, step)
+        self.writer.add_image("cl/return_matrix", render_matrix(matrix), step, dataformats="HWC")
+        self.writer.add_text("cl/return_matrix", matrix_markdown(matrix, task_names), step)
+        self.writer.flush()
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Write the HParams summary, linking hyperparameters to the final ``cl/*`` metrics."""
+        clean = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()}
+        metric_tags = {f"cl/{k}": v for k, v in metrics.items() if math.isfinite(v)}
+        file_writer = self.writer._get_file_writer()
+        for summary in hparams_summary(clean, metric_tags):
+            file_writer.add_summary(summary)
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file, and give the model back the logger it had."""
+        self.sb3_logger.close()
+        previous, custom = self._previous
+        if previous is not None:
+            self.model._logger = previous
+        else:
+            self.model.__dict__.pop("_logger", None)
+        self.model._custom_logger = custom
+
+
+def log_eval_row(
+    writer: SummaryWriter, step: int, task_names: Sequence[str], row: Sequence[float] | np.ndarray
+) -> None:
+    """Write ``eval/<task>/return`` for every task at global step ``step``."""
+    for name, value in zip(task_names, row, strict=True):
+        writer.add_scalar(f"eval/{name}/return", float(value), step)
+    writer.flush()
+
+
+def matrix_markdown(matrix: np.ndarray, task_names: Sequence[str]) -> str:
+    """The return matrix as a markdown table: one row per training stage, one column per task."""
+    header = "| after \\ on | " + " | ".join(task_names) + " |"
+    lines = [header, "|" + "---|" * (len(task_names) + 1)]
+    for i, row in enumerate(matrix):
+        label = "untrained" if i == 0 else task_names[i - 1]
+        cells = " | ".join("" if np.isnan(v) else f"{v:.1f}" for v in row)
+        lines.append(f"| {label} | {cells} |")
+    return "\n".join(lines)
+
+
+def _colour(t: float) -> tuple[int, int, int]:
+    x = min(max(t, 0.0), 1.0) * (len(_VIRIDIS) - 1)
+    lo = math.floor(x)
+    hi = min(lo + 1, len(_VIRIDIS) - 1)
+    c = _VIRIDIS[lo] + (x - lo) * (_VIRIDIS[hi] - _VIRIDIS[lo])
+    return int(c[0]), int(c[1]), int(c[2])
+
+
+def render_matrix(matrix: np.ndarray) -> np.ndarray:
+    """The return matrix as an RGB heatmap (uint8, HWC) with each cell's value written in it.
+
+    Rows are training stages (``0`` untrained, ``i`` after task ``i``), columns the evaluated tasks; cells
+    not yet measured are grey.
+    """
+    rows, cols = matrix.shape
+    finite = matrix[np.isfinite(matrix)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    span = hi - lo or 1.0
+    image = Image.new("RGB", (_MARGIN + cols * _CELL_W, _CELL_H + rows * _CELL_H), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for j in range(cols):
+        draw.text((_MARGIN + j * _CELL_W + 4, 6), f"task {j + 1}", fill=(0, 0, 0))
+    for i in range(rows):
+        y = _CELL_H + i * _CELL_H
+        draw.text((4, y + 6), "init" if i == 0 else f"after {i}", fill=(0, 0, 0))
+        for j in range(cols):
+            x = _MARGIN + j * _CELL_W
+            value = matrix[i, j]
+            if not np.isfinite(value):
+                draw.rectangle((x, y, x + _CELL_W - 1, y + _CELL_H - 1), fill=(200, 200, 200))
+                continue
+            t = (value - lo) / span
+            draw.rectangle((x, y, x + _CELL_W - 1, y + _CELL_H - 1), fill=_colour(t))
+            draw.text((x + 4, y + 6), f"{value:.1f}", fill=(0, 0, 0) if t > 0.6 else (255, 255, 255))
+    return np.asarray(image)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_jsonable(data), f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON data: arrays become lists, non-finite floats ``null``."""
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,148 @@
+"""Continual-learning metrics as pure functions of the return matrix.
+
+Every function takes ``R``, a float array of shape ``(n_tasks + 1, n_tasks)``: ``R[0, j]`` is the return of
+the untrained agent on task ``j``, ``R[i, j]`` (``i >= 1``) the return on task ``j`` after training on tasks
+``0 .. i-1``. So task ``j`` was last trained just before row ``j + 1``, and the final row is ``R[-1]``.
+A metric that needs at least two tasks returns ``nan`` for a single one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+
+def _check(matrix: ArrayLike) -> NDArray[np.float64]:
+    r = np.asarray(matrix, dtype=np.float64)
+    if r.ndim != 2 or r.shape[1] < 1 or r.shape[0] != r.shape[1] + 1:
+        raise ValueError(f"a return matrix has shape (n_tasks + 1, n_tasks), got {r.shape}")
+    return r
+
+
+def average_return(matrix: ArrayLike) -> float:
+    """ACC: mean final return over all tasks, ``1/T Σ_j R[T, j]``.
+
+    Paper: Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (ACC), NeurIPS.
+    """
+    return float(_check(matrix)[-1].mean())
+
+
+def backward_transfer(matrix: ArrayLike) -> float:
+    """BWT: how training on later tasks changed earlier ones, ``1/(T-1) Σ_{j<T-1} (R[T, j] - R[j+1, j])``.
+
+    Negative values are forgetting.
+
+    Paper: Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (BWT), NeurIPS.
+    """
+    r = _check(matrix)
+    n = r.shape[1]
+    if n < 2:
+        return float("nan")
+    return float(np.mean([r[n, j] - r[j + 1, j] for j in range(n - 1)]))
+
+
+def forward_transfer(matrix: ArrayLike) -> float:
+    """FWT: how earlier tasks help a task before it is trained, ``1/(T-1) Σ_{j>=1} (R[j, j] - R[0, j])``.
+
+    ``R[j, j]`` is the return on task ``j`` after training on the tasks before it, ``R[0, j]`` that of the
+    untrained agent (GEM's ``b_j``).
+
+    Paper: Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (FWT), NeurIPS.
+    """
+    r = _check(matrix)
+    n = r.shape[1]
+    if n < 2:
+        return float("nan")
+    return float(np.mean([r[j, j] - r[0, j] for j in range(1, n)]))
+
+
+def forgetting(matrix: ArrayLike) -> float:
+    """Average forgetting: ``1/(T-1) Σ_{j<T-1} max_{1<=l<=T-1} R[l, j] - R[T, j]``.
+
+    The best return a task ever had after training started (before the final task) minus its final return.
+
+    Paper: Chaudhry et al. 2018, "Riemannian Walk for Incremental Learning: Understanding Forgetting and
+    Intransigence", ECCV (Eq. 3).
+    """
+    r = _check(matrix)
+    n = r.shape[1]
+    if n < 2:
+        return float("nan")
+    return float(np.mean([r[1:n, j].max() - r[n, j] for j in range(n - 1)]))
+
+
+def normalize(matrix: ArrayLike, low: ArrayLike, high: ArrayLike) -> NDArray[np.float64]:
+    """Per-task normalised scores ``(R[:, j] - low[j]) / (high[j] - low[j])``.
+
+    ``low`` is usually a random policy's return and ``high`` the single-task reference (training from
+    scratch), so that 0 is random and 1 the reference. Any matrix-shaped input works.
+    """
+    r = np.asarray(matrix, dtype=np.float64)
+    lo = np.asarray(low, dtype=np.float64)
+    hi = np.asarray(high, dtype=np.float64)
+    if lo.shape != (r.shape[-1],) or hi.shape != lo.shape:
+        raise ValueError(f"low and high need shape ({r.shape[-1]},), got {lo.shape} and {hi.shape}")
+    span = hi - lo
+    if np.any(span == 0):
+        raise ValueError("high and low are equal for some task: cannot normalise")
+    return (r - lo) / span
+
+
+def auc_forward_transfer(curve: ArrayLike, reference_curve: ArrayLike) -> float:
+    """Continual World's forward transfer of one task from normalised training curves.
+
+    ``FT = (AUC - AUC_ref) / (1 - AUC_ref)``, where ``AUC`` is the mean of the task's normalised score
+    (in [0, 1]) measured at evenly spaced points while it was trained in the stream, and ``AUC_ref`` the same
+    for the single-task reference run. Both curves must have the same length.
+
+    Paper: Wołczyk et al. 2021, "Continual World: A Robotic Benchmark For Continual Reinforcement
+    Learning", NeurIPS (Sec. 3, forward transfer).
+    """
+    c = np.asarray(curve, dtype=np.float64)
+    ref = np.asarray(reference_curve, dtype=np.float64)
+    if c.ndim != 1 or c.shape != ref.shape or c.size == 0:
+        raise ValueError(f"curves must be 1-D and of equal length, got {c.shape} and {ref.shape}")
+    auc, auc_ref = float(c.mean()), float(ref.mean())
+    if auc_ref >= 1.0:
+        raise ValueError("the reference curve is at 1 throughout: forward transfer is undefined")
+    return (auc - auc_ref) / (1.0 - auc_ref)
+
+
+def summary(matrix: ArrayLike) -> dict[str, float]:
+    """ACC, BWT, FWT and forgetting of one return matrix."""
+    return {
+        "acc": average_return(matrix),
+        "bwt": backward_transfer(matrix),
+        "fwt": forward_transfer(matrix),
+        "forgetting": forgetting(matrix),
+    }
+
+
+def bootstrap_ci(
+    values: Sequence[float] | ArrayLike, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean over seeds and its percentile-bootstrap confidence interval.
+
+    Args:
+        values: One value per seed (``nan`` values are dropped).
+        confidence: Coverage of the interval.
+        n_resamples: Number of bootstrap resamples.
+        seed: Seed of the resampling, so that the interval is reproducible.
+
+    Returns:
+        ``(mean, low, high)``; with a single value the interval is that value.
+
+    Paper: Efron & Tibshirani 1993, "An Introduction to the Bootstrap" (percentile interval).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return (float("nan"),) * 3
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_resamples, v.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return float(v.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))

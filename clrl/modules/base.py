@@ -1,0 +1,243 @@
+"""The continual-module mechanism: a typed base class connected to unmodified SB3 algorithms.
+
+A :class:`ContinualModule` is an SB3 callback. When ``learn`` starts, it attaches to every optimiser of the
+model (found through ``model._get_torch_save_params()``) and detaches when ``learn`` ends. Per optimiser
+step SB3 runs ``zero_grad -> backward -> [clip_grad_norm_] -> step``; the hooks sit at:
+
+* ``zero_grad`` (wrapped on the optimiser *instance*): after the real zero, :meth:`add_penalty_gradients`
+  seeds ``.grad`` with a penalty's gradient and :meth:`extra_loss` is back-propagated. The algorithm's own
+  loss then accumulates on top, so the penalty is clipped with it, exactly like a term of SB3's loss.
+* ``register_step_pre_hook``: :meth:`adjust_gradients` sees the clipped gradients just before the update
+  (gradient projection, masking).
+* ``register_step_post_hook``: :meth:`after_update` (EMA copies, online importance).
+
+Nothing of SB3's ``train()`` is copied, and any number of modules share one set of hooks per optimiser.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from clrl.algorithms import optimizers
+from clrl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """The task a module is told about at its start and end.
+
+    Args:
+        index: Position of the task in the stream (or the count of ``learn`` calls before it).
+        name: The task's name.
+    """
+
+    index: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """The parameters of one optimiser that one module acts on.
+
+    Args:
+        optimizer_name: The optimiser's attribute path on the model, e.g. ``"policy.optimizer"``.
+        optimizer: The optimiser itself.
+        names: Parameter names (relative to ``model.policy``), aligned with ``params``.
+        params: The parameters, in the optimiser's order.
+    """
+
+    optimizer_name: str
+    optimizer: torch.optim.Optimizer
+    names: tuple[str, ...]
+    params: tuple[torch.nn.Parameter, ...]
+
+    def __iter__(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        return iter(zip(self.names, self.params, strict=True))
+
+
+def add_to_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
+    """Accumulate ``grad`` into ``param.grad`` (which ``zero_grad`` may have set to ``None``)."""
+    if param.grad is None:
+        param.grad = grad
+    else:
+        param.grad.add_(grad)
+
+
+class _OptimizerHooks:
+    """The hooks installed on one optimiser instance, shared by every module attached to it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.entries: list[tuple[ContinualModule, ParamGroup]] = []
+        # An instance attribute shadows the class's zero_grad; deleting it restores the original.
+        optimizer.zero_grad = self._zero_grad  # type: ignore[method-assign]
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_step),
+            optimizer.register_step_post_hook(self._post_step),
+        ]
+
+    def _zero_grad(self, set_to_none: bool = True) -> None:
+        type(self.optimizer).zero_grad(self.optimizer, set_to_none)
+        for module, group in self.entries:
+            module.add_penalty_gradients(group)
+            loss = module.extra_loss(group)
+            if loss is not None:
+                loss.backward()
+
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for module, group in self.entries:
+            module.adjust_gradients(group)
+
+    def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for module, group in self.entries:
+            module.after_update(group)
+
+    def remove(self) -> None:
+        self.optimizer.__dict__.pop("zero_grad", None)
+        for handle in self._handles:
+            handle.remove()
+
+
+_HOOKS: weakref.WeakKeyDictionary[torch.optim.Optimizer, _OptimizerHooks] = weakref.WeakKeyDictionary()
+
+
+class ContinualModule(BaseCallback):
+    """Base class of continual-learning modules.
+
+    A module is an SB3 callback: pass it to ``clrl.train(..., modules=[...])`` or to your own
+    ``model.learn(steps, callback=module)``. Each ``learn`` call is one task: the module calls
+    :meth:`on_task_start` when it starts and :meth:`on_task_end` when it ends.
+
+    Subclasses override any of the hooks below; all default to doing nothing. Constructor arguments are
+    hyperparameters: store each under its own name (``self.strength = strength``) so that
+    :meth:`get_config` can rebuild the module from a checkpoint.
+    """
+
+    name: ClassVar[str] = "module"
+    """Short name used in TensorBoard tags (``cl/<name>/...``) and on the command line."""
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.tasks_seen = 0
+        self.current_task: TaskInfo | None = None
+        self._next_task: TaskInfo | None = None
+        self._attached: list[_OptimizerHooks] = []
+
+    # ---------------------------------------------------------------- hooks for subclasses
+    def target_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Named parameters this module's gradient hooks act on (default: none, so no hooks run)."""
+        return {}
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Called when training on ``task`` starts, before the first step."""
+
+    def on_task_end(self, task: TaskInfo) -> None:
+        """Called when training on ``task`` ends; the model's env is still the task's."""
+
+    def add_penalty_gradients(self, group: ParamGroup) -> None:
+        """Add a penalty's gradient into ``p.grad`` (see :func:`add_to_grad`); runs before SB3's backward."""
+
+    def extra_loss(self, group: ParamGroup) -> torch.Tensor | None:
+        """A loss back-propagated right after ``zero_grad`` of ``group``'s optimiser, before SB3's own."""
+        return None
+
+    def adjust_gradients(self, group: ParamGroup) -> None:
+        """Change ``p.grad`` in place after gradient clipping, just before the optimiser step."""
+
+    def after_update(self, group: ParamGroup) -> None:
+        """Called after each step of ``group``'s optimiser."""
+
+    def set_task(self, index: int) -> None:
+        """Select the task whose head, column or mask the policy uses (evaluation calls it per task)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The module's learned state (anchors, importances, ...): tensors and plain data only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def log_scalars(self) -> dict[str, float]:
+        """Scalars logged under ``cl/<name>/<key>`` at the end of every rollout."""
+        return {}
+
+    # ---------------------------------------------------------------- configuration
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this module (read from attributes of the same names)."""
+        params = inspect.signature(type(self).__init__).parameters
+        return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
+
+    def set_next_task(self, task: TaskInfo) -> None:
+        """Name the task the next ``learn`` call trains (``clrl.train`` does this; own loops need not)."""
+        self._next_task = task
+
+    # ---------------------------------------------------------------- SB3 callback plumbing
+    @property
+    def sb3_model(self) -> BaseAlgorithm:
+        """The model this module was attached to by ``learn``."""
+        if self.model is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a model: call model.learn first")
+        return self.model
+
+    def _on_training_start(self) -> None:
+        task = self._next_task or TaskInfo(self.tasks_seen, f"task{self.tasks_seen}")
+        self._next_task = None
+        self.current_task = task
+        self.on_task_start(task)
+        self.attach()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        for key, value in self.log_scalars().items():
+            self.logger.record(f"cl/{self.name}/{key}", value)
+
+    def _on_training_end(self) -> None:
+        self.detach()
+        assert self.current_task is not None
+        self.on_task_end(self.current_task)
+        self.tasks_seen += 1
+
+    def attach(self) -> None:
+        """Install this module's hooks on the model's optimisers (idempotent)."""
+        self.detach()
+        targets = self.target_parameters()
+        if not targets:
+            return
+        by_id = {id(p): (n, p) for n, p in targets.items()}
+        for opt_name, opt in optimizers(self.sb3_model).items():
+            chosen = [by_id[id(p)] for g in opt.param_groups for p in g["params"] if id(p) in by_id]
+            if not chosen:
+                continue
+            names, params = zip(*chosen, strict=True)
+            hooks = _HOOKS.get(opt)
+            if hooks is None:
+                hooks = _HOOKS[opt] = _OptimizerHooks(opt)
+            hooks.entries.append((self, ParamGroup(opt_name, opt, names, params)))
+            self._attached.append(hooks)
+
+    def detach(self) -> None:
+        """Remove this module's hooks; an optimiser's hooks go when its last module leaves."""
+        for hooks in self._attached:
+            hooks.entries = [(m, g) for m, g in hooks.entries if m is not self]
+            if not hooks.entries:
+                hooks.remove()
+                _HOOKS.pop(hooks.optimizer, None)
+        self._attached = []
+
+
+def check_non_negative(value: float, what: str) -> float:
+    """Return ``value`` as a float, or raise :class:`ConfigError` if it is negative or not finite."""
+    value = float(value)
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{what} must be a finite number >= 0, got {value}")
+    return value

@@ -1,0 +1,71 @@
+"""Per-stream, per-algorithm hyperparameters used by the ``clrl`` command.
+
+Preset files live in the repository's ``agents/presets/`` and ship inside the package. A stream uses
+``<stream>.toml`` if it exists, else the file of its family, the part of its name before the first ``-``
+(``cartpole-flip`` uses ``cartpole.toml``), else SB3's defaults. Each table is an algorithm; its keys are
+SB3 constructor arguments, plus ``policy`` (default ``"MlpPolicy"``) and ``n_envs`` (default 1)::
+
+    [ppo]
+    n_envs = 8
+    learning_rate = 0.001
+    policy_kwargs = { net_arch = [64, 64] }
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from clrl._data import data_dir
+from clrl.algorithms import get_algorithm
+from clrl.errors import ConfigError
+from clrl.streams import TaskStream
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def preset(stream_name: str, algorithm: str) -> dict[str, Any]:
+    """Hyperparameters for ``algorithm`` on ``stream_name`` (empty: SB3's defaults)."""
+    folder = data_dir("_presets")
+    for path in (folder / f"{stream_name}.toml", folder / f"{stream_name.split('-')[0]}.toml"):
+        if path.is_file():
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+            if algorithm.lower() in table:
+                return dict(table[algorithm.lower()])
+    return {}
+
+
+def make_model(
+    algorithm: str,
+    stream: TaskStream,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
+    task_index: int = 0,
+    device: str = "auto",
+) -> BaseAlgorithm:
+    """Build ``algorithm`` with its preset for ``stream`` (updated by ``overrides``) on task ``task_index``.
+
+    Raises:
+        ConfigError: Unknown algorithm, unknown hyperparameter, or an algorithm that does not support the
+            stream's spaces.
+    """
+    cls = get_algorithm(algorithm)
+    kwargs = {**preset(stream.name, algorithm), **(overrides or {})}
+    policy = kwargs.pop("policy", "MlpPolicy")
+    n_envs = kwargs.pop("n_envs", 1)
+    if not isinstance(n_envs, int) or n_envs < 1:
+        raise ConfigError(f"n_envs must be a positive integer, got {n_envs!r}")
+    env = stream.make_vec_env(task_index, n_envs=n_envs, seed=seed)
+    try:
+        return cls(policy, env, seed=seed, device=device, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"bad hyperparameter for {cls.__name__}: {exc}") from exc
+    except AssertionError as exc:  # SB3 asserts supported action spaces
+        raise ConfigError(f"{cls.__name__} cannot learn stream {stream.name!r}: {exc}") from exc
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{cls.__name__} on stream {stream.name!r}: {exc}") from exc

@@ -1,0 +1,449 @@
+"""Task streams: ordered sequences of Gymnasium task variants, as data.
+
+A stream file is TOML::
+
+    name = "cartpole-flip"
+    description = "CartPole with flipped actions and other pole lengths"
+    steps_per_task = 50000
+    task_id = "observed"            # or "hidden"
+
+    [[tasks]]
+    name = "normal"
+    env_id = "CartPole-v1"
+
+    [[tasks]]
+    name = "flipped"
+    env_id = "CartPole-v1"
+    attributes = { length = 1.0 }   # set on env.unwrapped after gym.make
+    make_kwargs = {}                # passed to gym.make
+    wrappers = [{ name = "PermuteActions", kwargs = { permutation = [1, 0] } }]
+    steps = 80000                   # overrides steps_per_task for this task
+
+Built-in streams live in the repository's ``envs/`` folder and ship inside the package.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from clrl import wrappers as clrl_wrappers
+from clrl._data import data_dir
+from clrl.errors import StreamError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TaskIdMode = Literal["observed", "hidden"]
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+_STREAM_KEYS = {"name", "description", "steps_per_task", "task_id", "tasks"}
+_TASK_KEYS = {"name", "env_id", "make_kwargs", "attributes", "wrappers", "steps"}
+_WRAPPER_KEYS = {"name", "kwargs"}
+
+
+def _refresh_cartpole(env: Any) -> None:
+    env.total_mass = env.masspole + env.masscart
+    env.polemass_length = env.masspole * env.length
+
+
+# Quantities that an environment derives from others in its constructor: after attributes are set they are
+# recomputed, so that e.g. a CartPole `length` override also changes `polemass_length`.
+_DERIVED: dict[str, tuple[set[str], Callable[[Any], None]]] = {
+    "CartPoleEnv": ({"masspole", "masscart", "length"}, _refresh_cartpole),
+}
+
+
+@dataclass(frozen=True)
+class WrapperSpec:
+    """A wrapper applied to a task's environment: a class of :mod:`clrl.wrappers` or ``gymnasium.wrappers``.
+
+    Args:
+        name: The wrapper's class name, e.g. ``"PermuteActions"`` or ``"TimeLimit"``.
+        kwargs: Keyword arguments of the wrapper's constructor.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def wrapper_class(self) -> type[gym.Wrapper[Any, Any, Any, Any]]:
+        """Return the wrapper class, looked up in clrl's wrappers first, then in ``gymnasium.wrappers``."""
+        for namespace in (clrl_wrappers, gym.wrappers):
+            cls = getattr(namespace, self.name, None)
+            if isinstance(cls, type) and issubclass(cls, gym.Wrapper):
+                return cls
+        raise StreamError(f"unknown wrapper {self.name!r}: not in clrl.wrappers nor gymnasium.wrappers")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a stream: a Gymnasium environment with overrides.
+
+    Args:
+        name: Unique name in the stream; TensorBoard tags use it (``eval/<name>/return``).
+        env_id: A registered Gymnasium id, e.g. ``"CartPole-v1"``.
+        make_kwargs: Keyword arguments of ``gym.make``.
+        attributes: Attributes set on ``env.unwrapped`` after ``gym.make`` (e.g. CartPole ``length``). Each
+            must already exist on the environment; quantities derived from them (CartPole's
+            ``polemass_length``, ``total_mass``) are recomputed.
+        wrappers: Wrappers applied in order after the attributes are set.
+        steps: Training budget in environment steps; ``None`` takes the stream's ``steps_per_task``.
+    """
+
+    name: str
+    env_id: str
+    make_kwargs: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    wrappers: tuple[WrapperSpec, ...] = ()
+    steps: int | None = None
+
+    def make_env(self, render_mode: str | None = None) -> gym.Env[Any, Any]:
+        """Build this task's environment (without the task id).
+
+        Raises:
+            StreamError: The env id is unknown, an attribute does not exist, or a wrapper fails to build.
+        """
+        kwargs = dict(self.make_kwargs)
+        if render_mode is not None:
+            kwargs["render_mode"] = render_mode
+        try:
+            env = gym.make(self.env_id, **kwargs)
+        except gym.error.Error as exc:
+            raise StreamError(f"task {self.name!r}: cannot make env_id {self.env_id!r}: {exc}") from exc
+        except TypeError as exc:
+            raise StreamError(f"task {self.name!r}: bad make_kwargs for {self.env_id!r}: {exc}") from exc
+        base = env.unwrapped
+        for key, value in self.attributes.items():
+            if not hasattr(base, key):
+                env.close()
+                raise StreamError(
+                    f"task {self.name!r}: {type(base).__name__} has no attribute {key!r} "
+                    "(attributes must exist on env.unwrapped)"
+                )
+            setattr(base, key, value)
+        derived = _DERIVED.get(type(base).__name__)
+        if derived is not None and derived[0] & self.attributes.keys():
+            derived[1](base)
+        for spec in self.wrappers:
+            cls = spec.wrapper_class()
+            try:
+                env = cls(env, **spec.kwargs)
+            except (TypeError, ValueError) as exc:
+                raise StreamError(f"task {self.name!r}: wrapper {spec.name!r}: {exc}") from exc
+        return env
+
+    def budget(self, steps_per_task: int) -> int:
+        """This task's training steps, given the stream's default."""
+        return self.steps if self.steps is not None else steps_per_task
+
+
+@dataclass(frozen=True)
+class TaskStream:
+    """An ordered, immutable sequence of tasks learned one after another.
+
+    Args:
+        name: The stream's name (used in run directories: ``runs/<stream>/<method>/seed<k>``).
+        tasks: The tasks, in training order; names must be unique.
+        steps_per_task: Default training budget of a task in environment steps.
+        task_id: ``"observed"`` appends a one-hot task vector to every observation; ``"hidden"`` does not
+            (task-agnostic setting).
+        description: One line for ``clrl list``.
+
+    Example:
+        >>> from clrl import Task, TaskStream
+        >>> stream = TaskStream("two-poles", [Task("short", "CartPole-v1", attributes={"length": 0.25}),
+        ...                                   Task("long", "CartPole-v1", attributes={"length": 1.0})],
+        ...                     steps_per_task=1000)
+        >>> stream.task_names
+        ['short', 'long']
+    """
+
+    name: str
+    tasks: Sequence[Task]
+    steps_per_task: int = 100_000
+    task_id: TaskIdMode = "hidden"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        where = f"stream {self.name!r}"
+        if not self.tasks:
+            raise StreamError(f"{where}: has no tasks")
+        if self.task_id not in ("observed", "hidden"):
+            raise StreamError(f"{where}: task_id must be 'observed' or 'hidden', got {self.task_id!r}")
+        _check_steps(self.steps_per_task, f"{where}: steps_per_task")
+        seen: set[str] = set()
+        for task in self.tasks:
+            if not isinstance(task.name, str) or not _NAME.fullmatch(task.name):
+                raise StreamError(
+                    f"{where}: task name {task.name!r} must be letters, digits, '.', '_' or '-' "
+                    "(it names TensorBoard tags and files)"
+                )
+            if task.name in seen:
+                raise StreamError(f"{where}: duplicate task name {task.name!r}")
+            seen.add(task.name)
+            if task.steps is not None:
+                _check_steps(task.steps, f"{where}, task {task.name!r}: steps")
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def task_names(self) -> list[str]:
+        """Names of the tasks, in order."""
+        return [task.name for task in self.tasks]
+
+    def steps(self, index: int) -> int:
+        """Training budget of task ``index`` in environment steps."""
+        return self.tasks[index].budget(self.steps_per_task)
+
+    def make_env(self, index: int, render_mode: str | None = None) -> gym.Env[Any, Any]:
+        """Build task ``index``'s environment, with the task id appended when it is observed."""
+        env = self.tasks[index].make_env(render_mode)
+        if self.task_id == "observed":
+            env = clrl_wrappers.AppendTaskId(env, index, len(self.tasks))
+        return env
+
+    def make_vec_env(
+        self,
+        index: int,
+        n_envs: int = 1,
+        seed: int | None = None,
+        vec_env_cls: type[DummyVecEnv | SubprocVecEnv] = DummyVecEnv,
+    ) -> VecEnv:
+        """Build a vectorised, ``Monitor``-wrapped environment of task ``index`` for SB3.
+
+        Args:
+            index: The task's index in the stream.
+            n_envs: Number of parallel copies.
+            seed: Seed of the first copy's next reset (copy ``k`` gets ``seed + k``).
+            vec_env_cls: ``DummyVecEnv`` or ``SubprocVecEnv``.
+        """
+        if not 0 <= index < len(self.tasks):
+            raise IndexError(f"stream {self.name!r} has {len(self.tasks)} tasks, no task {index}")
+        return make_vec_env(_TaskFactory(self, index), n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
+
+    def make_multitask_vec_env(
+        self,
+        n_envs: int = 1,
+        seed: int | None = None,
+        vec_env_cls: type[DummyVecEnv | SubprocVecEnv] = DummyVecEnv,
+    ) -> VecEnv:
+        """Build a vectorised environment that draws one of the stream's tasks at every episode."""
+        return make_vec_env(_MultiTaskFactory(self), n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
+
+    def validate(self) -> None:
+        """Build every task once and check that all share one observation and action space.
+
+        Raises:
+            StreamError: Naming the stream and the task that fails or differs.
+        """
+        reference: tuple[gym.Space[Any], gym.Space[Any]] | None = None
+        for index, task in enumerate(self.tasks):
+            try:
+                env = self.make_env(index)
+            except StreamError as exc:
+                raise StreamError(f"stream {self.name!r}: {exc}") from exc
+            except ValueError as exc:  # AppendTaskId on an unsupported observation space
+                raise StreamError(f"stream {self.name!r}, task {task.name!r}: {exc}") from exc
+            spaces = (env.observation_space, env.action_space)
+            env.close()
+            if reference is None:
+                reference = spaces
+                continue
+            for kind, ours, first in zip(("observation", "action"), spaces, reference, strict=True):
+                if ours != first:
+                    raise StreamError(
+                        f"stream {self.name!r}: task {task.name!r} has {kind} space {ours}, but task "
+                        f"{self.tasks[0].name!r} has {first}; every task must share one {kind} space"
+                    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stream as plain data (the inverse of :func:`stream_from_dict`)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "steps_per_task": self.steps_per_task,
+            "task_id": self.task_id,
+            "tasks": [
+                {
+                    "name": t.name,
+                    "env_id": t.env_id,
+                    "make_kwargs": dict(t.make_kwargs),
+                    "attributes": dict(t.attributes),
+                    "wrappers": [{"name": w.name, "kwargs": dict(w.kwargs)} for w in t.wrappers],
+                    **({} if t.steps is None else {"steps": t.steps}),
+                }
+                for t in self.tasks
+            ],
+        }
+
+
+class _TaskFactory:
+    """A picklable environment factory (SubprocVecEnv sends it to worker processes)."""
+
+    def __init__(self, stream: TaskStream, index: int) -> None:
+        self.stream = stream
+        self.index = index
+
+    def __call__(self, **kwargs: Any) -> gym.Env[Any, Any]:
+        return self.stream.make_env(self.index, **kwargs)
+
+
+class _MultiTaskFactory:
+    def __init__(self, stream: TaskStream) -> None:
+        self.stream = stream
+
+    def __call__(self, **kwargs: Any) -> gym.Env[Any, Any]:
+        return clrl_wrappers.MultiTaskEnv(
+            [self.stream.make_env(i, **kwargs) for i in range(len(self.stream))]
+        )
+
+
+def _check_steps(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise StreamError(f"{where} must be a positive integer, got {value!r}")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        names = " or ".join(k.__name__ for k in _as_tuple(kind))
+        raise StreamError(f"{where}: {what} must be a {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _unknown_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise StreamError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _wrapper_from_dict(data: Any, where: str) -> WrapperSpec:
+    if isinstance(data, str):
+        return WrapperSpec(data)
+    _expect(data, dict, where, "a wrapper")
+    _unknown_keys(data, _WRAPPER_KEYS, where)
+    if "name" not in data:
+        raise StreamError(f"{where}: a wrapper needs a 'name'")
+    name = _expect(data["name"], str, where, "wrapper name")
+    spec = WrapperSpec(name, dict(_expect(data.get("kwargs", {}), dict, where, "wrapper kwargs")))
+    spec.wrapper_class()
+    return spec
+
+
+def _task_from_dict(data: Any, where: str) -> Task:
+    _expect(data, dict, where, "a task")
+    name = data.get("name")
+    where = f"{where} ({name!r})" if isinstance(name, str) else where
+    _unknown_keys(data, _TASK_KEYS, where)
+    for key in ("name", "env_id"):
+        if key not in data:
+            raise StreamError(f"{where}: missing required key {key!r}")
+        _expect(data[key], str, where, key)
+    steps = data.get("steps")
+    if steps is not None:
+        _check_steps(steps, f"{where}: steps")
+    wrappers = _expect(data.get("wrappers", []), list, where, "wrappers")
+    return Task(
+        name=data["name"],
+        env_id=data["env_id"],
+        make_kwargs=dict(_expect(data.get("make_kwargs", {}), dict, where, "make_kwargs")),
+        attributes=dict(_expect(data.get("attributes", {}), dict, where, "attributes")),
+        wrappers=tuple(_wrapper_from_dict(w, f"{where}, wrapper {k}") for k, w in enumerate(wrappers)),
+        steps=steps,
+    )
+
+
+def stream_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> TaskStream:
+    """Build a stream from plain data (a parsed stream file), checking every key and type.
+
+    Raises:
+        StreamError: Naming the source, the task and the key at fault.
+    """
+    _expect(data, dict, source, "a stream")
+    name = data.get("name")
+    where = f"stream {name!r}" if isinstance(name, str) else f"stream {source}"
+    _unknown_keys(data, _STREAM_KEYS, where)
+    if "name" not in data:
+        raise StreamError(f"{where}: missing required key 'name'")
+    name = _expect(name, str, where, "name")
+    tasks = _expect(data.get("tasks", []), list, where, "tasks")
+    return TaskStream(
+        name=name,
+        tasks=[_task_from_dict(t, f"{where}, task {k}") for k, t in enumerate(tasks)],
+        steps_per_task=data.get("steps_per_task", 100_000),
+        task_id=data.get("task_id", "hidden"),
+        description=_expect(data.get("description", ""), str, where, "description"),
+    )
+
+
+def load_stream(path: str | Path) -> TaskStream:
+    """Read a stream file (TOML) without building its environments."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise StreamError(f"cannot read stream file {str(path)!r}: {exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise StreamError(f"stream file {str(path)!r} is not valid TOML: {exc}") from exc
+    return stream_from_dict(data, source=str(path))
+
+
+def builtin_streams() -> dict[str, Path]:
+    """Names and files of the streams that ship with clrl."""
+    return {path.stem: path for path in sorted(data_dir("_streams").glob("*.toml"))}
+
+
+def make_stream(
+    name_or_path: str | Path, *, steps_per_task: int | None = None, validate: bool = True
+) -> TaskStream:
+    """Load a built-in stream by name, or a stream file by path, and validate it.
+
+    Args:
+        name_or_path: A name from :func:`builtin_streams` (``"cartpole-flip"``) or a path to a TOML file.
+        steps_per_task: Override the stream's default budget per task (tasks with their own ``steps`` keep
+            them in proportion: each is scaled by the same factor).
+        validate: Build every task once and check spaces (see :meth:`TaskStream.validate`).
+
+    Raises:
+        StreamError: Unknown name, unreadable or malformed file, or a task that fails validation.
+    """
+    builtin = builtin_streams()
+    if isinstance(name_or_path, str) and name_or_path in builtin:
+        stream = load_stream(builtin[name_or_path])
+    elif Path(name_or_path).is_file():
+        stream = load_stream(name_or_path)
+    else:
+        raise StreamError(
+            f"no stream named {str(name_or_path)!r}: not a built-in stream ({', '.join(builtin)}) nor a file"
+        )
+    if steps_per_task is not None:
+        stream = with_steps(stream, steps_per_task)
+    if validate:
+        stream.validate()
+    return stream
+
+
+def with_steps(stream: TaskStream, steps_per_task: int) -> TaskStream:
+    """A copy of ``stream`` whose default budget is ``steps_per_task``; per-task budgets scale alike."""
+    _check_steps(steps_per_task, f"stream {stream.name!r}: steps_per_task")
+    factor = steps_per_task / stream.steps_per_task
+    tasks = [
+        t if t.steps is None else Task(**{**t.__dict__, "steps": max(1, round(t.steps * factor))})
+        for t in stream.tasks
+    ]
+    return TaskStream(stream.name, tasks, steps_per_task, stream.task_id, stream.description)

@@ -1,0 +1,171 @@
+"""Gymnasium wrappers that turn one environment into task variants.
+
+Stream files name these wrappers (``{ name = "PermuteActions", kwargs = { permutation = [1, 0] } }``);
+any class of ``gymnasium.wrappers`` can be named the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class PermuteActions(gym.ActionWrapper[Any, int, int], gym.utils.RecordConstructorArgs):
+    """Apply a fixed permutation to a discrete action: the agent's action ``a`` runs ``permutation[a]``.
+
+    Args:
+        env: An environment with a ``Discrete`` action space.
+        permutation: A permutation of ``range(n)``, where ``n`` is the number of actions.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> env = PermuteActions(gym.make("CartPole-v1"), permutation=[1, 0])
+        >>> env.action(0)
+        1
+    """
+
+    def __init__(self, env: gym.Env[Any, int], permutation: Sequence[int]) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, permutation=list(permutation))
+        gym.ActionWrapper.__init__(self, env)
+        if not isinstance(env.action_space, spaces.Discrete):
+            raise ValueError(f"PermuteActions needs a Discrete action space, got {env.action_space}")
+        n = int(env.action_space.n)
+        perm = [int(a) for a in permutation]
+        if sorted(perm) != list(range(n)):
+            raise ValueError(f"permutation must be a permutation of range({n}), got {list(permutation)}")
+        self.permutation = perm
+
+    def action(self, action: int) -> int:
+        """Map the agent's action to the environment's."""
+        return self.permutation[int(action)]
+
+
+class ScaleReward(gym.RewardWrapper[Any, Any], gym.utils.RecordConstructorArgs):
+    """Multiply every reward by a constant.
+
+    Args:
+        env: Any environment.
+        scale: The factor (may be negative, to make a conflicting task).
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], scale: float) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, scale=scale)
+        gym.RewardWrapper.__init__(self, env)
+        self.scale = float(scale)
+
+    def reward(self, reward: SupportsFloat) -> float:
+        """Scale the reward."""
+        return self.scale * float(reward)
+
+
+class AddObservationNoise(
+    gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym.utils.RecordConstructorArgs
+):
+    """Add Gaussian noise to a ``Box`` observation, drawn from the environment's seeded generator.
+
+    Args:
+        env: An environment with a ``Box`` observation space.
+        std: Standard deviation of the noise (>= 0).
+    """
+
+    def __init__(self, env: gym.Env[np.ndarray, Any], std: float) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, std=std)
+        gym.ObservationWrapper.__init__(self, env)
+        if not isinstance(env.observation_space, spaces.Box):
+            raise ValueError(
+                f"AddObservationNoise needs a Box observation space, got {env.observation_space}"
+            )
+        if std < 0:
+            raise ValueError(f"std must be >= 0, got {std}")
+        self.std = float(std)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        """Return the observation plus noise, in the space's dtype, clipped to its bounds."""
+        space = self.observation_space
+        assert isinstance(space, spaces.Box)
+        noisy = observation + self.np_random.normal(0.0, self.std, size=observation.shape)
+        return np.clip(noisy, space.low, space.high).astype(space.dtype)
+
+
+class AppendTaskId(gym.ObservationWrapper[Any, Any, Any], gym.utils.RecordConstructorArgs):
+    """Expose the task identity: append a one-hot task vector to the observation.
+
+    A flat ``Box`` observation gets the one-hot concatenated at its end; a ``Dict`` observation gets a
+    ``"task_id"`` entry.
+
+    Args:
+        env: An environment with a 1-D ``Box`` or a ``Dict`` observation space.
+        task_index: Index of this task in the stream.
+        n_tasks: Number of tasks in the stream.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], task_index: int, n_tasks: int) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, task_index=task_index, n_tasks=n_tasks)
+        gym.ObservationWrapper.__init__(self, env)
+        if not 0 <= task_index < n_tasks:
+            raise ValueError(f"task_index must be in [0, {n_tasks}), got {task_index}")
+        space = env.observation_space
+        self.task_index = task_index
+        self.n_tasks = n_tasks
+        if isinstance(space, spaces.Box) and len(space.shape) == 1:
+            self._one_hot = np.zeros(n_tasks, dtype=space.dtype)
+            self._one_hot[task_index] = 1
+            low = np.concatenate([space.low, np.zeros(n_tasks, dtype=space.dtype)])
+            high = np.concatenate([space.high, np.ones(n_tasks, dtype=space.dtype)])
+            self.observation_space = spaces.Box(low, high, dtype=space.dtype)
+        elif isinstance(space, spaces.Dict):
+            self._one_hot = np.zeros(n_tasks, dtype=np.float32)
+            self._one_hot[task_index] = 1
+            self.observation_space = spaces.Dict(
+                {**space.spaces, "task_id": spaces.Box(0.0, 1.0, (n_tasks,), dtype=np.float32)}
+            )
+        else:
+            raise ValueError(f"an observed task id needs a 1-D Box or a Dict observation space, got {space}")
+
+    def observation(self, observation: Any) -> Any:
+        """Return the observation with the task's one-hot vector attached."""
+        if isinstance(observation, dict):
+            return {**observation, "task_id": self._one_hot.copy()}
+        return np.concatenate([observation, self._one_hot])
+
+
+class MultiTaskEnv(gym.Env[Any, Any]):
+    """One environment that draws a task uniformly at random at every reset (joint multi-task training).
+
+    Args:
+        envs: One environment per task, all with the same observation and action space.
+    """
+
+    def __init__(self, envs: Sequence[gym.Env[Any, Any]]) -> None:
+        if not envs:
+            raise ValueError("MultiTaskEnv needs at least one environment")
+        self.envs = list(envs)
+        self.observation_space = self.envs[0].observation_space
+        self.action_space = self.envs[0].action_space
+        self.metadata = self.envs[0].metadata
+        self.task_index = 0
+        self._pending_seeds: list[int | None] = [None] * len(self.envs)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        """Draw a task, then reset it; ``info["task_index"]`` names it."""
+        super().reset(seed=seed)
+        if seed is not None:  # seed every task's environment once, from this environment's generator
+            self._pending_seeds = [int(s) for s in self.np_random.integers(2**31 - 1, size=len(self.envs))]
+        self.task_index = int(self.np_random.integers(len(self.envs)))
+        sub_seed, self._pending_seeds[self.task_index] = self._pending_seeds[self.task_index], None
+        obs, info = self.envs[self.task_index].reset(seed=sub_seed, options=options)
+        return obs, {**info, "task_index": self.task_index}
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step the current task; ``info["task_index"]`` names it."""
+        obs, reward, terminated, truncated, info = self.envs[self.task_index].step(action)
+        return obs, reward, terminated, truncated, {**info, "task_index": self.task_index}
+
+    def close(self) -> None:
+        """Close every task's environment."""
+        for env in self.envs:
+            env.close()

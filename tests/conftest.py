@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny streams and model factories for every supported algorithm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from clrl import Task, TaskStream, WrapperSpec
+
+torch.set_num_threads(1)
+
+
+def cartpole_stream(steps: int = 128, task_id: str = "observed") -> TaskStream:
+    """Two conflicting CartPole tasks (normal, swapped actions)."""
+    return TaskStream(
+        "tiny-cartpole",
+        [
+            Task("normal", "CartPole-v1"),
+            Task(
+                "flipped",
+                "CartPole-v1",
+                attributes={"length": 1.0},
+                wrappers=(WrapperSpec("PermuteActions", {"permutation": [1, 0]}),),
+            ),
+        ],
+        steps_per_task=steps,
+        task_id=task_id,  # type: ignore[arg-type]
+    )
+
+
+def pendulum_stream(steps: int = 128) -> TaskStream:
+    """Two Pendulum tasks with different gravity (continuous actions)."""
+    return TaskStream(
+        "tiny-pendulum",
+        [
+            Task("g10", "Pendulum-v1", attributes={"g": 10.0}),
+            Task("g15", "Pendulum-v1", attributes={"g": 15.0}),
+        ],
+        steps_per_task=steps,
+        task_id="observed",
+    )
+
+
+# Tiny settings per algorithm: updates happen within a 128-step task.
+ALGO_SETUPS: dict[str, tuple[type[BaseAlgorithm], Callable[[], TaskStream], dict[str, Any]]] = {
+    "ppo": (
+        PPO,
+        cartpole_stream,
+        dict(n_steps=32, batch_size=32, n_epochs=2, policy_kwargs={"net_arch": [16]}),
+    ),
+    "a2c": (A2C, cartpole_stream, dict(n_steps=8, policy_kwargs={"net_arch": [16]})),
+    "dqn": (
+        DQN,
+        cartpole_stream,
+        dict(
+            learning_starts=32,
+            buffer_size=1000,
+            batch_size=16,
+            train_freq=4,
+            target_update_interval=20,
+            policy_kwargs={"net_arch": [16]},
+        ),
+    ),
+    "sac": (
+        SAC,
+        pendulum_stream,
+        dict(learning_starts=32, buffer_size=1000, batch_size=16, policy_kwargs={"net_arch": [16]}),
+    ),
+    "td3": (
+        TD3,
+        pendulum_stream,
+        dict(learning_starts=32, buffer_size=1000, batch_size=16, policy_kwargs={"net_arch": [16]}),
+    ),
+}
+
+
+def make_model(algo: str, seed: int = 0, **overrides: Any) -> tuple[BaseAlgorithm, TaskStream]:
+    cls, stream_fn, kwargs = ALGO_SETUPS[algo]
+    stream = stream_fn()
+    model = cls(
+        "MlpPolicy", stream.make_vec_env(0, seed=seed), seed=seed, device="cpu", **{**kwargs, **overrides}
+    )
+    return model, stream
+
+
+@pytest.fixture
+def tiny_stream() -> TaskStream:
+    return cartpole_stream()

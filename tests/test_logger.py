@@ -1,0 +1,124 @@
+"""TensorBoard output read back from the event files, and results.json writing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import clrl
+from clrl.logger import matrix_markdown, render_matrix, write_json_atomic
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, clrl.TrainResult]:
+    from conftest import cartpole_stream
+
+    stream = cartpole_stream()
+    model = PPO(
+        "MlpPolicy",
+        stream.make_vec_env(0, n_envs=2),
+        n_steps=32,
+        batch_size=32,
+        n_epochs=2,
+        policy_kwargs={"net_arch": [16]},
+        seed=0,
+        device="cpu",
+    )
+    logdir = tmp_path_factory.mktemp("tb") / "run"
+    result = clrl.train(model, stream, [clrl.L2()], logdir=logdir, eval_episodes=1, eval_freq=64)
+    return logdir, result
+
+
+def load_events(logdir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_one_event_file_holds_sb3_and_clrl_scalars(run_dir: tuple[Path, clrl.TrainResult]) -> None:
+    logdir, _ = run_dir
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
+    tags = set(load_events(logdir).Tags()["scalars"])
+    assert {
+        "eval/normal/return",
+        "eval/flipped/return",
+        "cl/acc",
+        "cl/bwt",
+        "cl/fwt",
+        "cl/forgetting",
+        "cl/task",
+    } <= tags
+    assert {"train/loss", "rollout/ep_rew_mean"} <= tags  # SB3's own
+    assert {"cl/l2/penalty", "cl/l2/distance"} <= tags  # the module's
+
+
+def test_sb3_scalars_continue_on_one_step_axis(run_dir: tuple[Path, clrl.TrainResult]) -> None:
+    logdir, _ = run_dir
+    steps = [e.step for e in load_events(logdir).Scalars("train/loss")]
+    assert steps == sorted(steps) and steps[-1] > 128  # the second task continues after the first
+
+
+def test_eval_scalars_match_the_matrix_and_curves(run_dir: tuple[Path, clrl.TrainResult]) -> None:
+    logdir, result = run_dir
+    events = load_events(logdir).Scalars("eval/flipped/return")
+    by_step = {e.step: e.value for e in events}
+    assert by_step[0] == pytest.approx(result.matrix[0, 1])
+    assert by_step[256] == pytest.approx(result.matrix[2, 1])
+    for step, _, row in result.curves:
+        assert by_step[step] == pytest.approx(row[1])
+    acc = load_events(logdir).Scalars("cl/acc")
+    assert acc[-1].value == pytest.approx(result.metrics["acc"])
+
+
+def test_return_matrix_image_and_text(run_dir: tuple[Path, clrl.TrainResult]) -> None:
+    logdir, _ = run_dir
+    events = load_events(logdir)
+    images = events.Images("cl/return_matrix")
+    assert len(images) == 2 and images[-1].width > 0
+    texts = events.Tensors("cl/return_matrix/text_summary")
+    assert b"| untrained |" in texts[-1].tensor_proto.string_val[0]
+
+
+def test_hparams_are_written(run_dir: tuple[Path, clrl.TrainResult]) -> None:
+    logdir, _ = run_dir
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = load_events(logdir).PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["method"].string_value == "l2"
+    assert hparams["L2/strength"].number_value == 1.0
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert {m.name.tag for m in experiment.experiment.metric_infos} >= {"cl/acc", "cl/forgetting"}
+
+
+def test_model_gets_its_logger_back(run_dir: tuple[Path, clrl.TrainResult]) -> None:
+    from conftest import cartpole_stream
+
+    stream = cartpole_stream()
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, device="cpu")
+    clrl.train(model, stream, logdir=run_dir[0].parent / "again", eval_episodes=1, checkpoints=False)
+    model.learn(32)  # would fail on a closed TensorBoard writer
+
+
+def test_render_matrix_marks_missing_cells() -> None:
+    matrix = np.array([[1.0, 2.0], [3.0, np.nan], [np.nan, np.nan]])
+    image = render_matrix(matrix)
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert "| untrained | 1.0 | 2.0 |" in matrix_markdown(matrix, ["a", "b"])
+    assert "| a | 3.0 |  |" in matrix_markdown(matrix, ["a", "b"])
+
+
+def test_json_is_written_atomically_with_nan_as_null(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"m": np.array([1.0, np.nan]), "x": np.float32(2)})
+    assert json.loads(path.read_text()) == {"m": [1.0, None], "x": 2.0}
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"bad": object()})
+    assert json.loads(path.read_text()) == {"m": [1.0, None], "x": 2.0}  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind

@@ -1,0 +1,105 @@
+"""Metrics against hand-computed return matrices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from clrl import metrics
+
+# Three tasks. Row 0 untrained, row i after training task i.
+R = np.array(
+    [
+        [10.0, 20.0, 30.0],
+        [100.0, 40.0, 35.0],
+        [60.0, 200.0, 50.0],
+        [80.0, 150.0, 300.0],
+    ]
+)
+
+
+def test_average_return_is_the_mean_of_the_last_row() -> None:
+    assert metrics.average_return(R) == pytest.approx((80 + 150 + 300) / 3)
+
+
+def test_backward_transfer_by_hand() -> None:
+    # task 0: 80 - 100 = -20; task 1: 150 - 200 = -50
+    assert metrics.backward_transfer(R) == pytest.approx(-35.0)
+
+
+def test_forward_transfer_by_hand() -> None:
+    # task 1 before training it (row 1): 40 - 20 = 20; task 2 (row 2): 50 - 30 = 20
+    assert metrics.forward_transfer(R) == pytest.approx(20.0)
+
+
+def test_forgetting_by_hand() -> None:
+    # task 0: max(100, 60) - 80 = 20; task 1: max(40, 200) - 150 = 50
+    assert metrics.forgetting(R) == pytest.approx(35.0)
+
+
+def test_forgetting_is_negative_when_a_task_improves_later() -> None:
+    # Chaudhry et al.'s definition is not clipped at zero: max(5) - 7 = -2.
+    r = np.array([[0.0, 0.0], [5.0, 1.0], [7.0, 9.0]])
+    assert metrics.forgetting(r) == pytest.approx(-2.0)
+    assert metrics.backward_transfer(r) == pytest.approx(2.0)
+
+
+def test_single_task_metrics_need_two_tasks() -> None:
+    r = np.array([[1.0], [3.0]])
+    assert metrics.average_return(r) == 3.0
+    for fn in (metrics.backward_transfer, metrics.forward_transfer, metrics.forgetting):
+        assert math.isnan(fn(r))
+
+
+def test_summary_keys() -> None:
+    assert metrics.summary(R) == {
+        "acc": pytest.approx(530 / 3),
+        "bwt": pytest.approx(-35.0),
+        "fwt": pytest.approx(20.0),
+        "forgetting": pytest.approx(35.0),
+    }
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (2, 3), (4,), (1, 0)])
+def test_bad_shapes_are_rejected(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="shape"):
+        metrics.average_return(np.zeros(shape))
+
+
+def test_normalize_maps_low_to_zero_and_high_to_one() -> None:
+    low, high = np.array([10.0, 20.0, 30.0]), np.array([110.0, 220.0, 330.0])
+    n = metrics.normalize(R, low, high)
+    assert n[0].tolist() == [0.0, 0.0, 0.0]
+    assert n[1, 0] == pytest.approx(0.9)
+    assert n[3, 2] == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="equal"):
+        metrics.normalize(R, low, low)
+    with pytest.raises(ValueError, match="shape"):
+        metrics.normalize(R, low[:2], high[:2])
+
+
+def test_auc_forward_transfer_by_hand() -> None:
+    # AUC 0.6, reference AUC 0.2: (0.6 - 0.2) / (1 - 0.2) = 0.5
+    assert metrics.auc_forward_transfer([0.4, 0.8], [0.0, 0.4]) == pytest.approx(0.5)
+    assert metrics.auc_forward_transfer([0.0, 0.4], [0.0, 0.4]) == 0.0
+    with pytest.raises(ValueError):
+        metrics.auc_forward_transfer([0.5], [1.0])
+    with pytest.raises(ValueError):
+        metrics.auc_forward_transfer([0.5, 0.5], [0.5])
+
+
+def test_bootstrap_ci_contains_the_mean_and_is_reproducible() -> None:
+    values = [1.0, 2.0, 3.0, 10.0]
+    mean, lo, hi = metrics.bootstrap_ci(values, seed=3)
+    assert mean == 4.0
+    assert 1.0 <= lo < mean < hi <= 10.0
+    assert metrics.bootstrap_ci(values, seed=3) == (mean, lo, hi)
+
+
+def test_bootstrap_ci_of_one_value_and_of_nan() -> None:
+    assert metrics.bootstrap_ci([2.5]) == (2.5, 2.5, 2.5)
+    assert all(math.isnan(v) for v in metrics.bootstrap_ci([float("nan")]))
+    with pytest.raises(ValueError):
+        metrics.bootstrap_ci([1.0, 2.0], confidence=1.5)

@@ -1,0 +1,189 @@
+"""The continual runner on tiny budgets: matrix, files, determinism, baselines, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cartpole_stream, make_model
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.vec_env import VecNormalize
+
+import clrl
+
+
+def tiny_ppo(stream: clrl.TaskStream, seed: int = 0) -> PPO:
+    return PPO(
+        "MlpPolicy",
+        stream.make_vec_env(0, n_envs=2),
+        n_steps=32,
+        batch_size=32,
+        n_epochs=2,
+        policy_kwargs={"net_arch": [16]},
+        seed=seed,
+        device="cpu",
+    )
+
+
+def test_train_fills_the_matrix_and_writes_the_run(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    model = tiny_ppo(tiny_stream)
+    result = clrl.train(model, tiny_stream, [clrl.L2()], logdir=tmp_path / "run", eval_episodes=2)
+    assert result.matrix.shape == (3, 2)
+    assert np.isfinite(result.matrix).all()
+    assert set(result.metrics) >= {"acc", "bwt", "fwt", "forgetting"}
+    assert result.metrics["acc"] == pytest.approx(result.matrix[-1].mean())
+    # on-policy budgets round up to whole rollouts of 2 envs x 32 steps
+    assert result.steps == [0, 128, 256]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert np.allclose(saved["matrix"], result.matrix)
+    assert saved["completed_tasks"] == 2
+    assert saved["config"]["method"] == "l2"
+    assert saved["config"]["hyperparameters"]["n_steps"] == 32
+    assert saved["versions"]["stable_baselines3"]
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["task01-normal.zip", "task02-flipped.zip"]
+
+
+def test_row_zero_is_the_untrained_model(tiny_stream: clrl.TaskStream) -> None:
+    model = tiny_ppo(tiny_stream)
+    before = clrl.Evaluator(tiny_stream, n_episodes=2, seed=clrl.runner.EVAL_SEED_OFFSET)(model)
+    result = clrl.train(tiny_ppo(tiny_stream), tiny_stream, eval_episodes=2)
+    np.testing.assert_array_equal(result.matrix[0], before)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_same_seed_same_matrix(algo: str) -> None:
+    matrices = []
+    for _ in range(2):
+        model, stream = make_model(algo, seed=3)
+        matrices.append(clrl.train(model, stream, seed=3, eval_episodes=2).matrix)
+    np.testing.assert_array_equal(matrices[0], matrices[1])
+
+
+def test_train_equals_the_plain_sb3_loop(tiny_stream: clrl.TaskStream) -> None:
+    """With no module, clrl.train is set_env + learn per task: the runner adds nothing to training."""
+    ours = tiny_ppo(tiny_stream)
+    clrl.train(ours, tiny_stream, seed=5, eval_episodes=2, eval_freq=64)
+    plain = tiny_ppo(tiny_stream)
+    plain.set_random_seed(5)
+    for i in range(len(tiny_stream)):
+        plain.set_env(tiny_stream.make_vec_env(i, n_envs=2, seed=5 + 1000 * i))
+        plain.learn(tiny_stream.steps(i), reset_num_timesteps=False)
+    for (name, a), b in zip(
+        ours.policy.state_dict().items(), plain.policy.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_off_policy_buffer_is_emptied_and_warm_up_repeated_per_task() -> None:
+    model, stream = make_model("dqn")
+    assert isinstance(model, DQN)
+    sizes = []
+
+    class Probe(clrl.ContinualModule):
+        def on_task_start(self, task: clrl.TaskInfo) -> None:
+            assert self.model is not None
+            sizes.append((self.model.replay_buffer.size(), self.model.learning_starts))  # type: ignore[attr-defined]
+
+    clrl.train(model, stream, [Probe()], eval_episodes=1)
+    assert sizes == [(0, 32), (0, 128 + 32)]
+    assert model.learning_starts == 32  # restored after the task
+    model2, _ = make_model("dqn")
+    sizes.clear()
+    clrl.train(model2, stream, [Probe()], eval_episodes=1, reset_buffer=False)
+    assert sizes == [(0, 32), (128, 32)]
+
+
+def test_eval_freq_records_forgetting_curves(tiny_stream: clrl.TaskStream) -> None:
+    result = clrl.train(tiny_ppo(tiny_stream), tiny_stream, eval_episodes=1, eval_freq=64)
+    assert [(step, task) for step, task, _ in result.curves] == [(64, 0), (192, 1)]  # boundaries: rows of R
+    assert all(len(row) == 2 for _, _, row in result.curves)
+
+
+def test_existing_run_is_never_overwritten_unless_asked(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    run = tmp_path / "run"
+    clrl.train(tiny_ppo(tiny_stream), tiny_stream, logdir=run, eval_episodes=1, checkpoints=False)
+    before = (run / "results.json").read_bytes()
+    with pytest.raises(clrl.RunExistsError, match="overwrite"):
+        clrl.train(tiny_ppo(tiny_stream), tiny_stream, logdir=run, eval_episodes=1)
+    assert (run / "results.json").read_bytes() == before
+    clrl.train(
+        tiny_ppo(tiny_stream), tiny_stream, logdir=run, eval_episodes=1, overwrite=True, checkpoints=False
+    )
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+
+
+def test_model_with_other_spaces_is_refused(tiny_stream: clrl.TaskStream) -> None:
+    hidden = cartpole_stream(task_id="hidden")
+    with pytest.raises(clrl.StreamError, match="observation space"):
+        clrl.train(tiny_ppo(hidden), tiny_stream)
+
+
+def test_vec_normalize_is_refused(tiny_stream: clrl.TaskStream) -> None:
+    model = PPO("MlpPolicy", VecNormalize(tiny_stream.make_vec_env(0)), n_steps=32, device="cpu")
+    with pytest.raises(clrl.ConfigError, match="VecNormalize"):
+        clrl.train(model, tiny_stream)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"modules": ["ewc"]}, clrl.ConfigError),
+        ({"eval_episodes": 0}, clrl.ConfigError),
+        ({"eval_freq": 0}, clrl.ConfigError),
+    ],
+)
+def test_bad_arguments(tiny_stream: clrl.TaskStream, kwargs: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        clrl.train(tiny_ppo(tiny_stream), tiny_stream, **kwargs)
+
+
+def test_same_module_twice_is_refused(tiny_stream: clrl.TaskStream) -> None:
+    module = clrl.L2()
+    with pytest.raises(clrl.ConfigError, match="twice"):
+        clrl.train(tiny_ppo(tiny_stream), tiny_stream, [module, module])
+
+
+def test_multitask_baseline_sees_every_task(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    seen = set()
+
+    class Probe(clrl.ContinualModule):
+        def _on_step(self) -> bool:
+            seen.update(info["task_index"] for info in self.locals["infos"] if "task_index" in info)
+            return True
+
+    model = tiny_ppo(tiny_stream)
+    result = clrl.train_multitask(model, tiny_stream, logdir=tmp_path / "mt", eval_episodes=1)
+    assert result.matrix.shape == (3, 2)
+    assert result.config["method"] == "multitask"
+    model.learn(256, callback=Probe(), reset_num_timesteps=False)
+    assert seen == {0, 1}
+
+
+def test_single_task_baseline_trains_a_fresh_model_per_task(
+    tmp_path: Path, tiny_stream: clrl.TaskStream
+) -> None:
+    built = []
+
+    def make(i: int) -> PPO:
+        model = PPO(
+            "MlpPolicy",
+            tiny_stream.make_vec_env(i, n_envs=2, seed=0),
+            n_steps=32,
+            batch_size=32,
+            n_epochs=2,
+            policy_kwargs={"net_arch": [16]},
+            seed=0,
+            device="cpu",
+        )
+        built.append(model)
+        return model
+
+    result = clrl.train_single_task(make, tiny_stream, logdir=tmp_path / "st", eval_episodes=2)
+    assert len(built) == 2 and all(m.num_timesteps == 128 for m in built)
+    assert result.reference.tolist() == [result.matrix[1, 0], result.matrix[2, 1]]
+    assert (tmp_path / "st" / "normal").is_dir() and (tmp_path / "st" / "flipped").is_dir()
+    assert json.loads((tmp_path / "st" / "results.json").read_text())["config"]["method"] == "single-task"
