@@ -62,6 +62,7 @@ class TrainResult:
         curves: Evaluations during training: ``(step, task being trained, returns on every task)``.
         config: Stream, algorithm, method, seed and hyperparameters of the run.
         logdir: The run directory, if one was written.
+        timings: Wall-clock seconds of the whole run (``total``) and of its evaluations (``evaluation``).
     """
 
     matrix: np.ndarray
@@ -71,6 +72,7 @@ class TrainResult:
     curves: list[tuple[int, int, list[float]]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     logdir: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def reference(self) -> np.ndarray:
@@ -88,6 +90,7 @@ class TrainResult:
             "steps": self.steps,
             "curves": [{"step": s, "task": t, "returns": r} for s, t, r in self.curves],
             "config": self.config,
+            "timings": self.timings,
             "versions": versions(),
         }
 
@@ -306,6 +309,14 @@ class _Run:
         self.config = _config(model, stream, method, seed, eval_episodes, modules)
         self.evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
         self.progress_bar = progress_bar
+        self.eval_seconds = 0.0
+
+    def evaluate(self, current_task: int) -> np.ndarray:
+        """One row of the return matrix, timed."""
+        start = time.perf_counter()
+        row = self.evaluator(self.model, self.modules, current_task=current_task)
+        self.eval_seconds += time.perf_counter() - start
+        return row
 
     def run(self, env_for_task: Callable[[int], VecEnv | None], reset_buffer: bool) -> TrainResult:
         model, stream, n = self.model, self.stream, len(self.stream)
@@ -315,8 +326,9 @@ class _Run:
             np.full((n + 1, n), np.nan), {}, stream.task_names, [], [], self.config, self.root
         )
         bar = _progress(self.progress_bar, sum(stream.steps(i) for i in range(n)))
+        start = time.perf_counter()
         try:
-            result.matrix[0] = self.evaluator(model, self.modules)
+            result.matrix[0] = self.evaluate(current_task=0)
             result.steps.append(model.num_timesteps)
             if logger:
                 logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[0])
@@ -325,10 +337,11 @@ class _Run:
                 if env is not None:
                     model.set_env(env)
                 self._learn(i, reset_buffer and i > 0, logger, result, bar)
-                result.matrix[i + 1] = self.evaluator(model, self.modules, current_task=i)
+                result.matrix[i + 1] = self.evaluate(current_task=i)
                 result.steps.append(model.num_timesteps)
                 seen = result.matrix[: i + 2, : i + 1]
                 result.metrics = metrics.summary(seen)
+                result.timings = {"total": time.perf_counter() - start, "evaluation": self.eval_seconds}
                 if logger:
                     logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[i + 1])
                     logger.task_end(model.num_timesteps, i, stream.task_names, result.matrix, result.metrics)
@@ -394,7 +407,7 @@ class _PeriodicEval(BaseCallback):
         # The task's last step is left to the evaluation at the task boundary, after the final update.
         if self.num_timesteps - self.last >= self.run.eval_freq and self.num_timesteps < self.end:
             self.last = self.num_timesteps
-            row = self.run.evaluator(self.model, self.run.modules, current_task=self.task_index)
+            row = self.run.evaluate(self.task_index)
             self.result.curves.append((self.num_timesteps, self.task_index, row.tolist()))
             if self.run_logger:
                 self.run_logger.eval_row(self.num_timesteps, self.run.stream.task_names, row)

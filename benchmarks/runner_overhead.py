@@ -1,0 +1,89 @@
+"""Wall time of clrl.train against the same plain SB3 learn calls, measured in one run, as ratios.
+
+    python benchmarks/runner_overhead.py --stream cartpole-flip --algo ppo --steps 20000 --repeats 3
+
+For each repeat (in rotating order, to spread drift over the machine): plain SB3 (set_env + learn per
+task), clrl.train with no module (with TensorBoard, checkpoints and results.json), and clrl.train with L2.
+Reports medians; clrl's time is given without its evaluations (the runner's own timing of them), and the
+share of evaluation in clrl's total. Target: ratio <= 1.05 without evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+import clrl
+from clrl.presets import make_model
+
+
+def plain_sb3(algo: str, stream: clrl.TaskStream, seed: int) -> float:
+    model = make_model(algo, stream, seed, device="cpu")
+    start = time.perf_counter()
+    model.set_random_seed(seed)
+    for i in range(len(stream)):
+        model.set_env(stream.make_vec_env(i, n_envs=model.n_envs, seed=seed + 1000 * i))
+        model.learn(stream.steps(i), reset_num_timesteps=False)
+    return time.perf_counter() - start
+
+
+def with_clrl(
+    algo: str, stream: clrl.TaskStream, seed: int, episodes: int, modules: Callable[[], list]
+) -> tuple[float, float]:
+    model = make_model(algo, stream, seed, device="cpu")
+    with tempfile.TemporaryDirectory() as logdir:
+        start = time.perf_counter()
+        result = clrl.train(model, stream, modules(), logdir=logdir, seed=seed, eval_episodes=episodes)
+        total = time.perf_counter() - start
+    return total, result.timings["evaluation"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stream", default="cartpole-flip")
+    parser.add_argument("--algo", default="ppo")
+    parser.add_argument("--steps", type=int, default=20_000, help="steps per task")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (same for every variant)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    stream = clrl.make_stream(args.stream, steps_per_task=args.steps)
+
+    variants: dict[str, Callable[[int], tuple[float, float]]] = {
+        "plain SB3": lambda seed: (plain_sb3(args.algo, stream, seed), 0.0),
+        "clrl.train": lambda seed: with_clrl(args.algo, stream, seed, args.eval_episodes, list),
+        "clrl.train + L2": lambda seed: with_clrl(
+            args.algo, stream, seed, args.eval_episodes, lambda: [clrl.L2(strength=1.0)]
+        ),
+    }
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(args.repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(variants[name](r))
+    base = statistics.median(t for t, _ in times["plain SB3"])
+    print(
+        f"{args.algo} on {args.stream}: {len(stream)} tasks x {args.steps} steps, {args.repeats} repeats, "
+        f"{args.threads} torch thread(s), median seconds"
+    )
+    print(f"{'variant':<18}{'total':>9}{'eval':>9}{'w/o eval':>10}{'ratio':>8}{'eval share':>12}")
+    for name, runs in times.items():
+        total = statistics.median(t for t, _ in runs)
+        evaluation = statistics.median(e for _, e in runs)
+        ratio = (total - evaluation) / base
+        print(
+            f"{name:<18}{total:9.2f}{evaluation:9.2f}{total - evaluation:10.2f}{ratio:8.3f}"
+            f"{evaluation / total:12.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The clrl command: list, run, and clear errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clrl.cli import main
+from clrl.presets import make_model, preset
+
+TINY = [
+    "--steps",
+    "64",
+    "--eval-episodes",
+    "1",
+    "--no-progress",
+    "--hp",
+    "n_envs=1",
+    "n_steps=32",
+    "batch_size=32",
+    "n_epochs=1",
+    "policy_kwargs={ net_arch = [8] }",
+]
+
+
+def test_list_names_streams_algorithms_and_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in (
+        "cartpole-flip",
+        "cartpole-physics",
+        "ppo",
+        "dqn",
+        "sac",
+        "finetune",
+        "l2",
+        "multitask",
+        "single-task",
+    ):
+        assert word in out
+
+
+def test_run_writes_one_directory_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "run",
+            "cartpole-flip",
+            "--method",
+            "l2",
+            "--method-arg",
+            "strength=5",
+            "--seeds",
+            "0",
+            "1",
+            "--logdir",
+            str(tmp_path),
+            *TINY,
+        ]
+    )
+    assert code == 0
+    for seed in (0, 1):
+        run = tmp_path / "cartpole-flip" / "ppo-l2" / f"seed{seed}"
+        results = json.loads((run / "results.json").read_text())
+        assert len(results["matrix"]) == 5
+        assert results["config"]["modules"][0]["config"]["strength"] == 5.0
+        assert results["config"]["hyperparameters"]["n_steps"] == 32
+    out = capsys.readouterr().out
+    assert "untrained" in out and "ACC" in out and "over 2 seeds" in out
+
+
+@pytest.mark.parametrize("method", ["multitask", "single-task"])
+def test_baselines_run_by_name(tmp_path: Path, method: str) -> None:
+    assert main(["run", "cartpole-physics", "--method", method, "--logdir", str(tmp_path), *TINY]) == 0
+    assert (tmp_path / "cartpole-physics" / f"ppo-{method}" / "seed0" / "results.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "no-such-stream"], "no stream named 'no-such-stream'"),
+        (["run", "cartpole-flip", "--algo", "ppo2"], "unknown algorithm 'ppo2'; choose one of: a2c"),
+        (["run", "cartpole-flip", "--method", "ewc2"], "unknown method 'ewc2'; choose one of: finetune, l2"),
+        (["run", "cartpole-flip", "--method", "l2", "--method-arg", "strength=-1"], "strength must be"),
+        (["run", "cartpole-flip", "--method", "l2", "--method-arg", "colour=1"], "bad --method-arg"),
+        (["run", "cartpole-flip", "--hp", "n_stepz=3"], "bad hyperparameter for PPO"),
+        (["run", "cartpole-flip", "--hp", "oops"], "--hp must look like key=value"),
+        (["run", "cartpole-flip", "--algo", "sac"], "SAC cannot learn stream 'cartpole-flip'"),
+        (["run", "cartpole-flip", "--steps", "0"], "steps_per_task must be a positive integer"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main([*args, "--logdir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clrl: error: ") and message in err
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_existing_run_is_kept_without_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["run", "cartpole-flip", "--logdir", str(tmp_path), *TINY]
+    assert main(args) == 0
+    results = tmp_path / "cartpole-flip" / "ppo-finetune" / "seed0" / "results.json"
+    before = results.read_bytes()
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert results.read_bytes() == before
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_presets_cover_the_builtin_streams() -> None:
+    from clrl.streams import make_stream
+
+    for name in ("cartpole-flip", "cartpole-physics"):
+        for algo in ("ppo", "a2c", "dqn"):
+            assert preset(name, algo), (name, algo)
+            model = make_model(algo, make_stream(name), seed=0, device="cpu")
+            assert model.seed == 0
+    assert preset("unknown-stream", "ppo") == {}
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "clrl"
+    out = subprocess.run([str(script), "list"], capture_output=True, text=True, check=True)
+    assert "cartpole-flip" in out.stdout
+    bad = subprocess.run([str(script), "run", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
