@@ -137,11 +137,20 @@ def _dispatch(
     common: dict[str, Any],
 ) -> TrainResult:
     if ns.method == "single-task":
-        return train_single_task(factory, stream, **common)
+        return train_single_task(factory, stream, eval_freq=ns.eval_freq, **common)
     if ns.method == "multitask":
         return train_multitask(factory(0), stream, eval_freq=ns.eval_freq, **common)
     modules = _make_modules(ns.method, method_args)
-    return train(factory(0), stream, modules, eval_freq=ns.eval_freq, method=ns.method, **common)
+    reference = None
+    reference_file = (
+        Path(ns.logdir) / stream.name / f"{ns.algo.lower()}-single-task" / f"seed{common['seed']}"
+    )
+    if (reference_file / "results.json").is_file():
+        print(f"clrl: normalising by the single-task run in {reference_file}", flush=True)
+        reference = TrainResult.from_json(reference_file / "results.json")
+    return train(
+        factory(0), stream, modules, eval_freq=ns.eval_freq, method=ns.method, reference=reference, **common
+    )
 
 
 def format_matrix(result: TrainResult) -> str:
@@ -157,8 +166,7 @@ def format_matrix(result: TrainResult) -> str:
 
 def format_result(result: TrainResult) -> str:
     """The matrix and metrics of one run."""
-    m = result.metrics
-    line = "  ".join(f"{k.upper() if k != 'forgetting' else 'forgetting'} {m[k]:.1f}" for k in m)
+    line = "  ".join(f"{key} {value:.3g}" for key, value in result.metrics.items())
     return f"{format_matrix(result)}\n{line}\n"
 
 

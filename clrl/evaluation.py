@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -12,6 +15,20 @@ from stable_baselines3.common.vec_env import VecEnv
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule
 from clrl.streams import TaskStream
+
+
+class _RandomPolicy:
+    """Uniformly random actions from a seeded copy of the action space (SB3's ``predict`` signature)."""
+
+    def __init__(self, space: gym.Space[Any], seed: int) -> None:
+        self.space = copy.deepcopy(space)
+        self.space.seed(seed)
+
+    def predict(
+        self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False
+    ) -> tuple[np.ndarray, None]:
+        first = next(iter(observation.values())) if isinstance(observation, dict) else observation
+        return np.stack([self.space.sample() for _ in range(len(first))]), None
 
 
 class Evaluator:
@@ -72,6 +89,15 @@ class Evaluator:
         finally:
             for module in modules:
                 module.set_task(current_task)
+        return row
+
+    def random_returns(self) -> np.ndarray:
+        """Mean return of a uniformly random policy on each task (the 0 of normalised scores)."""
+        row = np.zeros(len(self._envs))
+        for j, env in enumerate(self._envs):
+            env.seed(self.seed + 1000 * j)
+            policy = _RandomPolicy(env.action_space, self.seed + 1000 * j)
+            row[j], _ = evaluate_policy(policy, env, n_eval_episodes=self.n_episodes, warn=False)
         return row
 
     def close(self) -> None:

@@ -19,7 +19,9 @@ What happens between tasks (SB3 semantics, decided here once):
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 import math
 import platform
 import shutil
@@ -63,6 +65,7 @@ class TrainResult:
         config: Stream, algorithm, method, seed and hyperparameters of the run.
         logdir: The run directory, if one was written.
         timings: Wall-clock seconds of the whole run (``total``) and of its evaluations (``evaluation``).
+        random_returns: Mean return of a uniformly random policy on each task, on the evaluation episodes.
     """
 
     matrix: np.ndarray
@@ -73,6 +76,29 @@ class TrainResult:
     config: dict[str, Any] = field(default_factory=dict)
     logdir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    random_returns: np.ndarray | None = None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainResult:
+        """Read a ``results.json`` back (e.g. a single-task run to pass as ``reference``)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                matrix=np.array(data["matrix"], dtype=float),
+                metrics={k: float("nan") if v is None else v for k, v in data["metrics"].items()},
+                task_names=list(data["task_names"]),
+                steps=list(data["steps"]),
+                curves=[(c["step"], c["task"], c["returns"]) for c in data["curves"]],
+                config=data["config"],
+                logdir=path.parent,
+                timings=data.get("timings", {}),
+                random_returns=None
+                if data.get("random_returns") is None
+                else np.array(data["random_returns"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read results from {str(path)!r}: {exc}") from exc
 
     @property
     def reference(self) -> np.ndarray:
@@ -91,6 +117,7 @@ class TrainResult:
             "curves": [{"step": s, "task": t, "returns": r} for s, t, r in self.curves],
             "config": self.config,
             "timings": self.timings,
+            "random_returns": self.random_returns,
             "versions": versions(),
         }
 
@@ -123,6 +150,7 @@ def train(
     overwrite: bool = False,
     progress_bar: bool = False,
     method: str | None = None,
+    reference: TrainResult | None = None,
 ) -> TrainResult:
     """Learn ``stream`` task after task with ``model`` and the given continual modules.
 
@@ -134,7 +162,7 @@ def train(
         stream: The task stream.
         modules: Continual modules (none: fine-tuning).
         logdir: Run directory for TensorBoard events, ``results.json`` and ``checkpoints/``; ``None`` writes
-            nothing. Replaces the model's logger.
+            nothing. Replaces the model's logger while training.
         seed: Seeds the model (``set_random_seed``) and the task environments; the same seed gives the same
             return matrix.
         eval_episodes: Episodes per task at each evaluation.
@@ -146,13 +174,16 @@ def train(
         overwrite: Replace an existing run in ``logdir`` (otherwise that is an error).
         progress_bar: Show a progress bar over tasks and steps.
         method: Name of the method in ``results.json`` (default: the modules' names, or ``"finetune"``).
+        reference: A :func:`train_single_task` result on the same stream. Adds the metrics of the matrix
+            normalised between a random policy (0) and the single-task returns (1) as ``<metric>_norm``, and,
+            when both runs have ``eval_freq`` curves, Continual World's forward transfer as ``fwt_cw``.
 
     Returns:
         The return matrix, metrics and run information.
 
     Raises:
         StreamError: The stream is invalid or its spaces differ from the model's.
-        ConfigError: Bad arguments (unknown module type, VecNormalize, ...).
+        ConfigError: Bad arguments (unknown module type, VecNormalize, a reference of another stream, ...).
         RunExistsError: ``logdir`` holds a run and ``overwrite`` is false.
     """
     modules = list(modules)
@@ -161,22 +192,18 @@ def train(
             raise ConfigError(f"modules must be clrl ContinualModule instances, got {type(m).__name__}")
     if len({id(m) for m in modules}) != len(modules):
         raise ConfigError("the same module instance is listed twice")
+    if reference is not None and reference.task_names != stream.task_names:
+        raise ConfigError(
+            f"the reference run has tasks {reference.task_names}, the stream {stream.task_names}"
+        )
     method = method or ("+".join(m.name for m in modules) or "finetune")
-    return _Run(
-        model,
-        stream,
-        modules,
-        logdir,
-        seed,
-        eval_episodes,
-        eval_freq,
-        checkpoints,
-        overwrite,
-        progress_bar,
-        method,
-    ).run(
+    run = _Run(model, stream, modules, logdir, seed, eval_episodes, eval_freq, overwrite, method)
+    return run.run(
         lambda i: stream.make_vec_env(i, n_envs=model.n_envs, seed=seed + 1000 * i),
         reset_buffer=reset_buffer,
+        checkpoints=checkpoints,
+        progress_bar=progress_bar,
+        reference=reference,
     )
 
 
@@ -197,21 +224,14 @@ def train_multitask(
     The total budget is the stream's; the model is evaluated after each task's share of it, so that row
     ``i`` of the matrix is measured at the same step as in a continual run. Arguments as in :func:`train`.
     """
-    run = _Run(
-        model,
-        stream,
-        [],
-        logdir,
-        seed,
-        eval_episodes,
-        eval_freq,
-        checkpoints,
-        overwrite,
-        progress_bar,
-        "multitask",
-    )
+    run = _Run(model, stream, [], logdir, seed, eval_episodes, eval_freq, overwrite, "multitask")
     env = stream.make_multitask_vec_env(n_envs=model.n_envs, seed=seed)
-    return run.run(lambda i: env if i == 0 else None, reset_buffer=False)
+    return run.run(
+        lambda i: env if i == 0 else None,
+        reset_buffer=False,
+        checkpoints=checkpoints,
+        progress_bar=progress_bar,
+    )
 
 
 def train_single_task(
@@ -221,6 +241,7 @@ def train_single_task(
     logdir: str | Path | None = None,
     seed: int = 0,
     eval_episodes: int = 10,
+    eval_freq: int | None = None,
     overwrite: bool = False,
     progress_bar: bool = False,
 ) -> TrainResult:
@@ -228,57 +249,107 @@ def train_single_task(
 
     Row 0 of the matrix is the untrained model of task 0; row ``i`` the model trained on task ``i - 1``
     alone, evaluated on every task. :attr:`TrainResult.reference` (``R[j + 1, j]``) gives the reference
-    returns for forward transfer and normalised scores. SB3's own scalars of each task go to
+    returns; pass the whole result as ``reference`` to :func:`train`. SB3's own scalars of each task go to
     ``logdir/<task>/``; ``eval/<task>/return`` to ``logdir``, at the cumulative step count.
 
     Args:
         make_model: Builds and seeds a new model on task ``i``'s environment, e.g.
             ``lambda i: PPO("MlpPolicy", stream.make_vec_env(i, n_envs=4, seed=0), seed=0)``.
         stream: The task stream.
-        logdir, seed, eval_episodes, overwrite, progress_bar: As in :func:`train` (``seed`` seeds the
-            evaluation episodes; the models are seeded by ``make_model``).
+        logdir, seed, eval_episodes, eval_freq, overwrite, progress_bar: As in :func:`train` (``seed`` seeds
+            the evaluation episodes; the models are seeded by ``make_model``).
     """
     n = len(stream)
     stream.validate()
+    if eval_freq is not None and eval_freq < 1:
+        raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
     root = _prepare_logdir(logdir, overwrite)
     evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
     result = TrainResult(np.full((n + 1, n), np.nan), {}, stream.task_names, [0], [], {}, root)
     bar = _progress(progress_bar, sum(stream.steps(i) for i in range(n)))
-    writer = None
+    writer = SummaryWriter(str(root)) if root else None
     try:
+        result.random_returns = evaluator.random_returns()
         for i, task in enumerate(stream.tasks):
             model = make_model(i)
             _check_model(model, stream)
+            offset = result.steps[-1]
+
+            def log_row(step: int, row: np.ndarray) -> None:
+                if writer:
+                    log_eval_row(writer, step, stream.task_names, row)
+
+            def record(step: int, task_index: int, row: np.ndarray, offset: int = offset) -> None:
+                result.curves.append((offset + step, task_index, row.tolist()))
+                log_row(offset + step, row)
+
             if i == 0:
                 result.config = _config(model, stream, "single-task", seed, eval_episodes, [])
                 result.matrix[0] = evaluator(model)
+                log_row(0, result.matrix[0])
+            callbacks: list[BaseCallback] = []
+            if bar:
+                callbacks.append(_ProgressCallback(bar, i, stream))
+            if eval_freq:
+                evaluate = functools.partial(evaluator, model)
+                callbacks.append(_PeriodicEval(evaluate, eval_freq, i, stream.steps(i), record))
             task_logger = RunLogger(root / task.name, model) if root else None
-            model.learn(stream.steps(i), callback=_ProgressCallback(bar, i, stream) if bar else None)
-            if task_logger:
-                task_logger.close()
+            try:
+                model.learn(stream.steps(i), callback=CallbackList(callbacks))
+            finally:
+                if task_logger:
+                    task_logger.close()
             result.matrix[i + 1] = evaluator(model)
-            result.steps.append(result.steps[-1] + model.num_timesteps)
+            result.steps.append(offset + model.num_timesteps)
+            log_row(result.steps[-1], result.matrix[i + 1])
+            result.metrics = metrics.summary(result.matrix[: i + 2, : i + 1])
             if root:
-                if writer is None:
-                    writer = SummaryWriter(str(root))
-                    log_eval_row(writer, 0, stream.task_names, result.matrix[0])
-                log_eval_row(writer, result.steps[-1], stream.task_names, result.matrix[i + 1])
-                _write_summary(root, result, np.arange(i + 1))
+                _write_summary(root, result, i + 1)
     finally:
         evaluator.close()
-        if writer is not None:
+        if writer:
             writer.close()
         if bar:
             bar.close()
-    result.metrics = metrics.summary(result.matrix)
-    if root:
-        _write_summary(root, result, np.arange(n))
     return result
 
 
-def _write_summary(root: Path, result: TrainResult, done: np.ndarray) -> None:
+def reference_metrics(result: TrainResult, reference: TrainResult, n_done: int) -> dict[str, float]:
+    """Metrics of ``result``'s first ``n_done`` tasks normalised by a single-task ``reference``.
+
+    Returns ``acc_norm``, ``bwt_norm``, ``fwt_norm`` and ``forgetting_norm`` (the matrix normalised between
+    the random policy's returns and the reference's ``R[j + 1, j]``), and ``fwt_cw`` (Continual World's
+    forward transfer, the mean over tasks of :func:`clrl.metrics.auc_forward_transfer` of the normalised,
+    clipped training curves) when both runs recorded curves for every task.
+    """
+    if result.random_returns is None:
+        return {}
+    low, high = result.random_returns[:n_done], reference.reference[:n_done]
+    if np.any(high == low):
+        return {}
+    seen = metrics.normalize(result.matrix[: n_done + 1, :n_done], low, high)
+    out = {f"{k}_norm": v for k, v in metrics.summary(seen).items()}
+    transfers = []
+    for j in range(n_done):
+        ours = [row[j] for _, task, row in result.curves if task == j]
+        theirs = [row[j] for _, task, row in reference.curves if task == j]
+        length = min(len(ours), len(theirs))
+        if length == 0:
+            break
+        scale = high[j] - low[j]
+        a = np.clip((np.array(ours[:length]) - low[j]) / scale, 0, 1)
+        b = np.clip((np.array(theirs[:length]) - low[j]) / scale, 0, 1)
+        if b.mean() < 1:
+            transfers.append(metrics.auc_forward_transfer(a, b))
+    else:
+        if transfers:
+            out["fwt_cw"] = float(np.mean(transfers))
+    return out
+
+
+def _write_summary(root: Path, result: TrainResult, completed: int) -> None:
     data = result.to_dict()
-    data["completed_tasks"] = len(done)
+    data["completed_tasks"] = completed
     write_json_atomic(root / "results.json", data)
 
 
@@ -294,9 +365,7 @@ class _Run:
         seed: int,
         eval_episodes: int,
         eval_freq: int | None,
-        checkpoints: bool,
         overwrite: bool,
-        progress_bar: bool,
         method: str,
     ) -> None:
         if eval_freq is not None and eval_freq < 1:
@@ -304,12 +373,13 @@ class _Run:
         stream.validate()
         _check_model(model, stream)
         self.model, self.stream, self.modules = model, stream, modules
-        self.seed, self.eval_freq, self.checkpoints = seed, eval_freq, checkpoints
+        self.seed, self.eval_freq = seed, eval_freq
         self.root = _prepare_logdir(logdir, overwrite)
         self.config = _config(model, stream, method, seed, eval_episodes, modules)
         self.evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
-        self.progress_bar = progress_bar
         self.eval_seconds = 0.0
+        self.logger: RunLogger | None = None
+        self.result: TrainResult | None = None
 
     def evaluate(self, current_task: int) -> np.ndarray:
         """One row of the return matrix, timed."""
@@ -318,17 +388,32 @@ class _Run:
         self.eval_seconds += time.perf_counter() - start
         return row
 
-    def run(self, env_for_task: Callable[[int], VecEnv | None], reset_buffer: bool) -> TrainResult:
+    def record_curve(self, step: int, task_index: int, row: np.ndarray) -> None:
+        """Keep and log an evaluation made during training."""
+        assert self.result is not None
+        self.result.curves.append((step, task_index, row.tolist()))
+        if self.logger:
+            self.logger.eval_row(step, self.stream.task_names, row)
+
+    def run(
+        self,
+        env_for_task: Callable[[int], VecEnv | None],
+        reset_buffer: bool,
+        checkpoints: bool,
+        progress_bar: bool,
+        reference: TrainResult | None = None,
+    ) -> TrainResult:
         model, stream, n = self.model, self.stream, len(self.stream)
         model.set_random_seed(self.seed)
-        logger = RunLogger(self.root, model) if self.root else None
-        result = TrainResult(
+        self.logger = logger = RunLogger(self.root, model) if self.root else None
+        self.result = result = TrainResult(
             np.full((n + 1, n), np.nan), {}, stream.task_names, [], [], self.config, self.root
         )
-        bar = _progress(self.progress_bar, sum(stream.steps(i) for i in range(n)))
+        bar = _progress(progress_bar, sum(stream.steps(i) for i in range(n)))
         start = time.perf_counter()
         try:
             result.matrix[0] = self.evaluate(current_task=0)
+            result.random_returns = self.evaluator.random_returns()
             result.steps.append(model.num_timesteps)
             if logger:
                 logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[0])
@@ -336,24 +421,25 @@ class _Run:
                 env = env_for_task(i)
                 if env is not None:
                     model.set_env(env)
-                self._learn(i, reset_buffer and i > 0, logger, result, bar)
+                self._learn(i, reset_buffer and i > 0, bar)
                 result.matrix[i + 1] = self.evaluate(current_task=i)
                 result.steps.append(model.num_timesteps)
-                seen = result.matrix[: i + 2, : i + 1]
-                result.metrics = metrics.summary(seen)
+                result.metrics = metrics.summary(result.matrix[: i + 2, : i + 1])
+                if reference is not None:
+                    result.metrics.update(reference_metrics(result, reference, i + 1))
                 result.timings = {"total": time.perf_counter() - start, "evaluation": self.eval_seconds}
                 if logger:
                     logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[i + 1])
                     logger.task_end(model.num_timesteps, i, stream.task_names, result.matrix, result.metrics)
                 if self.root:
-                    if self.checkpoints:
+                    if checkpoints:
                         checkpoint.save(
                             model,
                             self.root / "checkpoints" / f"task{i + 1:02d}-{task.name}.zip",
                             self.modules,
                             {"stream": stream.name, "task_index": i, "method": self.config["method"]},
                         )
-                    _write_summary(self.root, result, np.arange(i + 1))
+                    _write_summary(self.root, result, i + 1)
             if logger:
                 logger.hparams(_hparams(self.config), result.metrics)
         finally:
@@ -366,9 +452,7 @@ class _Run:
                 bar.close()
         return result
 
-    def _learn(
-        self, i: int, reset_buffer: bool, logger: RunLogger | None, result: TrainResult, bar: Any
-    ) -> None:
+    def _learn(self, i: int, reset_buffer: bool, bar: Any) -> None:
         model, task = self.model, self.stream.tasks[i]
         learning_starts = getattr(model, "learning_starts", None)
         if reset_buffer and isinstance(model, OffPolicyAlgorithm):
@@ -382,7 +466,10 @@ class _Run:
         if bar is not None:
             callbacks.append(_ProgressCallback(bar, i, self.stream))
         if self.eval_freq:
-            callbacks.append(_PeriodicEval(self, i, logger, result))
+            evaluate = functools.partial(self.evaluate, i)
+            callbacks.append(
+                _PeriodicEval(evaluate, self.eval_freq, i, self.stream.steps(i), self.record_curve)
+            )
         try:
             model.learn(self.stream.steps(i), callback=CallbackList(callbacks), reset_num_timesteps=False)
         finally:
@@ -391,26 +478,37 @@ class _Run:
 
 
 class _PeriodicEval(BaseCallback):
-    """Evaluates every task every ``eval_freq`` steps during training (the forgetting curves)."""
+    """Evaluates every task every ``every`` steps while a task trains (the forgetting curves).
 
-    def __init__(self, run: _Run, task_index: int, logger: RunLogger | None, result: TrainResult) -> None:
+    The task's last step is left to the evaluation at the task boundary, which follows the final update.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[], np.ndarray],
+        every: int,
+        task_index: int,
+        budget: int,
+        record: Callable[[int, int, np.ndarray], None],
+    ) -> None:
         super().__init__()
-        self.run, self.task_index, self.run_logger, self.result = run, task_index, logger, result
-        self.last = 0
+        self.evaluate, self.every, self.task_index, self.budget, self.record = (
+            evaluate,
+            every,
+            task_index,
+            budget,
+            record,
+        )
+        self.last = self.end = 0
 
     def _on_training_start(self) -> None:
         self.last = self.num_timesteps
-        self.end = self.num_timesteps + self.run.stream.steps(self.task_index)
+        self.end = self.num_timesteps + self.budget
 
     def _on_step(self) -> bool:
-        assert self.run.eval_freq is not None
-        # The task's last step is left to the evaluation at the task boundary, after the final update.
-        if self.num_timesteps - self.last >= self.run.eval_freq and self.num_timesteps < self.end:
+        if self.num_timesteps - self.last >= self.every and self.num_timesteps < self.end:
             self.last = self.num_timesteps
-            row = self.run.evaluate(self.task_index)
-            self.result.curves.append((self.num_timesteps, self.task_index, row.tolist()))
-            if self.run_logger:
-                self.run_logger.eval_row(self.num_timesteps, self.run.stream.task_names, row)
+            self.record(self.num_timesteps, self.task_index, self.evaluate())
         return True
 
 

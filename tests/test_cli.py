@@ -69,13 +69,21 @@ def test_run_writes_one_directory_per_seed(tmp_path: Path, capsys: pytest.Captur
         assert results["config"]["modules"][0]["config"]["strength"] == 5.0
         assert results["config"]["hyperparameters"]["n_steps"] == 32
     out = capsys.readouterr().out
-    assert "untrained" in out and "ACC" in out and "over 2 seeds" in out
+    assert "untrained" in out and "acc " in out and "over 2 seeds" in out
 
 
 @pytest.mark.parametrize("method", ["multitask", "single-task"])
 def test_baselines_run_by_name(tmp_path: Path, method: str) -> None:
     assert main(["run", "cartpole-physics", "--method", method, "--logdir", str(tmp_path), *TINY]) == 0
     assert (tmp_path / "cartpole-physics" / f"ppo-{method}" / "seed0" / "results.json").is_file()
+
+
+def test_a_single_task_run_in_the_logdir_becomes_the_reference(tmp_path: Path) -> None:
+    common = ["--logdir", str(tmp_path), "--eval-freq", "32", *TINY]
+    assert main(["run", "cartpole-flip", "--method", "single-task", *common]) == 0
+    assert main(["run", "cartpole-flip", *common]) == 0
+    results = json.loads((tmp_path / "cartpole-flip" / "ppo-finetune" / "seed0" / "results.json").read_text())
+    assert {"acc_norm", "bwt_norm", "fwt_norm", "forgetting_norm"} <= set(results["metrics"])
 
 
 @pytest.mark.parametrize(

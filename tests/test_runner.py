@@ -187,3 +187,71 @@ def test_single_task_baseline_trains_a_fresh_model_per_task(
     assert result.reference.tolist() == [result.matrix[1, 0], result.matrix[2, 1]]
     assert (tmp_path / "st" / "normal").is_dir() and (tmp_path / "st" / "flipped").is_dir()
     assert json.loads((tmp_path / "st" / "results.json").read_text())["config"]["method"] == "single-task"
+
+
+def test_reference_metrics_by_hand() -> None:
+    ours = clrl.TrainResult(
+        matrix=np.array([[0.0, 0.0], [100.0, 10.0], [40.0, 60.0]]),
+        metrics={},
+        task_names=["a", "b"],
+        steps=[0, 10, 20],
+        curves=[(5, 0, [50.0, 0.0]), (15, 1, [0.0, 30.0])],
+        random_returns=np.array([0.0, 10.0]),
+    )
+    reference = clrl.TrainResult(
+        matrix=np.array([[0.0, 0.0], [200.0, 0.0], [0.0, 110.0]]),
+        metrics={},
+        task_names=["a", "b"],
+        steps=[0, 10, 20],
+        curves=[(5, 0, [100.0, 0.0]), (15, 1, [0.0, 10.0])],
+    )
+    out = clrl.runner.reference_metrics(ours, reference, 2)
+    # normalised final row: (40 - 0) / 200 = 0.2 and (60 - 10) / 100 = 0.5
+    assert out["acc_norm"] == pytest.approx(0.35)
+    # task a: 0.2 - 0.5 = -0.3
+    assert out["bwt_norm"] == pytest.approx(-0.3)
+    # task b before training: (10 - 10) / 100 - (0 - 10) / 100 = 0.1
+    assert out["fwt_norm"] == pytest.approx(0.1)
+    # curves: task a 0.25 vs reference 0.5 -> (0.25 - 0.5) / 0.5 = -0.5; task b 0.2 vs 0 -> 0.2
+    assert out["fwt_cw"] == pytest.approx(-0.15)
+
+
+def test_reference_run_adds_normalised_metrics(tiny_stream: clrl.TaskStream) -> None:
+    def make(i: int) -> PPO:
+        return tiny_ppo_on(tiny_stream, i)
+
+    reference = clrl.train_single_task(make, tiny_stream, eval_episodes=2, eval_freq=64)
+    assert [task for _, task, _ in reference.curves] == [0, 1]
+    assert reference.random_returns is not None and np.all(reference.random_returns > 0)
+    result = clrl.train(
+        tiny_ppo(tiny_stream), tiny_stream, eval_episodes=2, eval_freq=64, reference=reference
+    )
+    assert {"acc_norm", "bwt_norm", "fwt_norm", "forgetting_norm", "fwt_cw"} <= set(result.metrics)
+    with pytest.raises(clrl.ConfigError, match="reference"):
+        other = clrl.TaskStream("o", tiny_stream.tasks[::-1], steps_per_task=128, task_id="observed")
+        clrl.train(tiny_ppo(tiny_stream), other, reference=reference)
+
+
+def test_results_json_reads_back(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    result = clrl.train(
+        tiny_ppo(tiny_stream), tiny_stream, logdir=tmp_path / "r", eval_episodes=1, eval_freq=64
+    )
+    again = clrl.TrainResult.from_json(tmp_path / "r" / "results.json")
+    np.testing.assert_array_equal(again.matrix, result.matrix)
+    assert again.curves == result.curves and again.task_names == result.task_names
+    np.testing.assert_array_equal(again.random_returns, result.random_returns)
+    with pytest.raises(clrl.ConfigError, match="cannot read"):
+        clrl.TrainResult.from_json(tmp_path / "missing.json")
+
+
+def tiny_ppo_on(stream: clrl.TaskStream, i: int) -> PPO:
+    return PPO(
+        "MlpPolicy",
+        stream.make_vec_env(i, n_envs=2, seed=0),
+        n_steps=32,
+        batch_size=32,
+        n_epochs=2,
+        policy_kwargs={"net_arch": [16]},
+        seed=0,
+        device="cpu",
+    )
