@@ -6,15 +6,15 @@ editable install or a source checkout has no such folders, so the repository's o
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
+_PACKAGE = Path(__file__).resolve().parent
 _REPO_FOLDERS = {"_streams": ("envs",), "_presets": ("agents", "presets")}
 
 
 def data_dir(name: str) -> Path:
     """The folder of the data package ``clrl.<name>`` (``"_streams"`` or ``"_presets"``)."""
-    try:
-        return Path(str(importlib.resources.files(f"clrl.{name}")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent.joinpath(*_REPO_FOLDERS[name])
+    installed = _PACKAGE / name
+    if installed.is_dir():
+        return installed
+    return _PACKAGE.parent.joinpath(*_REPO_FOLDERS[name])

@@ -65,6 +65,7 @@ def save(
         The path written.
     """
     path = _zip_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     payload = {
         "format": FORMAT_VERSION,

@@ -157,10 +157,11 @@ def format_matrix(result: TrainResult) -> str:
     """The return matrix as an aligned text table."""
     names = result.task_names
     width = max(10, *(len(n) + 2 for n in names))
-    lines = ["after \\ on".ljust(20) + "".join(n.rjust(width) for n in names)]
-    for i, row in enumerate(result.matrix):
-        label = "untrained" if i == 0 else f"{i}. {names[i - 1]}"
-        lines.append(label[:19].ljust(20) + "".join(f"{v:{width}.1f}" for v in row))
+    labels = ["untrained", *(f"{i}. {name}" for i, name in enumerate(names, start=1))]
+    label_width = max(len(label) for label in labels) + 2
+    lines = ["after \\ on".ljust(label_width) + "".join(n.rjust(width) for n in names)]
+    for label, row in zip(labels, result.matrix, strict=True):
+        lines.append(label.ljust(label_width) + "".join(f"{v:{width}.1f}" for v in row))
     return "\n".join(lines)
 
 

@@ -249,7 +249,8 @@ def train_single_task(
 
     Row 0 of the matrix is the untrained model of task 0; row ``i`` the model trained on task ``i - 1``
     alone, evaluated on every task. :attr:`TrainResult.reference` (``R[j + 1, j]``) gives the reference
-    returns; pass the whole result as ``reference`` to :func:`train`. SB3's own scalars of each task go to
+    returns; pass the whole result as ``reference`` to :func:`train`. The rows are not a sequence, so the
+    only metric is ``acc``: the mean over tasks of the return of the model trained on that task. SB3's own scalars of each task go to
     ``logdir/<task>/``; ``eval/<task>/return`` to ``logdir``, at the cumulative step count.
 
     Args:
@@ -268,16 +269,17 @@ def train_single_task(
     result = TrainResult(np.full((n + 1, n), np.nan), {}, stream.task_names, [0], [], {}, root)
     bar = _progress(progress_bar, sum(stream.steps(i) for i in range(n)))
     writer = SummaryWriter(str(root)) if root else None
+
+    def log_row(step: int, row: np.ndarray) -> None:
+        if writer:
+            log_eval_row(writer, step, stream.task_names, row)
+
     try:
         result.random_returns = evaluator.random_returns()
         for i, task in enumerate(stream.tasks):
             model = make_model(i)
             _check_model(model, stream)
             offset = result.steps[-1]
-
-            def log_row(step: int, row: np.ndarray) -> None:
-                if writer:
-                    log_eval_row(writer, step, stream.task_names, row)
 
             def record(step: int, task_index: int, row: np.ndarray, offset: int = offset) -> None:
                 result.curves.append((offset + step, task_index, row.tolist()))
@@ -302,7 +304,7 @@ def train_single_task(
             result.matrix[i + 1] = evaluator(model)
             result.steps.append(offset + model.num_timesteps)
             log_row(result.steps[-1], result.matrix[i + 1])
-            result.metrics = metrics.summary(result.matrix[: i + 2, : i + 1])
+            result.metrics = {"acc": float(result.reference[: i + 1].mean())}
             if root:
                 _write_summary(root, result, i + 1)
     finally:

@@ -88,6 +88,20 @@ def make_model(algo: str, seed: int = 0, **overrides: Any) -> tuple[BaseAlgorith
     return model, stream
 
 
+def tiny_ppo(stream: TaskStream, task_index: int = 0, seed: int = 0) -> PPO:
+    """A PPO that updates every 64 steps (2 envs x 32), on task ``task_index``."""
+    return PPO(
+        "MlpPolicy",
+        stream.make_vec_env(task_index, n_envs=2, seed=seed),
+        n_steps=32,
+        batch_size=32,
+        n_epochs=2,
+        policy_kwargs={"net_arch": [16]},
+        seed=seed,
+        device="cpu",
+    )
+
+
 @pytest.fixture
 def tiny_stream() -> TaskStream:
     return cartpole_stream()

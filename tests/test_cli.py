@@ -137,3 +137,17 @@ def test_console_script_is_installed() -> None:
     assert "cartpole-flip" in out.stdout
     bad = subprocess.run([str(script), "run", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_matrix_table_keeps_long_task_names_whole() -> None:
+    import numpy as np
+
+    from clrl import TrainResult
+    from clrl.cli import format_matrix
+
+    table = format_matrix(
+        TrainResult(np.arange(6.0).reshape(3, 2), {}, ["a", "a-very-long-task-name"], [0, 1, 2])
+    )
+    lines = table.splitlines()
+    assert lines[2].split() == ["1.", "a", "2.0", "3.0"]
+    assert lines[3].split() == ["2.", "a-very-long-task-name", "4.0", "5.0"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cartpole_stream, tiny_ppo
 from stable_baselines3 import PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -16,19 +17,8 @@ from clrl.logger import matrix_markdown, render_matrix, write_json_atomic
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, clrl.TrainResult]:
-    from conftest import cartpole_stream
-
     stream = cartpole_stream()
-    model = PPO(
-        "MlpPolicy",
-        stream.make_vec_env(0, n_envs=2),
-        n_steps=32,
-        batch_size=32,
-        n_epochs=2,
-        policy_kwargs={"net_arch": [16]},
-        seed=0,
-        device="cpu",
-    )
+    model = tiny_ppo(stream)
     logdir = tmp_path_factory.mktemp("tb") / "run"
     result = clrl.train(model, stream, [clrl.L2()], logdir=logdir, eval_episodes=1, eval_freq=64)
     return logdir, result
@@ -98,8 +88,6 @@ def test_hparams_are_written(run_dir: tuple[Path, clrl.TrainResult]) -> None:
 
 
 def test_model_gets_its_logger_back(run_dir: tuple[Path, clrl.TrainResult]) -> None:
-    from conftest import cartpole_stream
-
     stream = cartpole_stream()
     model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, device="cpu")
     clrl.train(model, stream, logdir=run_dir[0].parent / "again", eval_episodes=1, checkpoints=False)

@@ -163,3 +163,19 @@ def test_l2_defaults_and_config_roundtrip() -> None:
     module = clrl.L2()
     assert module.get_config() == {"strength": 1.0, "networks": "actor", "verbose": 0}
     assert clrl.L2(**module.get_config()).get_config() == module.get_config()
+
+
+def test_hooks_are_removed_when_training_fails_inside_clrl_train() -> None:
+    model, stream = make_model("ppo")
+
+    class Crash(ContinualModule):
+        def _on_step(self) -> bool:
+            raise RuntimeError("env exploded")
+
+    module = clrl.L2(strength=1.0)
+    module.anchor = {n: p.detach().clone() for n, p in policy_parameters(model).items()}
+    with pytest.raises(RuntimeError, match="env exploded"):
+        clrl.train(model, stream, [module, Crash()], eval_episodes=1)
+    for opt in optimizers(model).values():
+        assert "zero_grad" not in opt.__dict__
+        assert not opt._optimizer_step_pre_hooks

@@ -8,24 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cartpole_stream, make_model
+from conftest import cartpole_stream, make_model, tiny_ppo
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
 import clrl
-
-
-def tiny_ppo(stream: clrl.TaskStream, seed: int = 0) -> PPO:
-    return PPO(
-        "MlpPolicy",
-        stream.make_vec_env(0, n_envs=2),
-        n_steps=32,
-        batch_size=32,
-        n_epochs=2,
-        policy_kwargs={"net_arch": [16]},
-        seed=seed,
-        device="cpu",
-    )
 
 
 def test_train_fills_the_matrix_and_writes_the_run(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
@@ -169,22 +156,14 @@ def test_single_task_baseline_trains_a_fresh_model_per_task(
     built = []
 
     def make(i: int) -> PPO:
-        model = PPO(
-            "MlpPolicy",
-            tiny_stream.make_vec_env(i, n_envs=2, seed=0),
-            n_steps=32,
-            batch_size=32,
-            n_epochs=2,
-            policy_kwargs={"net_arch": [16]},
-            seed=0,
-            device="cpu",
-        )
+        model = tiny_ppo(tiny_stream, i)
         built.append(model)
         return model
 
     result = clrl.train_single_task(make, tiny_stream, logdir=tmp_path / "st", eval_episodes=2)
     assert len(built) == 2 and all(m.num_timesteps == 128 for m in built)
     assert result.reference.tolist() == [result.matrix[1, 0], result.matrix[2, 1]]
+    assert result.metrics == {"acc": pytest.approx((result.matrix[1, 0] + result.matrix[2, 1]) / 2)}
     assert (tmp_path / "st" / "normal").is_dir() and (tmp_path / "st" / "flipped").is_dir()
     assert json.loads((tmp_path / "st" / "results.json").read_text())["config"]["method"] == "single-task"
 
@@ -217,10 +196,9 @@ def test_reference_metrics_by_hand() -> None:
 
 
 def test_reference_run_adds_normalised_metrics(tiny_stream: clrl.TaskStream) -> None:
-    def make(i: int) -> PPO:
-        return tiny_ppo_on(tiny_stream, i)
-
-    reference = clrl.train_single_task(make, tiny_stream, eval_episodes=2, eval_freq=64)
+    reference = clrl.train_single_task(
+        lambda i: tiny_ppo(tiny_stream, i), tiny_stream, eval_episodes=2, eval_freq=64
+    )
     assert [task for _, task, _ in reference.curves] == [0, 1]
     assert reference.random_returns is not None and np.all(reference.random_returns > 0)
     result = clrl.train(
@@ -242,16 +220,3 @@ def test_results_json_reads_back(tmp_path: Path, tiny_stream: clrl.TaskStream) -
     np.testing.assert_array_equal(again.random_returns, result.random_returns)
     with pytest.raises(clrl.ConfigError, match="cannot read"):
         clrl.TrainResult.from_json(tmp_path / "missing.json")
-
-
-def tiny_ppo_on(stream: clrl.TaskStream, i: int) -> PPO:
-    return PPO(
-        "MlpPolicy",
-        stream.make_vec_env(i, n_envs=2, seed=0),
-        n_steps=32,
-        batch_size=32,
-        n_epochs=2,
-        policy_kwargs={"net_arch": [16]},
-        seed=0,
-        device="cpu",
-    )

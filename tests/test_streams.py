@@ -23,6 +23,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("ignore:.*is different from the unwrapped version")
 @pytest.mark.parametrize("name", ["cartpole-flip", "cartpole-physics"])
 def test_builtin_streams_load_and_every_task_passes_check_env(name: str) -> None:
     stream = clrl.make_stream(name)
