@@ -250,8 +250,9 @@ def train_single_task(
     Row 0 of the matrix is the untrained model of task 0; row ``i`` the model trained on task ``i - 1``
     alone, evaluated on every task. :attr:`TrainResult.reference` (``R[j + 1, j]``) gives the reference
     returns; pass the whole result as ``reference`` to :func:`train`. The rows are not a sequence, so the
-    only metric is ``acc``: the mean over tasks of the return of the model trained on that task. SB3's own scalars of each task go to
-    ``logdir/<task>/``; ``eval/<task>/return`` to ``logdir``, at the cumulative step count.
+    only metric is ``acc``: the mean over tasks of the return of the model trained on that task. SB3's own
+    scalars of each task go to ``logdir/<task>/``; ``eval/<task>/return`` to ``logdir``, at the cumulative
+    step count.
 
     Args:
         make_model: Builds and seeds a new model on task ``i``'s environment, e.g.
