@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -443,7 +443,6 @@ def with_steps(stream: TaskStream, steps_per_task: int) -> TaskStream:
     _check_steps(steps_per_task, f"stream {stream.name!r}: steps_per_task")
     factor = steps_per_task / stream.steps_per_task
     tasks = [
-        t if t.steps is None else Task(**{**t.__dict__, "steps": max(1, round(t.steps * factor))})
-        for t in stream.tasks
+        t if t.steps is None else replace(t, steps=max(1, round(t.steps * factor))) for t in stream.tasks
     ]
-    return TaskStream(stream.name, tasks, steps_per_task, stream.task_id, stream.description)
+    return replace(stream, tasks=tasks, steps_per_task=steps_per_task)
