@@ -39,6 +39,11 @@ ALGORITHMS: dict[str, type[BaseAlgorithm]] = _algorithms()
 """Algorithm classes by lower-case name (sb3-contrib's are included when it is installed)."""
 
 
+POLICY_WITHOUT_OPTIMIZER_STEP = ("TRPO", "ARS")
+"""Algorithms that update their policy outside any optimiser step (TRPO's natural-gradient actor step, ARS's
+random search): gradient hooks of continual modules cannot change their policy."""
+
+
 def get_algorithm(name: str) -> type[BaseAlgorithm]:
     """Return the algorithm class called ``name`` (case-insensitive).
 
@@ -87,9 +92,9 @@ def policy_parameters(model: BaseAlgorithm, networks: Networks = "actor") -> dic
     """Named parameters of the networks a continual module acts on.
 
     ``"actor"`` is the part that chooses actions: the actor of SAC/TD3/TQC/CrossQ/DDPG, the Q-network of DQN
-    and QR-DQN (its greedy policy), and of an actor-critic policy (PPO, A2C, TRPO) everything but the value
-    head. ``"all"`` is every parameter that one of the model's optimisers steps (critics included).
-    Names are relative to ``model.policy``.
+    and QR-DQN (its greedy policy), ARS's whole policy, and of an actor-critic policy (PPO, A2C, TRPO)
+    everything but the value head. ``"all"`` is every parameter that one of the model's optimisers steps
+    (critics included). Names are relative to ``model.policy``.
     """
     check_networks(networks)
     policy = model.policy
@@ -101,7 +106,7 @@ def policy_parameters(model: BaseAlgorithm, networks: Networks = "actor") -> dic
         return {n: p for n, p in named.items() if id(p) in stepped}
     if isinstance(policy, ActorCriticPolicy):
         return {n: p for n, p in named.items() if not n.startswith(_CRITIC_PREFIXES)}
-    for head in ("actor", "q_net", "quantile_net"):
+    for head in ("actor", "q_net", "quantile_net", "action_net"):
         if isinstance(getattr(policy, head, None), torch.nn.Module):
             return {n: p for n, p in named.items() if n.startswith(head + ".")}
     raise ConfigError(f"cannot tell the actor of {type(policy).__name__}; use networks='all'")

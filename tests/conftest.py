@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from sb3_contrib import QRDQN, TQC, CrossQ, RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -79,12 +80,33 @@ ALGO_SETUPS: dict[str, tuple[type[BaseAlgorithm], Callable[[], TaskStream], dict
 }
 
 
+# sb3-contrib algorithms whose optimisers the module mechanism reaches.
+CONTRIB_SETUPS: dict[str, tuple[type[BaseAlgorithm], Callable[[], TaskStream], dict[str, Any]]] = {
+    "qrdqn": (
+        QRDQN,
+        cartpole_stream,
+        {**ALGO_SETUPS["dqn"][2], "policy_kwargs": {"net_arch": [16], "n_quantiles": 5}},
+    ),
+    "tqc": (
+        TQC,
+        pendulum_stream,
+        {**ALGO_SETUPS["sac"][2], "policy_kwargs": {"net_arch": [16], "n_critics": 2}},
+    ),
+    "crossq": (CrossQ, pendulum_stream, {**ALGO_SETUPS["sac"][2], "policy_kwargs": {"net_arch": [16]}}),
+    "recurrentppo": (
+        RecurrentPPO,
+        cartpole_stream,
+        dict(n_steps=32, batch_size=8, n_epochs=4, policy_kwargs={"net_arch": [16], "lstm_hidden_size": 8}),
+    ),
+}
+ALGO_SETUPS.update(CONTRIB_SETUPS)
+
+
 def make_model(algo: str, seed: int = 0, **overrides: Any) -> tuple[BaseAlgorithm, TaskStream]:
     cls, stream_fn, kwargs = ALGO_SETUPS[algo]
     stream = stream_fn()
-    model = cls(
-        "MlpPolicy", stream.make_vec_env(0, seed=seed), seed=seed, device="cpu", **{**kwargs, **overrides}
-    )
+    policy = "MlpLstmPolicy" if cls is RecurrentPPO else "MlpPolicy"
+    model = cls(policy, stream.make_vec_env(0, seed=seed), seed=seed, device="cpu", **{**kwargs, **overrides})
     return model, stream
 
 

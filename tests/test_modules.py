@@ -141,7 +141,14 @@ def test_task_counter_and_anchor_follow_learn_calls() -> None:
 
 
 def test_actor_selection_per_algorithm() -> None:
-    for algo, prefix in (("sac", "actor."), ("td3", "actor."), ("dqn", "q_net.")):
+    for algo, prefix in (
+        ("sac", "actor."),
+        ("td3", "actor."),
+        ("dqn", "q_net."),
+        ("qrdqn", "quantile_net."),
+        ("tqc", "actor."),
+        ("crossq", "actor."),
+    ):
         model, _ = make_model(algo)
         names = policy_parameters(model, "actor")
         assert names and all(n.startswith(prefix) for n in names)
@@ -179,3 +186,24 @@ def test_hooks_are_removed_when_training_fails_inside_clrl_train() -> None:
     for opt in optimizers(model).values():
         assert "zero_grad" not in opt.__dict__
         assert not opt._optimizer_step_pre_hooks
+
+
+def test_recurrent_actor_excludes_the_critic_lstm() -> None:
+    model, _ = make_model("recurrentppo")
+    names = policy_parameters(model, "actor")
+    assert any(n.startswith("lstm_actor.") for n in names)
+    assert not any(n.startswith(("lstm_critic.", "value_net.")) for n in names)
+
+
+@pytest.mark.parametrize("algo", ["trpo", "ars"])
+def test_algorithms_without_an_optimizer_step_on_the_policy_warn(algo: str) -> None:
+    from conftest import cartpole_stream
+
+    stream = cartpole_stream()
+    cls = clrl.get_algorithm(algo)
+    kwargs = {"n_steps": 32, "batch_size": 32} if algo == "trpo" else {"n_delta": 2}
+    model = cls("MlpPolicy", stream.make_vec_env(0), policy_kwargs={"net_arch": [8]}, device="cpu", **kwargs)
+    module = clrl.L2(networks="all")
+    module.anchor = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
+    with pytest.warns(UserWarning, match="without an optimiser step"):
+        model.learn(64, callback=module)

@@ -17,6 +17,7 @@ Nothing of SB3's ``train()`` is copied, and any number of modules share one set 
 from __future__ import annotations
 
 import inspect
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from clrl.algorithms import optimizers
+from clrl.algorithms import POLICY_WITHOUT_OPTIMIZER_STEP, optimizers
 from clrl.errors import ConfigError
 
 
@@ -187,7 +188,19 @@ class ContinualModule(BaseCallback):
             raise RuntimeError(f"{type(self).__name__} is not attached to a model: call model.learn first")
         return self.model
 
+    def uses_gradient_hooks(self) -> bool:
+        """Whether this module overrides any of the optimiser hooks."""
+        hooks = ("add_penalty_gradients", "extra_loss", "adjust_gradients", "after_update")
+        return any(getattr(type(self), h) is not getattr(ContinualModule, h) for h in hooks)
+
     def _on_training_start(self) -> None:
+        algorithm = type(self.sb3_model).__name__
+        if algorithm in POLICY_WITHOUT_OPTIMIZER_STEP and self.uses_gradient_hooks():
+            warnings.warn(
+                f"{algorithm} updates its policy without an optimiser step: the gradient hooks of "
+                f"{type(self).__name__} only reach what an optimiser steps (TRPO's critic; nothing for ARS)",
+                stacklevel=2,
+            )
         task = self._next_task or TaskInfo(self.tasks_seen, f"task{self.tasks_seen}")
         self._next_task = None
         self.current_task = task

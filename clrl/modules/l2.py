@@ -48,10 +48,13 @@ class L2(ContinualModule):
         self.anchor = {n: p.detach().clone() for n, p in params.items()}
 
     def add_penalty_gradients(self, group: ParamGroup) -> None:
-        """Add ``strength · (θ - θ*)``."""
+        """Add ``strength · (θ - θ*)`` (fused over the group's tensors, as torch's own optimisers do)."""
+        anchors = [self.anchor[name] for name in group.names]
         with torch.no_grad():
-            for name, param in group:
-                add_to_grad(param, (param - self.anchor[name]).mul_(self.strength))
+            grads = torch._foreach_sub(group.params, anchors)
+            torch._foreach_mul_(grads, self.strength)
+        for param, grad in zip(group.params, grads, strict=True):
+            add_to_grad(param, grad)
 
     def distance(self) -> float:
         """Euclidean distance of the regularised parameters from the anchor."""
@@ -59,7 +62,7 @@ class L2(ContinualModule):
             return 0.0
         params = policy_parameters(self.sb3_model, self.networks)
         with torch.no_grad():
-            sq = sum(float(((params[n] - a) ** 2).sum()) for n, a in self.anchor.items())
+            sq = sum(float(((params[n] - a) ** 2).sum()) for n, a in self.anchor.items() if n in params)
         return sq**0.5
 
     def log_scalars(self) -> dict[str, float]:
