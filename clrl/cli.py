@@ -142,12 +142,10 @@ def _dispatch(
         return train_multitask(factory(0), stream, eval_freq=ns.eval_freq, **common)
     modules = _make_modules(ns.method, method_args)
     reference = None
-    reference_file = (
-        Path(ns.logdir) / stream.name / f"{ns.algo.lower()}-single-task" / f"seed{common['seed']}"
-    )
-    if (reference_file / "results.json").is_file():
-        print(f"clrl: normalising by the single-task run in {reference_file}", flush=True)
-        reference = TrainResult.from_json(reference_file / "results.json")
+    reference_dir = Path(ns.logdir) / stream.name / f"{ns.algo.lower()}-single-task" / f"seed{common['seed']}"
+    if (reference_dir / "results.json").is_file():
+        print(f"clrl: normalising by the single-task run in {reference_dir}", flush=True)
+        reference = TrainResult.from_json(reference_dir / "results.json")
     return train(
         factory(0), stream, modules, eval_freq=ns.eval_freq, method=ns.method, reference=reference, **common
     )

@@ -323,7 +323,8 @@ def reference_metrics(result: TrainResult, reference: TrainResult, n_done: int) 
     Returns ``acc_norm``, ``bwt_norm``, ``fwt_norm`` and ``forgetting_norm`` (the matrix normalised between
     the random policy's returns and the reference's ``R[j + 1, j]``), and ``fwt_cw`` (Continual World's
     forward transfer, the mean over tasks of :func:`clrl.metrics.auc_forward_transfer` of the normalised,
-    clipped training curves) when both runs recorded curves for every task.
+    clipped training curves) when both runs recorded curves for every task. A task whose reference curve is
+    at 1 throughout has no defined transfer and is left out of that mean.
     """
     if result.random_returns is None:
         return {}
