@@ -78,14 +78,10 @@ class Evaluator:
         """
         row = np.zeros(len(self._envs))
         try:
-            for j, env in enumerate(self._envs):
+            for j in range(len(self._envs)):
                 for module in modules:
                     module.set_task(j)
-                env.seed(self.seed + 1000 * j)
-                mean, _ = evaluate_policy(
-                    model, env, n_eval_episodes=self.n_episodes, deterministic=self.deterministic, warn=False
-                )
-                row[j] = mean
+                row[j] = self._mean_return(j, model, self.deterministic)
         finally:
             for module in modules:
                 module.set_task(current_task)
@@ -93,12 +89,25 @@ class Evaluator:
 
     def random_returns(self) -> np.ndarray:
         """Mean return of a uniformly random policy on each task (the 0 of normalised scores)."""
-        row = np.zeros(len(self._envs))
-        for j, env in enumerate(self._envs):
-            env.seed(self.seed + 1000 * j)
-            policy = _RandomPolicy(env.action_space, self.seed + 1000 * j)
-            row[j], _ = evaluate_policy(policy, env, n_eval_episodes=self.n_episodes, warn=False)
-        return row
+        return np.array(
+            [
+                self._mean_return(j, _RandomPolicy(env.action_space, self._task_seed(j)), deterministic=False)
+                for j, env in enumerate(self._envs)
+            ]
+        )
+
+    def _task_seed(self, j: int) -> int:
+        return self.seed + 1000 * j
+
+    def _mean_return(self, j: int, policy: Any, deterministic: bool) -> float:
+        """Mean return of ``policy`` on task ``j``'s episodes, which are the same at every call."""
+        env = self._envs[j]
+        env.seed(self._task_seed(j))
+        mean, _ = evaluate_policy(
+            policy, env, n_eval_episodes=self.n_episodes, deterministic=deterministic, warn=False
+        )
+        assert isinstance(mean, float)  # a list only with return_episode_rewards=True
+        return mean
 
     def close(self) -> None:
         """Close the evaluation environments."""

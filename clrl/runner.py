@@ -263,8 +263,7 @@ def train_single_task(
     """
     n = len(stream)
     stream.validate()
-    if eval_freq is not None and eval_freq < 1:
-        raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
+    _check_eval_freq(eval_freq)
     root = _prepare_logdir(logdir, overwrite)
     evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
     result = TrainResult(np.full((n + 1, n), np.nan), {}, stream.task_names, [0], [], {}, root)
@@ -372,8 +371,7 @@ class _Run:
         overwrite: bool,
         method: str,
     ) -> None:
-        if eval_freq is not None and eval_freq < 1:
-            raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
+        _check_eval_freq(eval_freq)
         stream.validate()
         _check_model(model, stream)
         self.model, self.stream, self.modules = model, stream, modules
@@ -387,8 +385,11 @@ class _Run:
 
     def evaluate(self, current_task: int) -> np.ndarray:
         """One row of the return matrix, timed."""
+        return self._timed(lambda: self.evaluator(self.model, self.modules, current_task=current_task))
+
+    def _timed(self, evaluation: Callable[[], np.ndarray]) -> np.ndarray:
         start = time.perf_counter()
-        row = self.evaluator(self.model, self.modules, current_task=current_task)
+        row = evaluation()
         self.eval_seconds += time.perf_counter() - start
         return row
 
@@ -417,7 +418,7 @@ class _Run:
         start = time.perf_counter()
         try:
             result.matrix[0] = self.evaluate(current_task=0)
-            result.random_returns = self.evaluator.random_returns()
+            result.random_returns = self._timed(self.evaluator.random_returns)
             result.steps.append(model.num_timesteps)
             if logger:
                 logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[0])
@@ -564,6 +565,11 @@ def _check_model(model: BaseAlgorithm, stream: TaskStream) -> None:
                 )
     finally:
         probe.close()
+
+
+def _check_eval_freq(eval_freq: int | None) -> None:
+    if eval_freq is not None and eval_freq < 1:
+        raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
 
 
 def _prepare_logdir(logdir: str | Path | None, overwrite: bool) -> Path | None:
