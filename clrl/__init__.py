@@ -1,8 +1,9 @@
 """clrl: continual reinforcement learning for stable-baselines3 and Gymnasium.
 
 A :class:`TaskStream` of Gymnasium task variants is learned one task after another by an SB3 model;
-continual modules (:class:`L2`, ...) plug into the model as callbacks; :func:`train` fills the return
-matrix ``R[i, j]`` and logs everything to TensorBoard.
+continual modules (:class:`EWC`, :class:`OnlineEWC`, :class:`MAS`, :class:`SI`, :class:`L2`, ...) plug into
+the model as callbacks; :func:`train` fills the return matrix ``R[i, j]`` and logs everything to
+TensorBoard.
 """
 
 from clrl import metrics
@@ -10,7 +11,7 @@ from clrl.algorithms import ALGORITHMS, get_algorithm
 from clrl.checkpoint import load, save
 from clrl.errors import CheckpointError, ClrlError, ConfigError, RunExistsError, StreamError
 from clrl.evaluation import Evaluator
-from clrl.modules import L2, ContinualModule, ParamGroup, TaskInfo
+from clrl.modules import EWC, L2, MAS, SI, ContinualModule, OnlineEWC, ParamGroup, TaskInfo
 from clrl.runner import TrainResult, train, train_multitask, train_single_task
 from clrl.streams import Task, TaskStream, WrapperSpec, builtin_streams, load_stream, make_stream
 
@@ -18,12 +19,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
+    "EWC",
     "L2",
+    "MAS",
+    "SI",
     "CheckpointError",
     "ClrlError",
     "ConfigError",
     "ContinualModule",
     "Evaluator",
+    "OnlineEWC",
     "ParamGroup",
     "RunExistsError",
     "StreamError",

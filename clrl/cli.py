@@ -13,7 +13,7 @@ import numpy as np
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError
-from clrl.modules import L2, ContinualModule
+from clrl.modules import EWC, L2, MAS, SI, ContinualModule, OnlineEWC
 from clrl.presets import make_model
 from clrl.runner import TrainResult, train, train_multitask, train_single_task
 from clrl.streams import builtin_streams, load_stream, make_stream
@@ -23,7 +23,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-METHODS: dict[str, type[ContinualModule] | None] = {"finetune": None, "l2": L2}
+METHODS: dict[str, type[ContinualModule] | None] = {
+    "finetune": None,
+    "l2": L2,
+    "ewc": EWC,
+    "online-ewc": OnlineEWC,
+    "mas": MAS,
+    "si": SI,
+}
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")
 

@@ -1,6 +1,23 @@
 """Continual-learning modules: one class per method, one file per class."""
 
 from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, add_to_grad
+from clrl.modules.ewc import EWC
 from clrl.modules.l2 import L2
+from clrl.modules.mas import MAS
+from clrl.modules.online_ewc import OnlineEWC
+from clrl.modules.penalty import ImportancePenalty, QuadraticPenalty
+from clrl.modules.si import SI
 
-__all__ = ["L2", "ContinualModule", "ParamGroup", "TaskInfo", "add_to_grad"]
+__all__ = [
+    "EWC",
+    "L2",
+    "MAS",
+    "SI",
+    "ContinualModule",
+    "ImportancePenalty",
+    "OnlineEWC",
+    "ParamGroup",
+    "QuadraticPenalty",
+    "TaskInfo",
+    "add_to_grad",
+]

@@ -1,0 +1,121 @@
+"""SI: importance accumulated online along the optimisation path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from clrl.algorithms import Networks
+from clrl.modules.base import ParamGroup, TaskInfo, add_to_grad, check_non_negative
+from clrl.modules.penalty import QuadraticPenalty, Tensors
+
+
+class SI(QuadraticPenalty):
+    """Synaptic intelligence: each parameter's share of the loss decrease along the training path.
+
+    During a task, every optimiser step adds ``-g_i · Δθ_i`` to the path integral ``ω_i``, where ``Δθ`` is
+    the step's actual parameter change and ``g`` the gradient of the task's loss *before* clipping and
+    without SI's own penalty (read with a post-accumulate-grad hook on each parameter, right after SB3's
+    backward). When the task ends, ``Ω_i += max(ω_i, 0) / ((θ_i - θ^start_i)² + damping)``; negative path
+    integrals (steps that raised the loss, e.g. from noisy policy-gradient estimates) are dropped so the
+    penalty stays a pull. The penalty is ``strength/2 · Σ_i Ω_i (θ_i - θ*_i)²`` with ``θ*`` the parameters
+    at the end of the previous task. The loss is whatever SB3 optimises for these parameters (PPO's
+    clipped surrogate plus entropy and value terms, SAC's actor loss, DQN's TD loss), so ``Ω`` is in that
+    loss's units; tune the strength per algorithm.
+
+    Paper: Zenke, Poole & Ganguli 2017, "Continual Learning Through Synaptic Intelligence", ICML,
+    https://arxiv.org/abs/1703.04200
+
+    Args:
+        strength: Penalty coefficient ``c`` (>= 0). At 0 training equals plain SB3 exactly.
+        damping: ``ξ`` (> 0) in the denominator, bounding the importance of parameters that barely moved.
+        networks: ``"actor"`` (default) or ``"all"``.
+        verbose: SB3 callback verbosity.
+    """
+
+    name = "si"
+
+    def __init__(
+        self, strength: float = 1.0, damping: float = 0.1, networks: Networks = "actor", verbose: int = 0
+    ) -> None:
+        super().__init__(strength, networks, verbose)
+        self.damping = check_non_negative(damping, "SI damping")
+        self.omega: Tensors = {}
+        """The path integral of the current task."""
+        self._start: Tensors = {}
+        self._grads: Tensors = {}
+        self._before: dict[str, list[torch.Tensor]] = {}
+        self._penalty: dict[str, list[torch.Tensor]] = {}
+        self._grad_hooks: list[Any] = []
+
+    def target_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Every regularised parameter, from the first task on (the path integral needs all steps)."""
+        return self.regularised()
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Start a new path integral at the current parameters."""
+        params = self.regularised()
+        self._start = {n: p.detach().clone() for n, p in params.items()}
+        self.omega = {n: torch.zeros_like(p) for n, p in params.items()}
+        self._grads = {n: torch.zeros_like(p) for n, p in params.items()}
+
+    def attach(self) -> None:
+        """Install the optimiser hooks and a post-accumulate-grad hook per parameter."""
+        super().attach()
+        self._before, self._penalty = {}, {}
+        for name, param in self.target_parameters().items():
+            buffer = self._grads[name]
+
+            def keep(p: torch.Tensor, buffer: torch.Tensor = buffer) -> None:
+                if p.grad is not None:
+                    buffer.copy_(p.grad)
+
+            self._grad_hooks.append(param.register_post_accumulate_grad_hook(keep))
+
+    def detach(self) -> None:
+        """Remove every hook."""
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks = []
+        super().detach()
+
+    def add_penalty_gradients(self, group: ParamGroup) -> None:
+        """Clear the gradient record, then add the penalty (kept, to subtract it from the record)."""
+        grads = [self._grads[n] for n in group.names]
+        torch._foreach_zero_(grads)
+        if not self.anchor:
+            return
+        penalty = self.penalty_gradients(group)
+        self._penalty[group.optimizer_name] = penalty
+        for param, grad in zip(group.params, torch._foreach_mul(penalty, 1.0), strict=True):
+            add_to_grad(param, grad)
+
+    def adjust_gradients(self, group: ParamGroup) -> None:
+        """Record the parameters before the step."""
+        before = self._before.get(group.optimizer_name)
+        if before is None:
+            self._before[group.optimizer_name] = [p.detach().clone() for p in group.params]
+        else:
+            torch._foreach_copy_(before, group.params)
+
+    def after_update(self, group: ParamGroup) -> None:
+        """``ω -= g · Δθ`` with the step's change and the task loss's gradient."""
+        with torch.no_grad():
+            grads = [self._grads[n] for n in group.names]
+            penalty = self._penalty.get(group.optimizer_name)
+            if penalty is not None:
+                grads = list(torch._foreach_sub(grads, penalty))
+            delta = torch._foreach_sub(group.params, self._before[group.optimizer_name])
+            torch._foreach_mul_(delta, grads)
+            torch._foreach_sub_([self.omega[n] for n in group.names], delta)
+
+    def on_task_end(self, task: TaskInfo) -> None:
+        """Fold the path integral into the importance; the current parameters become the anchor."""
+        params = self.regularised()
+        for name, omega in self.omega.items():
+            moved = (params[name].detach() - self._start[name]).square()
+            share = omega.clamp_min(0) / (moved + self.damping)
+            self.importance[name] = self.importance[name] + share if name in self.importance else share
+        self.anchor = {n: p.detach().clone() for n, p in params.items()}
+        self._cache = {}
