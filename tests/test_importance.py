@@ -22,7 +22,10 @@ def trained(algo: str, steps: int = 128, **overrides: object) -> tuple[BaseAlgor
 
 def squared_grads(params: dict[str, torch.nn.Parameter], value: torch.Tensor) -> dict[str, torch.Tensor]:
     grads = torch.autograd.grad(value, list(params.values()), allow_unused=True, retain_graph=True)
-    return {n: torch.zeros_like(p) if g is None else g.square() for (n, p), g in zip(params.items(), grads)}
+    return {
+        n: torch.zeros_like(p) if g is None else g.square()
+        for (n, p), g in zip(params.items(), grads, strict=True)
+    }
 
 
 def accumulate(total: dict[str, torch.Tensor], add: dict[str, torch.Tensor], weight: float) -> None:
@@ -196,7 +199,7 @@ def test_mas_is_the_mean_absolute_gradient_of_the_output_norm(algo: str) -> None
         else:
             y = model.q_net(obs)  # type: ignore[attr-defined]
         grads = torch.autograd.grad(y.square().sum(), list(params.values()))
-        accumulate(want, {n: g.abs() for n, g in zip(params, grads)}, 1 / len(states))
+        accumulate(want, {n: g.abs() for n, g in zip(params, grads, strict=True)}, 1 / len(states))
     assert_dicts_close(mas_importance(model, params, states), want, rtol=1e-4, atol=1e-8)
 
 

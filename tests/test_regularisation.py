@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -79,12 +78,12 @@ def test_ewc_gradient_is_that_of_the_sum_over_tasks() -> None:
     ewc.load_state_dict(ewc.state_dict())
     penalty = sum(
         (f[n] * (p - a[n]).square()).sum()
-        for f, a in zip(ewc.fishers, ewc.anchors)
+        for f, a in zip(ewc.fishers, ewc.anchors, strict=True)
         for n, p in params.items()
     )
     want = torch.autograd.grad(0.5 * 3.0 * penalty, list(params.values()))  # type: ignore[arg-type]
     got = ewc.penalty_gradients(group_of(params))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
 
@@ -164,12 +163,12 @@ class StepRecorder(ContinualModule):
         if self.si.anchor:
             own = [
                 self.si.strength * self.si.importance[n] * (b - self.si.anchor[n])
-                for n, b in zip(group.names, self.before)
+                for n, b in zip(group.names, self.before, strict=True)
             ]
-        self.grads = [p.grad.detach().clone() - o for p, o in zip(group.params, own)]  # type: ignore[union-attr]
+        self.grads = [p.grad.detach().clone() - o for p, o in zip(group.params, own, strict=True)]  # type: ignore[union-attr]
 
     def after_update(self, group: ParamGroup) -> None:
-        for name, p, b, g in zip(group.names, group.params, self.before, self.grads):
+        for name, p, b, g in zip(group.names, group.params, self.before, self.grads, strict=True):
             self.omega[name] -= g * (p.detach() - b)
 
 

@@ -72,39 +72,64 @@ def add_to_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
         param.grad.add_(grad)
 
 
+def _overrides(module: ContinualModule, hook: str) -> bool:
+    return getattr(type(module), hook) is not getattr(ContinualModule, hook)
+
+
 class _OptimizerHooks:
-    """The hooks installed on one optimiser instance, shared by every module attached to it."""
+    """The hooks installed on one optimiser instance, shared by every module attached to it.
+
+    Only the hooks some attached module overrides are installed and called, so a penalty-only module costs
+    one wrapped ``zero_grad`` per step and nothing around the step itself.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self.entries: list[tuple[ContinualModule, ParamGroup]] = []
+        self._handles: list[Any] = []
+        self._penalties: list[tuple[ContinualModule, ParamGroup]] = []
+        self._losses: list[tuple[ContinualModule, ParamGroup]] = []
+        self._pre: list[tuple[ContinualModule, ParamGroup]] = []
+        self._post: list[tuple[ContinualModule, ParamGroup]] = []
         # An instance attribute shadows the class's zero_grad; deleting it restores the original.
         optimizer.zero_grad = self._zero_grad  # type: ignore[method-assign]
-        self._handles = [
-            optimizer.register_step_pre_hook(self._pre_step),
-            optimizer.register_step_post_hook(self._post_step),
-        ]
+
+    def refresh(self) -> None:
+        """Recompute which hooks are needed after modules came or went."""
+        self._penalties = [e for e in self.entries if _overrides(e[0], "add_penalty_gradients")]
+        self._losses = [e for e in self.entries if _overrides(e[0], "extra_loss")]
+        self._pre = [e for e in self.entries if _overrides(e[0], "adjust_gradients")]
+        self._post = [e for e in self.entries if _overrides(e[0], "after_update")]
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._pre:
+            self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
+        if self._post:
+            self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
 
     def _zero_grad(self, set_to_none: bool = True) -> None:
         type(self.optimizer).zero_grad(self.optimizer, set_to_none)
-        for module, group in self.entries:
+        for module, group in self._penalties:
             module.add_penalty_gradients(group)
+        for module, group in self._losses:
             loss = module.extra_loss(group)
             if loss is not None:
                 loss.backward()
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        for module, group in self.entries:
+        for module, group in self._pre:
             module.adjust_gradients(group)
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        for module, group in self.entries:
+        for module, group in self._post:
             module.after_update(group)
 
     def remove(self) -> None:
         self.optimizer.__dict__.pop("zero_grad", None)
         for handle in self._handles:
             handle.remove()
+        self._handles = []
 
 
 _HOOKS: weakref.WeakKeyDictionary[torch.optim.Optimizer, _OptimizerHooks] = weakref.WeakKeyDictionary()
@@ -191,7 +216,7 @@ class ContinualModule(BaseCallback):
     def uses_gradient_hooks(self) -> bool:
         """Whether this module overrides any of the optimiser hooks."""
         hooks = ("add_penalty_gradients", "extra_loss", "adjust_gradients", "after_update")
-        return any(getattr(type(self), h) is not getattr(ContinualModule, h) for h in hooks)
+        return any(_overrides(self, h) for h in hooks)
 
     def _on_training_start(self) -> None:
         algorithm = type(self.sb3_model).__name__
@@ -236,12 +261,14 @@ class ContinualModule(BaseCallback):
             if hooks is None:
                 hooks = _HOOKS[opt] = _OptimizerHooks(opt)
             hooks.entries.append((self, ParamGroup(opt_name, opt, names, params)))
+            hooks.refresh()
             self._attached.append(hooks)
 
     def detach(self) -> None:
         """Remove this module's hooks; an optimiser's hooks go when its last module leaves."""
         for hooks in self._attached:
             hooks.entries = [(m, g) for m, g in hooks.entries if m is not self]
+            hooks.refresh()
             if not hooks.entries:
                 hooks.remove()
                 _HOOKS.pop(hooks.optimizer, None)

@@ -91,7 +91,9 @@ class EWC(ImportancePenalty):
         total = 0.0
         with torch.no_grad():
             for fisher, anchor in zip(self.fishers, self.anchors, strict=True):
-                total += sum(float((fisher[n] * (params[n] - a).square()).sum()) for n, a in anchor.items())
+                total += sum(
+                    float((fisher[n] * (params[n] - a).square()).sum()) for n, a in anchor.items() if n in params
+                )
         return 0.5 * self.strength * total
 
     def latest_anchor(self) -> Tensors:

@@ -106,6 +106,8 @@ class QuadraticPenalty(ContinualModule):
         total = 0.0
         with torch.no_grad():
             for name, anchor in self.anchor.items():
+                if name not in params:  # e.g. ARS: no optimiser steps the parameter
+                    continue
                 sq = (params[name] - anchor).square()
                 total += float((sq * self.importance[name]).sum() if self.importance else sq.sum())
         return 0.5 * self.strength * total
