@@ -31,7 +31,7 @@ from clrl.presets import make_model
 # The strengths of the README's cartpole-flip table.
 MODULES: dict[str, Callable[[], QuadraticPenalty] | None] = {
     "plain": None,
-    "l2": lambda: clrl.L2(strength=1.0),
+    "l2": lambda: clrl.L2(strength=0.01),
     "ewc": lambda: clrl.EWC(),
     "online_ewc": lambda: clrl.OnlineEWC(),
     "mas": lambda: clrl.MAS(),

@@ -32,7 +32,7 @@ class MAS(ImportancePenalty):
     name = "mas"
 
     def __init__(
-        self, strength: float = 100.0, samples: int = 1024, networks: Networks = "actor", verbose: int = 0
+        self, strength: float = 1.0, samples: int = 1024, networks: Networks = "actor", verbose: int = 0
     ) -> None:
         super().__init__(strength, samples, networks, verbose)
 

@@ -100,15 +100,14 @@ class SI(QuadraticPenalty):
             torch._foreach_copy_(before, group.params)
 
     def after_update(self, group: ParamGroup) -> None:
-        """``ω -= g · Δθ`` with the step's change and the task loss's gradient."""
+        """``ω -= (g - penalty) · Δθ`` with the step's change ``Δθ`` and the recorded gradient ``g``."""
         with torch.no_grad():
-            grads = [self._grads[n] for n in group.names]
+            omega = [self.omega[n] for n in group.names]
+            delta = torch._foreach_sub(group.params, self._before[group.optimizer_name])
+            torch._foreach_addcmul_(omega, delta, [self._grads[n] for n in group.names], value=-1.0)
             penalty = self._penalty.get(group.optimizer_name)
             if penalty is not None:
-                grads = list(torch._foreach_sub(grads, penalty))
-            delta = torch._foreach_sub(group.params, self._before[group.optimizer_name])
-            torch._foreach_mul_(delta, grads)
-            torch._foreach_sub_([self.omega[n] for n in group.names], delta)
+                torch._foreach_addcmul_(omega, delta, penalty, value=1.0)
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Fold the path integral into the importance; the current parameters become the anchor."""
