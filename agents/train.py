@@ -21,8 +21,8 @@ from clrl.presets import make_model
 class Args:
     stream: str = "cartpole-flip"  # built-in stream name or a stream file
     algo: str = "ppo"  # ppo, a2c, dqn, sac, td3 (and sb3-contrib's when installed)
-    method: str = "finetune"  # finetune or l2
-    strength: float = 1.0  # L2 penalty coefficient
+    method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si
+    strength: float = 1000.0  # penalty coefficient of the module (ignored by finetune)
     steps: int | None = None  # steps per task (default: the stream's)
     seed: int = 0
     logdir: str = "runs"
@@ -48,7 +48,10 @@ def main() -> None:
     model = make_model(args.algo, stream, seed=args.seed)
 
     # 3. Continual modules plug into the model as callbacks.
-    modules = [clrl.L2(strength=args.strength)] if args.method == "l2" else []
+    penalties = {"l2": clrl.L2, "ewc": clrl.EWC, "online-ewc": clrl.OnlineEWC, "mas": clrl.MAS, "si": clrl.SI}
+    if args.method not in (*penalties, "finetune"):
+        raise SystemExit(f"unknown --method {args.method!r}; choose finetune, {', '.join(penalties)}")
+    modules = [penalties[args.method](strength=args.strength)] if args.method in penalties else []
 
     # 4. Learn the tasks one after another; evaluate on every task after each.
     result = clrl.train(

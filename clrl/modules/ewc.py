@@ -92,7 +92,9 @@ class EWC(ImportancePenalty):
         with torch.no_grad():
             for fisher, anchor in zip(self.fishers, self.anchors, strict=True):
                 total += sum(
-                    float((fisher[n] * (params[n] - a).square()).sum()) for n, a in anchor.items() if n in params
+                    float((fisher[n] * (params[n] - a).square()).sum())
+                    for n, a in anchor.items()
+                    if n in params
                 )
         return 0.5 * self.strength * total
 

@@ -29,7 +29,7 @@ outputs (logits, mean and log-std, Q-values, values).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -305,7 +305,7 @@ def _jacobians(
     states: StateBatch,
     fn: OutputFn,
     chunk_size: int | None,
-) -> Any:
+) -> Iterator[tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]]:
     """Yield ``(jacobians, outputs)`` per chunk of samples: ``jacobians[key][name]`` of shape
     ``(chunk, n_outputs, *param.shape)`` and ``outputs[key]`` of shape ``(chunk, n_outputs)``."""
     call = _Call(model.policy, fn)
@@ -324,7 +324,7 @@ def _jacobians(
         yield {k: {n[len("policy.") :]: j for n, j in v.items()} for k, v in jac.items()}, out
 
 
-def _batch_outputs(kind_key: str) -> Kind:
+def _kind_of(kind_key: str) -> Kind:
     if kind_key in ("categorical", "bernoulli", "mean", "log_std"):
         return kind_key  # type: ignore[return-value]
     return "regression"
@@ -378,7 +378,7 @@ def fisher_diagonal(
     with _EvalMode(model.policy):
         for jac, out in _jacobians(model, params, states, fn, chunk_size):
             for key, jacs in jac.items():
-                kind = _batch_outputs(key)
+                kind = _kind_of(key)
                 y = out[key]
                 for name, j in jacs.items():
                     j = j.flatten(2)  # (chunk, outputs, n_param)

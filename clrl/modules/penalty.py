@@ -165,7 +165,9 @@ class ImportancePenalty(QuadraticPenalty):
         verbose: SB3 callback verbosity.
     """
 
-    def __init__(self, strength: float, samples: int = 1024, networks: Networks = "actor", verbose: int = 0):
+    def __init__(
+        self, strength: float, samples: int = 1024, networks: Networks = "actor", verbose: int = 0
+    ) -> None:
         super().__init__(strength, networks, verbose)
         if int(samples) != samples or samples < 1:
             raise ConfigError(f"{type(self).__name__} samples must be a positive integer, got {samples}")
