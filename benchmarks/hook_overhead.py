@@ -1,6 +1,7 @@
 """CPU time of SB3's own update with and without a continual module's hooks, as a ratio.
 
     python benchmarks/hook_overhead.py --algo ppo --module ewc --repeats 12
+    python benchmarks/hook_overhead.py --algo sac --stream <a continuous-action stream file> --module ewc
 
 Fills the model's buffer once, then times ``model.train()`` (PPO/A2C: one epoch set over the rollout;
 DQN/SAC/TD3: ``--gradient-steps`` steps) alternately with and without a regularisation module attached at
