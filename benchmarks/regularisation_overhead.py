@@ -92,19 +92,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def state_bytes(module: QuadraticPenalty) -> int:
-    def size(tree: object) -> int:
-        if isinstance(tree, torch.Tensor):
-            return tree.numel() * tree.element_size()
-        if isinstance(tree, dict):
-            return sum(size(v) for v in tree.values())
-        if isinstance(tree, list):
-            return sum(size(v) for v in tree)
-        return 0
-
-    return size(module.state_dict())
-
-
 def memory(args: argparse.Namespace) -> None:
     lengths = np.linspace(0.4, 1.5, args.memory_tasks)
     tasks = [clrl.Task(f"length{x:.2f}", "CartPole-v1", attributes={"length": float(x)}) for x in lengths]
@@ -117,7 +104,7 @@ def memory(args: argparse.Namespace) -> None:
         for i in range(len(stream)):
             model.set_env(stream.make_vec_env(i, n_envs=model.n_envs, seed=i))
             model.learn(stream.steps(i), callback=module, reset_num_timesteps=False)
-            rows.append((state_bytes(module), peak_rss_mb()))
+            rows.append((module.state_bytes(), peak_rss_mb()))
         print(f"{name:<11} state " + " ".join(f"{b}" for b, _ in rows))
         print(f"{'':<11} rss   " + " ".join(f"{m:.0f}" for _, m in rows))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -44,17 +47,31 @@ def obs_of(states: StateBatch, i: int) -> torch.Tensor:
     return states.observations[i : i + 1]
 
 
+def categorical_fisher_by_loop(
+    params: dict[str, torch.nn.Parameter], dist_of: Callable[[int], Any], n_states: int
+) -> dict[str, torch.Tensor]:
+    """``1/N Σ_s Σ_a π(a|s) (∇ log π(a|s))²`` with one autograd call per state and action; ``dist_of(i)``
+    is SB3's distribution at state ``i`` (called per state: SB3 reuses one distribution object)."""
+    want: dict[str, torch.Tensor] = {}
+    for i in range(n_states):
+        dist = dist_of(i)
+        probs = dist.distribution.probs[0].detach()
+        for action in range(len(probs)):
+            log_prob = dist.log_prob(torch.tensor([action]))[0]
+            accumulate(want, squared_grads(params, log_prob), float(probs[action]) / n_states)
+    return want
+
+
 @pytest.mark.parametrize("algo", ["ppo", "a2c"])
 def test_categorical_fisher_is_the_expectation_over_actions(algo: str) -> None:
     model, states = trained(algo)
     params = policy_parameters(model, "actor")
-    want: dict[str, torch.Tensor] = {}
-    for i in range(len(states)):
-        dist = model.policy.get_distribution(obs_of(states, i))  # type: ignore[attr-defined]
-        probs = dist.distribution.probs[0].detach()
-        for action in range(len(probs)):
-            log_prob = dist.log_prob(torch.tensor([action]))[0]
-            accumulate(want, squared_grads(params, log_prob), float(probs[action]) / len(states))
+    policy = model.policy
+    want = categorical_fisher_by_loop(
+        params,
+        lambda i: policy.get_distribution(obs_of(states, i)),  # type: ignore[operator]
+        len(states),
+    )
     assert_dicts_close(fisher_diagonal(model, params, states), want, rtol=1e-4, atol=1e-9)
 
 
@@ -159,16 +176,14 @@ def test_recurrent_fisher_uses_the_stored_lstm_state() -> None:
     model, states = trained("recurrentppo")
     assert states.lstm_states is not None and states.episode_starts is not None
     params = policy_parameters(model, "actor")
-    want: dict[str, torch.Tensor] = {}
-    for i in range(len(states)):
-        h, c = (t[i : i + 1].transpose(0, 1).contiguous() for t in states.lstm_states[:2])
-        dist, _ = model.policy.get_distribution(  # type: ignore[attr-defined]
-            obs_of(states, i), (h, c), states.episode_starts[i : i + 1]
-        )
-        probs = dist.distribution.probs[0].detach()
-        for action in range(len(probs)):
-            log_prob = dist.log_prob(torch.tensor([action]))[0]
-            accumulate(want, squared_grads(params, log_prob), float(probs[action]) / len(states))
+    lstm, starts = states.lstm_states, states.episode_starts
+
+    def dist_of(i: int) -> Any:
+        h, c = (t[i : i + 1].transpose(0, 1).contiguous() for t in lstm[:2])
+        dist, _ = model.policy.get_distribution(obs_of(states, i), (h, c), starts[i : i + 1])  # type: ignore[attr-defined]
+        return dist
+
+    want = categorical_fisher_by_loop(params, dist_of, len(states))
     assert_dicts_close(fisher_diagonal(model, params, states), want, rtol=1e-4, atol=1e-9)
 
 

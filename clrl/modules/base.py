@@ -195,6 +195,20 @@ class ContinualModule(BaseCallback):
         """Scalars logged under ``cl/<name>/<key>`` at the end of every rollout."""
         return {}
 
+    def state_bytes(self) -> int:
+        """Bytes held by the tensors of :meth:`state_dict` (what the module keeps between tasks)."""
+
+        def size(tree: object) -> int:
+            if isinstance(tree, torch.Tensor):
+                return tree.numel() * tree.element_size()
+            if isinstance(tree, dict):
+                return sum(size(v) for v in tree.values())
+            if isinstance(tree, list | tuple):
+                return sum(size(v) for v in tree)
+            return 0
+
+        return size(self.state_dict())
+
     # ---------------------------------------------------------------- configuration
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this module (read from attributes of the same names)."""

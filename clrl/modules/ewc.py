@@ -21,7 +21,29 @@ def check_temperature(value: float) -> float:
     return value
 
 
-class EWC(ImportancePenalty):
+class FisherPenalty(ImportancePenalty):
+    """An importance penalty whose importance is the policy's diagonal Fisher (EWC, online EWC).
+
+    Args:
+        strength: Penalty coefficient ``λ`` (>= 0).
+        samples: States each Fisher is averaged over.
+        networks: ``"actor"`` or ``"all"``.
+        temperature: DQN and QR-DQN: temperature of the Boltzmann policy (see :class:`EWC`).
+        verbose: SB3 callback verbosity.
+    """
+
+    def __init__(
+        self, strength: float, samples: int, networks: Networks, temperature: float, verbose: int
+    ) -> None:
+        super().__init__(strength, samples, networks, verbose)
+        self.temperature = check_temperature(temperature)
+
+    def importance_of(self, params: dict[str, torch.nn.Parameter], states: StateBatch) -> Tensors:
+        """The diagonal Fisher on ``states``."""
+        return fisher_diagonal(self.sb3_model, params, states, self.networks, self.temperature)
+
+
+class EWC(FisherPenalty):
     """Elastic weight consolidation: a Fisher-weighted pull toward the parameters of every finished task.
 
     After task ``t`` the diagonal Fisher information ``F_t`` of the policy is estimated on ``samples``
@@ -56,16 +78,11 @@ class EWC(ImportancePenalty):
         temperature: float = 1.0,
         verbose: int = 0,
     ) -> None:
-        super().__init__(strength, samples, networks, verbose)
-        self.temperature = check_temperature(temperature)
+        super().__init__(strength, samples, networks, temperature, verbose)
         self.anchors: list[Tensors] = []
         """The anchor ``θ*_t`` of every finished task."""
         self.fishers: list[Tensors] = []
         """The Fisher ``F_t`` of every finished task."""
-
-    def importance_of(self, params: dict[str, torch.nn.Parameter], states: StateBatch) -> Tensors:
-        """The diagonal Fisher on ``states``."""
-        return fisher_diagonal(self.sb3_model, params, states, self.networks, self.temperature)
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Store the task's Fisher and anchor, and combine all of them into one penalty."""

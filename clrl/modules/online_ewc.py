@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-
 from clrl.algorithms import Networks
 from clrl.errors import ConfigError
 from clrl.modules.base import TaskInfo
-from clrl.modules.ewc import check_temperature
-from clrl.modules.importance import StateBatch, fisher_diagonal
-from clrl.modules.penalty import ImportancePenalty, Tensors
+from clrl.modules.ewc import FisherPenalty
 
 
-class OnlineEWC(ImportancePenalty):
+class OnlineEWC(FisherPenalty):
     """Online EWC: a running Fisher ``F ← γ F + F_t`` and the parameters of the latest task as anchor.
 
     The penalty is ``strength/2 · Σ_i F_i (θ_i - θ*_i)²`` with ``θ*`` the parameters at the end of the
@@ -44,15 +40,10 @@ class OnlineEWC(ImportancePenalty):
         temperature: float = 1.0,
         verbose: int = 0,
     ) -> None:
-        super().__init__(strength, samples, networks, verbose)
+        super().__init__(strength, samples, networks, temperature, verbose)
         if not 0.0 <= float(gamma) <= 1.0:
             raise ConfigError(f"OnlineEWC gamma must be in [0, 1], got {gamma}")
         self.gamma = float(gamma)
-        self.temperature = check_temperature(temperature)
-
-    def importance_of(self, params: dict[str, torch.nn.Parameter], states: StateBatch) -> Tensors:
-        """The diagonal Fisher on ``states``."""
-        return fisher_diagonal(self.sb3_model, params, states, self.networks, self.temperature)
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Fold the task's Fisher into the running one; the current parameters become the anchor."""
