@@ -11,14 +11,28 @@ from clrl.algorithms import ALGORITHMS, get_algorithm
 from clrl.checkpoint import load, save
 from clrl.errors import CheckpointError, ClrlError, ConfigError, RunExistsError, StreamError
 from clrl.evaluation import Evaluator
-from clrl.modules import EWC, L2, MAS, SI, ContinualModule, OnlineEWC, ParamGroup, TaskInfo
+from clrl.modules import (
+    AGEM,
+    CLEAR,
+    EWC,
+    L2,
+    MAS,
+    SI,
+    ContinualModule,
+    OnlineEWC,
+    ParamGroup,
+    Replay,
+    TaskInfo,
+)
 from clrl.runner import TrainResult, train, train_multitask, train_single_task
 from clrl.streams import Task, TaskStream, WrapperSpec, builtin_streams, load_stream, make_stream
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AGEM",
     "ALGORITHMS",
+    "CLEAR",
     "EWC",
     "L2",
     "MAS",
@@ -30,6 +44,7 @@ __all__ = [
     "Evaluator",
     "OnlineEWC",
     "ParamGroup",
+    "Replay",
     "RunExistsError",
     "StreamError",
     "Task",

@@ -13,7 +13,7 @@ import numpy as np
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError
-from clrl.modules import EWC, L2, MAS, SI, ContinualModule, OnlineEWC
+from clrl.modules import AGEM, CLEAR, EWC, L2, MAS, SI, ContinualModule, OnlineEWC, Replay
 from clrl.presets import make_model
 from clrl.runner import TrainResult, train, train_multitask, train_single_task
 from clrl.streams import builtin_streams, load_stream, make_stream
@@ -30,6 +30,9 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "online-ewc": OnlineEWC,
     "mas": MAS,
     "si": SI,
+    "replay": Replay,
+    "clear": CLEAR,
+    "agem": AGEM,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")

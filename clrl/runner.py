@@ -66,6 +66,8 @@ class TrainResult:
         logdir: The run directory, if one was written.
         timings: Wall-clock seconds of the whole run (``total``) and of its evaluations (``evaluation``).
         random_returns: Mean return of a uniformly random policy on each task, on the evaluation episodes.
+        module_stats: After each task, per module name: ``state_bytes`` (what the module holds: anchors,
+            importances, memories) and its TensorBoard scalars (e.g. Replay's ``bytes/task<j>``).
     """
 
     matrix: np.ndarray
@@ -77,6 +79,7 @@ class TrainResult:
     logdir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     random_returns: np.ndarray | None = None
+    module_stats: list[dict[str, dict[str, float]]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainResult:
@@ -96,6 +99,7 @@ class TrainResult:
                 random_returns=None
                 if data.get("random_returns") is None
                 else np.array(data["random_returns"]),
+                module_stats=data.get("module_stats", []),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cannot read results from {str(path)!r}: {exc}") from exc
@@ -118,6 +122,7 @@ class TrainResult:
             "config": self.config,
             "timings": self.timings,
             "random_returns": self.random_returns,
+            "module_stats": self.module_stats,
             "versions": versions(),
         }
 
@@ -196,6 +201,8 @@ def train(
         raise ConfigError(
             f"the reference run has tasks {reference.task_names}, the stream {stream.task_names}"
         )
+    for m in modules:
+        m.check_stream(stream)
     method = method or ("+".join(m.name for m in modules) or "finetune")
     run = _Run(model, stream, modules, logdir, seed, eval_episodes, eval_freq, overwrite, method)
     return run.run(
@@ -429,6 +436,9 @@ class _Run:
                 self._learn(i, reset_buffer and i > 0, bar)
                 result.matrix[i + 1] = self.evaluate(current_task=i)
                 result.steps.append(model.num_timesteps)
+                result.module_stats.append(
+                    {m.name: {"state_bytes": m.state_bytes(), **m.log_scalars()} for m in self.modules}
+                )
                 result.metrics = metrics.summary(result.matrix[: i + 2, : i + 1])
                 if reference is not None:
                     result.metrics.update(reference_metrics(result, reference, i + 1))

@@ -1,14 +1,19 @@
 """Continual-learning modules: one class per method, one file per class."""
 
+from clrl.modules.agem import AGEM
 from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, add_to_grad
+from clrl.modules.clear import CLEAR
 from clrl.modules.ewc import EWC
 from clrl.modules.l2 import L2
 from clrl.modules.mas import MAS
 from clrl.modules.online_ewc import OnlineEWC
 from clrl.modules.penalty import ImportancePenalty, QuadraticPenalty
+from clrl.modules.replay import Replay
 from clrl.modules.si import SI
 
 __all__ = [
+    "AGEM",
+    "CLEAR",
     "EWC",
     "L2",
     "MAS",
@@ -18,6 +23,7 @@ __all__ = [
     "OnlineEWC",
     "ParamGroup",
     "QuadraticPenalty",
+    "Replay",
     "TaskInfo",
     "add_to_grad",
 ]

@@ -162,6 +162,10 @@ class ContinualModule(BaseCallback):
         """Named parameters this module's gradient hooks act on (default: none, so no hooks run)."""
         return {}
 
+    def check_stream(self, stream: Any) -> None:
+        """Called by ``clrl.train`` before training with the :class:`clrl.TaskStream`; raise
+        :class:`clrl.ConfigError` if the module cannot work on it (default: accept every stream)."""
+
     def on_task_start(self, task: TaskInfo) -> None:
         """Called when training on ``task`` starts, before the first step."""
 

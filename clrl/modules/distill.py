@@ -1,0 +1,271 @@
+"""States of earlier tasks with what the networks output on them when those tasks ended (CLEAR, A-GEM).
+
+:class:`OutputMemory` keeps a reservoir of states per task (:mod:`clrl.modules.memory`), recorded while the
+task trains: on-policy from each completed rollout (observations, actions and, for RecurrentPPO, the LSTM
+states the rollout stored), off-policy from each environment step (observation and buffer action). When
+the task ends, the networks' outputs on its states are computed once and stored with them:
+
+* ``actor``: the action distribution's parameters (categorical and Bernoulli logits; Gaussian mean and
+  log-std, SAC's before the tanh squashing), TD3's deterministic action, DQN's Q-values (QR-DQN: its
+  quantiles).
+* ``critic``: the value ``V(s)`` of actor-critic policies; ``Q(s, a)`` of every critic of SAC/TD3/TQC at
+  the stored action.
+
+:func:`distillation_losses` measures how far the current networks have moved from those outputs:
+``KL(old ‖ new)`` for action distributions (the tanh of SAC is a bijection and leaves the KL unchanged),
+mean squared error for deterministic actions, Q-values and values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    MultiCategoricalDistribution,
+)
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch.nn import functional as F
+
+from clrl.errors import ConfigError
+from clrl.modules.importance import _EvalMode
+from clrl.modules.memory import Budget, Reservoir, Rows, TaskMemory
+
+Part = Literal["actor", "critic"]
+_LSTM = ("lstm.h_pi", "lstm.c_pi", "lstm.h_vf", "lstm.c_vf")
+
+
+def _is_recurrent(model: BaseAlgorithm) -> bool:
+    return hasattr(model.policy, "lstm_actor")
+
+
+def check_supported(model: BaseAlgorithm, who: str) -> None:
+    """Raise :class:`ConfigError` for policies whose outputs are not defined here (gSDE, ARS, custom)."""
+    policy = model.policy
+    if getattr(policy, "use_sde", False) or getattr(getattr(policy, "actor", None), "use_sde", False):
+        raise ConfigError(f"{who} does not support gSDE policies; use use_sde=False")
+    if isinstance(policy, ActorCriticPolicy):
+        dist = policy.action_dist
+        if not isinstance(
+            dist,
+            CategoricalDistribution
+            | MultiCategoricalDistribution
+            | BernoulliDistribution
+            | DiagGaussianDistribution,
+        ):
+            raise ConfigError(f"{who} does not support {type(dist).__name__} policies")
+        return
+    if not any(hasattr(policy, a) for a in ("actor", "q_net", "quantile_net")):
+        raise ConfigError(f"{who} does not support {type(model).__name__}'s policy {type(policy).__name__}")
+
+
+# ------------------------------------------------------------------------------------------ recording
+def _obs_rows(obs: Any, n: int) -> Rows:
+    if isinstance(obs, dict):
+        return {f"obs.{k}": np.array(v).reshape(n, *np.shape(v)[1:]) for k, v in obs.items()}
+    return {"obs": np.array(obs).reshape(n, *np.shape(obs)[1:])}
+
+
+def rollout_rows(model: OnPolicyAlgorithm) -> Rows:
+    """Every state of the rollout just collected (call at rollout end, before SB3 flattens the buffer)."""
+    buffer: Any = model.rollout_buffer
+    n = buffer.buffer_size * buffer.n_envs
+    obs = buffer.observations
+    rows = _obs_rows(
+        {k: v.reshape(n, *v.shape[2:]) for k, v in obs.items()}
+        if isinstance(obs, dict)
+        else obs.reshape(n, *obs.shape[2:]),
+        n,
+    )
+    rows["action"] = buffer.actions.reshape(n, -1).astype(np.float32)
+    if hasattr(buffer, "hidden_states_pi"):  # RecurrentRolloutBuffer: (steps, layers, envs, hidden)
+        for key, name in zip(
+            _LSTM, ("hidden_states_pi", "cell_states_pi", "hidden_states_vf", "cell_states_vf"), strict=True
+        ):
+            states = getattr(buffer, name)
+            rows[key] = states.transpose(0, 2, 1, 3).reshape(n, *states.shape[1:2], states.shape[3]).copy()
+        rows["episode_starts"] = buffer.episode_starts.reshape(n).astype(np.float32)
+    return rows
+
+
+def step_rows(model: OffPolicyAlgorithm, buffer_actions: np.ndarray) -> Rows:
+    """The states of the environment step just taken (off-policy; call from a callback's ``_on_step``)."""
+    n = model.n_envs
+    rows = _obs_rows(model._last_obs, n)
+    rows["action"] = np.asarray(buffer_actions, dtype=np.float32).reshape(n, -1)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def _tensor_batch(model: BaseAlgorithm, rows: Rows) -> dict[str, Any]:
+    device = model.device
+    if "obs" in rows:
+        obs: Any = torch.as_tensor(rows["obs"], device=device)
+    else:
+        obs = {k[4:]: torch.as_tensor(v, device=device) for k, v in rows.items() if k.startswith("obs.")}
+    batch: dict[str, Any] = {"obs": obs, "action": torch.as_tensor(rows["action"], device=device)}
+    if "episode_starts" in rows:
+        for key in _LSTM:  # (n, layers, hidden) -> (layers, n, hidden)
+            batch[key] = torch.as_tensor(rows[key], device=device).transpose(0, 1).contiguous()
+        batch["episode_starts"] = torch.as_tensor(rows["episode_starts"], device=device)
+    return batch
+
+
+def network_outputs(model: BaseAlgorithm, rows: Rows, parts: Iterable[Part]) -> dict[str, torch.Tensor]:
+    """The networks' outputs on the states in ``rows`` (differentiable), keyed as the module doc says:
+    ``logits`` or ``mean``/``log_std`` or ``action`` or ``q`` for the actor; ``value`` or ``critic_q``."""
+    policy: Any = model.policy
+    batch = _tensor_batch(model, rows)
+    obs, parts = batch["obs"], set(parts)
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(model.policy, ActorCriticPolicy):
+        recurrent = "episode_starts" in batch
+        if "actor" in parts:
+            if recurrent:
+                lstm = (batch["lstm.h_pi"], batch["lstm.c_pi"])
+                dist = policy.get_distribution(obs, lstm, batch["episode_starts"])[0]
+            else:
+                dist = policy.get_distribution(obs)
+            if isinstance(dist, DiagGaussianDistribution):
+                out["mean"] = dist.distribution.mean
+                out["log_std"] = dist.distribution.stddev.log()
+            elif isinstance(dist, MultiCategoricalDistribution):
+                out["logits"] = torch.cat([d.logits for d in dist.distribution], dim=1)
+            else:
+                out["logits"] = dist.distribution.logits
+        if "critic" in parts:
+            if recurrent:
+                lstm = (batch["lstm.h_vf"], batch["lstm.c_vf"])
+                out["value"] = policy.predict_values(obs, lstm, batch["episode_starts"])
+            else:
+                out["value"] = policy.predict_values(obs)
+        return out
+    actor = getattr(policy, "actor", None)
+    if "actor" in parts:
+        if actor is not None and hasattr(actor, "get_action_dist_params"):  # SAC, TQC, CrossQ
+            out["mean"], out["log_std"], _ = actor.get_action_dist_params(obs)
+        elif actor is not None:  # TD3, DDPG
+            out["action"] = actor(obs)
+        elif hasattr(policy, "quantile_net"):  # QR-DQN
+            out["q"] = policy.quantile_net(obs).flatten(1)
+        else:  # DQN
+            out["q"] = policy.q_net(obs)
+    if "critic" in parts and actor is not None:
+        q = policy.critic(obs, batch["action"])
+        out["critic_q"] = (
+            torch.cat([t.flatten(1) for t in q], dim=1) if isinstance(q, tuple) else q.flatten(1)
+        )
+    return out
+
+
+def default_parts(model: BaseAlgorithm) -> tuple[Part, ...]:
+    """Every part the model has (DQN has no critic)."""
+    has_critic = isinstance(model.policy, ActorCriticPolicy) or hasattr(model.policy, "critic")
+    return ("actor", "critic") if has_critic else ("actor",)
+
+
+def distillation_losses(
+    model: BaseAlgorithm, old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Mean divergence of ``new`` outputs from ``old`` ones, per part present in ``new``: ``actor``
+    (KL for distributions, squared error otherwise) and ``critic`` (squared error)."""
+    losses: dict[str, torch.Tensor] = {}
+    if "logits" in new:
+        dist = getattr(model.policy, "action_dist", None)
+        if isinstance(dist, BernoulliDistribution):
+            p_old = torch.sigmoid(old["logits"])
+            kl = p_old * (F.logsigmoid(old["logits"]) - F.logsigmoid(new["logits"])) + (1 - p_old) * (
+                F.logsigmoid(-old["logits"]) - F.logsigmoid(-new["logits"])
+            )
+            losses["actor"] = kl.sum(1).mean()
+        else:
+            splits = list(dist.action_dims) if isinstance(dist, MultiCategoricalDistribution) else None
+            total = torch.zeros((), device=new["logits"].device)
+            for a, b in zip(
+                old["logits"].split(splits or [old["logits"].shape[1]], dim=1),
+                new["logits"].split(splits or [new["logits"].shape[1]], dim=1),
+                strict=True,
+            ):
+                log_p, log_q = F.log_softmax(a, dim=1), F.log_softmax(b, dim=1)
+                total = total + (log_p.exp() * (log_p - log_q)).sum(1).mean()
+            losses["actor"] = total
+    elif "mean" in new:
+        var_old, var_new = (2 * old["log_std"]).exp(), (2 * new["log_std"]).exp()
+        kl = (
+            new["log_std"] - old["log_std"] + (var_old + (old["mean"] - new["mean"]).square()) / (2 * var_new)
+        )
+        losses["actor"] = (kl - 0.5).sum(1).mean()
+    elif "action" in new:
+        losses["actor"] = (new["action"] - old["action"]).square().sum(1).mean()
+    elif "q" in new:
+        losses["actor"] = (new["q"] - old["q"]).square().mean()
+    for key in ("value", "critic_q"):
+        if key in new:
+            losses["critic"] = (new[key] - old[key]).square().mean()
+    return losses
+
+
+class OutputMemory:
+    """Per-task reservoirs of states with the networks' outputs at the end of their task.
+
+    Args:
+        budget: States kept over all tasks (``"all"``: unbounded).
+    """
+
+    def __init__(self, budget: Budget) -> None:
+        self.memory = TaskMemory(budget)
+        self.current: Reservoir | None = None
+
+    def start_task(self, index: int, rng: np.random.Generator) -> None:
+        """Open the reservoir of task ``index`` (shrinking the earlier ones)."""
+        self.current = self.memory.start_task(index, rng)
+
+    def record(self, rows: Rows, rng: np.random.Generator) -> None:
+        """Offer states of the current task to its reservoir."""
+        if self.current is not None:
+            self.current.add(rows, rng)
+
+    def finish_task(self, model: BaseAlgorithm, chunk: int = 4096) -> None:
+        """Store the networks' outputs on the current task's states (``out.<key>`` fields)."""
+        reservoir, self.current = self.current, None
+        if reservoir is None or len(reservoir) == 0:
+            return
+        states = {k: v for k, v in reservoir.rows().items() if not k.startswith("out.")}
+        outputs: dict[str, list[np.ndarray]] = {}
+        with torch.no_grad(), _EvalMode(model.policy):
+            for start in range(0, len(reservoir), chunk):
+                part = {k: v[start : start + chunk] for k, v in states.items()}
+                for key, value in network_outputs(model, part, default_parts(model)).items():
+                    outputs.setdefault(key, []).append(value.float().cpu().numpy())
+        capacity = len(next(iter(reservoir.data.values())))
+        for key, chunks in outputs.items():
+            values = np.concatenate(chunks)
+            array = np.zeros((capacity, *values.shape[1:]), dtype=np.float32)
+            array[: len(values)] = values
+            reservoir.data[f"out.{key}"] = array
+
+    def finished(self) -> list[int]:
+        """Positions of the reservoirs whose outputs are stored (earlier tasks)."""
+        return [
+            i
+            for i, r in enumerate(self.memory)
+            if r is not self.current and any(k.startswith("out.") for k in r.data)
+        ]
+
+    def sample(
+        self, model: BaseAlgorithm, n: int, rng: np.random.Generator
+    ) -> tuple[Rows, dict[str, torch.Tensor]]:
+        """``n`` states of earlier tasks (uniform over all held) and their stored outputs as tensors."""
+        rows = self.memory.sample(n, rng, self.finished())
+        old = {
+            k[4:]: torch.as_tensor(v, device=model.device) for k, v in rows.items() if k.startswith("out.")
+        }
+        return rows, old

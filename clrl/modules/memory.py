@@ -1,0 +1,198 @@
+"""Bounded memories of earlier tasks: a reservoir sample per task, shared by the replay-family modules.
+
+A :class:`Reservoir` keeps a uniform random sample of everything added to it (Vitter's algorithm R: the
+``t``-th item replaces a random slot with probability ``capacity / t``), so a task's memory represents the
+whole task, not its last steps. Items are rows of named numpy arrays (observations keep their dtype:
+uint8 images stay uint8). :class:`TaskMemory` holds one reservoir per task under one budget: when a task
+starts, every earlier reservoir is shrunk to ``budget // (tasks + 1)`` rows by a uniform subsample (a
+uniform sample of a uniform sample is uniform), and the new task gets the same share, so the rows held
+never exceed the budget however long the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from clrl.errors import ConfigError
+
+Budget = int | Literal["all"]
+Rows = dict[str, np.ndarray]
+
+
+def check_budget(budget: Budget, what: str) -> Budget:
+    """Return ``budget`` (a positive int or ``"all"``), or raise :class:`ConfigError`."""
+    if budget == "all":
+        return "all"
+    if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 1:
+        raise ConfigError(f"{what} must be a positive number of rows or 'all', got {budget!r}")
+    return int(budget)
+
+
+def check_fraction(value: float, what: str) -> float:
+    """Return ``value`` as a float in [0, 1], or raise :class:`ConfigError`."""
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{what} must be in [0, 1], got {value}")
+    return value
+
+
+class Reservoir:
+    """A uniform random sample of at most ``capacity`` rows of everything added (``None``: keep all).
+
+    Args:
+        capacity: Rows kept; ``None`` keeps every row (storage grows by doubling).
+    """
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self.seen = 0
+        """Rows offered so far."""
+        self.size = 0
+        """Rows held."""
+        self.data: Rows = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _reserve(self, rows: Rows, needed: int) -> None:
+        if not self.data:
+            room = self.capacity if self.capacity is not None else max(needed, 1024)
+            self.data = {k: np.zeros((room, *v.shape[1:]), dtype=v.dtype) for k, v in rows.items()}
+        if not set(rows) <= set(self.data):
+            raise ValueError(f"rows have fields {sorted(rows)}, the reservoir {sorted(self.data)}")
+        room = len(next(iter(self.data.values())))
+        if needed > room:  # only when capacity is None
+            grown = max(needed, 2 * room)
+            for k, v in self.data.items():
+                bigger = np.zeros((grown, *v.shape[1:]), dtype=v.dtype)
+                bigger[: self.size] = v[: self.size]
+                self.data[k] = bigger
+
+    def add(self, rows: Rows, rng: np.random.Generator) -> None:
+        """Offer ``rows`` (arrays with the same first dimension), in order, to the sample."""
+        n = len(next(iter(rows.values())))
+        if n == 0:
+            return
+        cap = self.capacity
+        free = n if cap is None else max(0, min(n, cap - self.size))
+        self._reserve(rows, self.size + free)
+        if free:
+            for k, v in rows.items():
+                self.data[k][self.size : self.size + free] = v[:free]
+            self.size += free
+        if free < n:
+            assert cap is not None
+            # Row t (1-based count of rows offered) replaces slot j ~ U{0, ..., t-1} when j < capacity.
+            counts = self.seen + free + 1 + np.arange(n - free)
+            slots = rng.integers(0, counts)
+            for row, slot in zip(np.flatnonzero(slots < cap) + free, slots[slots < cap], strict=True):
+                for k, v in rows.items():
+                    self.data[k][slot] = v[row]
+        self.seen += n
+
+    def shrink(self, capacity: int, rng: np.random.Generator) -> None:
+        """Keep a uniform random subset of ``capacity`` rows (and keep at most that many from now on)."""
+        if self.size > capacity:
+            keep = np.sort(rng.choice(self.size, size=capacity, replace=False))
+            self.data = {k: v[keep].copy() for k, v in self.data.items()}
+            self.size = capacity
+        elif self.data and len(next(iter(self.data.values()))) > capacity:
+            self.data = {k: v[:capacity].copy() for k, v in self.data.items()}
+        self.capacity = capacity
+
+    def rows(self, index: np.ndarray | slice | None = None) -> Rows:
+        """The rows held (or those at ``index``)."""
+        index = slice(0, self.size) if index is None else index
+        return {k: v[: self.size][index] for k, v in self.data.items()}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the rows held."""
+        return sum(v[: self.size].nbytes for v in self.data.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows held as tensors (dtypes kept), with the counters."""
+        return {
+            "capacity": -1 if self.capacity is None else self.capacity,
+            "seen": self.seen,
+            "data": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.rows().items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> Reservoir:
+        """Rebuild a reservoir saved by :meth:`state_dict`."""
+        reservoir = cls(None if state["capacity"] < 0 else int(state["capacity"]))
+        reservoir.seen = int(state["seen"])
+        reservoir.data = {k: v.numpy().copy() for k, v in state["data"].items()}
+        reservoir.size = len(next(iter(reservoir.data.values()))) if reservoir.data else 0
+        return reservoir
+
+
+class TaskMemory:
+    """One :class:`Reservoir` per task, all within one budget of rows.
+
+    Args:
+        budget: Rows held in all (``"all"``: every row of every task, no bound).
+    """
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.tasks: list[Reservoir] = []
+        """Reservoirs of the tasks, in the order they were started (the last may still be filling)."""
+        self.task_ids: list[int] = []
+        """Task index of each reservoir."""
+
+    def start_task(self, task_id: int, rng: np.random.Generator) -> Reservoir:
+        """Open the reservoir of a new task, shrinking the earlier ones to make room for it."""
+        if task_id in self.task_ids:  # the same task again (e.g. a stream that repeats it): keep filling it
+            return self.tasks[self.task_ids.index(task_id)]
+        share = None if self.budget == "all" else max(1, self.budget // (len(self.tasks) + 1))
+        if share is not None:
+            for reservoir in self.tasks:
+                reservoir.shrink(share, rng)
+        self.tasks.append(Reservoir(share))
+        self.task_ids.append(task_id)
+        return self.tasks[-1]
+
+    def __iter__(self) -> Iterator[Reservoir]:
+        return iter(self.tasks)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.tasks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every task's rows."""
+        return sum(r.nbytes for r in self.tasks)
+
+    def sample(self, n: int, rng: np.random.Generator, tasks: list[int] | None = None) -> Rows:
+        """``n`` rows drawn uniformly, with replacement, from the reservoirs at positions ``tasks`` (all)."""
+        chosen = [self.tasks[i] for i in (range(len(self.tasks)) if tasks is None else tasks)]
+        sizes = np.array([len(r) for r in chosen], dtype=np.int64)
+        if sizes.sum() == 0:
+            raise ValueError("the memory is empty")
+        ends = np.cumsum(sizes)
+        flat = rng.integers(0, ends[-1], size=n)
+        which = np.searchsorted(ends, flat, side="right")
+        offsets = flat - (ends - sizes)[which]
+        template = chosen[int(np.argmax(sizes > 0))].data
+        out = {k: np.empty((n, *v.shape[1:]), dtype=v.dtype) for k, v in template.items()}
+        for t in np.unique(which):
+            mask = which == t
+            rows = chosen[t].rows(offsets[mask])
+            for k in out:
+                out[k][mask] = rows[k]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every task's reservoir and the task indices."""
+        return {"task_ids": list(self.task_ids), "tasks": [r.state_dict() for r in self.tasks]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.task_ids = [int(t) for t in state["task_ids"]]
+        self.tasks = [Reservoir.from_state_dict(s) for s in state["tasks"]]

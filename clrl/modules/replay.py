@@ -1,0 +1,235 @@
+"""Replay of earlier tasks' transitions for off-policy agents (SAC, TD3, DQN, QR-DQN, TQC, CrossQ)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+from clrl.errors import ConfigError
+from clrl.modules.base import ContinualModule, TaskInfo
+from clrl.modules.memory import Budget, Reservoir, Rows, TaskMemory, check_budget, check_fraction
+
+
+def check_task_identity(module: ContinualModule, stream: Any, require_task_id: bool) -> None:
+    """Refuse a stream whose tasks cannot be told apart from observations, unless the user allows it.
+
+    Replayed data of a task whose rewards or dynamics differ from the current one's teaches the networks
+    two answers for the same input when the task id is not observed.
+    """
+    if require_task_id and getattr(stream, "task_id", "observed") == "hidden" and len(stream) > 1:
+        cls = type(module).__name__
+        raise ConfigError(
+            f"{cls} replays earlier tasks, but stream {stream.name!r} hides the task id: tasks whose "
+            f"rewards or dynamics differ would get conflicting targets for the same observation. Set "
+            f'task_id = "observed" in the stream, or pass {cls}(require_task_id=False) if its tasks can '
+            f"be told apart from observations (or agree where they overlap)"
+        )
+
+
+class Replay(ContinualModule):
+    """Replay: mix transitions of earlier tasks into every training batch of an off-policy agent.
+
+    While a task trains, every transition SB3 adds to its replay buffer is also offered to the task's
+    reservoir (a uniform sample of the whole task, however long it is, not its last ``buffer_size`` steps;
+    observations keep their dtype and the next observation is stored explicitly, as SB3 gives it, terminal
+    observations included). All reservoirs share ``budget`` rows: when a new task starts each earlier one
+    is subsampled to ``budget // (tasks + 1)``. Each batch SB3 samples (``replay_buffer.sample``) then
+    holds ``round(fraction · batch_size)`` transitions drawn uniformly from the earlier tasks' reservoirs
+    and the rest from the live buffer, which ``clrl.train`` empties at each new task. With
+    ``budget="all"`` and ``fraction=0.5`` this is Continual World's perfect-memory baseline.
+
+    Works with Box, Discrete and Dict observations and any SB3 replay buffer class (n-step buffers: replayed
+    rows are one-step transitions and get the discount ``gamma``). The buffer's ``add`` and ``sample`` are
+    wrapped on the buffer instance while ``learn`` runs, so ``callback=Replay(...)`` is all a user's own loop
+    needs. The task id: replayed transitions carry their own rewards and dynamics, so ``clrl.train`` refuses
+    a stream that hides the task id unless ``require_task_id=False`` (in a user's own loop, make sure the
+    observation tells the tasks apart).
+
+    Paper: Rolnick et al. 2019, "Experience Replay for Continual Learning" (NeurIPS); Wołczyk et al. 2021,
+    "Continual World" (NeurIPS), perfect memory.
+
+    Args:
+        budget: Transitions kept over all tasks (``"all"``: every transition, unbounded).
+        fraction: Share of each batch drawn from earlier tasks, in [0, 1]. 0 trains exactly as plain SB3.
+        require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        verbose: SB3 callback verbosity.
+    """
+
+    name = "replay"
+
+    def __init__(
+        self,
+        budget: Budget = 100_000,
+        fraction: float = 0.5,
+        require_task_id: bool = True,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        self.budget = check_budget(budget, "Replay budget")
+        self.fraction = check_fraction(fraction, "Replay fraction")
+        self.require_task_id = bool(require_task_id)
+        self.memory = TaskMemory(self.budget)
+        self._current: Reservoir | None = None
+        self._rng = np.random.default_rng(0)
+        self._sample_rng = np.random.default_rng(0)
+        self._buffer: ReplayBuffer | None = None
+        self._saved: dict[str, Any] = {}
+        self.replayed = 0
+        """Archived transitions mixed into batches during the current task."""
+
+    def check_stream(self, stream: Any) -> None:
+        """Refuse a hidden task id unless ``require_task_id`` is false (see the class doc)."""
+        check_task_identity(self, stream, self.require_task_id)
+
+    # ---------------------------------------------------------------- task boundaries
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Open the task's reservoir (shrinking earlier ones) and seed the sampling generators."""
+        model = self.sb3_model
+        if not isinstance(model, OffPolicyAlgorithm) or model.replay_buffer is None:
+            raise ConfigError(
+                f"Replay needs an off-policy algorithm with a replay buffer (SAC, TD3, DQN, ...), got "
+                f"{type(model).__name__}; use CLEAR for on-policy algorithms"
+            )
+        seed = model.seed if model.seed is not None else 0
+        self._rng = np.random.default_rng([seed, task.index, 0])
+        self._sample_rng = np.random.default_rng([seed, task.index, 1])
+        self._current = self.memory.start_task(task.index, self._rng)
+        self.replayed = 0
+
+    def attach(self) -> None:
+        """Wrap the replay buffer's ``add`` and ``sample`` (besides any optimiser hooks)."""
+        super().attach()
+        buffer = getattr(self.sb3_model, "replay_buffer", None)
+        if buffer is None or self._buffer is buffer:
+            return
+        self._buffer = buffer
+        self._saved = {k: buffer.__dict__[k] for k in ("add", "sample") if k in buffer.__dict__}
+        add, sample = buffer.add, buffer.sample
+
+        def recording_add(*args: Any, **kwargs: Any) -> None:
+            add(*args, **kwargs)
+            self._record(buffer, *args, **kwargs)
+
+        def mixing_sample(batch_size: int, env: VecNormalize | None = None) -> Any:
+            return self._sample(sample, batch_size, env)
+
+        buffer.add = recording_add
+        buffer.sample = mixing_sample
+
+    def detach(self) -> None:
+        """Restore the buffer's own ``add`` and ``sample``."""
+        super().detach()
+        if self._buffer is not None:
+            for k in ("add", "sample"):
+                self._buffer.__dict__.pop(k, None)
+            self._buffer.__dict__.update(self._saved)
+            self._buffer, self._saved = None, {}
+
+    # ---------------------------------------------------------------- recording
+    def _record(
+        self,
+        buffer: Any,
+        obs: Any,
+        next_obs: Any,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        if self._current is None:
+            return
+        n = buffer.n_envs
+        rows: Rows = {}
+        if isinstance(obs, dict):
+            for key in obs:
+                shape, dtype = buffer.obs_shape[key], buffer.observations[key].dtype
+                rows[f"obs.{key}"] = np.asarray(obs[key], dtype=dtype).reshape((n, *shape))
+                rows[f"next_obs.{key}"] = np.asarray(next_obs[key], dtype=dtype).reshape((n, *shape))
+        else:
+            dtype = buffer.observations.dtype
+            rows["obs"] = np.asarray(obs, dtype=dtype).reshape((n, *buffer.obs_shape))
+            rows["next_obs"] = np.asarray(next_obs, dtype=dtype).reshape((n, *buffer.obs_shape))
+        rows["action"] = np.asarray(action, dtype=buffer.actions.dtype).reshape((n, buffer.action_dim))
+        rows["reward"] = np.asarray(reward, dtype=np.float32).reshape(n)
+        terminal = np.asarray(done, dtype=np.float32).reshape(n)
+        if buffer.handle_timeout_termination:  # a time-limit cut is not a terminal state, as in SB3
+            truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=np.float32)
+            terminal = terminal * (1.0 - truncated)
+        rows["done"] = terminal
+        self._current.add(rows, self._rng)
+
+    # ---------------------------------------------------------------- sampling
+    def _earlier(self) -> list[int]:
+        return [i for i, r in enumerate(self.memory) if r is not self._current and len(r)]
+
+    def _sample(self, sample: Any, batch_size: int, env: VecNormalize | None) -> Any:
+        earlier = self._earlier()
+        n_old = round(self.fraction * batch_size) if earlier else 0
+        if n_old == 0:
+            return sample(batch_size, env)
+        assert self._buffer is not None
+        old = self._to_samples(self.memory.sample(n_old, self._sample_rng, earlier), env)
+        self.replayed += n_old
+        if n_old == batch_size:
+            return old
+        live = sample(batch_size - n_old, env)
+        discounts = None
+        if live.discounts is not None:  # n-step buffer: replayed rows are one-step transitions
+            gamma = torch.full((n_old, 1), float(self.sb3_model.gamma), device=live.discounts.device)  # type: ignore[attr-defined]
+            discounts = torch.cat([live.discounts, gamma.to(live.discounts.dtype)])
+        fields = [_cat(a, b) for a, b in zip(live[:5], old[:5], strict=True)]
+        return type(live)(*fields, discounts)
+
+    def _to_samples(self, rows: Rows, env: VecNormalize | None) -> Any:
+        buffer: Any = self._buffer
+        assert buffer is not None
+        to_torch = buffer.to_torch
+        if any(k.startswith("obs.") for k in rows):
+            keys = [k[len("obs.") :] for k in rows if k.startswith("obs.")]
+            obs: Any = buffer._normalize_obs({k: rows[f"obs.{k}"] for k in keys}, env)
+            nxt: Any = buffer._normalize_obs({k: rows[f"next_obs.{k}"] for k in keys}, env)
+            obs = {k: to_torch(v) for k, v in obs.items()}
+            nxt = {k: to_torch(v) for k, v in nxt.items()}
+            samples: Any = DictReplayBufferSamples
+        else:
+            obs = to_torch(buffer._normalize_obs(rows["obs"], env))
+            nxt = to_torch(buffer._normalize_obs(rows["next_obs"], env))
+            samples = ReplayBufferSamples
+        reward = buffer._normalize_reward(rows["reward"].reshape(-1, 1), env)
+        done = rows["done"].reshape(-1, 1)
+        return samples(obs, to_torch(rows["action"]), nxt, to_torch(done), to_torch(reward))
+
+    # ---------------------------------------------------------------- state and logs
+    def task_bytes(self) -> dict[int, int]:
+        """Bytes held per task (by task index)."""
+        return {t: r.nbytes for t, r in zip(self.memory.task_ids, self.memory, strict=True)}
+
+    def log_scalars(self) -> dict[str, float]:
+        """``bytes`` held in all, ``bytes/task<j>`` per task, ``rows`` held and ``replayed`` this task."""
+        scalars = {
+            "bytes": float(self.memory.nbytes),
+            "rows": float(len(self.memory)),
+            "replayed": float(self.replayed),
+        }
+        scalars.update({f"bytes/task{t}": float(b) for t, b in self.task_bytes().items()})
+        return scalars
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every task's reservoir (rows as tensors, dtypes kept)."""
+        return {"memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the reservoirs."""
+        self.memory.load_state_dict(state["memory"])
+
+
+def _cat(a: Any, b: Any) -> Any:
+    if isinstance(a, dict):
+        return {k: torch.cat([a[k], b[k]]) for k in a}
+    return torch.cat([a, b])

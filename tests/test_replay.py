@@ -1,0 +1,396 @@
+"""Replay, CLEAR and A-GEM: reservoirs, budgets, mixing, behaviour cloning, projection, state, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import ALGO_SETUPS, cartpole_stream, make_model, tiny_ppo
+from stable_baselines3 import DQN
+from test_modules import learn_two_tasks, params_of
+
+import clrl
+from clrl import Task, TaskStream
+from clrl.modules.agem import project_gradient
+from clrl.modules.distill import distillation_losses, network_outputs
+from clrl.modules.memory import Reservoir, TaskMemory
+
+OFF_POLICY = ["dqn", "sac", "td3", "qrdqn", "tqc", "crossq"]
+ON_POLICY = ["ppo", "a2c", "recurrentppo"]
+
+
+# ------------------------------------------------------------------------------------------ reservoirs
+@pytest.mark.parametrize("chunk", [1, 7, 50])
+def test_reservoir_sample_is_uniform_over_the_whole_task(chunk: int) -> None:
+    n, capacity, trials = 200, 20, 2000
+    rng = np.random.default_rng(0)
+    counts = np.zeros(n)
+    for _ in range(trials):
+        reservoir = Reservoir(capacity)
+        for start in range(0, n, chunk):
+            reservoir.add({"x": np.arange(start, min(n, start + chunk))}, rng)
+        assert len(reservoir) == capacity and reservoir.seen == n
+        counts[reservoir.rows()["x"]] += 1
+    expected = trials * capacity / n  # 200 per item, binomial sd ~13.4
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 199 + 5 * np.sqrt(2 * 199)  # 199 degrees of freedom: mean 199, sd ~20
+    # Not biased toward the last rows (what a FIFO buffer keeps) nor the first.
+    assert abs(counts[: n // 2].mean() - counts[n // 2 :].mean()) < 0.05 * expected
+
+
+def test_reservoir_keeps_all_below_capacity_and_unbounded_grows() -> None:
+    rng = np.random.default_rng(0)
+    small = Reservoir(10)
+    small.add({"x": np.arange(6)}, rng)
+    assert sorted(small.rows()["x"]) == list(range(6))
+    unbounded = Reservoir(None)
+    for start in range(0, 5000, 700):
+        unbounded.add({"x": np.arange(start, min(5000, start + 700))}, rng)
+    assert list(unbounded.rows()["x"]) == list(range(5000))
+
+
+def test_task_memory_never_exceeds_its_budget_and_shares_it_evenly() -> None:
+    rng = np.random.default_rng(0)
+    memory = TaskMemory(120)
+    for task in range(12):
+        reservoir = memory.start_task(task, rng)
+        for _ in range(10):
+            reservoir.add({"x": np.full(37, task, dtype=np.int16)}, rng)
+            assert len(memory) <= 120
+        assert sum(len(next(iter(r.data.values()))) for r in memory) <= 120  # allocated rows too
+    assert [len(r) for r in memory] == [120 // 12] * 12
+    assert all((r.rows()["x"] == t).all() for t, r in zip(memory.task_ids, memory, strict=True))
+    restored = TaskMemory(120)
+    restored.load_state_dict(memory.state_dict())
+    assert restored.task_ids == memory.task_ids
+    for a, b in zip(restored, memory, strict=True):
+        assert a.seen == b.seen and np.array_equal(a.rows()["x"], b.rows()["x"])
+        assert a.rows()["x"].dtype == np.int16
+
+
+# ------------------------------------------------------------------------------------------ Replay
+def two_tasks_with(algo: str, module: clrl.ContinualModule | None, **overrides: Any) -> Any:
+    model, stream = make_model(algo, **overrides)
+    clrl.train(model, stream, [module] if module else [], seed=0, eval_episodes=1)
+    return model
+
+
+@pytest.mark.parametrize("algo", OFF_POLICY)
+def test_replay_fraction_zero_equals_plain_sb3(algo: str) -> None:
+    plain = params_of(two_tasks_with(algo, None))
+    replay = params_of(two_tasks_with(algo, clrl.Replay(budget=100, fraction=0.0)))
+    for name in plain:
+        assert torch.equal(plain[name], replay[name]), name
+
+
+@pytest.mark.parametrize("algo", OFF_POLICY)
+def test_replay_mixes_the_fraction_of_earlier_tasks_into_batches(algo: str) -> None:
+    replay = clrl.Replay(budget=64, fraction=0.25)
+    model = two_tasks_with(algo, replay)
+    assert [len(r) for r in replay.memory] == [32, 32]
+    assert replay.replayed > 0  # the second task trained on replayed rows
+    replay.memory.start_task(2, np.random.default_rng(0))  # a third task: both earlier tasks replay
+    replay._current = replay.memory.tasks[-1]
+    replay.attach()
+    try:
+        batch = model.replay_buffer.sample(40)
+    finally:
+        replay.detach()
+    # The task id is the one-hot at the end of the observation; the live buffer holds task 1 only.
+    task_ids = batch.observations[:, -2:].argmax(1)
+    assert int((task_ids == 0).sum()) == pytest.approx(10 * 32 / 64, abs=10)  # 10 replayed, ~half task 0
+    assert len(batch.observations) == len(batch.actions) == len(batch.rewards) == len(batch.dones) == 40
+    assert model.replay_buffer.sample.__func__ is type(model.replay_buffer).sample  # unwrapped again
+
+
+def test_replay_batches_hold_exactly_the_fraction() -> None:
+    stream = cartpole_stream(steps=200)
+    model = DQN("MlpPolicy", stream.make_vec_env(0, seed=0), learning_starts=10_000, seed=0, device="cpu")
+    replay = clrl.Replay(budget=1000, fraction=0.3)
+    for i in range(2):
+        model.set_env(stream.make_vec_env(i, seed=i))
+        model.replay_buffer.reset()
+        model.learn(200, callback=replay, reset_num_timesteps=False)
+    replay.memory.start_task(2, np.random.default_rng(0))
+    replay._current = replay.memory.tasks[-1]
+    replay.attach()
+    try:
+        for batch_size in (10, 33, 64):
+            batch = model.replay_buffer.sample(batch_size)
+            from_task0 = int((batch.observations[:, -2] == 1).sum())
+            from_task1 = int((batch.observations[:, -1] == 1).sum())
+            assert from_task0 + from_task1 == batch_size
+            assert from_task0 <= round(0.3 * batch_size)  # replayed rows come from both tasks ...
+    finally:
+        replay.detach()
+    replay._current = None
+    replay.attach()  # ... and with task 1 in the live buffer, exactly round(0.3 * n) rows are replayed
+    try:
+        counted = replay.replayed
+        model.replay_buffer.sample(33)
+        assert replay.replayed - counted == round(0.3 * 33)
+    finally:
+        replay.detach()
+
+
+class CounterEnv(gym.Env):
+    """Dict observations: a uint8 counter and a float vector; episodes of 5 steps that terminate."""
+
+    observation_space = gym.spaces.Dict(
+        {
+            "count": gym.spaces.Box(0, 255, (1,), np.uint8),
+            "vec": gym.spaces.Box(-10.0, 10.0, (2,), np.float32),
+        }
+    )
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"count": np.array([self.t], np.uint8), "vec": np.array([self.t / 10, -1.0], np.float32)}
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict]:
+        self.t += 1
+        return self._obs(), float(action), self.t >= 5, False, {}
+
+
+def test_replay_keeps_dict_observations_dtypes_and_next_observations(tmp_path: Path) -> None:
+    model = DQN("MultiInputPolicy", CounterEnv(), learning_starts=20, batch_size=8, seed=0, device="cpu")
+    replay = clrl.Replay(budget=50, fraction=0.5)
+    for _ in range(2):
+        model.learn(60, callback=replay, reset_num_timesteps=False)
+    rows = replay.memory.tasks[0].rows()
+    assert rows["obs.count"].dtype == np.uint8 and rows["next_obs.count"].dtype == np.uint8
+    assert rows["obs.vec"].dtype == np.float32
+    count, following = rows["obs.count"][:, 0].astype(int), rows["next_obs.count"][:, 0].astype(int)
+    assert (following == count + 1).all()  # the terminal observation (5) is stored, not the reset one (0)
+    assert ((following == 5) == (rows["done"] == 1)).all()
+    replay._current = None
+    replay.attach()
+    try:
+        batch = model.replay_buffer.sample(10)
+    finally:
+        replay.detach()
+    assert set(batch.observations) == {"count", "vec"} and len(batch.observations["count"]) == 10
+    # The model is saved with its archive, dtypes kept.
+    path = clrl.save(model, tmp_path / "m.zip", [replay])
+    _, (loaded,) = clrl.load(path)
+    assert isinstance(loaded, clrl.Replay)
+    assert loaded.memory.tasks[0].rows()["obs.count"].dtype == np.uint8
+    assert np.array_equal(loaded.memory.tasks[0].rows()["next_obs.vec"], rows["next_obs.vec"])
+
+
+def test_replay_budget_holds_on_a_stream_of_twelve_tasks(tmp_path: Path) -> None:
+    stream = TaskStream(
+        "long",
+        [Task(f"len{i}", "CartPole-v1", attributes={"length": 0.3 + 0.05 * i}) for i in range(12)],
+        steps_per_task=60,
+        task_id="observed",
+    )
+    model = DQN(
+        "MlpPolicy",
+        stream.make_vec_env(0, seed=0),
+        learning_starts=20,
+        batch_size=8,
+        buffer_size=100,
+        policy_kwargs={"net_arch": [8]},
+        seed=0,
+        device="cpu",
+    )
+    replay = clrl.Replay(budget=100)
+    result = clrl.train(model, stream, [replay], seed=0, eval_episodes=1, logdir=tmp_path / "run")
+    row_bytes = replay.memory.tasks[0].nbytes // len(replay.memory.tasks[0])
+    held = [stats["replay"]["rows"] for stats in result.module_stats]
+    assert all(rows <= 100 for rows in held) and held[-1] == 12 * (100 // 12)
+    assert all(stats["replay"]["bytes"] <= 100 * row_bytes for stats in result.module_stats)
+    saved = clrl.TrainResult.from_json(tmp_path / "run" / "results.json")
+    assert saved.module_stats[-1]["replay"]["bytes/task11"] == (100 // 12) * row_bytes
+    _, (loaded,) = clrl.load(next((tmp_path / "run" / "checkpoints").glob("task12-*.zip")))
+    assert [len(r) for r in loaded.memory] == [len(r) for r in replay.memory]
+
+
+def test_replay_is_reproducible() -> None:
+    first = params_of(two_tasks_with("sac", clrl.Replay(budget=100)))
+    second = params_of(two_tasks_with("sac", clrl.Replay(budget=100)))
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+# ------------------------------------------------------------------------------------------ CLEAR
+@pytest.mark.parametrize("algo", ON_POLICY)
+def test_clear_weights_zero_equal_plain_sb3(algo: str) -> None:
+    plain = params_of(learn_two_tasks(algo, None))
+    clear = params_of(learn_two_tasks(algo, clrl.CLEAR(budget=100, policy_coef=0.0, value_coef=0.0)))
+    for name in plain:
+        assert torch.equal(plain[name], clear[name]), name
+
+
+@pytest.mark.parametrize("algo", ON_POLICY)
+def test_clear_loss_is_zero_while_the_policy_is_unchanged(algo: str) -> None:
+    model, stream = make_model(algo)
+    clear = clrl.CLEAR(budget=100)
+    model.learn(stream.steps(0), callback=clear)
+    rows, old = clear.memory.sample(model, 64, np.random.default_rng(1))
+    with torch.no_grad():
+        losses = distillation_losses(model, old, network_outputs(model, rows, ("actor", "critic")))
+    assert set(losses) == {"actor", "critic"}
+    assert float(losses["actor"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(losses["critic"]) == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():  # and positive once the policy moves
+        for p in model.policy.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        moved = distillation_losses(model, old, network_outputs(model, rows, ("actor", "critic")))
+    assert float(moved["actor"]) > 1e-4 and float(moved["critic"]) > 1e-4
+
+
+@pytest.mark.parametrize("algo", ON_POLICY)
+def test_clear_keeps_the_old_policy_on_replayed_states(algo: str) -> None:
+    def kl_after_second_task(clear: clrl.CLEAR) -> float:
+        model, stream = make_model(algo, learning_rate=0.01)  # a policy that moves within 128 steps
+        for i in range(2):
+            model.set_env(stream.make_vec_env(i, seed=10 + i))
+            model.learn(stream.steps(i), callback=clear, reset_num_timesteps=False)
+        rows = clear.memory.memory.tasks[0].rows()
+        old = {k[4:]: torch.as_tensor(v) for k, v in rows.items() if k.startswith("out.")}
+        with torch.no_grad():
+            return float(distillation_losses(model, old, network_outputs(model, rows, ("actor",)))["actor"])
+
+    free = kl_after_second_task(clrl.CLEAR(budget=200, policy_coef=0.0, value_coef=0.0))
+    cloned = kl_after_second_task(clrl.CLEAR(budget=200, policy_coef=100.0, batch_size=64))
+    assert free > 0
+    assert cloned < 0.5 * free
+
+
+def test_clear_needs_an_on_policy_algorithm() -> None:
+    model, stream = make_model("dqn")
+    with pytest.raises(clrl.ConfigError, match="on-policy"):
+        model.learn(stream.steps(0), callback=clrl.CLEAR())
+
+
+# ------------------------------------------------------------------------------------------ A-GEM
+def test_projection_never_increases_the_reference_loss_to_first_order() -> None:
+    torch.manual_seed(0)
+    for _ in range(100):
+        grads = [torch.randn(5, 3), torch.randn(4)]
+        reference = [torch.randn(5, 3), torch.randn(4)]
+        before = sum(float((g * r).sum()) for g, r in zip(grads, reference, strict=True))
+        original = [g.clone() for g in grads]
+        projected = project_gradient(grads, reference)
+        after = sum(float((g * r).sum()) for g, r in zip(grads, reference, strict=True))
+        assert projected == (before < 0)
+        if projected:
+            assert after == pytest.approx(0.0, abs=1e-5)
+            norm = sum(float(g.square().sum()) for g in grads)
+            assert norm <= sum(float(g.square().sum()) for g in original) + 1e-6
+        else:
+            assert all(torch.equal(g, o) for g, o in zip(grads, original, strict=True))
+
+
+class CheckedAGEM(clrl.AGEM):
+    """Records ``g · g_ref`` after each projection with the reference gradient the step used."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dots: list[tuple[float, float]] = []
+
+    def reference_gradient(self, group: clrl.ParamGroup) -> list[torch.Tensor]:
+        self._reference = super().reference_gradient(group)
+        return self._reference
+
+    def adjust_gradients(self, group: clrl.ParamGroup) -> None:
+        super().adjust_gradients(group)
+        pairs = [
+            (p.grad, r) for p, r in zip(group.params, self._reference, strict=True) if p.grad is not None
+        ]
+        dot = sum(float((g * r).sum()) for g, r in pairs)
+        scale = np.sqrt(
+            sum(float(g.square().sum()) for g, _ in pairs) * sum(float(r.square().sum()) for _, r in pairs)
+        )
+        self.dots.append((dot, scale))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "sac", "td3", "qrdqn"])
+def test_agem_steps_never_conflict_with_the_memory(algo: str) -> None:
+    agem = CheckedAGEM(budget=100)
+    learn_two_tasks(algo, agem)
+    assert agem.dots, "A-GEM never ran in the second task"
+    assert agem.projections > 0
+    assert all(dot >= -1e-5 * max(scale, 1e-12) for dot, scale in agem.dots)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "sac"])
+def test_agem_with_memory_of_the_current_task_only_equals_plain_sb3(algo: str) -> None:
+    # During the first task there is nothing to project against: identical to SB3.
+    model, stream = make_model(algo)
+    model.learn(stream.steps(0), callback=clrl.AGEM(budget=50))
+    plain, _ = make_model(algo)  # built after the first has learned: SB3 seeds the global generators
+    plain.learn(stream.steps(0))
+    for (name, a), b in zip(params_of(model).items(), params_of(plain).values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+# ------------------------------------------------------------------------------------------ shared
+@pytest.mark.parametrize("module", [clrl.Replay, clrl.CLEAR, clrl.AGEM])
+def test_a_hidden_task_id_is_refused_unless_allowed(module: type[clrl.ContinualModule]) -> None:
+    stream = cartpole_stream(task_id="hidden")
+    cls, _, kwargs = ALGO_SETUPS["dqn" if module is clrl.Replay else "ppo"]
+    model = cls("MlpPolicy", stream.make_vec_env(0), seed=0, device="cpu", **kwargs)
+    with pytest.raises(clrl.ConfigError, match="task id"):
+        clrl.train(model, stream, [module()], eval_episodes=1)
+    result = clrl.train(model, stream, [module(budget=50, require_task_id=False)], eval_episodes=1)
+    assert result.module_stats[-1][module.name]["bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("module", "kwargs"),
+    [
+        (clrl.Replay, {"budget": 0}),
+        (clrl.Replay, {"budget": -5}),
+        (clrl.Replay, {"budget": "some"}),
+        (clrl.Replay, {"fraction": 1.5}),
+        (clrl.Replay, {"fraction": -0.1}),
+        (clrl.CLEAR, {"budget": 0}),
+        (clrl.CLEAR, {"batch_size": 0}),
+        (clrl.CLEAR, {"policy_coef": -1.0}),
+        (clrl.AGEM, {"budget": 2.5}),
+        (clrl.AGEM, {"networks": "critic"}),
+    ],
+)
+def test_bad_hyperparameters_raise_config_errors(module: type, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(clrl.ConfigError):
+        module(**kwargs)
+
+
+def test_replay_needs_an_off_policy_algorithm() -> None:
+    stream = cartpole_stream()
+    with pytest.raises(clrl.ConfigError, match="off-policy"):
+        tiny_ppo(stream).learn(64, callback=clrl.Replay())
+
+
+@pytest.mark.parametrize("module", [clrl.CLEAR, clrl.AGEM])
+def test_memories_survive_save_and_load(module: type[clrl.ContinualModule], tmp_path: Path) -> None:
+    model = learn_two_tasks("ppo", original := module(budget=80))
+    path = clrl.save(model, tmp_path / "m.zip", [original])
+    _, (loaded,) = clrl.load(path)
+    assert type(loaded) is module
+    for a, b in zip(loaded.memory.memory, original.memory.memory, strict=True):  # type: ignore[attr-defined]
+        assert a.rows().keys() == b.rows().keys()
+        for key in a.rows():
+            assert np.array_equal(a.rows()[key], b.rows()[key]), key
+
+
+def test_cli_methods_include_the_replay_family() -> None:
+    from clrl.cli import METHODS
+
+    assert {"replay": clrl.Replay, "clear": clrl.CLEAR, "agem": clrl.AGEM}.items() <= METHODS.items()
+    assert set(ALGO_SETUPS) >= set(OFF_POLICY) | set(ON_POLICY)
