@@ -61,8 +61,8 @@ class AGEM(ContinualModule):
     **The memory loss.** Chaudhry et al. use the task loss on stored examples; an RL loss of an earlier task
     would need that task's rewards, returns or target networks. Here the memory loss is how far the
     networks' outputs on stored states have moved from their outputs at the end of the task
-    (:mod:`clrl.modules.distill`: KL for action distributions, squared error for values, Q-values and deterministic actions), each
-    optimiser taking the part it steps: PPO/A2C's optimiser the KL plus the value error, SAC/TD3's actor
+    (:mod:`clrl.modules.distill`: KL for action distributions, squared error for values, Q-values and
+    deterministic actions), each optimiser taking the part it steps: PPO/A2C's optimiser the KL plus the value error, SAC/TD3's actor
     optimiser the actor part and critic optimiser the critics' Q-values, DQN's the Q-values.
 
     **Relative to gradient clipping.** The projection runs after SB3 clips the gradient, just before the
