@@ -62,8 +62,9 @@ class AGEM(ContinualModule):
     would need that task's rewards, returns or target networks. Here the memory loss is how far the
     networks' outputs on stored states have moved from their outputs at the end of the task
     (:mod:`clrl.modules.distill`: KL for action distributions, squared error for values, Q-values and
-    deterministic actions), each optimiser taking the part it steps: PPO/A2C's optimiser the KL plus the value error, SAC/TD3's actor
-    optimiser the actor part and critic optimiser the critics' Q-values, DQN's the Q-values.
+    deterministic actions), each optimiser taking the part it steps: PPO/A2C's optimiser the KL plus the
+    value error, SAC/TD3's actor optimiser the actor part and critic optimiser the critics' Q-values, DQN's
+    the Q-values.
 
     **Relative to gradient clipping.** The projection runs after SB3 clips the gradient, just before the
     optimiser step, so the guarantee holds for the gradient actually applied; a projection never lengthens
