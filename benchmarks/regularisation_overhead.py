@@ -27,11 +27,13 @@ import numpy as np
 import torch
 
 import clrl
-from clrl.modules import ImportancePenalty, QuadraticPenalty
+from clrl.modules import ContinualModule, ImportancePenalty
 from clrl.presets import make_model
 
+Factory = Callable[[], ContinualModule] | None
+
 # The strengths of the README's cartpole-flip table.
-MODULES: dict[str, Callable[[], QuadraticPenalty] | None] = {
+MODULES: dict[str, Factory] = {
     "plain": None,
     "l2": lambda: clrl.L2(strength=0.01),
     "ewc": lambda: clrl.EWC(),
@@ -41,15 +43,16 @@ MODULES: dict[str, Callable[[], QuadraticPenalty] | None] = {
 }
 
 
-def time_modules(args: argparse.Namespace) -> None:
+def time_modules(args: argparse.Namespace, configurations: dict[str, Factory] = MODULES) -> None:
+    """Part 1 of the module doc for ``configurations`` (name -> module factory; ``"plain"`` first)."""
     stream = clrl.make_stream(args.stream, steps_per_task=args.steps)
-    names = list(MODULES)
+    names = list(configurations)
     cpu: dict[str, list[float]] = {name: [] for name in names}  # per (repeat, task)
     wall: dict[str, list[float]] = {name: [] for name in names}
     importance: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         models = {name: make_model(args.algo, stream, seed=repeat, device="cpu") for name in names}
-        modules = {name: factory() if factory else None for name, factory in MODULES.items()}
+        modules = {name: factory() if factory else None for name, factory in configurations.items()}
         for i in range(len(stream)):
             # All configurations train task i back to back (order rotated), so drifts of a shared machine
             # hit them alike; ratios are taken per (repeat, task).

@@ -35,10 +35,11 @@ def project_gradient(grads: list[torch.Tensor], reference: list[torch.Tensor]) -
     Returns:
         Whether the gradient was projected.
     """
-    dot = float(torch.stack([(g * r).sum() for g, r in zip(grads, reference, strict=True)]).sum())
+    g, r = torch.cat([t.reshape(-1) for t in grads]), torch.cat([t.reshape(-1) for t in reference])
+    dot = float(g @ r)
     if dot >= 0:
         return False
-    norm = float(torch.stack([r.square().sum() for r in reference]).sum())
+    norm = float(r @ r)
     if norm == 0:
         return False
     torch._foreach_add_(grads, reference, alpha=-dot / norm)

@@ -236,6 +236,7 @@ class OutputMemory:
     def finish_task(self, model: BaseAlgorithm, chunk: int = 4096) -> None:
         """Store the networks' outputs on the current task's states (``out.<key>`` fields)."""
         reservoir, self.current = self.current, None
+        self.memory.invalidate()
         if reservoir is None or len(reservoir) == 0:
             return
         states = {k: v for k, v in reservoir.rows().items() if not k.startswith("out.")}

@@ -65,8 +65,9 @@ class Reservoir:
         if not set(rows) <= set(self.data):
             raise ValueError(f"rows have fields {sorted(rows)}, the reservoir {sorted(self.data)}")
         room = len(next(iter(self.data.values())))
-        if needed > room:  # only when capacity is None
+        if needed > room:  # unbounded, or a gathered reservoir (see TaskMemory.sample) filled again
             grown = max(needed, 2 * room)
+            grown = grown if self.capacity is None else min(grown, self.capacity)
             for k, v in self.data.items():
                 bigger = np.zeros((grown, *v.shape[1:]), dtype=v.dtype)
                 bigger[: self.size] = v[: self.size]
@@ -145,9 +146,11 @@ class TaskMemory:
         """Reservoirs of the tasks, in the order they were started (the last may still be filling)."""
         self.task_ids: list[int] = []
         """Task index of each reservoir."""
+        self._pool: tuple[tuple[int, ...], Rows] | None = None
 
     def start_task(self, task_id: int, rng: np.random.Generator) -> Reservoir:
         """Open the reservoir of a new task, shrinking the earlier ones to make room for it."""
+        self.invalidate()
         if task_id in self.task_ids:  # the same task again (e.g. a stream that repeats it): keep filling it
             return self.tasks[self.task_ids.index(task_id)]
         share = None if self.budget == "all" else max(1, self.budget // (len(self.tasks) + 1))
@@ -170,23 +173,36 @@ class TaskMemory:
         return sum(r.nbytes for r in self.tasks)
 
     def sample(self, n: int, rng: np.random.Generator, tasks: list[int] | None = None) -> Rows:
-        """``n`` rows drawn uniformly, with replacement, from the reservoirs at positions ``tasks`` (all)."""
-        chosen = [self.tasks[i] for i in (range(len(self.tasks)) if tasks is None else tasks)]
-        sizes = np.array([len(r) for r in chosen], dtype=np.int64)
-        if sizes.sum() == 0:
+        """``n`` rows drawn uniformly, with replacement, from the reservoirs at positions ``tasks`` (all).
+
+        The chosen reservoirs' rows are gathered once into one array per field (the reservoirs then hold
+        views of it, so nothing is stored twice); later draws from the same reservoirs index it directly.
+        """
+        positions = tuple(range(len(self.tasks)) if tasks is None else tasks)
+        if self._pool is None or self._pool[0] != positions:
+            self._pool = (positions, self._gather(positions))
+        pool = self._pool[1]
+        size = len(next(iter(pool.values()))) if pool else 0
+        if size == 0:
             raise ValueError("the memory is empty")
-        ends = np.cumsum(sizes)
-        flat = rng.integers(0, ends[-1], size=n)
-        which = np.searchsorted(ends, flat, side="right")
-        offsets = flat - (ends - sizes)[which]
-        template = chosen[int(np.argmax(sizes > 0))].data
-        out = {k: np.empty((n, *v.shape[1:]), dtype=v.dtype) for k, v in template.items()}
-        for t in np.unique(which):
-            mask = which == t
-            rows = chosen[t].rows(offsets[mask])
-            for k in out:
-                out[k][mask] = rows[k]
-        return out
+        index = rng.integers(0, size, size=n)
+        return {k: v[index] for k, v in pool.items()}
+
+    def _gather(self, positions: tuple[int, ...]) -> Rows:
+        chosen = [self.tasks[i] for i in positions if len(self.tasks[i])]
+        if not chosen:
+            return {}
+        pool = {k: np.concatenate([r.rows()[k] for r in chosen]) for k in chosen[0].data}
+        start = 0
+        for r in chosen:  # the reservoirs now hold views of the pool (their capacity is unchanged)
+            stop = start + len(r)
+            r.data = {k: v[start:stop] for k, v in pool.items()}
+            start = stop
+        return pool
+
+    def invalidate(self) -> None:
+        """Forget the gathered rows (after a reservoir changed)."""
+        self._pool = None
 
     def state_dict(self) -> dict[str, Any]:
         """Every task's reservoir and the task indices."""
@@ -194,5 +210,6 @@ class TaskMemory:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+        self.invalidate()
         self.task_ids = [int(t) for t in state["task_ids"]]
         self.tasks = [Reservoir.from_state_dict(s) for s in state["tasks"]]

@@ -1,0 +1,68 @@
+"""Training time and memory of the replay modules against plain SB3, as ratios measured in one run.
+
+    python benchmarks/replay_overhead.py --algo ppo --steps 4096 --repeats 6     # CLEAR, A-GEM
+    python benchmarks/replay_overhead.py --algo dqn --steps 4096 --repeats 6     # Replay, A-GEM
+    python benchmarks/replay_overhead.py --algo dqn --skip-time --memory-tasks 12
+
+Time: the same protocol as ``regularisation_overhead.py`` (the user's own ``set_env`` + ``learn`` loop over
+the stream, one model per configuration with the same seed, every configuration training task i back to
+back, CPU time with one torch thread, ratios paired by repeat and task). Memory: a generated stream of
+``--memory-tasks`` CartPole pole lengths (task id observed), DQN with ``Replay(budget=...)``: rows and
+bytes held after each task and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from regularisation_overhead import Factory, peak_rss_mb, time_modules
+
+import clrl
+from clrl.presets import make_model
+
+CONFIGURATIONS: dict[str, dict[str, Factory]] = {
+    "ppo": {"plain": None, "clear": lambda: clrl.CLEAR(), "agem": lambda: clrl.AGEM()},
+    "a2c": {"plain": None, "clear": lambda: clrl.CLEAR(), "agem": lambda: clrl.AGEM()},
+    "dqn": {"plain": None, "replay": lambda: clrl.Replay(), "agem": lambda: clrl.AGEM()},
+    "sac": {"plain": None, "replay": lambda: clrl.Replay(), "agem": lambda: clrl.AGEM()},
+}
+
+
+def memory(args: argparse.Namespace) -> None:
+    lengths = np.linspace(0.4, 1.5, args.memory_tasks)
+    tasks = [clrl.Task(f"length{x:.2f}", "CartPole-v1", attributes={"length": float(x)}) for x in lengths]
+    stream = clrl.TaskStream("cartpole-lengths", tasks, steps_per_task=2048, task_id="observed")
+    replay = clrl.Replay(budget=args.budget)
+    model = make_model("dqn", stream, seed=0, device="cpu")
+    rows = []
+    for i in range(len(stream)):
+        model.set_env(stream.make_vec_env(i, n_envs=model.n_envs, seed=i))
+        model.learn(stream.steps(i), callback=replay, reset_num_timesteps=False)
+        rows.append((len(replay.memory), replay.memory.nbytes, peak_rss_mb()))
+    print(f"\nReplay(budget={args.budget}) on {len(stream)} tasks (DQN, 2048 steps each), after each task:")
+    print("rows  " + " ".join(f"{r}" for r, _, _ in rows))
+    print("bytes " + " ".join(f"{b}" for _, b, _ in rows))
+    print("rss   " + " ".join(f"{m:.0f}" for _, _, m in rows) + " MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stream", default="cartpole-flip")
+    parser.add_argument("--algo", default="ppo", choices=sorted(CONFIGURATIONS))
+    parser.add_argument("--steps", type=int, default=4096, help="steps per task")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--memory-tasks", type=int, default=0, help="tasks of the memory part (0: skip)")
+    parser.add_argument("--budget", type=int, default=10_000, help="Replay budget of the memory part")
+    parser.add_argument("--skip-time", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if not args.skip_time:
+        time_modules(args, CONFIGURATIONS[args.algo])
+    if args.memory_tasks:
+        memory(args)
+
+
+if __name__ == "__main__":
+    main()
