@@ -21,8 +21,8 @@ from clrl.presets import make_model
 class Args:
     stream: str = "cartpole-flip"  # built-in stream name or a stream file
     algo: str = "ppo"  # ppo, a2c, dqn, sac, td3 (and sb3-contrib's when installed)
-    method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si
-    strength: float = 1000.0  # penalty coefficient of the module (ignored by finetune)
+    method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si, replay, clear, agem
+    strength: float = 1000.0  # penalty coefficient of the penalty modules (l2 ... si)
     steps: int | None = None  # steps per task (default: the stream's)
     seed: int = 0
     logdir: str = "runs"
@@ -49,9 +49,15 @@ def main() -> None:
 
     # 3. Continual modules plug into the model as callbacks.
     penalties = {"l2": clrl.L2, "ewc": clrl.EWC, "online-ewc": clrl.OnlineEWC, "mas": clrl.MAS, "si": clrl.SI}
-    if args.method not in (*penalties, "finetune"):
-        raise SystemExit(f"unknown --method {args.method!r}; choose finetune, {', '.join(penalties)}")
-    modules = [penalties[args.method](strength=args.strength)] if args.method in penalties else []
+    replays = {"replay": clrl.Replay, "clear": clrl.CLEAR, "agem": clrl.AGEM}  # their default budgets
+    if args.method not in (*penalties, *replays, "finetune"):
+        choices = ", ".join(["finetune", *penalties, *replays])
+        raise SystemExit(f"unknown --method {args.method!r}; choose {choices}")
+    modules: list[clrl.ContinualModule] = []
+    if args.method in penalties:
+        modules.append(penalties[args.method](strength=args.strength))
+    elif args.method in replays:
+        modules.append(replays[args.method]())
 
     # 4. Learn the tasks one after another; evaluate on every task after each.
     result = clrl.train(

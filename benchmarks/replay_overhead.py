@@ -48,7 +48,9 @@ def memory(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stream", default="cartpole-flip")
     parser.add_argument("--algo", default="ppo", choices=sorted(CONFIGURATIONS))
     parser.add_argument("--steps", type=int, default=4096, help="steps per task")

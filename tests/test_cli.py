@@ -38,6 +38,10 @@ def test_list_names_streams_algorithms_and_methods(capsys: pytest.CaptureFixture
         "sac",
         "finetune",
         "l2",
+        "replay",
+        "clear",
+        "agem",
+        "pendulum-physics",
         "multitask",
         "single-task",
     ):
@@ -123,8 +127,12 @@ def test_existing_run_is_kept_without_overwrite(tmp_path: Path, capsys: pytest.C
 def test_presets_cover_the_builtin_streams() -> None:
     from clrl.streams import make_stream
 
-    for name in ("cartpole-flip", "cartpole-physics"):
-        for algo in ("ppo", "a2c", "dqn"):
+    for name, algos in (
+        ("cartpole-flip", ("ppo", "a2c", "dqn")),
+        ("cartpole-physics", ("ppo", "a2c", "dqn")),
+        ("pendulum-physics", ("sac", "td3")),
+    ):
+        for algo in algos:
             assert preset(name, algo), (name, algo)
             model = make_model(algo, make_stream(name), seed=0, device="cpu")
             assert model.seed == 0
@@ -151,3 +159,14 @@ def test_matrix_table_keeps_long_task_names_whole() -> None:
     lines = table.splitlines()
     assert lines[2].split() == ["1.", "a", "2.0", "3.0"]
     assert lines[3].split() == ["2.", "a-very-long-task-name", "4.0", "5.0"]
+
+
+def test_replay_methods_run_by_name_and_refuse_a_hidden_task_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clear = ["--method", "clear", "--method-arg", "budget=100", "--logdir", str(tmp_path), *TINY]
+    assert main(["run", "cartpole-flip", *clear]) == 0
+    results = json.loads((tmp_path / "cartpole-flip" / "ppo-clear" / "seed0" / "results.json").read_text())
+    assert results["module_stats"][-1]["clear"]["states"] == 100
+    assert main(["run", "cartpole-physics", *clear]) == 2
+    assert "hides the task id" in capsys.readouterr().err

@@ -24,10 +24,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore:.*is different from the unwrapped version")
-@pytest.mark.parametrize("name", ["cartpole-flip", "cartpole-physics"])
+@pytest.mark.parametrize("name", ["cartpole-flip", "cartpole-physics", "pendulum-physics"])
 def test_builtin_streams_load_and_every_task_passes_check_env(name: str) -> None:
     stream = clrl.make_stream(name)
-    assert len(stream) >= 4
+    assert len(stream) >= 3
     for i in range(len(stream)):
         env = stream.make_env(i)
         check_env(env.unwrapped, skip_render_check=True)
@@ -38,7 +38,14 @@ def test_builtin_streams_load_and_every_task_passes_check_env(name: str) -> None
 def test_builtin_stream_modes() -> None:
     assert clrl.make_stream("cartpole-flip").task_id == "observed"
     assert clrl.make_stream("cartpole-physics").task_id == "hidden"
-    assert set(clrl.builtin_streams()) >= {"cartpole-flip", "cartpole-physics"}
+    assert set(clrl.builtin_streams()) >= {"cartpole-flip", "cartpole-physics", "pendulum-physics"}
+
+
+def test_pendulum_physics_tasks_differ_in_their_physics() -> None:
+    stream = clrl.make_stream("pendulum-physics")
+    physics = [(env.unwrapped.g, env.unwrapped.m, env.unwrapped.l) for env in map(stream.make_env, range(3))]
+    assert physics == [(10.0, 1.0, 1.0), (3.0, 1.0, 1.0), (10.0, 1.3, 1.3)]
+    assert stream.task_id == "observed"
 
 
 def test_observed_task_id_is_a_one_hot_suffix() -> None:
