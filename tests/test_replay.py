@@ -102,7 +102,7 @@ def test_replay_mixes_the_fraction_of_earlier_tasks_into_batches(algo: str) -> N
         replay.detach()
     # The task id is the one-hot at the end of the observation; the live buffer holds task 1 only.
     task_ids = batch.observations[:, -2:].argmax(1)
-    assert int((task_ids == 0).sum()) == pytest.approx(10 * 32 / 64, abs=10)  # 10 replayed, ~half task 0
+    assert 0 < int((task_ids == 0).sum()) <= 10  # 10 replayed rows from tasks 0 and 1, 30 live of task 1
     assert len(batch.observations) == len(batch.actions) == len(batch.rewards) == len(batch.dones) == 40
     assert model.replay_buffer.sample.__func__ is type(model.replay_buffer).sample  # unwrapped again
 
