@@ -94,7 +94,6 @@ def test_replay_mixes_the_fraction_of_earlier_tasks_into_batches(algo: str) -> N
     assert [len(r) for r in replay.memory] == [32, 32]
     assert replay.replayed > 0  # the second task trained on replayed rows
     replay.memory.start_task(2, np.random.default_rng(0))  # a third task: both earlier tasks replay
-    replay._current = replay.memory.tasks[-1]
     replay.attach()
     try:
         batch = model.replay_buffer.sample(40)
@@ -116,7 +115,6 @@ def test_replay_batches_hold_exactly_the_fraction() -> None:
         model.replay_buffer.reset()
         model.learn(200, callback=replay, reset_num_timesteps=False)
     replay.memory.start_task(2, np.random.default_rng(0))
-    replay._current = replay.memory.tasks[-1]
     replay.attach()
     try:
         for batch_size in (10, 33, 64):
@@ -127,7 +125,7 @@ def test_replay_batches_hold_exactly_the_fraction() -> None:
             assert from_task0 <= round(0.3 * batch_size)  # replayed rows come from both tasks ...
     finally:
         replay.detach()
-    replay._current = None
+    replay.memory.current = None
     replay.attach()  # ... and with task 1 in the live buffer, exactly round(0.3 * n) rows are replayed
     try:
         counted = replay.replayed
@@ -175,7 +173,7 @@ def test_replay_keeps_dict_observations_dtypes_and_next_observations(tmp_path: P
     count, following = rows["obs.count"][:, 0].astype(int), rows["next_obs.count"][:, 0].astype(int)
     assert (following == count + 1).all()  # the terminal observation (5) is stored, not the reset one (0)
     assert ((following == 5) == (rows["done"] == 1)).all()
-    replay._current = None
+    replay.memory.current = None
     replay.attach()
     try:
         batch = model.replay_buffer.sample(10)
@@ -240,7 +238,7 @@ def test_clear_loss_is_zero_while_the_policy_is_unchanged(algo: str) -> None:
     model, stream = make_model(algo)
     clear = clrl.CLEAR(budget=100)
     model.learn(stream.steps(0), callback=clear)
-    rows, old = clear.memory.sample(model, 64, np.random.default_rng(1))
+    rows, old = clear.memory.sample_outputs(model, 64, np.random.default_rng(1))
     with torch.no_grad():
         losses = distillation_losses(model, old, network_outputs(model, rows, ("actor", "critic")))
     assert set(losses) == {"actor", "critic"}
@@ -260,7 +258,7 @@ def test_clear_keeps_the_old_policy_on_replayed_states(algo: str) -> None:
         for i in range(2):
             model.set_env(stream.make_vec_env(i, seed=10 + i))
             model.learn(stream.steps(i), callback=clear, reset_num_timesteps=False)
-        rows = clear.memory.memory.tasks[0].rows()
+        rows = clear.memory.tasks[0].rows()
         old = {k[4:]: torch.as_tensor(v) for k, v in rows.items() if k.startswith("out.")}
         with torch.no_grad():
             return float(distillation_losses(model, old, network_outputs(model, rows, ("actor",)))["actor"])
@@ -383,7 +381,7 @@ def test_memories_survive_save_and_load(module: type[clrl.ContinualModule], tmp_
     path = clrl.save(model, tmp_path / "m.zip", [original])
     _, (loaded,) = clrl.load(path)
     assert type(loaded) is module
-    for a, b in zip(loaded.memory.memory, original.memory.memory, strict=True):  # type: ignore[attr-defined]
+    for a, b in zip(loaded.memory, original.memory, strict=True):  # type: ignore[attr-defined]
         assert a.rows().keys() == b.rows().keys()
         for key in a.rows():
             assert np.array_equal(a.rows()[key], b.rows()[key]), key

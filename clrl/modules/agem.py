@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from clrl.algorithms import Networks, check_networks, policy_parameters
 from clrl.errors import ConfigError
-from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo
+from clrl.modules.base import ParamGroup, TaskInfo
 from clrl.modules.distill import (
-    OutputMemory,
+    OutputReplay,
     Part,
-    check_supported,
     distillation_losses,
     network_outputs,
     rollout_rows,
     step_rows,
 )
-from clrl.modules.memory import Budget, check_budget
-from clrl.modules.replay import check_task_identity
+from clrl.modules.memory import Budget
 
 
 def project_gradient(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> bool:
@@ -46,7 +41,7 @@ def project_gradient(grads: list[torch.Tensor], reference: list[torch.Tensor]) -
     return True
 
 
-class AGEM(ContinualModule):
+class AGEM(OutputReplay):
     """A-GEM: gradient projection against a memory of earlier tasks, on- and off-policy.
 
     States of each task are kept in a reservoir (on-policy: every rollout's states; off-policy: every
@@ -95,35 +90,20 @@ class AGEM(ContinualModule):
         require_task_id: bool = True,
         verbose: int = 0,
     ) -> None:
-        super().__init__(verbose)
-        self.budget = check_budget(budget, "AGEM budget")
-        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
-            raise ConfigError(f"AGEM batch_size must be a positive integer or None, got {batch_size!r}")
-        self.batch_size = None if batch_size is None else int(batch_size)
+        super().__init__(budget, batch_size, require_task_id, verbose)
         self.networks: Networks = check_networks(networks)
-        self.require_task_id = bool(require_task_id)
-        self.memory = OutputMemory(self.budget)
-        self._rng = np.random.default_rng(0)
-        self._sample_rng = np.random.default_rng(0)
         self.steps = 0
         """Optimiser steps seen during the current task."""
         self.projections = 0
         """Of those, steps whose gradient was projected."""
 
-    def check_stream(self, stream: Any) -> None:
-        """Refuse a hidden task id unless ``require_task_id`` is false."""
-        check_task_identity(self, stream, self.require_task_id)
-
     def on_task_start(self, task: TaskInfo) -> None:
         """Check the algorithm, open the task's reservoir and seed the sampling generators."""
-        model = self.sb3_model
-        if not isinstance(model, OnPolicyAlgorithm | OffPolicyAlgorithm):
-            raise ConfigError(f"AGEM needs an on- or off-policy SB3 algorithm, got {type(model).__name__}")
-        check_supported(model, "AGEM")
-        seed = model.seed if model.seed is not None else 0
-        self._rng = np.random.default_rng([seed, task.index, 0])
-        self._sample_rng = np.random.default_rng([seed, task.index, 1])
-        self.memory.start_task(task.index, self._rng)
+        if not isinstance(self.sb3_model, OnPolicyAlgorithm | OffPolicyAlgorithm):
+            raise ConfigError(
+                f"AGEM needs an on- or off-policy SB3 algorithm, got {type(self.sb3_model).__name__}"
+            )
+        super().on_task_start(task)
         self.steps = self.projections = 0
 
     def _on_step(self) -> bool:
@@ -136,22 +116,11 @@ class AGEM(ContinualModule):
             self.memory.record(rollout_rows(self.model), self._rng)
         super()._on_rollout_end()
 
-    def on_task_end(self, task: TaskInfo) -> None:
-        """Store the networks' outputs on the task's states."""
-        self.memory.finish_task(self.sb3_model)
-
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The parameters of ``networks``, once an earlier task is in memory."""
         if not self.memory.finished():
             return {}
         return policy_parameters(self.sb3_model, self.networks)
-
-    def replay_batch_size(self) -> int:
-        """Memory states per reference gradient."""
-        if self.batch_size is not None:
-            return self.batch_size
-        model: Any = self.sb3_model
-        return int(getattr(model, "batch_size", None) or model.n_steps * model.n_envs)
 
     def _parts(self, group: ParamGroup) -> tuple[Part, ...]:
         if group.optimizer_name.startswith("actor."):
@@ -165,7 +134,7 @@ class AGEM(ContinualModule):
     def reference_gradient(self, group: ParamGroup) -> list[torch.Tensor]:
         """Gradient of the memory loss on a fresh batch of stored states, for ``group``'s parameters."""
         model = self.sb3_model
-        rows, old = self.memory.sample(model, self.replay_batch_size(), self._sample_rng)
+        rows, old = self.memory.sample_outputs(model, self.replay_batch_size(), self._sample_rng)
         losses = distillation_losses(model, old, network_outputs(model, rows, self._parts(group)))
         loss = sum(losses.values())
         assert isinstance(loss, torch.Tensor)
@@ -185,16 +154,4 @@ class AGEM(ContinualModule):
 
     def log_scalars(self) -> dict[str, float]:
         """``projected``: share of this task's steps whose gradient was projected; ``bytes``, ``states``."""
-        return {
-            "projected": self.projections / max(1, self.steps),
-            "bytes": float(self.memory.memory.nbytes),
-            "states": float(len(self.memory.memory)),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Every task's states and stored outputs."""
-        return {"memory": self.memory.memory.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the memory."""
-        self.memory.memory.load_state_dict(state["memory"])
+        return {"projected": self.projections / max(1, self.steps), **super().log_scalars()}

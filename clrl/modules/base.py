@@ -299,3 +299,11 @@ def check_non_negative(value: float, what: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"{what} must be a finite number >= 0, got {value}")
     return value
+
+
+def check_fraction(value: float, what: str) -> float:
+    """Return ``value`` as a float in [0, 1], or raise :class:`ConfigError`."""
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{what} must be in [0, 1], got {value}")
+    return value

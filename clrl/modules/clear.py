@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from clrl.errors import ConfigError
-from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, check_non_negative
+from clrl.modules.base import ParamGroup, TaskInfo, check_non_negative
 from clrl.modules.distill import (
-    OutputMemory,
-    check_supported,
+    OutputReplay,
     distillation_losses,
     network_outputs,
     rollout_rows,
 )
-from clrl.modules.memory import Budget, check_budget
-from clrl.modules.replay import check_task_identity
+from clrl.modules.memory import Budget
 
 
-class CLEAR(ContinualModule):
+class CLEAR(OutputReplay):
     """CLEAR: behaviour cloning toward earlier tasks' policies and values on replayed states.
 
     While a task trains, the states of every rollout are offered to the task's reservoir (a uniform sample
@@ -64,36 +59,19 @@ class CLEAR(ContinualModule):
         require_task_id: bool = True,
         verbose: int = 0,
     ) -> None:
-        super().__init__(verbose)
-        self.budget = check_budget(budget, "CLEAR budget")
-        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
-            raise ConfigError(f"CLEAR batch_size must be a positive integer or None, got {batch_size!r}")
-        self.batch_size = None if batch_size is None else int(batch_size)
+        super().__init__(budget, batch_size, require_task_id, verbose)
         self.policy_coef = check_non_negative(policy_coef, "CLEAR policy_coef")
         self.value_coef = check_non_negative(value_coef, "CLEAR value_coef")
-        self.require_task_id = bool(require_task_id)
-        self.memory = OutputMemory(self.budget)
-        self._rng = np.random.default_rng(0)
-        self._sample_rng = np.random.default_rng(0)
         self._last: dict[str, float] = {}
-
-    def check_stream(self, stream: Any) -> None:
-        """Refuse a hidden task id unless ``require_task_id`` is false."""
-        check_task_identity(self, stream, self.require_task_id)
 
     def on_task_start(self, task: TaskInfo) -> None:
         """Check the algorithm, open the task's reservoir and seed the sampling generators."""
-        model = self.sb3_model
-        if not isinstance(model, OnPolicyAlgorithm):
+        if not isinstance(self.sb3_model, OnPolicyAlgorithm):
             raise ConfigError(
-                f"CLEAR is for on-policy algorithms (PPO, A2C, RecurrentPPO), got {type(model).__name__}; "
-                "use Replay for off-policy algorithms"
+                f"CLEAR is for on-policy algorithms (PPO, A2C, RecurrentPPO), got "
+                f"{type(self.sb3_model).__name__}; use Replay for off-policy algorithms"
             )
-        check_supported(model, "CLEAR")
-        seed = model.seed if model.seed is not None else 0
-        self._rng = np.random.default_rng([seed, task.index, 0])
-        self._sample_rng = np.random.default_rng([seed, task.index, 1])
-        self.memory.start_task(task.index, self._rng)
+        super().on_task_start(task)
         self._last = {}
 
     def _on_rollout_end(self) -> None:
@@ -101,42 +79,20 @@ class CLEAR(ContinualModule):
         self.memory.record(rollout_rows(self.model), self._rng)
         super()._on_rollout_end()
 
-    def on_task_end(self, task: TaskInfo) -> None:
-        """Store the policy's outputs on the task's states."""
-        self.memory.finish_task(self.sb3_model)
-
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
         """Every policy parameter, once an earlier task is in memory (and a weight is non-zero)."""
         if not self.memory.finished() or self.policy_coef == self.value_coef == 0:
             return {}
         return dict(self.sb3_model.policy.named_parameters())
 
-    def replay_batch_size(self) -> int:
-        """States replayed per update."""
-        if self.batch_size is not None:
-            return self.batch_size
-        model: Any = self.sb3_model
-        return int(getattr(model, "batch_size", None) or model.n_steps * model.n_envs)
-
     def extra_loss(self, group: ParamGroup) -> torch.Tensor | None:
         """The behaviour-cloning loss on a batch of earlier tasks' states."""
         model = self.sb3_model
-        rows, old = self.memory.sample(model, self.replay_batch_size(), self._sample_rng)
+        rows, old = self.memory.sample_outputs(model, self.replay_batch_size(), self._sample_rng)
         losses = distillation_losses(model, old, network_outputs(model, rows, ("actor", "critic")))
         self._last = {"kl": losses["actor"].item(), "value_loss": losses["critic"].item()}
         return self.policy_coef * losses["actor"] + self.value_coef * losses["critic"]
 
     def log_scalars(self) -> dict[str, float]:
         """``kl`` and ``value_loss`` of the last update, ``bytes`` and ``states`` held in memory."""
-        scalars = dict(self._last)
-        scalars["bytes"] = float(self.memory.memory.nbytes)
-        scalars["states"] = float(len(self.memory.memory))
-        return scalars
-
-    def state_dict(self) -> dict[str, Any]:
-        """Every task's states and stored outputs."""
-        return {"memory": self.memory.memory.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the memory."""
-        self.memory.memory.load_state_dict(state["memory"])
+        return {**self._last, **super().log_scalars()}

@@ -36,8 +36,9 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.nn import functional as F
 
 from clrl.errors import ConfigError
+from clrl.modules.base import TaskInfo
 from clrl.modules.importance import _EvalMode
-from clrl.modules.memory import Budget, Reservoir, Rows, TaskMemory
+from clrl.modules.memory import Budget, MemoryModule, Rows, TaskMemory
 
 Part = Literal["actor", "critic"]
 _LSTM = ("lstm.h_pi", "lstm.c_pi", "lstm.h_vf", "lstm.c_vf")
@@ -213,30 +214,17 @@ def distillation_losses(
     return losses
 
 
-class OutputMemory:
+class OutputMemory(TaskMemory):
     """Per-task reservoirs of states with the networks' outputs at the end of their task.
 
     Args:
         budget: States kept over all tasks (``"all"``: unbounded).
     """
 
-    def __init__(self, budget: Budget) -> None:
-        self.memory = TaskMemory(budget)
-        self.current: Reservoir | None = None
-
-    def start_task(self, index: int, rng: np.random.Generator) -> None:
-        """Open the reservoir of task ``index`` (shrinking the earlier ones)."""
-        self.current = self.memory.start_task(index, rng)
-
-    def record(self, rows: Rows, rng: np.random.Generator) -> None:
-        """Offer states of the current task to its reservoir."""
-        if self.current is not None:
-            self.current.add(rows, rng)
-
     def finish_task(self, model: BaseAlgorithm, chunk: int = 4096) -> None:
         """Store the networks' outputs on the current task's states (``out.<key>`` fields)."""
         reservoir, self.current = self.current, None
-        self.memory.invalidate()
+        self.invalidate()
         if reservoir is None or len(reservoir) == 0:
             return
         states = {k: v for k, v in reservoir.rows().items() if not k.startswith("out.")}
@@ -257,16 +245,61 @@ class OutputMemory:
         """Positions of the reservoirs whose outputs are stored (earlier tasks)."""
         return [
             i
-            for i, r in enumerate(self.memory)
+            for i, r in enumerate(self)
             if r is not self.current and any(k.startswith("out.") for k in r.data)
         ]
 
-    def sample(
+    def sample_outputs(
         self, model: BaseAlgorithm, n: int, rng: np.random.Generator
     ) -> tuple[Rows, dict[str, torch.Tensor]]:
         """``n`` states of earlier tasks (uniform over all held) and their stored outputs as tensors."""
-        rows = self.memory.sample(n, rng, self.finished())
+        rows = self.sample(n, rng, self.finished())
         old = {
             k[4:]: torch.as_tensor(v, device=model.device) for k, v in rows.items() if k.startswith("out.")
         }
         return rows, old
+
+
+class OutputReplay(MemoryModule):
+    """Base of CLEAR and A-GEM: an :class:`OutputMemory` filled during each task and completed at its end.
+
+    Args:
+        budget: States kept over all tasks (``"all"``: unbounded).
+        batch_size: Memory states per update (default: the algorithm's ``batch_size``, or the rollout size
+            for A2C).
+        require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        verbose: SB3 callback verbosity.
+    """
+
+    memory_class = OutputMemory
+    memory: OutputMemory
+
+    def __init__(
+        self, budget: Budget, batch_size: int | None, require_task_id: bool = True, verbose: int = 0
+    ) -> None:
+        super().__init__(budget, require_task_id, verbose)
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+            raise ConfigError(
+                f"{type(self).__name__} batch_size must be a positive integer or None, got {batch_size!r}"
+            )
+        self.batch_size = None if batch_size is None else int(batch_size)
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Check the policy, open the task's reservoir and seed the generators."""
+        check_supported(self.sb3_model, type(self).__name__)
+        self.open_task(task)
+
+    def on_task_end(self, task: TaskInfo) -> None:
+        """Store the networks' outputs on the task's states."""
+        self.memory.finish_task(self.sb3_model)
+
+    def replay_batch_size(self) -> int:
+        """Memory states per update."""
+        if self.batch_size is not None:
+            return self.batch_size
+        model: Any = self.sb3_model
+        return int(getattr(model, "batch_size", None) or model.n_steps * model.n_envs)
+
+    def log_scalars(self) -> dict[str, float]:
+        """``bytes`` and ``states`` held in memory."""
+        return {"bytes": float(self.memory.nbytes), "states": float(len(self.memory))}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from clrl.errors import ConfigError
+from clrl.modules.base import ContinualModule, TaskInfo
 
 Budget = int | Literal["all"]
 Rows = dict[str, np.ndarray]
@@ -30,14 +31,6 @@ def check_budget(budget: Budget, what: str) -> Budget:
     if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 1:
         raise ConfigError(f"{what} must be a positive number of rows or 'all', got {budget!r}")
     return int(budget)
-
-
-def check_fraction(value: float, what: str) -> float:
-    """Return ``value`` as a float in [0, 1], or raise :class:`ConfigError`."""
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{what} must be in [0, 1], got {value}")
-    return value
 
 
 class Reservoir:
@@ -146,20 +139,30 @@ class TaskMemory:
         """Reservoirs of the tasks, in the order they were started (the last may still be filling)."""
         self.task_ids: list[int] = []
         """Task index of each reservoir."""
+        self.current: Reservoir | None = None
+        """The reservoir :meth:`record` fills (the task being trained), if any."""
         self._pool: tuple[tuple[int, ...], Rows] | None = None
 
     def start_task(self, task_id: int, rng: np.random.Generator) -> Reservoir:
-        """Open the reservoir of a new task, shrinking the earlier ones to make room for it."""
+        """Open the reservoir of a new task (the :attr:`current` one), shrinking the earlier ones to make room
+        for it."""
         self.invalidate()
         if task_id in self.task_ids:  # the same task again (e.g. a stream that repeats it): keep filling it
-            return self.tasks[self.task_ids.index(task_id)]
+            self.current = self.tasks[self.task_ids.index(task_id)]
+            return self.current
         share = None if self.budget == "all" else max(1, self.budget // (len(self.tasks) + 1))
         if share is not None:
             for reservoir in self.tasks:
                 reservoir.shrink(share, rng)
         self.tasks.append(Reservoir(share))
         self.task_ids.append(task_id)
-        return self.tasks[-1]
+        self.current = self.tasks[-1]
+        return self.current
+
+    def record(self, rows: Rows, rng: np.random.Generator) -> None:
+        """Offer rows of the current task to its reservoir (nothing happens outside a task)."""
+        if self.current is not None:
+            self.current.add(rows, rng)
 
     def __iter__(self) -> Iterator[Reservoir]:
         return iter(self.tasks)
@@ -211,5 +214,58 @@ class TaskMemory:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.invalidate()
+        self.current = None
         self.task_ids = [int(t) for t in state["task_ids"]]
         self.tasks = [Reservoir.from_state_dict(s) for s in state["tasks"]]
+
+
+class MemoryModule(ContinualModule):
+    """Base of the modules that keep data of earlier tasks (Replay, CLEAR, A-GEM).
+
+    Holds the :attr:`memory` under ``budget``, refuses streams that hide the task id (replayed data carries
+    the rewards and dynamics of its own task: with the task id hidden, the networks would get two answers
+    for one observation), seeds a recording and a sampling generator per task, and saves the memory.
+
+    Args:
+        budget: Rows kept over all tasks (``"all"``: unbounded).
+        require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        verbose: SB3 callback verbosity.
+    """
+
+    memory_class: type[TaskMemory] = TaskMemory
+    """What :attr:`memory` is (CLEAR and A-GEM keep outputs with their states)."""
+
+    def __init__(self, budget: Budget, require_task_id: bool = True, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.budget = check_budget(budget, f"{type(self).__name__} budget")
+        self.require_task_id = bool(require_task_id)
+        self.memory = self.memory_class(self.budget)
+        self._rng = np.random.default_rng(0)
+        self._sample_rng = np.random.default_rng(0)
+
+    def check_stream(self, stream: Any) -> None:
+        """Refuse a stream that hides the task id, unless ``require_task_id`` is false."""
+        if self.require_task_id and getattr(stream, "task_id", "observed") == "hidden" and len(stream) > 1:
+            cls = type(self).__name__
+            raise ConfigError(
+                f"{cls} replays earlier tasks, but stream {stream.name!r} hides the task id: tasks whose "
+                f"rewards or dynamics differ would get conflicting targets for the same observation. Set "
+                f'task_id = "observed" in the stream, or pass {cls}(require_task_id=False) if its tasks '
+                f"can be told apart from observations (or agree where they overlap)"
+            )
+
+    def open_task(self, task: TaskInfo) -> Reservoir:
+        """Seed the task's generators from the model's seed and the task index, and open its reservoir."""
+        model = self.sb3_model
+        seed = model.seed if model.seed is not None else 0
+        self._rng = np.random.default_rng([seed, task.index, 0])
+        self._sample_rng = np.random.default_rng([seed, task.index, 1])
+        return self.memory.start_task(task.index, self._rng)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every task's reservoir (rows as tensors, dtypes kept)."""
+        return {"memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the reservoirs."""
+        self.memory.load_state_dict(state["memory"])

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from clrl.algorithms import Networks
-from clrl.errors import ConfigError
-from clrl.modules.base import TaskInfo
+from clrl.modules.base import TaskInfo, check_fraction
 from clrl.modules.ewc import FisherPenalty
 
 
@@ -41,9 +40,7 @@ class OnlineEWC(FisherPenalty):
         verbose: int = 0,
     ) -> None:
         super().__init__(strength, samples, networks, temperature, verbose)
-        if not 0.0 <= float(gamma) <= 1.0:
-            raise ConfigError(f"OnlineEWC gamma must be in [0, 1], got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = check_fraction(gamma, "OnlineEWC gamma")
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Fold the task's Fisher into the running one; the current parameters become the anchor."""

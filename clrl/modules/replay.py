@@ -12,27 +12,11 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, Repla
 from stable_baselines3.common.vec_env import VecNormalize
 
 from clrl.errors import ConfigError
-from clrl.modules.base import ContinualModule, TaskInfo
-from clrl.modules.memory import Budget, Reservoir, Rows, TaskMemory, check_budget, check_fraction
+from clrl.modules.base import TaskInfo, check_fraction
+from clrl.modules.memory import Budget, MemoryModule, Rows
 
 
-def check_task_identity(module: ContinualModule, stream: Any, require_task_id: bool) -> None:
-    """Refuse a stream whose tasks cannot be told apart from observations, unless the user allows it.
-
-    Replayed data of a task whose rewards or dynamics differ from the current one's teaches the networks
-    two answers for the same input when the task id is not observed.
-    """
-    if require_task_id and getattr(stream, "task_id", "observed") == "hidden" and len(stream) > 1:
-        cls = type(module).__name__
-        raise ConfigError(
-            f"{cls} replays earlier tasks, but stream {stream.name!r} hides the task id: tasks whose "
-            f"rewards or dynamics differ would get conflicting targets for the same observation. Set "
-            f'task_id = "observed" in the stream, or pass {cls}(require_task_id=False) if its tasks can '
-            f"be told apart from observations (or agree where they overlap)"
-        )
-
-
-class Replay(ContinualModule):
+class Replay(MemoryModule):
     """Replay: mix transitions of earlier tasks into every training batch of an off-policy agent.
 
     While a task trains, every transition SB3 adds to its replay buffer is also offered to the task's
@@ -70,22 +54,12 @@ class Replay(ContinualModule):
         require_task_id: bool = True,
         verbose: int = 0,
     ) -> None:
-        super().__init__(verbose)
-        self.budget = check_budget(budget, "Replay budget")
+        super().__init__(budget, require_task_id, verbose)
         self.fraction = check_fraction(fraction, "Replay fraction")
-        self.require_task_id = bool(require_task_id)
-        self.memory = TaskMemory(self.budget)
-        self._current: Reservoir | None = None
-        self._rng = np.random.default_rng(0)
-        self._sample_rng = np.random.default_rng(0)
         self._buffer: ReplayBuffer | None = None
         self._saved: dict[str, Any] = {}
         self.replayed = 0
         """Archived transitions mixed into batches during the current task."""
-
-    def check_stream(self, stream: Any) -> None:
-        """Refuse a hidden task id unless ``require_task_id`` is false (see the class doc)."""
-        check_task_identity(self, stream, self.require_task_id)
 
     # ---------------------------------------------------------------- task boundaries
     def on_task_start(self, task: TaskInfo) -> None:
@@ -96,10 +70,7 @@ class Replay(ContinualModule):
                 f"Replay needs an off-policy algorithm with a replay buffer (SAC, TD3, DQN, ...), got "
                 f"{type(model).__name__}; use CLEAR for on-policy algorithms"
             )
-        seed = model.seed if model.seed is not None else 0
-        self._rng = np.random.default_rng([seed, task.index, 0])
-        self._sample_rng = np.random.default_rng([seed, task.index, 1])
-        self._current = self.memory.start_task(task.index, self._rng)
+        self.open_task(task)
         self.replayed = 0
 
     def attach(self) -> None:
@@ -142,7 +113,7 @@ class Replay(ContinualModule):
         done: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        if self._current is None:
+        if self.memory.current is None:
             return
         n = buffer.n_envs
         rows: Rows = {}
@@ -162,11 +133,11 @@ class Replay(ContinualModule):
             truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=np.float32)
             terminal = terminal * (1.0 - truncated)
         rows["done"] = terminal
-        self._current.add(rows, self._rng)
+        self.memory.record(rows, self._rng)
 
     # ---------------------------------------------------------------- sampling
     def _earlier(self) -> list[int]:
-        return [i for i, r in enumerate(self.memory) if r is not self._current and len(r)]
+        return [i for i, r in enumerate(self.memory) if r is not self.memory.current and len(r)]
 
     def _sample(self, sample: Any, batch_size: int, env: VecNormalize | None) -> Any:
         earlier = self._earlier()
@@ -219,14 +190,6 @@ class Replay(ContinualModule):
         }
         scalars.update({f"bytes/task{t}": float(b) for t, b in self.task_bytes().items()})
         return scalars
-
-    def state_dict(self) -> dict[str, Any]:
-        """Every task's reservoir (rows as tensors, dtypes kept)."""
-        return {"memory": self.memory.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the reservoirs."""
-        self.memory.load_state_dict(state["memory"])
 
 
 def _cat(a: Any, b: Any) -> Any:
