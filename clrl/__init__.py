@@ -9,7 +9,15 @@ TensorBoard.
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS, get_algorithm
 from clrl.checkpoint import load, save
-from clrl.errors import CheckpointError, ClrlError, ConfigError, RunExistsError, StreamError
+from clrl.errors import (
+    CheckpointError,
+    ClrlError,
+    ConfigError,
+    NumericalError,
+    RunExistsError,
+    StreamError,
+    TrainingError,
+)
 from clrl.evaluation import Evaluator
 from clrl.modules import (
     AGEM,
@@ -42,6 +50,7 @@ __all__ = [
     "ConfigError",
     "ContinualModule",
     "Evaluator",
+    "NumericalError",
     "OnlineEWC",
     "ParamGroup",
     "Replay",
@@ -51,6 +60,7 @@ __all__ = [
     "TaskInfo",
     "TaskStream",
     "TrainResult",
+    "TrainingError",
     "WrapperSpec",
     "__version__",
     "builtin_streams",

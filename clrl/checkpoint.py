@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
+import random
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv
+from stable_baselines3.common.utils import get_device
 
 from clrl.errors import CheckpointError
 from clrl.modules.base import ContinualModule
@@ -62,10 +67,24 @@ def save(
         metadata: Plain data stored beside them (e.g. the stream and task index).
 
     Returns:
-        The path written.
+        The path written. The file appears complete or not at all: it is written under a temporary name in
+        the same folder and renamed.
     """
     path = _zip_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zip")
+    try:
+        _save(model, tmp, modules, metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _save(
+    model: BaseAlgorithm, path: Path, modules: Sequence[ContinualModule], metadata: dict[str, Any] | None
+) -> None:
     model.save(path)
     payload = {
         "format": FORMAT_VERSION,
@@ -85,7 +104,6 @@ def save(
     torch.save(payload, buffer)
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr(ENTRY, buffer.getvalue())
-    return path
 
 
 def read_payload(path: str | Path) -> dict[str, Any]:
@@ -144,3 +162,112 @@ def load(
         module.tasks_seen = entry["tasks_seen"]
         modules.append(module)
     return model, modules
+
+
+# Attributes of a saved model that describe how it was built rather than where training stands: a model
+# restored in place keeps its own (they match, or the stream and configuration checks have failed first).
+_KEEP_OWN = frozenset(
+    {
+        "policy_class",
+        "policy_kwargs",
+        "observation_space",
+        "action_space",
+        "n_envs",
+        "device",
+        "verbose",
+        "tensorboard_log",
+        "seed",
+        "lr_schedule",
+        "_last_obs",
+        "_last_original_obs",
+        "_last_episode_starts",
+    }
+)
+
+
+def restore(
+    path: str | Path, model: BaseAlgorithm, modules: Sequence[ContinualModule] = ()
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save` into an existing model and modules, in place.
+
+    What :func:`load` rebuilds, this puts into objects the caller already holds (``clrl.train(...,
+    resume=True)`` uses it): the network and optimiser parameters, SB3's counters (``num_timesteps``,
+    ``_n_updates``, exploration rate, ...), the modules' state, and the random number generators when the
+    checkpoint holds them (``metadata["rng"]``, see :func:`rng_state`).
+
+    Args:
+        path: The checkpoint.
+        model: A model of the algorithm and spaces the checkpoint was saved from.
+        modules: Modules of the same classes and configuration, in the same order.
+
+    Returns:
+        The checkpoint's metadata.
+
+    Raises:
+        CheckpointError: The file is missing or corrupt, or was saved from another algorithm or other modules.
+    """
+    payload = read_payload(path)
+    if payload["algorithm"] != _qualname(type(model)):
+        raise CheckpointError(
+            f"{str(path)!r} holds a {payload['algorithm']} model, not a {_qualname(type(model))} one"
+        )
+    saved = [(entry["class"], entry["config"]) for entry in payload["modules"]]
+    ours = [(_qualname(type(m)), m.get_config()) for m in modules]
+    if saved != ours:
+        raise CheckpointError(f"{str(path)!r} holds modules {saved}, but the run has {ours}")
+    try:
+        data, params, variables = load_from_zip_file(_zip_path(path), device=get_device(model.device))
+        assert data is not None and params is not None
+        model.set_parameters(params, exact_match=True, device=model.device)
+    except (ValueError, KeyError, RuntimeError, AssertionError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{str(path)!r}: cannot restore the SB3 model: {exc}") from exc
+    for key, value in data.items():
+        if key in model.__dict__ and key not in _KEEP_OWN:
+            setattr(model, key, value)
+    for name, value in (variables or {}).items():
+        if value is not None:
+            target: Any = model
+            for part in name.split("."):
+                target = getattr(target, part)
+            target.data = value.data
+    for module, entry in zip(modules, payload["modules"], strict=True):
+        module.load_state_dict(entry["state"])
+        module.tasks_seen = entry["tasks_seen"]
+    metadata: dict[str, Any] = payload["metadata"]
+    if "rng" in metadata:
+        set_rng_state(model, metadata["rng"])
+    return metadata
+
+
+def rng_state(model: BaseAlgorithm) -> dict[str, Any]:
+    """The random number generators a training run draws from: Python's, NumPy's global one (SB3's replay
+    buffers sample from it), torch's (CPU and CUDA) and the model's action space (SB3's random actions)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
+        "torch": torch.get_rng_state(),
+        "action_space": model.action_space.np_random.bit_generator.state,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
+    """Put the generators back as :func:`rng_state` found them."""
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    model.action_space.np_random.bit_generator.state = state["action_space"]

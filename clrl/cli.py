@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS
-from clrl.errors import ClrlError, ConfigError
+from clrl.errors import ClrlError, ConfigError, TrainingError
 from clrl.modules import AGEM, CLEAR, EWC, L2, MAS, SI, ContinualModule, OnlineEWC, Replay
 from clrl.presets import make_model
 from clrl.runner import TrainResult, train, train_multitask, train_single_task
@@ -75,6 +76,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default="auto", help="torch device (default: auto)")
     run.add_argument("--overwrite", action="store_true", help="replace existing run directories")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue existing runs from their last completed task (runs not started yet start afresh)",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="print SB3's training logs")
     return parser
@@ -124,9 +130,12 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
             seed=seed,
             eval_episodes=ns.eval_episodes,
             overwrite=ns.overwrite,
+            resume=ns.resume,
             progress_bar=not ns.no_progress,
         )
         print(f"clrl: {stream.name} / {ns.algo.lower()} / {ns.method} / seed {seed} -> {logdir}", flush=True)
+        if ns.resume:
+            print(f"clrl: {_resume_point(logdir, len(stream))}", flush=True)
 
         def factory(i: int, seed: int = seed) -> Any:
             return make_model(ns.algo, stream, seed, hp, task_index=i, device=ns.device)
@@ -137,6 +146,17 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
     if len(results) > 1:
         print(format_seeds(results))
     return results
+
+
+def _resume_point(logdir: Path, n_tasks: int) -> str:
+    """What ``--resume`` will do with ``logdir``, in words."""
+    try:
+        done = json.loads((logdir / "results.json").read_text(encoding="utf-8"))["completed_tasks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no completed task recorded: starting afresh"
+    if done == n_tasks:
+        return f"all {n_tasks} tasks were completed: nothing to train"
+    return f"resuming after task {done} of {n_tasks}"
 
 
 def _dispatch(
@@ -189,7 +209,7 @@ def format_seeds(results: Sequence[TrainResult]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``clrl`` command; returns the exit status (2 for bad input)."""
+    """Entry point of the ``clrl`` command; returns the exit status (2 for bad input, 1 for a failed task)."""
     ns = _build_parser().parse_args(argv)
     np.set_printoptions(precision=1, suppress=True)
     try:
@@ -197,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _list()
         else:
             _run(ns)
+    except TrainingError as exc:
+        print(f"clrl: error: {exc}", file=sys.stderr)
+        if ns.command == "run":
+            print("clrl: rerun the same command with --resume to continue", file=sys.stderr)
+        return 1
     except ClrlError as exc:
         print(f"clrl: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Exception types raised by clrl for bad input."""
+"""Exception types raised by clrl: bad input, and failures while a run trains."""
 
 from __future__ import annotations
 
@@ -21,3 +21,16 @@ class CheckpointError(ClrlError, ValueError):
 
 class RunExistsError(ClrlError, FileExistsError):
     """The run directory already holds a run, and overwriting was not asked for."""
+
+
+class TrainingError(ClrlError, RuntimeError):
+    """A task failed while training or evaluating (e.g. its environment raised).
+
+    The message names the task; the original exception is the ``__cause__``. The tasks completed before it
+    keep their results and checkpoints, and ``resume`` continues from them.
+    """
+
+
+class NumericalError(TrainingError):
+    """A loss, penalty, importance or network parameter became NaN or infinite; the message names the module
+    (or the model) and the task."""

@@ -34,9 +34,11 @@ class RunLogger:
         logdir: The run directory.
         model: The SB3 model; its logger is replaced by one writing TensorBoard (and stdout when the model
             is verbose) to ``logdir`` until :meth:`close` gives the model its own logger back.
+        purge_step: For a resumed run: TensorBoard hides the events of earlier event files in ``logdir``
+            at this global step or later (those a killed run wrote after its last checkpoint).
     """
 
-    def __init__(self, logdir: str | Path, model: BaseAlgorithm) -> None:
+    def __init__(self, logdir: str | Path, model: BaseAlgorithm, purge_step: int | None = None) -> None:
         self.logdir = Path(logdir)
         self.model = model
         self._previous = (model.__dict__.get("_logger"), model._custom_logger)
@@ -44,6 +46,9 @@ class RunLogger:
         self.sb3_logger: Logger = configure(str(self.logdir), formats)
         model.set_logger(self.sb3_logger)
         tb = next(f for f in self.sb3_logger.output_formats if isinstance(f, TensorBoardOutputFormat))
+        if purge_step is not None:
+            tb.writer.close()
+            tb.writer = SummaryWriter(str(self.logdir), purge_step=purge_step)
         self.writer: SummaryWriter = tb.writer
 
     def eval_row(self, step: int, task_names: Sequence[str], row: Sequence[float] | np.ndarray) -> None:

@@ -19,6 +19,7 @@ What happens between tasks (SB3 semantics, decided here once):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -26,7 +27,7 @@ import math
 import platform
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,17 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_no
 from torch.utils.tensorboard import SummaryWriter
 
 from clrl import checkpoint, metrics
-from clrl.errors import ConfigError, RunExistsError, StreamError
+from clrl.errors import (
+    CheckpointError,
+    ClrlError,
+    ConfigError,
+    NumericalError,
+    RunExistsError,
+    StreamError,
+    TrainingError,
+)
 from clrl.evaluation import Evaluator
-from clrl.logger import RunLogger, log_eval_row, write_json_atomic
+from clrl.logger import RunLogger, _jsonable, log_eval_row, write_json_atomic
 from clrl.modules.base import ContinualModule, TaskInfo
 from clrl.streams import TaskStream
 
@@ -153,6 +162,7 @@ def train(
     reset_buffer: bool = True,
     checkpoints: bool = True,
     overwrite: bool = False,
+    resume: bool = False,
     progress_bar: bool = False,
     method: str | None = None,
     reference: TrainResult | None = None,
@@ -177,6 +187,12 @@ def train(
             (see the module docstring).
         checkpoints: Save ``checkpoints/taskNN-<name>.zip`` at each task boundary (needs ``logdir``).
         overwrite: Replace an existing run in ``logdir`` (otherwise that is an error).
+        resume: Continue the run in ``logdir`` from its last completed task (see :ref:`resuming <resume>`
+            in the README): the model, optimisers, modules, random generators and, without
+            ``reset_buffer``, the replay buffer are restored from that task's checkpoint into ``model``
+            and ``modules``, which must be built as for the original run. For the same seed, the return
+            matrix is the one an uninterrupted run gives. Starts afresh when ``logdir`` holds no run; returns
+            at once when the run is complete.
         progress_bar: Show a progress bar over tasks and steps.
         method: Name of the method in ``results.json`` (default: the modules' names, or ``"finetune"``).
         reference: A :func:`train_single_task` result on the same stream. Adds the metrics of the matrix
@@ -189,7 +205,9 @@ def train(
     Raises:
         StreamError: The stream is invalid or its spaces differ from the model's.
         ConfigError: Bad arguments (unknown module type, VecNormalize, a reference of another stream, ...).
-        RunExistsError: ``logdir`` holds a run and ``overwrite`` is false.
+        RunExistsError: ``logdir`` holds a run and neither ``overwrite`` nor ``resume`` is set.
+        CheckpointError: ``resume`` on a run of another stream, algorithm, method, seed or clrl version, or
+            whose checkpoint is missing or corrupt.
     """
     modules = list(modules)
     for m in modules:
@@ -204,7 +222,7 @@ def train(
     for m in modules:
         m.check_stream(stream)
     method = method or ("+".join(m.name for m in modules) or "finetune")
-    run = _Run(model, stream, modules, logdir, seed, eval_episodes, eval_freq, overwrite, method)
+    run = _Run(model, stream, modules, logdir, seed, eval_episodes, eval_freq, overwrite, method, resume)
     return run.run(
         lambda i: stream.make_vec_env(i, n_envs=model.n_envs, seed=seed + 1000 * i),
         reset_buffer=reset_buffer,
@@ -224,17 +242,20 @@ def train_multitask(
     eval_freq: int | None = None,
     checkpoints: bool = True,
     overwrite: bool = False,
+    resume: bool = False,
     progress_bar: bool = False,
 ) -> TrainResult:
     """Multi-task baseline (the usual upper bound): train on all tasks at once, each episode a random task.
 
     The total budget is the stream's; the model is evaluated after each task's share of it, so that row
-    ``i`` of the matrix is measured at the same step as in a continual run. Arguments as in :func:`train`.
+    ``i`` of the matrix is measured at the same step as in a continual run. Arguments as in :func:`train`;
+    a resumed multi-task run restarts its mixed environment at the task boundary, so its matrix can differ
+    slightly from an uninterrupted one.
     """
-    run = _Run(model, stream, [], logdir, seed, eval_episodes, eval_freq, overwrite, "multitask")
+    run = _Run(model, stream, [], logdir, seed, eval_episodes, eval_freq, overwrite, "multitask", resume)
     env = stream.make_multitask_vec_env(n_envs=model.n_envs, seed=seed)
     return run.run(
-        lambda i: env if i == 0 else None,
+        lambda i: env if i == run.start else None,
         reset_buffer=False,
         checkpoints=checkpoints,
         progress_bar=progress_bar,
@@ -250,6 +271,7 @@ def train_single_task(
     eval_episodes: int = 10,
     eval_freq: int | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress_bar: bool = False,
 ) -> TrainResult:
     """Single-task baseline: a fresh model per task, trained on that task alone for its budget.
@@ -267,25 +289,35 @@ def train_single_task(
         stream: The task stream.
         logdir, seed, eval_episodes, eval_freq, overwrite, progress_bar: As in :func:`train` (``seed`` seeds
             the evaluation episodes; the models are seeded by ``make_model``).
+        resume: Skip the tasks ``logdir``'s ``results.json`` records as done (each task's model is
+            independent of the others, so nothing else needs restoring).
     """
     n = len(stream)
     stream.validate()
     _check_eval_freq(eval_freq)
-    root = _prepare_logdir(logdir, overwrite)
+    root = _prepare_logdir(logdir, overwrite, resume)
+    previous = _read_previous(root) if resume else None
+    start = previous[1] if previous else 0
     evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
-    result = TrainResult(np.full((n + 1, n), np.nan), {}, stream.task_names, [0], [], {}, root)
-    bar = _progress(progress_bar, sum(stream.steps(i) for i in range(n)))
-    writer = SummaryWriter(str(root)) if root else None
+    result = previous[0] if previous else None
+    if result is None:
+        result = TrainResult(np.full((n + 1, n), np.nan), {}, stream.task_names, [0], [], {}, root)
+    bar = _progress(progress_bar, sum(stream.steps(i) for i in range(start, n)))
+    writer = SummaryWriter(str(root), purge_step=result.steps[-1] + 1 if previous else None) if root else None
 
     def log_row(step: int, row: np.ndarray) -> None:
         if writer:
             log_eval_row(writer, step, stream.task_names, row)
 
     try:
-        result.random_returns = evaluator.random_returns()
-        for i, task in enumerate(stream.tasks):
+        if result.random_returns is None:
+            result.random_returns = evaluator.random_returns()
+        for i in range(start, n):
+            task = stream.tasks[i]
             model = make_model(i)
             _check_model(model, stream)
+            if previous:
+                _check_same_run(result.config, _config(model, stream, "single-task", seed, eval_episodes, []))
             offset = result.steps[-1]
 
             def record(step: int, task_index: int, row: np.ndarray, offset: int = offset) -> None:
@@ -377,14 +409,21 @@ class _Run:
         eval_freq: int | None,
         overwrite: bool,
         method: str,
+        resume: bool = False,
     ) -> None:
         _check_eval_freq(eval_freq)
         stream.validate()
         _check_model(model, stream)
         self.model, self.stream, self.modules = model, stream, modules
         self.seed, self.eval_freq = seed, eval_freq
-        self.root = _prepare_logdir(logdir, overwrite)
+        self.root = _prepare_logdir(logdir, overwrite, resume)
         self.config = _config(model, stream, method, seed, eval_episodes, modules)
+        self.previous = _read_previous(self.root) if resume else None
+        self.resume = resume
+        self.start = self.previous[1] if self.previous else 0
+        """Index of the first task this call trains (the tasks before it are restored)."""
+        if self.previous:
+            _check_same_run(self.previous[0].config, self.config)
         self.evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
         self.eval_seconds = 0.0
         self.logger: RunLogger | None = None
@@ -415,26 +454,47 @@ class _Run:
         progress_bar: bool,
         reference: TrainResult | None = None,
     ) -> TrainResult:
-        model, stream, n = self.model, self.stream, len(self.stream)
-        model.set_random_seed(self.seed)
-        self.logger = logger = RunLogger(self.root, model) if self.root else None
-        self.result = result = TrainResult(
-            np.full((n + 1, n), np.nan), {}, stream.task_names, [], [], self.config, self.root
-        )
-        bar = _progress(progress_bar, sum(stream.steps(i) for i in range(n)))
-        start = time.perf_counter()
+        model, stream, n, first = self.model, self.stream, len(self.stream), self.start
+        elapsed = 0.0
+        if first > 0:
+            assert self.previous is not None
+            self.result = result = self.previous[0]
+            self._restore(first)
+            elapsed = result.timings.get("total", 0.0)
+            self.eval_seconds = result.timings.get("evaluation", 0.0)
+            result.config["resumed"] = [
+                *result.config.get("resumed", []),
+                time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            ]
+        else:
+            model.set_random_seed(self.seed)
+            self.result = result = TrainResult(
+                np.full((n + 1, n), np.nan), {}, stream.task_names, [], [], self.config, self.root
+            )
+        # A resumed run hides the events its killed predecessor wrote after the last kept row.
+        purge = (result.steps[first] + 1 if first > 0 else 0) if self.resume else None
+        self.logger = logger = RunLogger(self.root, model, purge_step=purge) if self.root else None
+        bar = _progress(progress_bar, sum(stream.steps(i) for i in range(first, n)))
+        start = time.perf_counter() - elapsed
         try:
-            result.matrix[0] = self.evaluate(current_task=0)
-            result.random_returns = self._timed(self.evaluator.random_returns)
-            result.steps.append(model.num_timesteps)
-            if logger:
-                logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[0])
-            for i, task in enumerate(stream.tasks):
+            if first == 0:
+                with self._failing(0, "the evaluation before training"):
+                    result.matrix[0] = self.evaluate(current_task=0)
+                    result.random_returns = self._timed(self.evaluator.random_returns)
+                result.steps.append(model.num_timesteps)
+                if logger:
+                    logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[0])
+                if self.root:
+                    _write_summary(self.root, result, 0)
+            for i in range(first, n):
                 env = env_for_task(i)
                 if env is not None:
                     model.set_env(env)
-                self._learn(i, reset_buffer and i > 0, bar)
-                result.matrix[i + 1] = self.evaluate(current_task=i)
+                with self._failing(i, "training"):
+                    self._learn(i, reset_buffer and i > 0, bar)
+                _check_finite(model, self.stream.tasks[i].name, i)
+                with self._failing(i, "the evaluation after training"):
+                    result.matrix[i + 1] = self.evaluate(current_task=i)
                 result.steps.append(model.num_timesteps)
                 result.module_stats.append(
                     {m.name: {"state_bytes": m.state_bytes(), **m.log_scalars()} for m in self.modules}
@@ -448,14 +508,14 @@ class _Run:
                     logger.task_end(model.num_timesteps, i, stream.task_names, result.matrix, result.metrics)
                 if self.root:
                     if checkpoints:
-                        checkpoint.save(
-                            model,
-                            self.root / "checkpoints" / f"task{i + 1:02d}-{task.name}.zip",
-                            self.modules,
-                            {"stream": stream.name, "task_index": i, "method": self.config["method"]},
-                        )
+                        # The next task starts from this buffer unless it empties it: keep it for a resume.
+                        keep_buffer = isinstance(model, OffPolicyAlgorithm) and not reset_buffer and i + 1 < n
+                        self._checkpoint(i, keep_buffer)
                     _write_summary(self.root, result, i + 1)
-            if logger:
+                    for old in self._buffer_path(i).parent.glob("*.replay_buffer.pkl"):
+                        if old != self._buffer_path(i):
+                            old.unlink()
+            if logger and first < n:
                 logger.hparams(_hparams(self.config), result.metrics)
         finally:
             for m in self.modules:
@@ -466,6 +526,74 @@ class _Run:
             if bar:
                 bar.close()
         return result
+
+    @contextlib.contextmanager
+    def _failing(self, i: int, what: str) -> Iterator[None]:
+        """Turn an exception of the env, SB3 or torch into a :class:`TrainingError` that names the task."""
+        try:
+            yield
+        except ClrlError:
+            raise
+        except Exception as exc:
+            kept = (
+                f"; the {i} task(s) completed before it are kept in {str(self.root)!r}" if self.root else ""
+            )
+            raise TrainingError(
+                f"task {self.stream.tasks[i].name!r} (index {i}) failed during {what}: "
+                f"{type(exc).__name__}: {exc}{kept}"
+            ) from exc
+
+    def _checkpoint_path(self, i: int) -> Path:
+        assert self.root is not None
+        return self.root / "checkpoints" / f"task{i + 1:02d}-{self.stream.tasks[i].name}.zip"
+
+    def _buffer_path(self, i: int) -> Path:
+        return self._checkpoint_path(i).with_suffix(".replay_buffer.pkl")
+
+    def _checkpoint(self, i: int, with_buffer: bool) -> None:
+        """Save the model, modules and random generators after task ``i`` (and the replay buffer)."""
+        from clrl import __version__
+
+        model = self.model
+        if with_buffer:
+            path = self._buffer_path(i)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp.pkl")
+            model.save_replay_buffer(tmp)  # type: ignore[attr-defined]
+            tmp.replace(path)
+        metadata = {
+            "stream": self.stream.name,
+            "task_index": i,
+            "method": self.config["method"],
+            "seed": self.seed,
+            "clrl": __version__,
+            "rng": checkpoint.rng_state(model),
+        }
+        checkpoint.save(model, self._checkpoint_path(i), self.modules, metadata)
+
+    def _restore(self, first: int) -> None:
+        """Load the state after task ``first - 1`` into the model and modules (for ``resume``)."""
+        from clrl import __version__
+
+        path = self._checkpoint_path(first - 1)
+        if not path.exists():
+            raise CheckpointError(
+                f"cannot resume {str(self.root)!r}: results.json records {first} completed task(s), but "
+                f"{str(path)!r} is missing (was the run made with checkpoints=False?)"
+            )
+        meta = checkpoint.read_payload(path)["metadata"]
+        expected = {"stream": self.stream.name, "task_index": first - 1, "method": self.config["method"]}
+        expected.update(seed=self.seed, clrl=__version__)
+        wrong = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
+        if wrong or "rng" not in meta:
+            raise CheckpointError(
+                f"cannot resume from {str(path)!r}: it was written for {wrong or 'no random state'}, "
+                f"this run has {expected}; pass overwrite=True (--overwrite) to start afresh"
+            )
+        checkpoint.restore(path, self.model, self.modules)
+        buffer = self._buffer_path(first - 1)
+        if buffer.exists():
+            self.model.load_replay_buffer(buffer)  # type: ignore[attr-defined]
 
     def _learn(self, i: int, reset_buffer: bool, bar: Any) -> None:
         model, task = self.model, self.stream.tasks[i]
@@ -577,15 +705,34 @@ def _check_model(model: BaseAlgorithm, stream: TaskStream) -> None:
         probe.close()
 
 
+def _check_finite(model: BaseAlgorithm, task: str, index: int) -> None:
+    """Refuse to evaluate and checkpoint a model whose parameters became NaN or infinite."""
+    bad = [name for name, p in model.policy.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NumericalError(
+            f"the model's parameters {bad[:5]} became NaN or infinite while training task {task!r} "
+            f"(index {index}): a loss diverged; the last good checkpoint is the previous task's"
+        )
+
+
 def _check_eval_freq(eval_freq: int | None) -> None:
     if eval_freq is not None and eval_freq < 1:
         raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
 
 
-def _prepare_logdir(logdir: str | Path | None, overwrite: bool) -> Path | None:
+def _prepare_logdir(logdir: str | Path | None, overwrite: bool, resume: bool = False) -> Path | None:
     if logdir is None:
+        if resume:
+            raise ConfigError("resume needs the run directory (logdir) of the run to continue")
         return None
+    if resume and overwrite:
+        raise ConfigError(
+            "resume and overwrite exclude each other: resume continues the run, overwrite replaces it"
+        )
     root = Path(logdir)
+    if resume:
+        root.mkdir(parents=True, exist_ok=True)
+        return root
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise RunExistsError(
@@ -595,6 +742,51 @@ def _prepare_logdir(logdir: str | Path | None, overwrite: bool) -> Path | None:
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def _read_previous(root: Path | None) -> tuple[TrainResult, int] | None:
+    """The result and number of completed tasks recorded in ``root/results.json`` (``None``: no run yet)."""
+    assert root is not None
+    path = root / "results.json"
+    if not path.exists():
+        return None
+    try:
+        completed = json.loads(path.read_text(encoding="utf-8"))["completed_tasks"]
+        result = TrainResult.from_json(path)
+    except (OSError, ValueError, KeyError, ConfigError) as exc:
+        raise CheckpointError(f"cannot resume from {str(path)!r}: {exc}") from exc
+    if not isinstance(completed, int) or not 0 <= completed < len(result.steps):
+        raise CheckpointError(f"cannot resume from {str(path)!r}: bad completed_tasks {completed!r}")
+    del result.steps[completed + 1 :]
+    return result, completed
+
+
+_SAME_RUN_KEYS = (
+    "stream_spec",
+    "algorithm",
+    "method",
+    "seed",
+    "n_envs",
+    "eval_episodes",
+    "hyperparameters",
+    "modules",
+)
+
+
+def _check_same_run(saved: dict[str, Any], ours: dict[str, Any]) -> None:
+    """Refuse to resume a run whose stream, algorithm, method, seed or settings differ from this call's."""
+    differ = [
+        key
+        for key in _SAME_RUN_KEYS
+        if json.dumps(_jsonable(saved.get(key)), sort_keys=True)
+        != json.dumps(_jsonable(ours.get(key)), sort_keys=True)
+    ]
+    if differ:
+        details = "; ".join(f"{k}: run has {saved.get(k)!r}, this call {ours.get(k)!r}" for k in differ)
+        raise CheckpointError(
+            f"cannot resume: the run was made with other settings ({details}); pass overwrite=True "
+            "(--overwrite) to start afresh, or another logdir"
+        )
 
 
 def _config(

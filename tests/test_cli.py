@@ -170,3 +170,52 @@ def test_replay_methods_run_by_name_and_refuse_a_hidden_task_id(
     assert results["module_stats"][-1]["clear"]["states"] == 100
     assert main(["run", "cartpole-physics", *clear]) == 2
     assert "hides the task id" in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes_with_the_same_matrix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clrl.runner import _Run
+
+    full = ["run", "cartpole-flip", "--logdir", str(tmp_path / "full"), *TINY]
+    assert main(full) == 0
+    args = ["run", "cartpole-flip", "--logdir", str(tmp_path / "run"), *TINY]
+    learn = _Run._learn
+
+    def interrupted(self: _Run, i: int, reset_buffer: bool, bar: object) -> None:
+        if i == 2:
+            raise KeyboardInterrupt
+        learn(self, i, reset_buffer, bar)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_Run, "_learn", interrupted)
+        assert main(args) == 130
+    assert "completed so far are in results.json" in capsys.readouterr().err
+    assert main(args) == 2  # the interrupted run is kept: neither rerun nor overwritten silently
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    assert "resuming after task 2 of 4" in capsys.readouterr().out
+    runs = [
+        tmp_path / d / "cartpole-flip" / "ppo-finetune" / "seed0" / "results.json" for d in ("full", "run")
+    ]
+    matrices = [json.loads(r.read_text())["matrix"] for r in runs]
+    assert matrices[0] == matrices[1]
+    assert main([*args, "--resume"]) == 0
+    assert "all 4 tasks were completed" in capsys.readouterr().out
+    assert main([*args, "--resume", "--overwrite"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+
+
+def test_failed_task_exits_1_naming_the_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clrl.runner import _Run
+
+    def broken(self: _Run, i: int, reset_buffer: bool, bar: object) -> None:
+        raise RuntimeError("simulator crashed")
+
+    monkeypatch.setattr(_Run, "_learn", broken)
+    assert main(["run", "cartpole-flip", "--logdir", str(tmp_path), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "task 'normal' (index 0) failed during training: RuntimeError: simulator crashed" in err
+    assert "--resume" in err

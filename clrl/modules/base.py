@@ -17,6 +17,7 @@ Nothing of SB3's ``train()`` is copied, and any number of modules share one set 
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from clrl.algorithms import POLICY_WITHOUT_OPTIMIZER_STEP, optimizers
-from clrl.errors import ConfigError
+from clrl.errors import ConfigError, NumericalError
 
 
 @dataclass(frozen=True)
@@ -254,14 +255,25 @@ class ContinualModule(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
-        for key, value in self.log_scalars().items():
+        for key, value in self._checked_scalars("while training").items():
             self.logger.record(f"cl/{self.name}/{key}", value)
 
     def _on_training_end(self) -> None:
         self.detach()
         assert self.current_task is not None
         self.on_task_end(self.current_task)
+        self._checked_scalars("at the end of")
         self.tasks_seen += 1
+
+    def _checked_scalars(self, when: str) -> dict[str, float]:
+        """:meth:`log_scalars`, after making sure none is NaN or infinite (penalties, importances, losses)."""
+        scalars = self.log_scalars()
+        bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+        if bad:
+            task = self.current_task
+            where = f"task {task.name!r} (index {task.index})" if task else "the current task"
+            raise NumericalError(f"{type(self).__name__}: {bad} {when} {where}")
+        return scalars
 
     def attach(self) -> None:
         """Install this module's hooks on the model's optimisers (idempotent)."""

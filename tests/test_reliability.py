@@ -1,0 +1,455 @@
+"""Reliability: resuming killed runs, nothing lost or overwritten, failures that name the task."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import ALGO_SETUPS, cartpole_stream, tiny_ppo
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import clrl
+from clrl.runner import _Run
+
+
+def three_tasks(make: Callable[[], clrl.TaskStream]) -> clrl.TaskStream:
+    """A tiny stream with a third task, a copy of the first, so that a run can stop after task 1 or 2."""
+    stream = make()
+    first = stream.tasks[0]
+    again = dataclasses.replace(first, name=first.name + "-again")
+    return clrl.TaskStream(stream.name, [*stream.tasks, again], stream.steps_per_task, task_id=stream.task_id)
+
+
+class Interrupted(BaseException):
+    """A crash clrl does not handle (like KeyboardInterrupt): it leaves the run as a kill would."""
+
+
+def interrupt_at(monkeypatch: pytest.MonkeyPatch, task: int) -> None:
+    """Make clrl.train fail when task ``task`` starts, as a crash after the previous checkpoint would."""
+    learn = _Run._learn
+
+    def failing(self: _Run, i: int, reset_buffer: bool, bar: Any) -> None:
+        if i == task:
+            raise Interrupted
+        learn(self, i, reset_buffer, bar)
+
+    monkeypatch.setattr(_Run, "_learn", failing)
+
+
+CASES: dict[str, tuple[str, Callable[[], list[clrl.ContinualModule]], dict[str, Any]]] = {
+    "ppo-ewc": ("ppo", lambda: [clrl.EWC(strength=10.0)], {}),
+    "a2c-si": ("a2c", lambda: [clrl.SI(strength=1.0)], {}),
+    "dqn-replay": ("dqn", lambda: [clrl.Replay(budget=200)], {}),
+    "sac-shared-buffer": ("sac", lambda: [], {"reset_buffer": False}),
+    "td3-agem": ("td3", lambda: [clrl.AGEM(budget=100, batch_size=8)], {}),
+}
+
+
+def build(case: str) -> tuple[BaseAlgorithm, clrl.TaskStream, list[clrl.ContinualModule], dict[str, Any]]:
+    algo, modules, kwargs = CASES[case]
+    cls, make_stream, hyper = ALGO_SETUPS[algo]
+    stream = three_tasks(make_stream)
+    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device="cpu", **hyper)
+    return model, stream, modules(), kwargs
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_resumed_run_ends_with_the_uninterrupted_matrix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Model, optimisers, module state, replay buffer and random generators all come back."""
+    model, stream, modules, kwargs = build(case)
+    full = clrl.train(model, stream, modules, logdir=tmp_path / "full", eval_episodes=2, **kwargs)
+
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 1)
+        model, stream, modules, kwargs = build(case)
+        with pytest.raises(Interrupted):
+            clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, **kwargs)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["completed_tasks"] == 1
+    # The replay buffer is kept only when the next task starts from it (reset_buffer=False).
+    buffers = [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pkl")]
+    first = stream.tasks[0].name
+    assert buffers == ([f"task01-{first}.replay_buffer.pkl"] if kwargs.get("reset_buffer") is False else [])
+
+    model, stream, modules, kwargs = build(case)
+    resumed = clrl.train(
+        model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, resume=True, **kwargs
+    )
+    np.testing.assert_array_equal(resumed.matrix, full.matrix)
+    assert resumed.steps == full.steps
+    assert len(resumed.module_stats) == 3
+    assert model.num_timesteps == full.steps[-1]
+    assert len(resumed.config["resumed"]) == 1
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pkl"))  # no next task needs a buffer
+
+
+def test_resume_without_restored_generators_would_differ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test above is sensitive: skipping the random-state restore changes the matrix."""
+    model, stream, modules, _ = build("ppo-ewc")
+    full = clrl.train(model, stream, modules, logdir=tmp_path / "full", eval_episodes=2)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 1)
+        model, stream, modules, _ = build("ppo-ewc")
+        with pytest.raises(Interrupted):
+            clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2)
+    monkeypatch.setattr(clrl.checkpoint, "set_rng_state", lambda model, state: None)
+    model, stream, modules, _ = build("ppo-ewc")
+    resumed = clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, resume=True)
+    assert not np.array_equal(resumed.matrix, full.matrix)
+
+
+KILLED_RUN = """
+import sys
+
+import torch
+from stable_baselines3 import PPO
+
+import clrl
+
+torch.set_num_threads(1)
+tasks = [
+    clrl.Task("normal", "CartPole-v1"),
+    clrl.Task(
+        "flipped", "CartPole-v1", wrappers=(clrl.WrapperSpec("PermuteActions", {"permutation": [1, 0]}),)
+    ),
+    clrl.Task("long", "CartPole-v1", attributes={"length": 1.0}),
+]
+stream = clrl.TaskStream("killed", tasks, steps_per_task=3072, task_id="observed")
+model = PPO(
+    "MlpPolicy", stream.make_vec_env(0, n_envs=2, seed=0), n_steps=64, batch_size=64, n_epochs=4,
+    policy_kwargs={"net_arch": [32, 32]}, seed=0, device="cpu",
+)
+result = clrl.train(
+    model, stream, [clrl.OnlineEWC(strength=10.0)], logdir=sys.argv[1], eval_episodes=3, eval_freq=1024,
+    resume=sys.argv[2] == "resume",
+)
+print(result.matrix.tolist())
+"""
+
+
+def _completed(logdir: Path) -> int:
+    try:
+        return int(json.loads((logdir / "results.json").read_text())["completed_tasks"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _eval_steps(logdir: Path, tag: str) -> list[int]:
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+def test_sigkilled_run_resumes_to_the_same_matrix_and_tensorboard_axis(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(KILLED_RUN))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(logdir: Path, mode: str) -> list[list[float]]:
+        done = subprocess.run(
+            [sys.executable, str(script), str(logdir), mode],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    full = run(tmp_path / "full", "fresh")
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(killed), "fresh"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 300
+    while _completed(killed) < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    assert _completed(killed) in (1, 2)  # killed part-way, after at least one task
+
+    resumed = run(killed, "resume")
+    assert resumed == full
+    # The resumed run's TensorBoard axis matches the uninterrupted one: what the killed process wrote after
+    # its last checkpoint is hidden (purge_step), nothing is logged twice.
+    for tag in ("eval/normal/return", "cl/acc", "cl/online_ewc/penalty"):
+        steps = _eval_steps(killed, tag)
+        assert steps == sorted(set(steps)), tag
+        assert steps == _eval_steps(tmp_path / "full", tag), tag
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    full = clrl.train(tiny_ppo(tiny_stream), tiny_stream, [clrl.L2()], logdir=tmp_path, eval_episodes=2)
+    model = tiny_ppo(tiny_stream)
+    again = clrl.train(model, tiny_stream, [clrl.L2()], logdir=tmp_path, eval_episodes=2, resume=True)
+    np.testing.assert_array_equal(again.matrix, full.matrix)
+    assert model.num_timesteps == full.steps[-1]  # the final checkpoint was loaded into the model
+    assert "resumed" in again.config
+
+
+def test_resume_without_a_run_starts_afresh(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    fresh = clrl.train(tiny_ppo(tiny_stream), tiny_stream, eval_episodes=2)
+    resumed = clrl.train(
+        tiny_ppo(tiny_stream), tiny_stream, logdir=tmp_path / "new", eval_episodes=2, resume=True
+    )
+    np.testing.assert_array_equal(resumed.matrix, fresh.matrix)
+
+
+def test_single_task_baseline_resumes_by_skipping_done_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_stream: clrl.TaskStream
+) -> None:
+    built: list[int] = []
+
+    def make(i: int) -> BaseAlgorithm:
+        built.append(i)
+        if i == 1 and fail["on"]:
+            raise Interrupted
+        return tiny_ppo(tiny_stream, task_index=i)
+
+    fail = {"on": False}
+    full = clrl.train_single_task(make, tiny_stream, logdir=tmp_path / "full", eval_episodes=2)
+    fail["on"] = True
+    with pytest.raises(Interrupted):
+        clrl.train_single_task(make, tiny_stream, logdir=tmp_path / "run", eval_episodes=2)
+    fail["on"] = False
+    built.clear()
+    resumed = clrl.train_single_task(make, tiny_stream, logdir=tmp_path / "run", eval_episodes=2, resume=True)
+    assert built == [1]
+    np.testing.assert_array_equal(resumed.matrix, full.matrix)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seed": 1}, "seed"),
+        ({"modules": [clrl.L2(strength=0.5)]}, "modules"),
+        ({"modules": []}, "method"),
+        ({"eval_episodes": 3}, "eval_episodes"),
+    ],
+)
+def test_resume_refuses_a_run_of_other_settings(
+    tmp_path: Path, tiny_stream: clrl.TaskStream, change: dict[str, Any], message: str
+) -> None:
+    clrl.train(tiny_ppo(tiny_stream), tiny_stream, [clrl.L2()], logdir=tmp_path, eval_episodes=2)
+    kwargs: dict[str, Any] = {"modules": [clrl.L2()], "eval_episodes": 2, "seed": 0, **change}
+    with pytest.raises(clrl.CheckpointError, match=message):
+        clrl.train(tiny_ppo(tiny_stream), tiny_stream, logdir=tmp_path, resume=True, **kwargs)
+
+
+def test_resume_refuses_another_algorithm(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    clrl.train(tiny_ppo(tiny_stream), tiny_stream, logdir=tmp_path, eval_episodes=2)
+    cls, _, hyper = ALGO_SETUPS["dqn"]
+    other = cls("MlpPolicy", tiny_stream.make_vec_env(0), seed=0, **hyper)
+    with pytest.raises(clrl.CheckpointError, match="algorithm"):
+        clrl.train(other, tiny_stream, logdir=tmp_path, eval_episodes=2, resume=True)
+
+
+def _stopped_after_first_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any
+) -> clrl.TaskStream:
+    stream = three_tasks(cartpole_stream)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 1)
+        with pytest.raises(Interrupted):
+            clrl.train(tiny_ppo(stream), stream, logdir=tmp_path, eval_episodes=2, **kwargs)
+    return stream
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda path: path.write_bytes(b"not a zip"), "not a readable checkpoint"),
+        (lambda path: path.unlink(), "is missing"),
+        (lambda path: zipfile.ZipFile(path, "w").close(), "without clrl state"),
+    ],
+)
+def test_resume_from_a_damaged_checkpoint_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Callable[[Path], Any], message: str
+) -> None:
+    stream = _stopped_after_first_task(tmp_path, monkeypatch)
+    damage(tmp_path / "checkpoints" / "task01-normal.zip")
+    with pytest.raises(clrl.CheckpointError, match=message):
+        clrl.train(tiny_ppo(stream), stream, logdir=tmp_path, eval_episodes=2, resume=True)
+
+
+def test_resume_refuses_a_checkpoint_of_another_clrl_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = _stopped_after_first_task(tmp_path, monkeypatch)
+    monkeypatch.setattr(clrl, "__version__", "9.9.9")
+    with pytest.raises(clrl.CheckpointError, match=r"9\.9\.9"):
+        clrl.train(tiny_ppo(stream), stream, logdir=tmp_path, eval_episodes=2, resume=True)
+
+
+def test_resume_needs_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = _stopped_after_first_task(tmp_path, monkeypatch, checkpoints=False)
+    with pytest.raises(clrl.CheckpointError, match="checkpoints=False"):
+        clrl.train(tiny_ppo(stream), stream, logdir=tmp_path, eval_episodes=2, resume=True)
+
+
+def test_resume_and_a_corrupt_results_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = _stopped_after_first_task(tmp_path, monkeypatch)
+    (tmp_path / "results.json").write_text('{"completed_tasks": 1, "matrix": ')
+    with pytest.raises(clrl.CheckpointError, match=r"results\.json"):
+        clrl.train(tiny_ppo(stream), stream, logdir=tmp_path, eval_episodes=2, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"resume": True, "overwrite": True}, "exclude each other"), ({"resume": True}, "logdir")],
+)
+def test_bad_resume_arguments(
+    tiny_stream: clrl.TaskStream, tmp_path: Path, kwargs: dict, message: str
+) -> None:
+    logdir = tmp_path if kwargs.get("overwrite") else None
+    with pytest.raises(clrl.ConfigError, match=message):
+        clrl.train(tiny_ppo(tiny_stream), tiny_stream, logdir=logdir, **kwargs)
+
+
+def test_results_exist_from_the_start_and_after_each_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stopped_after_first_task(tmp_path, monkeypatch)
+    saved = clrl.TrainResult.from_json(tmp_path / "results.json")
+    assert np.isfinite(saved.matrix[:2]).all() and np.isnan(saved.matrix[2:]).all()
+    assert not list(tmp_path.rglob("*.tmp*"))  # every file was written whole, then renamed
+
+
+class _BrokenState(clrl.L2):
+    def state_dict(self) -> dict[str, Any]:
+        raise RuntimeError("disk full")
+
+
+def test_checkpoint_is_written_whole_or_not_at_all(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    model = tiny_ppo(tiny_stream)
+    path = clrl.save(model, tmp_path / "model.zip", [clrl.L2()])
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="disk full"):
+        clrl.save(model, path, [_BrokenState()])
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]
+
+
+def _failing_vec_env(monkeypatch: pytest.MonkeyPatch, task: int, after: int) -> None:
+    make = clrl.TaskStream.make_vec_env
+
+    def patched(self: clrl.TaskStream, index: int, *args: Any, **kwargs: Any) -> VecEnv:
+        env = make(self, index, *args, **kwargs)
+        if index == task and "seed" in kwargs:  # the training env, not the evaluator's
+            step_wait, calls = env.step_wait, {"n": 0}
+
+            def broken() -> Any:
+                calls["n"] += 1
+                if calls["n"] > after:
+                    raise RuntimeError("simulator crashed")
+                return step_wait()
+
+            env.step_wait = broken  # type: ignore[method-assign]
+        return env
+
+    monkeypatch.setattr(clrl.TaskStream, "make_vec_env", patched)
+
+
+def test_env_failure_in_training_names_the_task_and_keeps_earlier_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_stream: clrl.TaskStream
+) -> None:
+    model = tiny_ppo(tiny_stream)
+    _failing_vec_env(monkeypatch, task=1, after=10)
+    with pytest.raises(
+        clrl.TrainingError, match=r"'flipped' \(index 1\) failed during training.*simulator crashed"
+    ) as info:
+        clrl.train(model, tiny_stream, logdir=tmp_path, eval_episodes=2)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["completed_tasks"] == 1
+    assert (tmp_path / "checkpoints" / "task01-normal.zip").exists()
+
+
+def test_env_failure_in_evaluation_names_the_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_stream: clrl.TaskStream
+) -> None:
+    calls = {"n": 0}
+    evaluate = clrl.Evaluator.__call__
+
+    def broken(self: clrl.Evaluator, *args: Any, **kwargs: Any) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ValueError("render window closed")
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(clrl.Evaluator, "__call__", broken)
+    with pytest.raises(
+        clrl.TrainingError, match="'normal' \\(index 0\\) failed during the evaluation after training"
+    ):
+        clrl.train(tiny_ppo(tiny_stream), tiny_stream, logdir=tmp_path, eval_episodes=2)
+    assert json.loads((tmp_path / "results.json").read_text())["completed_tasks"] == 0
+
+
+class _ExplodingPenalty(clrl.L2):
+    """An L2 whose penalty turns infinite on the second task."""
+
+    def penalty(self) -> float:
+        return float("inf") if self.tasks_seen >= 1 else super().penalty()
+
+
+def test_non_finite_penalty_stops_the_run_naming_module_and_task(
+    tmp_path: Path, tiny_stream: clrl.TaskStream
+) -> None:
+    with pytest.raises(clrl.NumericalError, match=r"_ExplodingPenalty.*penalty.*'flipped' \(index 1\)"):
+        clrl.train(
+            tiny_ppo(tiny_stream), tiny_stream, [_ExplodingPenalty()], logdir=tmp_path, eval_episodes=2
+        )
+    assert json.loads((tmp_path / "results.json").read_text())["completed_tasks"] == 1
+    model, _ = clrl.load(tmp_path / "checkpoints" / "task01-normal.zip")
+    assert all(np.isfinite(p.detach().numpy()).all() for p in model.policy.parameters())
+
+
+def test_non_finite_importance_is_caught_at_the_end_of_the_task(
+    monkeypatch: pytest.MonkeyPatch, tiny_stream: clrl.TaskStream
+) -> None:
+    module = clrl.EWC(strength=1.0)
+    estimate = type(module).importance_of
+
+    def poisoned(self: clrl.EWC, *args: Any, **kwargs: Any) -> Any:
+        importance = estimate(self, *args, **kwargs)
+        next(iter(importance.values())).fill_(float("nan"))
+        return importance
+
+    monkeypatch.setattr(type(module), "importance_of", poisoned)
+    with pytest.raises(clrl.NumericalError, match=r"EWC.*importance.*at the end of task 'normal'"):
+        clrl.train(tiny_ppo(tiny_stream), tiny_stream, [module], eval_episodes=2)
+
+
+def test_diverged_parameters_are_never_checkpointed(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    class Diverge(clrl.ContinualModule):
+        def on_task_end(self, task: clrl.TaskInfo) -> None:
+            if task.index == 1:
+                with torch.no_grad():
+                    next(self.sb3_model.policy.parameters()).fill_(float("nan"))
+
+    with pytest.raises(clrl.NumericalError, match=r"'flipped' \(index 1\).*previous task"):
+        clrl.train(tiny_ppo(tiny_stream), tiny_stream, [Diverge()], logdir=tmp_path, eval_episodes=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["task01-normal.zip"]
