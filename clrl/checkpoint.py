@@ -176,6 +176,7 @@ _KEEP_OWN = frozenset(
         "device",
         "verbose",
         "tensorboard_log",
+        "_custom_logger",
         "seed",
         "lr_schedule",
         "_last_obs",

@@ -16,7 +16,7 @@ from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError, TrainingError
 from clrl.modules import AGEM, CLEAR, EWC, L2, MAS, SI, ContinualModule, OnlineEWC, Replay
 from clrl.presets import make_model
-from clrl.runner import TrainResult, train, train_multitask, train_single_task
+from clrl.runner import TrainResult, check_seed, train, train_multitask, train_single_task
 from clrl.streams import builtin_streams, load_stream, make_stream
 
 if sys.version_info >= (3, 11):
@@ -103,7 +103,7 @@ def _make_modules(method: str, args: dict[str, Any]) -> list[ContinualModule]:
         return []
     try:
         return [cls(**args)]
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad --method-arg for {cls.__name__}: {exc}") from exc
 
 
@@ -116,6 +116,8 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
     hp = _parse_assignments(ns.hp, "--hp")
     method_args = _parse_assignments(ns.method_arg, "--method-arg")
     stream = make_stream(ns.stream, steps_per_task=ns.steps)
+    for seed in ns.seeds:
+        check_seed(seed, len(stream))
     if ns.method in METHODS:
         _make_modules(ns.method, method_args)  # bad --method-arg fails before any training
     elif method_args:

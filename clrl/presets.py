@@ -67,5 +67,5 @@ def make_model(
         raise ConfigError(f"bad hyperparameter for {cls.__name__}: {exc}") from exc
     except AssertionError as exc:  # SB3 asserts supported action spaces
         raise ConfigError(f"{cls.__name__} cannot learn stream {stream.name!r}: {exc}") from exc
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"{cls.__name__} on stream {stream.name!r}: {exc}") from exc
+    except Exception as exc:  # SB3 and torch reject bad values in many ways (ValueError, RuntimeError, ...)
+        raise ConfigError(f"{cls.__name__} on stream {stream.name!r}: {type(exc).__name__}: {exc}") from exc

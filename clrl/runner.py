@@ -53,7 +53,7 @@ from clrl.errors import (
     TrainingError,
 )
 from clrl.evaluation import Evaluator
-from clrl.logger import RunLogger, _jsonable, log_eval_row, write_json_atomic
+from clrl.logger import RunLogger, log_eval_row, to_jsonable, write_json_atomic
 from clrl.modules.base import ContinualModule, TaskInfo
 from clrl.streams import TaskStream
 
@@ -187,8 +187,8 @@ def train(
             (see the module docstring).
         checkpoints: Save ``checkpoints/taskNN-<name>.zip`` at each task boundary (needs ``logdir``).
         overwrite: Replace an existing run in ``logdir`` (otherwise that is an error).
-        resume: Continue the run in ``logdir`` from its last completed task (see :ref:`resuming <resume>`
-            in the README): the model, optimisers, modules, random generators and, without
+        resume: Continue the run in ``logdir`` from its last completed task (README: "Resuming and
+            failures"): the model, optimisers, modules, random generators and, without
             ``reset_buffer``, the replay buffer are restored from that task's checkpoint into ``model``
             and ``modules``, which must be built as for the original run. For the same seed, the return
             matrix is the one an uninterrupted run gives. Starts afresh when ``logdir`` holds no run; returns
@@ -293,6 +293,7 @@ def train_single_task(
             independent of the others, so nothing else needs restoring).
     """
     n = len(stream)
+    check_seed(seed, n)
     stream.validate()
     _check_eval_freq(eval_freq)
     root = _prepare_logdir(logdir, overwrite, resume)
@@ -334,7 +335,9 @@ def train_single_task(
             if eval_freq:
                 evaluate = functools.partial(evaluator, model)
                 callbacks.append(_PeriodicEval(evaluate, eval_freq, i, stream.steps(i), record))
-            task_logger = RunLogger(root / task.name, model) if root else None
+            # A resumed task hides what its killed attempt logged (its model's steps restart at 0).
+            purge = 0 if previous and i == start else None
+            task_logger = RunLogger(root / task.name, model, purge_step=purge) if root else None
             try:
                 model.learn(stream.steps(i), callback=CallbackList(callbacks))
             finally:
@@ -412,6 +415,7 @@ class _Run:
         resume: bool = False,
     ) -> None:
         _check_eval_freq(eval_freq)
+        check_seed(seed, len(stream))
         stream.validate()
         _check_model(model, stream)
         self.model, self.stream, self.modules = model, stream, modules
@@ -715,6 +719,14 @@ def _check_finite(model: BaseAlgorithm, task: str, index: int) -> None:
         )
 
 
+def check_seed(seed: Any, n_tasks: int) -> None:
+    """Refuse a seed that is not a non-negative integer, or that leaves no room for the per-task seeds
+    (``seed + 1000 * task`` for training, ``seed + EVAL_SEED_OFFSET + 1000 * task`` for evaluation)."""
+    limit = 2**32 - EVAL_SEED_OFFSET - 1000 * n_tasks
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < limit:
+        raise ConfigError(f"seed must be an integer in [0, {limit}), got {seed!r}")
+
+
 def _check_eval_freq(eval_freq: int | None) -> None:
     if eval_freq is not None and eval_freq < 1:
         raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
@@ -778,8 +790,8 @@ def _check_same_run(saved: dict[str, Any], ours: dict[str, Any]) -> None:
     differ = [
         key
         for key in _SAME_RUN_KEYS
-        if json.dumps(_jsonable(saved.get(key)), sort_keys=True)
-        != json.dumps(_jsonable(ours.get(key)), sort_keys=True)
+        if json.dumps(to_jsonable(saved.get(key)), sort_keys=True)
+        != json.dumps(to_jsonable(ours.get(key)), sort_keys=True)
     ]
     if differ:
         details = "; ".join(f"{k}: run has {saved.get(k)!r}, this call {ours.get(k)!r}" for k in differ)

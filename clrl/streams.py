@@ -76,6 +76,10 @@ class WrapperSpec:
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _expect(self.name, str, "wrapper", "name")
+        _expect(self.kwargs, Mapping, f"wrapper {self.name!r}", "kwargs")
+
     def wrapper_class(self) -> type[gym.Wrapper[Any, Any, Any, Any]]:
         """Return the wrapper class, looked up in clrl's wrappers first, then in ``gymnasium.wrappers``."""
         for namespace in (clrl_wrappers, gym.wrappers):
@@ -107,6 +111,20 @@ class Task:
     wrappers: tuple[WrapperSpec, ...] = ()
     steps: int | None = None
 
+    def __post_init__(self) -> None:
+        where = f"task {self.name!r}"
+        _expect(self.name, str, where, "name")
+        _expect(self.env_id, str, where, "env_id")
+        _expect(self.make_kwargs, Mapping, where, "make_kwargs")
+        _expect(self.attributes, Mapping, where, "attributes")
+        for key in [*self.make_kwargs, *self.attributes]:
+            _expect(key, str, where, "a make_kwargs or attributes key")
+        object.__setattr__(self, "wrappers", tuple(_expect(self.wrappers, Sequence, where, "wrappers")))
+        for spec in self.wrappers:
+            _expect(spec, WrapperSpec, where, "each wrapper")
+        if self.steps is not None:
+            _check_steps(self.steps, f"{where}: steps")
+
     def make_env(self, render_mode: str | None = None) -> gym.Env[Any, Any]:
         """Build this task's environment (without the task id).
 
@@ -120,27 +138,44 @@ class Task:
             env = gym.make(self.env_id, **kwargs)
         except gym.error.Error as exc:
             raise StreamError(f"task {self.name!r}: cannot make env_id {self.env_id!r}: {exc}") from exc
-        except TypeError as exc:
-            raise StreamError(f"task {self.name!r}: bad make_kwargs for {self.env_id!r}: {exc}") from exc
-        base = env.unwrapped
+        except Exception as exc:  # the env's constructor rejected make_kwargs, in whatever way it does
+            raise StreamError(
+                f"task {self.name!r}: bad make_kwargs for {self.env_id!r}: {_describe(exc)}"
+            ) from exc
+        try:
+            self._set_attributes(env.unwrapped)
+            for spec in self.wrappers:
+                cls = spec.wrapper_class()
+                try:
+                    env = cls(env, **spec.kwargs)
+                except Exception as exc:
+                    raise StreamError(f"task {self.name!r}: wrapper {spec.name!r}: {_describe(exc)}") from exc
+        except StreamError:
+            env.close()
+            raise
+        return env
+
+    def _set_attributes(self, base: Any) -> None:
+        env_name = type(base).__name__
         for key, value in self.attributes.items():
-            if not hasattr(base, key):
-                env.close()
+            if key.startswith("_") or not hasattr(base, key):
                 raise StreamError(
-                    f"task {self.name!r}: {type(base).__name__} has no attribute {key!r} "
-                    "(attributes must exist on env.unwrapped)"
+                    f"task {self.name!r}: {env_name} has no attribute {key!r} "
+                    "(attributes must be public and exist on env.unwrapped)"
+                )
+            current = getattr(base, key)
+            if callable(current):
+                raise StreamError(
+                    f"task {self.name!r}: {env_name}.{key} is a method, not a settable attribute"
+                )
+            if _is_number(current) and not _is_number(value):
+                raise StreamError(
+                    f"task {self.name!r}: {env_name}.{key} is a number, got {type(value).__name__} {value!r}"
                 )
             setattr(base, key, value)
-        derived = _DERIVED.get(type(base).__name__)
+        derived = _DERIVED.get(env_name)
         if derived is not None and derived[0] & self.attributes.keys():
             derived[1](base)
-        for spec in self.wrappers:
-            cls = spec.wrapper_class()
-            try:
-                env = cls(env, **spec.kwargs)
-            except (TypeError, ValueError) as exc:
-                raise StreamError(f"task {self.name!r}: wrapper {spec.name!r}: {exc}") from exc
-        return env
 
     def budget(self, steps_per_task: int) -> int:
         """This task's training steps, given the stream's default."""
@@ -243,7 +278,8 @@ class TaskStream:
         return make_vec_env(_MultiTaskFactory(self), n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
 
     def validate(self) -> None:
-        """Build every task once and check that all share one observation and action space.
+        """Build every task once, reset it and take one random step, and check that all tasks share one
+        observation and action space.
 
         Raises:
             StreamError: Naming the stream and the task that fails or differs.
@@ -257,7 +293,17 @@ class TaskStream:
             except ValueError as exc:  # AppendTaskId on an unsupported observation space
                 raise StreamError(f"stream {self.name!r}, task {task.name!r}: {exc}") from exc
             spaces = (env.observation_space, env.action_space)
-            env.close()
+            try:
+                env.action_space.seed(0)
+                env.reset(seed=0)
+                env.step(env.action_space.sample())
+            except Exception as exc:
+                raise StreamError(
+                    f"stream {self.name!r}, task {task.name!r}: the environment fails to reset or step: "
+                    f"{_describe(exc)}"
+                ) from exc
+            finally:
+                env.close()
             if reference is None:
                 reference = spaces
                 continue
@@ -308,6 +354,15 @@ class _MultiTaskFactory:
         return clrl_wrappers.MultiTaskEnv(
             [self.stream.make_env(i, **kwargs) for i in range(len(self.stream))]
         )
+
+
+def _describe(exc: Exception) -> str:
+    """An exception's message, with its type unless it is the usual ValueError or TypeError."""
+    return str(exc) if isinstance(exc, ValueError | TypeError) else f"{type(exc).__name__}: {exc}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_steps(value: Any, where: str) -> None:

@@ -44,6 +44,35 @@ class PermuteActions(gym.ActionWrapper[Any, int, int], gym.utils.RecordConstruct
         return self.permutation[int(action)]
 
 
+class MirrorActions(gym.ActionWrapper[Any, np.ndarray, np.ndarray], gym.utils.RecordConstructorArgs):
+    """Mirror a continuous action inside its box: the agent's ``a`` runs ``low + high - a``.
+
+    On a symmetric box (Pendulum's torque in [-2, 2]) this reverses the action, the continuous counterpart
+    of swapping CartPole's two actions: a task that conflicts head-on with the original one.
+
+    Args:
+        env: An environment with a bounded ``Box`` action space.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> env = MirrorActions(gym.make("Pendulum-v1"))
+        >>> env.action(np.array([0.5], dtype=np.float32))
+        array([-0.5], dtype=float32)
+    """
+
+    def __init__(self, env: gym.Env[Any, np.ndarray]) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
+        space = env.action_space
+        if not isinstance(space, spaces.Box) or not space.is_bounded():
+            raise ValueError(f"MirrorActions needs a bounded Box action space, got {space}")
+        self._sum = (space.low + space.high).astype(space.dtype)
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        """Map the agent's action to the environment's."""
+        return self._sum - np.asarray(action, dtype=self._sum.dtype)
+
+
 class ScaleReward(gym.RewardWrapper[Any, Any], gym.utils.RecordConstructorArgs):
     """Multiply every reward by a constant.
 

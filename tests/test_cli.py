@@ -131,6 +131,7 @@ def test_presets_cover_the_builtin_streams() -> None:
         ("cartpole-flip", ("ppo", "a2c", "dqn")),
         ("cartpole-physics", ("ppo", "a2c", "dqn")),
         ("pendulum-physics", ("sac", "td3")),
+        ("pendulum-flip", ("sac", "td3")),
     ):
         for algo in algos:
             assert preset(name, algo), (name, algo)

@@ -208,6 +208,8 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path: Path, tiny_stream: cl
     np.testing.assert_array_equal(again.matrix, full.matrix)
     assert model.num_timesteps == full.steps[-1]  # the final checkpoint was loaded into the model
     assert "resumed" in again.config
+    model.learn(64, reset_num_timesteps=False)  # the model is usable in the user's own loop afterwards
+    assert model.num_timesteps == full.steps[-1] + 64
 
 
 def test_resume_without_a_run_starts_afresh(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
@@ -453,3 +455,29 @@ def test_diverged_parameters_are_never_checkpointed(tmp_path: Path, tiny_stream:
     with pytest.raises(clrl.NumericalError, match=r"'flipped' \(index 1\).*previous task"):
         clrl.train(tiny_ppo(tiny_stream), tiny_stream, [Diverge()], logdir=tmp_path, eval_episodes=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["task01-normal.zip"]
+
+
+def test_fifty_task_stream_keeps_module_state_bounded() -> None:
+    """OnlineEWC's state is constant in the number of tasks and Replay's never exceeds its budget (RSS
+    figures: benchmarks/long_stream.py)."""
+    tasks = [
+        clrl.Task(
+            f"length{k:02d}",
+            "CartPole-v1",
+            attributes={"length": float(x)},
+            wrappers=(clrl.WrapperSpec("TimeLimit", {"max_episode_steps": 10}),),
+        )
+        for k, x in enumerate(np.linspace(0.3, 1.5, 50))
+    ]
+    stream = clrl.TaskStream("fifty", tasks, steps_per_task=64, task_id="observed")
+    cls, _, hyper = ALGO_SETUPS["dqn"]
+    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device="cpu", **hyper)
+    online, replay = clrl.OnlineEWC(strength=1.0, samples=16), clrl.Replay(budget=300)
+    result = clrl.train(model, stream, [online, replay], eval_episodes=1)
+    assert np.isfinite(result.matrix).all()
+    online_bytes = [stats["online_ewc"]["state_bytes"] for stats in result.module_stats]
+    assert len(set(online_bytes)) == 1 and online_bytes[0] > 0
+    rows = [stats["replay"]["rows"] for stats in result.module_stats]
+    assert max(rows) <= 300 and rows[-1] >= 290  # full, never over
+    replay_bytes = [stats["replay"]["state_bytes"] for stats in result.module_stats]
+    assert max(replay_bytes) <= 1.05 * replay_bytes[-1]

@@ -24,7 +24,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore:.*is different from the unwrapped version")
-@pytest.mark.parametrize("name", ["cartpole-flip", "cartpole-physics", "pendulum-physics"])
+@pytest.mark.parametrize("name", ["cartpole-flip", "cartpole-physics", "pendulum-physics", "pendulum-flip"])
 def test_builtin_streams_load_and_every_task_passes_check_env(name: str) -> None:
     stream = clrl.make_stream(name)
     assert len(stream) >= 3
@@ -45,6 +45,17 @@ def test_pendulum_physics_tasks_differ_in_their_physics() -> None:
     stream = clrl.make_stream("pendulum-physics")
     physics = [(env.unwrapped.g, env.unwrapped.m, env.unwrapped.l) for env in map(stream.make_env, range(3))]
     assert physics == [(10.0, 1.0, 1.0), (3.0, 1.0, 1.0), (10.0, 1.3, 1.3)]
+    assert stream.task_id == "observed"
+
+
+def test_pendulum_flip_reverses_the_torque_of_its_second_task() -> None:
+    stream = clrl.make_stream("pendulum-flip")
+    first, second = stream.make_env(0), stream.make_env(1)
+    first.reset(seed=0)
+    second.reset(seed=0)
+    pushed, *_ = first.step(np.array([-1.0], dtype=np.float32))
+    reversed_, *_ = second.step(np.array([1.0], dtype=np.float32))
+    np.testing.assert_array_equal(pushed[:3], reversed_[:3])  # same physics, the task id differs
     assert stream.task_id == "observed"
 
 

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from clrl.wrappers import AddObservationNoise, AppendTaskId, MultiTaskEnv, PermuteActions, ScaleReward
+from clrl.wrappers import (
+    AddObservationNoise,
+    AppendTaskId,
+    MirrorActions,
+    MultiTaskEnv,
+    PermuteActions,
+    ScaleReward,
+)
 
 
 def test_permute_actions_maps_and_validates() -> None:
@@ -69,3 +76,18 @@ def test_multitask_env_draws_every_task_reproducibly() -> None:
     assert set(tasks(0)) == {0, 1, 2}
     env = MultiTaskEnv([gym.make("CartPole-v1"), gym.make("CartPole-v1")])
     check_env(env, skip_render_check=True)
+
+
+def test_mirror_actions_reverses_pendulum_torque() -> None:
+    env = MirrorActions(gym.make("Pendulum-v1"))
+    np.testing.assert_array_equal(env.action(np.array([2.0], dtype=np.float32)), [-2.0])
+    plain = gym.make("Pendulum-v1")
+    env.reset(seed=0)
+    plain.reset(seed=0)
+    mirrored, *_ = env.step(np.array([1.5], dtype=np.float32))
+    reference, *_ = plain.step(np.array([-1.5], dtype=np.float32))
+    np.testing.assert_array_equal(mirrored, reference)
+    asymmetric = MirrorActions(gym.wrappers.RescaleAction(gym.make("Pendulum-v1"), 0.0, 1.0))
+    np.testing.assert_array_equal(asymmetric.action(np.array([0.25], dtype=np.float32)), [0.75])
+    with pytest.raises(ValueError, match="bounded Box"):
+        MirrorActions(gym.make("CartPole-v1"))

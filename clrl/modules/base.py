@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -307,7 +308,7 @@ class ContinualModule(BaseCallback):
 
 def check_non_negative(value: float, what: str) -> float:
     """Return ``value`` as a float, or raise :class:`ConfigError` if it is negative or not finite."""
-    value = float(value)
+    value = _as_float(value, what)
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"{what} must be a finite number >= 0, got {value}")
     return value
@@ -315,7 +316,27 @@ def check_non_negative(value: float, what: str) -> float:
 
 def check_fraction(value: float, what: str) -> float:
     """Return ``value`` as a float in [0, 1], or raise :class:`ConfigError`."""
-    value = float(value)
+    value = _as_float(value, what)
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"{what} must be in [0, 1], got {value}")
     return value
+
+
+def check_positive_int(value: Any, what: str) -> int:
+    """Return ``value`` as an int, or raise :class:`ConfigError` unless it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_bool(value: Any, what: str) -> bool:
+    """Return ``value``, or raise :class:`ConfigError` unless it is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _as_float(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{what} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)

@@ -36,7 +36,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.nn import functional as F
 
 from clrl.errors import ConfigError
-from clrl.modules.base import TaskInfo
+from clrl.modules.base import TaskInfo, check_positive_int
 from clrl.modules.importance import _EvalMode
 from clrl.modules.memory import Budget, MemoryModule, Rows, TaskMemory
 
@@ -278,11 +278,8 @@ class OutputReplay(MemoryModule):
         self, budget: Budget, batch_size: int | None, require_task_id: bool = True, verbose: int = 0
     ) -> None:
         super().__init__(budget, require_task_id, verbose)
-        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
-            raise ConfigError(
-                f"{type(self).__name__} batch_size must be a positive integer or None, got {batch_size!r}"
-            )
-        self.batch_size = None if batch_size is None else int(batch_size)
+        name = f"{type(self).__name__} batch_size"
+        self.batch_size = None if batch_size is None else check_positive_int(batch_size, name)
 
     def on_task_start(self, task: TaskInfo) -> None:
         """Check the policy, open the task's reservoir and seed the generators."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from clrl.errors import ConfigError
-from clrl.modules.base import ContinualModule, TaskInfo
+from clrl.modules.base import ContinualModule, TaskInfo, check_bool
 
 Budget = int | Literal["all"]
 Rows = dict[str, np.ndarray]
@@ -238,7 +238,7 @@ class MemoryModule(ContinualModule):
     def __init__(self, budget: Budget, require_task_id: bool = True, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.budget = check_budget(budget, f"{type(self).__name__} budget")
-        self.require_task_id = bool(require_task_id)
+        self.require_task_id = check_bool(require_task_id, f"{type(self).__name__} require_task_id")
         self.memory = self.memory_class(self.budget)
         self._rng = np.random.default_rng(0)
         self._sample_rng = np.random.default_rng(0)

@@ -16,8 +16,14 @@ import numpy as np
 import torch
 
 from clrl.algorithms import Networks, check_networks, policy_parameters
-from clrl.errors import ConfigError
-from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, add_to_grad, check_non_negative
+from clrl.modules.base import (
+    ContinualModule,
+    ParamGroup,
+    TaskInfo,
+    add_to_grad,
+    check_non_negative,
+    check_positive_int,
+)
 from clrl.modules.importance import StateBatch, collect_states, policy_outputs
 
 Tensors = dict[str, torch.Tensor]
@@ -169,9 +175,7 @@ class ImportancePenalty(QuadraticPenalty):
         self, strength: float, samples: int = 1024, networks: Networks = "actor", verbose: int = 0
     ) -> None:
         super().__init__(strength, networks, verbose)
-        if int(samples) != samples or samples < 1:
-            raise ConfigError(f"{type(self).__name__} samples must be a positive integer, got {samples}")
-        self.samples = int(samples)
+        self.samples = check_positive_int(samples, f"{type(self).__name__} samples")
         self.importance_seconds = 0.0
         """Wall time of the last importance estimate (state draw included)."""
         self._start_timesteps = 0
