@@ -160,6 +160,7 @@ def load(
         module = cls(**entry["config"])
         module.load_state_dict(entry["state"])
         module.tasks_seen = entry["tasks_seen"]
+        module.bind(model)
         modules.append(module)
     return model, modules
 

@@ -14,7 +14,7 @@ import numpy as np
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError, TrainingError
-from clrl.modules import AGEM, CLEAR, EWC, L2, MAS, SI, ContinualModule, OnlineEWC, Replay
+from clrl.modules import AGEM, CLEAR, EWC, L2, MAS, SI, ContinualModule, OnlineEWC, PackNet, Replay
 from clrl.presets import make_model
 from clrl.runner import TrainResult, check_seed, train, train_multitask, train_single_task
 from clrl.streams import builtin_streams, load_stream, make_stream
@@ -34,6 +34,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "replay": Replay,
     "clear": CLEAR,
     "agem": AGEM,
+    "packnet": PackNet,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")

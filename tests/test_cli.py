@@ -41,6 +41,7 @@ def test_list_names_streams_algorithms_and_methods(capsys: pytest.CaptureFixture
         "replay",
         "clear",
         "agem",
+        "packnet",
         "pendulum-physics",
         "multitask",
         "single-task",

@@ -7,6 +7,7 @@ from clrl.modules.ewc import EWC
 from clrl.modules.l2 import L2
 from clrl.modules.mas import MAS
 from clrl.modules.online_ewc import OnlineEWC
+from clrl.modules.packnet import PackNet
 from clrl.modules.penalty import ImportancePenalty, QuadraticPenalty
 from clrl.modules.replay import Replay
 from clrl.modules.si import SI
@@ -21,6 +22,7 @@ __all__ = [
     "ContinualModule",
     "ImportancePenalty",
     "OnlineEWC",
+    "PackNet",
     "ParamGroup",
     "QuadraticPenalty",
     "Replay",

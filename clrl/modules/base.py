@@ -221,6 +221,11 @@ class ContinualModule(BaseCallback):
         params = inspect.signature(type(self).__init__).parameters
         return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
 
+    def bind(self, model: BaseAlgorithm) -> None:
+        """Attach to ``model`` outside ``learn``, e.g. to select tasks with :meth:`set_task` on a loaded
+        model (:func:`clrl.load` does this); ``learn`` attaches the module by itself."""
+        self.model = model
+
     def set_next_task(self, task: TaskInfo) -> None:
         """Name the task the next ``learn`` call trains (``clrl.train`` does this; own loops need not)."""
         self._next_task = task
