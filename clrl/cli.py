@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -12,10 +13,23 @@ from typing import Any
 import numpy as np
 
 from clrl import metrics
-from clrl.algorithms import ALGORITHMS
+from clrl.algorithms import ALGORITHMS, get_algorithm
 from clrl.errors import ClrlError, ConfigError, TrainingError
-from clrl.modules import AGEM, CLEAR, EWC, L2, MAS, SI, ContinualModule, OnlineEWC, PackNet, Replay
-from clrl.presets import make_model
+from clrl.modules import (
+    AGEM,
+    CLEAR,
+    EWC,
+    L2,
+    MAS,
+    SI,
+    ContinualModule,
+    MultiHead,
+    OnlineEWC,
+    PackNet,
+    Replay,
+    multihead_policy,
+)
+from clrl.presets import make_model, preset
 from clrl.runner import TrainResult, check_seed, train, train_multitask, train_single_task
 from clrl.streams import builtin_streams, load_stream, make_stream
 
@@ -35,6 +49,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "clear": CLEAR,
     "agem": AGEM,
     "packnet": PackNet,
+    "multihead": MultiHead,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")
@@ -96,22 +111,54 @@ def _list() -> None:
     print("methods:\n  " + ", ".join([*METHODS, *BASELINES]))
 
 
+def _method_parts(method: str) -> list[str]:
+    """The module names of a method: one name, or several joined by ``+`` (``multihead+ewc``)."""
+    parts = method.split("+")
+    valid = [*METHODS, *BASELINES]
+    if method in BASELINES:
+        return [method]
+    if any(part not in METHODS for part in parts) or (len(parts) > 1 and "finetune" in parts):
+        raise ConfigError(
+            f"unknown method {method!r}; choose one of: {', '.join(valid)}, or modules joined by '+' "
+            "(e.g. multihead+ewc)"
+        )
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"method {method!r} names a module twice")
+    return parts
+
+
 def _make_modules(method: str, args: dict[str, Any]) -> list[ContinualModule]:
-    cls = METHODS[method]
-    if cls is None:
+    """The modules of ``method``; each ``--method-arg`` goes to every module whose constructor takes it."""
+    classes = [cls for cls in map(METHODS.__getitem__, _method_parts(method)) if cls is not None]
+    if not classes:
         if args:
             raise ConfigError(f"method {method!r} takes no --method-arg")
         return []
+    accepted = {cls: set(inspect.signature(cls.__init__).parameters) - {"self"} for cls in classes}
+    unknown = sorted(k for k in args if not any(k in names for names in accepted.values()))
+    if unknown:
+        raise ConfigError(
+            f"bad --method-arg for {method}: {', '.join(unknown)} is not an argument of "
+            + ", ".join(cls.__name__ for cls in classes)
+        )
     try:
-        return [cls(**args)]
+        return [cls(**{k: v for k, v in args.items() if k in accepted[cls]}) for cls in classes]
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad --method-arg for {cls.__name__}: {exc}") from exc
+        raise ConfigError(f"bad --method-arg for {method}: {exc}") from exc
+
+
+def _multihead_hyperparameters(algo: str, stream: Any, hp: dict[str, Any]) -> dict[str, Any]:
+    """``hp`` with the algorithm's multi-head policy and one head per task (the preset's net kept)."""
+    policy_kwargs = {**preset(stream.name, algo).get("policy_kwargs", {}), **hp.get("policy_kwargs", {})}
+    return {
+        **hp,
+        "policy": multihead_policy(get_algorithm(algo)),
+        "policy_kwargs": {**policy_kwargs, "n_tasks": len(stream)},
+    }
 
 
 def _run(ns: argparse.Namespace) -> list[TrainResult]:
-    valid = [*METHODS, *BASELINES]
-    if ns.method not in valid:
-        raise ConfigError(f"unknown method {ns.method!r}; choose one of: {', '.join(valid)}")
+    parts = _method_parts(ns.method)
     if ns.algo.lower() not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {ns.algo!r}; choose one of: {', '.join(ALGORITHMS)}")
     hp = _parse_assignments(ns.hp, "--hp")
@@ -119,10 +166,12 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
     stream = make_stream(ns.stream, steps_per_task=ns.steps)
     for seed in ns.seeds:
         check_seed(seed, len(stream))
-    if ns.method in METHODS:
+    if ns.method not in BASELINES:
         _make_modules(ns.method, method_args)  # bad --method-arg fails before any training
     elif method_args:
         raise ConfigError(f"baseline {ns.method!r} takes no --method-arg")
+    if "multihead" in parts:
+        hp = _multihead_hyperparameters(ns.algo, stream, hp)
     if ns.verbose:
         hp.setdefault("verbose", 1)
     results = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def test_readme_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
+        exec(compile(textwrap.dedent(block), str(README), "exec"), namespace)
     assert namespace["result"].matrix.shape == (5, 4)
     assert np.isfinite(namespace["result"].matrix).all()
     assert isinstance(namespace["modules"][0], clrl.L2)

@@ -6,6 +6,14 @@ from clrl.modules.clear import CLEAR
 from clrl.modules.ewc import EWC
 from clrl.modules.l2 import L2
 from clrl.modules.mas import MAS
+from clrl.modules.multihead import (
+    MultiHead,
+    MultiHeadActorCriticPolicy,
+    MultiHeadDQNPolicy,
+    MultiHeadSACPolicy,
+    MultiHeadTD3Policy,
+    multihead_policy,
+)
 from clrl.modules.online_ewc import OnlineEWC
 from clrl.modules.packnet import PackNet
 from clrl.modules.penalty import ImportancePenalty, QuadraticPenalty
@@ -21,6 +29,11 @@ __all__ = [
     "SI",
     "ContinualModule",
     "ImportancePenalty",
+    "MultiHead",
+    "MultiHeadActorCriticPolicy",
+    "MultiHeadDQNPolicy",
+    "MultiHeadSACPolicy",
+    "MultiHeadTD3Policy",
     "OnlineEWC",
     "PackNet",
     "ParamGroup",
@@ -28,4 +41,5 @@ __all__ = [
     "Replay",
     "TaskInfo",
     "add_to_grad",
+    "multihead_policy",
 ]

@@ -234,7 +234,7 @@ class ContinualModule(BaseCallback):
     @property
     def sb3_model(self) -> BaseAlgorithm:
         """The model this module was attached to by ``learn``."""
-        if self.model is None:
+        if getattr(self, "model", None) is None:
             raise RuntimeError(f"{type(self).__name__} is not attached to a model: call model.learn first")
         return self.model
 

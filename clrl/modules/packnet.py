@@ -87,7 +87,7 @@ class PackNet(ContinualModule):
     def set_task(self, index: int) -> None:
         """Use the weights of tasks ``0..index`` only (an earlier task), or all of them (the task being
         trained or a later one). Call it with the current task again to undo a mask."""
-        if not self.owner or self.model is None:
+        if not self.owner or getattr(self, "model", None) is None:
             return
         params = self._parameters()
         if self._live is not None:

@@ -1,0 +1,323 @@
+"""Multi-head policies: one output layer per task over a shared trunk, chosen by the observed task id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
+from stable_baselines3.sac.policies import Actor as SACActor
+from stable_baselines3.sac.policies import SACPolicy
+from stable_baselines3.td3.policies import Actor as TD3Actor
+from stable_baselines3.td3.policies import TD3Policy
+from torch import nn
+
+from clrl.errors import ConfigError
+from clrl.modules.base import ContinualModule, TaskInfo, check_bool
+
+
+class TaskRouter:
+    """Tells the task heads of one policy which task each sample belongs to.
+
+    Every features extractor of the policy reports its input here (a forward pre-hook); the task of a sample
+    is the position of the one in the last ``n_tasks`` entries of its observation (what a stream with
+    ``task_id = "observed"`` appends), or the ``"task_id"`` entry of a Dict observation. :attr:`forced`
+    overrides it for every sample.
+    """
+
+    def __init__(self, n_tasks: int) -> None:
+        if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1:
+            raise ConfigError(f"n_tasks must be a positive integer, got {n_tasks!r}")
+        self.n_tasks = n_tasks
+        self.forced: int | None = None
+        """Route every sample to this head (``None``: by the observation's task id)."""
+        self._ids: torch.Tensor | None = None
+
+    def observe(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        """Forward pre-hook of a features extractor: read the batch's task ids."""
+        obs = args[0]
+        one_hot = obs["task_id"] if isinstance(obs, dict) else obs[..., -self.n_tasks :]
+        self._ids = one_hot.argmax(dim=-1)
+
+    def ids(self, x: torch.Tensor) -> torch.Tensor:
+        """The head of each sample of ``x`` (shape ``x.shape[:-1]``; per-sample calls under vmap work too)."""
+        if self.forced is not None:
+            return torch.full(x.shape[:-1], self.forced, dtype=torch.long, device=x.device)
+        if self._ids is None or self._ids.shape != x.shape[:-1]:
+            raise RuntimeError(
+                "a task head ran without its features extractor on the same batch; multi-head policies "
+                "route by the task id in the observation"
+            )
+        return self._ids.to(x.device)
+
+
+class TaskLinear(nn.Module):
+    """A linear layer with one weight matrix and bias per task: sample ``b`` uses those of its task.
+
+    Args:
+        base: The layer it replaces; every task's head starts as a copy of it (SB3's initialisation).
+        router: Where the task of each sample comes from.
+    """
+
+    def __init__(self, base: nn.Linear, router: TaskRouter) -> None:
+        super().__init__()
+        n = router.n_tasks
+        self.weight = nn.Parameter(base.weight.detach().expand(n, *base.weight.shape).clone())
+        bias = base.bias if base.bias is not None else torch.zeros(base.out_features)
+        self.bias = nn.Parameter(bias.detach().expand(n, base.out_features).clone())
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self._router = router  # a plain attribute: not a submodule, not in the state dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = self._router.ids(x)
+        return torch.einsum("...i,...oi->...o", x, self.weight[ids]) + self.bias[ids]
+
+    def extra_repr(self) -> str:
+        tasks = self.weight.shape[0]
+        return f"in_features={self.in_features}, out_features={self.out_features}, tasks={tasks}"
+
+
+def _headed(module: Any, router: TaskRouter) -> Any:
+    """``module`` with its output layer made per-task: a Linear becomes a :class:`TaskLinear`; in a
+    Sequential, the last Linear is replaced in place."""
+    if isinstance(module, nn.Linear):
+        return TaskLinear(module, router)
+    if isinstance(module, nn.Sequential):
+        last, linear = [(i, m) for i, m in enumerate(module) if isinstance(m, nn.Linear)][-1]
+        module[last] = TaskLinear(linear, router)
+        return module
+    raise ConfigError(f"cannot give {type(module).__name__} one head per task")
+
+
+def _route(net: nn.Module, router: TaskRouter) -> None:
+    """Make every features extractor in ``net`` report its input to ``router``."""
+    for m in net.modules():
+        if isinstance(m, BaseFeaturesExtractor):
+            m.register_forward_pre_hook(router.observe)
+
+
+class _TaskHeads:
+    """The ``n_tasks`` argument and router shared by the multi-head policies (SB3 saves ``n_tasks`` with the
+    policy's constructor arguments, so loading rebuilds the heads)."""
+
+    router: TaskRouter
+
+    def __init__(self, *args: Any, n_tasks: int, **kwargs: Any) -> None:
+        self.router = TaskRouter(n_tasks)  # before SB3's constructor, which builds the heads
+        super().__init__(*args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "n_tasks": self.router.n_tasks}  # type: ignore[misc]
+
+
+class MultiHeadActorCriticPolicy(_TaskHeads, ActorCriticPolicy):
+    """SB3's actor-critic policy (PPO, A2C) with one action head and one value head per task.
+
+    The trunk (features extractor, ``mlp_extractor``) and a Gaussian policy's ``log_std`` are shared.
+    Build it with ``PPO(clrl.MultiHeadActorCriticPolicy, env, policy_kwargs={"n_tasks": 4})``.
+
+    Args:
+        *args: As :class:`~stable_baselines3.common.policies.ActorCriticPolicy`.
+        n_tasks: Number of heads: the stream's number of tasks (its observations end with a one-hot of
+            that length).
+        **kwargs: As :class:`~stable_baselines3.common.policies.ActorCriticPolicy`.
+    """
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        self.action_net = _headed(self.action_net, self.router)
+        self.value_net = _headed(self.value_net, self.router)
+        _route(self, self.router)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+
+class MultiHeadDQNPolicy(_TaskHeads, DQNPolicy):
+    """SB3's DQN policy with one Q-value head per task (Q-network and target network).
+
+    Build it with ``DQN(clrl.MultiHeadDQNPolicy, env, policy_kwargs={"n_tasks": 4})``.
+
+    Args:
+        *args: As :class:`~stable_baselines3.dqn.policies.DQNPolicy`.
+        n_tasks: Number of heads (the stream's number of tasks).
+        **kwargs: As :class:`~stable_baselines3.dqn.policies.DQNPolicy`.
+    """
+
+    def make_q_net(self) -> QNetwork:
+        q_net = super().make_q_net()
+        _headed(q_net.q_net, self.router)  # in place
+        _route(q_net, self.router)
+        return q_net.to(self.device)
+
+
+def _headed_critic(critic: BaseModel, router: TaskRouter) -> None:
+    for q_net in getattr(critic, "q_networks"):  # noqa: B009 (torch types attributes as Tensor | Module)
+        _headed(q_net, router)
+    _route(critic, router)
+
+
+class MultiHeadSACPolicy(_TaskHeads, SACPolicy):
+    """SB3's SAC policy with one head per task for the actor's mean and log-std and for every critic.
+
+    Build it with ``SAC(clrl.MultiHeadSACPolicy, env, policy_kwargs={"n_tasks": 4})`` (not with gSDE).
+
+    Args:
+        *args: As :class:`~stable_baselines3.sac.policies.SACPolicy`.
+        n_tasks: Number of heads (the stream's number of tasks).
+        **kwargs: As :class:`~stable_baselines3.sac.policies.SACPolicy`.
+    """
+
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> SACActor:
+        actor = super().make_actor(features_extractor)
+        if actor.use_sde:
+            raise ConfigError("MultiHeadSACPolicy does not support gSDE; use use_sde=False")
+        actor.mu = _headed(actor.mu, self.router)
+        actor.log_std = _headed(actor.log_std, self.router)  # a Linear without gSDE
+        _route(actor, self.router)
+        return actor.to(self.device)
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
+        critic = super().make_critic(features_extractor)
+        _headed_critic(critic, self.router)
+        return critic.to(self.device)
+
+
+class MultiHeadTD3Policy(_TaskHeads, TD3Policy):
+    """SB3's TD3 policy with one head per task for the actor (and its target) and every critic.
+
+    Build it with ``TD3(clrl.MultiHeadTD3Policy, env, policy_kwargs={"n_tasks": 4})``.
+
+    Args:
+        *args: As :class:`~stable_baselines3.td3.policies.TD3Policy`.
+        n_tasks: Number of heads (the stream's number of tasks).
+        **kwargs: As :class:`~stable_baselines3.td3.policies.TD3Policy`.
+    """
+
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> TD3Actor:
+        actor = super().make_actor(features_extractor)
+        _headed(actor.mu, self.router)  # in place
+        _route(actor, self.router)
+        return actor.to(self.device)
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
+        critic = super().make_critic(features_extractor)
+        _headed_critic(critic, self.router)
+        return critic.to(self.device)
+
+
+MULTIHEAD_POLICIES: dict[str, type[BaseModel]] = {
+    "PPO": MultiHeadActorCriticPolicy,
+    "A2C": MultiHeadActorCriticPolicy,
+    "DQN": MultiHeadDQNPolicy,
+    "SAC": MultiHeadSACPolicy,
+    "TD3": MultiHeadTD3Policy,
+}
+"""The multi-head policy class of each supported algorithm, by class name."""
+
+
+def multihead_policy(algorithm: type[BaseAlgorithm] | str) -> type[BaseModel]:
+    """The multi-head policy class for ``algorithm`` (a class or a name such as ``"ppo"``).
+
+    Raises:
+        ConfigError: The algorithm has none (supported: PPO, A2C, DQN, SAC, TD3).
+    """
+    name = algorithm if isinstance(algorithm, str) else algorithm.__name__
+    try:
+        return MULTIHEAD_POLICIES[name.upper()]
+    except KeyError:
+        raise ConfigError(
+            f"no multi-head policy for {name}; supported: {', '.join(MULTIHEAD_POLICIES)}"
+        ) from None
+
+
+def task_router(model: BaseAlgorithm) -> TaskRouter | None:
+    """The router of ``model``'s multi-head policy (``None``: not a multi-head policy)."""
+    router = getattr(model.policy, "router", None)
+    return router if isinstance(router, TaskRouter) else None
+
+
+class MultiHead(ContinualModule):
+    """The multi-head setting: one output head per task over a shared trunk (Continual World's setting).
+
+    The heads live in the policy: build the model with the algorithm's multi-head policy
+    (:func:`multihead_policy`: ``PPO(clrl.MultiHeadActorCriticPolicy, env, policy_kwargs={"n_tasks": n})``,
+    likewise ``MultiHeadDQNPolicy``, ``MultiHeadSACPolicy``, ``MultiHeadTD3Policy``). Each sample is routed to
+    the head of the task whose id its observation carries, so batches that mix tasks (replayed transitions
+    of :class:`Replay`, CLEAR's or A-GEM's stored states) use every sample's own head, and the evaluator's
+    episodes of task ``j`` use head ``j``. Only the trunk is shared: combine this module with a penalty
+    (``[clrl.MultiHead(), clrl.EWC()]``) or with replay to protect it. This module checks the setting (an
+    observed task id, one head per task) and lets you pick a head by hand: ``set_task(j)`` routes every
+    sample to head ``j`` until ``set_task`` names the task being trained again.
+
+    Paper: Wołczyk et al. 2021, "Continual World: A Robotic Benchmark For Continual Reinforcement Learning"
+    (NeurIPS), multi-head setting; heads per task as in Li & Hoiem 2016 and Rusu et al. 2016.
+
+    Args:
+        require_task_id: Refuse streams whose task id is hidden in ``clrl.train`` (the heads are routed by
+            it; with ``False`` the evaluator's ``set_task`` still picks heads, but training routes by the
+            observation, which then carries no id).
+        verbose: SB3 callback verbosity.
+    """
+
+    name = "multihead"
+
+    def __init__(self, require_task_id: bool = True, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.require_task_id = check_bool(require_task_id, "MultiHead require_task_id")
+        self.task_index = -1
+        self._stream_tasks: int | None = None
+
+    def check_stream(self, stream: Any) -> None:
+        """Refuse a hidden task id unless ``require_task_id=False``; remember the number of tasks."""
+        self._stream_tasks = len(stream)
+        if self.require_task_id and stream.task_id == "hidden":
+            raise ConfigError(
+                f"MultiHead routes samples by their task id, but stream {stream.name!r} hides it; use a "
+                "stream with task_id = 'observed'"
+            )
+
+    def _router(self) -> TaskRouter:
+        router = task_router(self.sb3_model)
+        if router is None:
+            raise ConfigError(
+                f"MultiHead needs a multi-head policy; build the model with "
+                f"{type(self.sb3_model).__name__}(clrl.multihead_policy({type(self.sb3_model).__name__}), "
+                "env, policy_kwargs={'n_tasks': len(stream)})"
+            )
+        return router
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Check the policy has a head for this task; route by observation while training."""
+        router = self._router()
+        if self._stream_tasks is not None and router.n_tasks != self._stream_tasks:
+            raise ConfigError(
+                f"the policy has {router.n_tasks} heads but the stream {self._stream_tasks} tasks; build it "
+                f"with policy_kwargs={{'n_tasks': {self._stream_tasks}}}"
+            )
+        if task.index >= router.n_tasks:
+            raise ConfigError(f"the policy has {router.n_tasks} heads, no head for task index {task.index}")
+        router.forced = None
+        self.task_index = task.index
+
+    def set_task(self, index: int) -> None:
+        """Route every sample to head ``index`` (by the observation again when ``index`` is the task being
+        trained)."""
+        if getattr(self, "model", None) is None:
+            return
+        self._router().forced = None if index == self.task_index else index
+
+    def log_scalars(self) -> dict[str, float]:
+        """``params_per_head``: parameters one task's heads add."""
+        heads = [m for m in self.sb3_model.policy.modules() if isinstance(m, TaskLinear)]
+        return {"params_per_head": float(sum((m.weight[0].numel() + m.bias[0].numel()) for m in heads))}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The index of the last task trained."""
+        return {"task_index": self.task_index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.task_index = int(state["task_index"])

@@ -1,0 +1,174 @@
+"""Multi-head policies: per-sample routing by task id, untouched heads, saving, the module, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import ALGO_SETUPS, cartpole_stream
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+import clrl
+from clrl.modules.multihead import TaskLinear, task_router
+
+
+def multihead_model(algo: str, stream: clrl.TaskStream | None = None, seed: int = 0) -> BaseAlgorithm:
+    cls, make_stream, hyper = ALGO_SETUPS[algo]
+    stream = stream or make_stream()
+    kwargs = dict(hyper)
+    policy_kwargs = {**kwargs.pop("policy_kwargs", {}), "n_tasks": len(stream)}
+    return cls(
+        clrl.multihead_policy(cls), stream.make_vec_env(0, seed=seed), seed=seed, device="cpu",
+        policy_kwargs=policy_kwargs, **kwargs,
+    )  # fmt: skip
+
+
+def task_obs(stream: clrl.TaskStream, task: int, n: int = 4) -> torch.Tensor:
+    env = stream.make_env(task)
+    return torch.as_tensor(np.stack([env.reset(seed=s)[0] for s in range(n)]))
+
+
+def heads(model: BaseAlgorithm) -> dict[str, TaskLinear]:
+    return {n: m for n, m in model.policy.named_modules() if isinstance(m, TaskLinear)}
+
+
+def outputs(model: BaseAlgorithm, obs: torch.Tensor) -> torch.Tensor:
+    """The actor's output: action logits or means, or Q-values."""
+    policy: Any = model.policy
+    with torch.no_grad():
+        if hasattr(policy, "q_net"):
+            return policy.q_net(obs)
+        if hasattr(policy, "actor"):
+            return policy.actor(obs, deterministic=True)
+        return policy.get_distribution(obs).distribution.logits
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "sac", "td3"])
+def test_every_output_layer_has_one_head_per_task_and_other_heads_stay_untouched(algo: str) -> None:
+    model = multihead_model(algo)
+    found = heads(model)
+    assert found and all(h.weight.shape[0] == 2 for h in found.values())
+    before = {n: h.weight.detach().clone() for n, h in found.items()}
+    assert all(torch.equal(w[0], w[1]) for w in before.values())  # every head starts as SB3 built it
+    model.learn(128, callback=clrl.MultiHead())
+    trained = [n for n, h in found.items() if not torch.equal(h.weight[0], before[n][0])]
+    assert trained  # task 0's heads learned
+    for name, head in found.items():
+        if "target" not in name:
+            torch.testing.assert_close(head.weight[1], before[name][1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "sac"])
+def test_a_mixed_batch_routes_each_sample_to_its_own_head(algo: str) -> None:
+    model = multihead_model(algo)
+    stream = ALGO_SETUPS[algo][1]()
+    with torch.no_grad():
+        for head in heads(model).values():
+            head.weight[1].mul_(-2.0)  # make the heads differ
+    first, second = task_obs(stream, 0), task_obs(stream, 1)
+    mixed = outputs(model, torch.cat([first[:2], second[2:]]))
+    expected = torch.cat([outputs(model, first)[:2], outputs(model, second)[2:]])
+    torch.testing.assert_close(mixed, expected)
+    relabelled = first.clone()
+    relabelled[:, -2:] = second[:, -2:]  # task 0's states with task 1's id
+    assert not torch.allclose(outputs(model, relabelled), outputs(model, first))
+
+
+def test_set_task_routes_every_sample_to_one_head(tiny_stream: clrl.TaskStream) -> None:
+    model = multihead_model("ppo", tiny_stream)
+    module = clrl.MultiHead()
+    model.learn(64, callback=module)
+    with torch.no_grad():
+        heads(model)["action_net"].weight[1].add_(1.0)
+    obs = task_obs(tiny_stream, 0)
+    own = outputs(model, obs)
+    module.set_task(1)
+    forced = outputs(model, obs)
+    module.set_task(0)
+    assert not torch.allclose(own, forced)
+    torch.testing.assert_close(outputs(model, obs), own)
+    with_id_1 = obs.clone()
+    with_id_1[:, -2:] = torch.tensor([0.0, 1.0])
+    routed = outputs(model, with_id_1)
+    module.set_task(1)
+    torch.testing.assert_close(outputs(model, with_id_1), routed)  # task 1's id selects head 1
+    module.set_task(0)
+
+
+def test_saved_model_loads_with_its_heads(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
+    model = multihead_model("ppo", tiny_stream)
+    module = clrl.MultiHead()
+    clrl.train(model, tiny_stream, [module, clrl.EWC(strength=10.0, samples=32)], eval_episodes=2)
+    clrl.save(model, tmp_path / "model.zip", [module])
+    loaded, _ = clrl.load(tmp_path / "model.zip")
+    plain = PPO.load(tmp_path / "model.zip", device="cpu")  # SB3 alone reads it too
+    for task in range(2):
+        obs = task_obs(tiny_stream, task)
+        torch.testing.assert_close(outputs(loaded, obs), outputs(model, obs), rtol=0, atol=0)
+        torch.testing.assert_close(outputs(plain, obs), outputs(model, obs), rtol=0, atol=0)
+
+
+def test_multihead_with_replay_trains_on_mixed_batches() -> None:
+    model = multihead_model("dqn")
+    stream = ALGO_SETUPS["dqn"][1]()
+    replay = clrl.Replay(budget=200, fraction=0.5)
+    result = clrl.train(model, stream, [clrl.MultiHead(), replay], eval_episodes=2)
+    assert np.isfinite(result.matrix).all() and replay.replayed > 0
+
+
+def test_multihead_refuses_what_it_cannot_serve(tiny_stream: clrl.TaskStream) -> None:
+    with pytest.raises(clrl.ConfigError, match="multi-head policy"):
+        clrl.train(
+            ALGO_SETUPS["ppo"][0]("MlpPolicy", tiny_stream.make_vec_env(0)), tiny_stream, [clrl.MultiHead()]
+        )
+    hidden = cartpole_stream(task_id="hidden")
+    with pytest.raises(clrl.ConfigError, match="hides it"):
+        clrl.train(multihead_model("ppo", hidden), hidden, [clrl.MultiHead()])
+    with pytest.raises(clrl.ConfigError, match="n_tasks"):
+        PPO(clrl.MultiHeadActorCriticPolicy, tiny_stream.make_vec_env(0), policy_kwargs={"n_tasks": 0})
+    with pytest.raises(clrl.ConfigError, match="no multi-head policy for qrdqn"):
+        clrl.multihead_policy("qrdqn")
+    model = multihead_model("ppo", tiny_stream)
+    assert task_router(model) is not None and task_router(model).n_tasks == 2  # type: ignore[union-attr]
+    cls, _, hyper = ALGO_SETUPS["ppo"]
+    hyper = {k: v for k, v in hyper.items() if k != "policy_kwargs"}
+    one_head = cls(
+        clrl.MultiHeadActorCriticPolicy, tiny_stream.make_vec_env(0), policy_kwargs={"n_tasks": 1}, **hyper
+    )
+    with pytest.raises(clrl.ConfigError, match="1 heads but the stream 2 tasks"):
+        clrl.train(one_head, tiny_stream, [clrl.MultiHead()], eval_episodes=1)
+    module = clrl.MultiHead()
+    one_head.learn(32, callback=module)
+    with pytest.raises(clrl.ConfigError, match="no head for task index 1"):
+        one_head.learn(32, callback=module)
+
+
+def test_multihead_plus_ewc_from_the_command_line(tmp_path: Path) -> None:
+    from test_cli import TINY
+
+    from clrl.cli import main
+
+    args = ["run", "cartpole-flip", "--method", "multihead+ewc", "--method-arg", "strength=5.0", "samples=16"]
+    assert main([*args, "--logdir", str(tmp_path), *TINY]) == 0
+    saved = json.loads(
+        (tmp_path / "cartpole-flip" / "ppo-multihead+ewc" / "seed0" / "results.json").read_text()
+    )
+    assert [m["class"] for m in saved["config"]["modules"]] == ["MultiHead", "EWC"]
+    assert saved["config"]["modules"][1]["config"]["strength"] == 5.0
+    checkpoint = (
+        tmp_path
+        / "cartpole-flip"
+        / "ppo-multihead+ewc"
+        / "seed0"
+        / "checkpoints"
+        / "task04-long-pole-flipped"
+    )
+    model, _ = clrl.load(checkpoint)
+    assert len(heads(model)["action_net"].weight) == 4
+    assert main(["run", "cartpole-flip", "--method", "ewc+ewc", "--logdir", str(tmp_path), *TINY]) == 2
+    assert main(["run", "cartpole-flip", "--method", "finetune+l2", "--logdir", str(tmp_path), *TINY]) == 2
