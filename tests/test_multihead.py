@@ -52,8 +52,8 @@ def outputs(model: BaseAlgorithm, obs: torch.Tensor) -> torch.Tensor:
 def test_every_output_layer_has_one_head_per_task_and_other_heads_stay_untouched(algo: str) -> None:
     model = multihead_model(algo)
     found = heads(model)
-    assert found and all(h.weight.shape[0] == 2 for h in found.values())
-    before = {n: h.weight.detach().clone() for n, h in found.items()}
+    assert found and all(len(h.weight) == 2 for h in found.values())
+    before = {n: [w.detach().clone() for w in h.weight] for n, h in found.items()}
     assert all(torch.equal(w[0], w[1]) for w in before.values())  # every head starts as SB3 built it
     model.learn(128, callback=clrl.MultiHead())
     trained = [n for n, h in found.items() if not torch.equal(h.weight[0], before[n][0])]
@@ -172,3 +172,21 @@ def test_multihead_plus_ewc_from_the_command_line(tmp_path: Path) -> None:
     assert len(heads(model)["action_net"].weight) == 4
     assert main(["run", "cartpole-flip", "--method", "ewc+ewc", "--logdir", str(tmp_path), *TINY]) == 2
     assert main(["run", "cartpole-flip", "--method", "finetune+l2", "--logdir", str(tmp_path), *TINY]) == 2
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "sac"])
+def test_a_finished_tasks_heads_never_move_again(algo: str) -> None:
+    """Separate parameters per head: training task 1 gives task 0's heads no gradient, so Adam's momentum
+    from task 0 cannot move them (one stacked tensor would let it)."""
+    model = multihead_model(algo)
+    stream = ALGO_SETUPS[algo][1]()
+    module = clrl.MultiHead()
+    model.set_env(stream.make_vec_env(0, seed=0))
+    model.learn(128, callback=module)
+    first = {n: h.weight[0].detach().clone() for n, h in heads(model).items() if "target" not in n}
+    model.set_env(stream.make_vec_env(1, seed=1))
+    if getattr(model, "replay_buffer", None) is not None:
+        model.replay_buffer.reset()  # as clrl.train does: task 1's batches hold no task-0 samples
+    model.learn(128, callback=module, reset_num_timesteps=False)
+    for name, weight in first.items():
+        torch.testing.assert_close(heads(model)[name].weight[0], weight, rtol=0, atol=0)

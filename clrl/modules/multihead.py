@@ -58,6 +58,10 @@ class TaskRouter:
 class TaskLinear(nn.Module):
     """A linear layer with one weight matrix and bias per task: sample ``b`` uses those of its task.
 
+    Each task's weight and bias are separate parameters, and a batch only runs the heads of the tasks in it,
+    so the other heads get no gradient at all (``None``): the optimiser skips them, and Adam's momentum from
+    their own task cannot move them later.
+
     Args:
         base: The layer it replaces; every task's head starts as a copy of it (SB3's initialisation).
         router: Where the task of each sample comes from.
@@ -65,20 +69,30 @@ class TaskLinear(nn.Module):
 
     def __init__(self, base: nn.Linear, router: TaskRouter) -> None:
         super().__init__()
-        n = router.n_tasks
-        self.weight = nn.Parameter(base.weight.detach().expand(n, *base.weight.shape).clone())
         bias = base.bias if base.bias is not None else torch.zeros(base.out_features)
-        self.bias = nn.Parameter(bias.detach().expand(n, base.out_features).clone())
+        self.weight = nn.ParameterList(base.weight.detach().clone() for _ in range(router.n_tasks))
+        self.bias = nn.ParameterList(bias.detach().clone() for _ in range(router.n_tasks))
         self.in_features, self.out_features = base.in_features, base.out_features
         self._router = router  # a plain attribute: not a submodule, not in the state dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = self._router.ids(x)
-        return torch.einsum("...i,...oi->...o", x, self.weight[ids]) + self.bias[ids]
+        if torch._C._functorch.is_functorch_wrapped_tensor(x):
+            # Inside torch.func transforms (per-sample gradients of the importance estimates): no
+            # data-dependent shapes there, so gather every sample's head from the stacked heads.
+            weight, bias = torch.stack(list(self.weight)), torch.stack(list(self.bias))
+            return torch.einsum("...i,...oi->...o", x, weight[ids]) + bias[ids]
+        tasks = torch.unique(ids).tolist()
+        if len(tasks) == 1:
+            return nn.functional.linear(x, self.weight[tasks[0]], self.bias[tasks[0]])
+        out = x.new_empty(*x.shape[:-1], self.out_features)
+        for task in tasks:
+            rows = ids == task
+            out[rows] = nn.functional.linear(x[rows], self.weight[task], self.bias[task])
+        return out
 
     def extra_repr(self) -> str:
-        tasks = self.weight.shape[0]
-        return f"in_features={self.in_features}, out_features={self.out_features}, tasks={tasks}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, tasks={len(self.weight)}"
 
 
 def _headed(module: Any, router: TaskRouter) -> Any:
@@ -312,7 +326,7 @@ class MultiHead(ContinualModule):
     def log_scalars(self) -> dict[str, float]:
         """``params_per_head``: parameters one task's heads add."""
         heads = [m for m in self.sb3_model.policy.modules() if isinstance(m, TaskLinear)]
-        return {"params_per_head": float(sum((m.weight[0].numel() + m.bias[0].numel()) for m in heads))}
+        return {"params_per_head": float(sum(m.weight[0].numel() + m.bias[0].numel() for m in heads))}
 
     def state_dict(self) -> dict[str, Any]:
         """The index of the last task trained."""
