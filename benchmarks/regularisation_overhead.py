@@ -22,6 +22,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,15 +44,23 @@ MODULES: dict[str, Factory] = {
 }
 
 
-def time_modules(args: argparse.Namespace, configurations: dict[str, Factory] = MODULES) -> None:
-    """Part 1 of the module doc for ``configurations`` (name -> module factory; ``"plain"`` first)."""
+def time_modules(
+    args: argparse.Namespace,
+    configurations: dict[str, Factory] = MODULES,
+    hyperparameters: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, list[float]]:
+    """Part 1 of the module doc for ``configurations`` (name -> module factory; ``"plain"`` first), each
+    model built with ``hyperparameters[name]`` over the preset. Returns the CPU seconds per (repeat, task)."""
     stream = clrl.make_stream(args.stream, steps_per_task=args.steps)
     names = list(configurations)
     cpu: dict[str, list[float]] = {name: [] for name in names}  # per (repeat, task)
     wall: dict[str, list[float]] = {name: [] for name in names}
     importance: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
-        models = {name: make_model(args.algo, stream, seed=repeat, device="cpu") for name in names}
+        models = {
+            name: make_model(args.algo, stream, repeat, (hyperparameters or {}).get(name), device="cpu")
+            for name in names
+        }
         modules = {name: factory() if factory else None for name, factory in configurations.items()}
         for i in range(len(stream)):
             # All configurations train task i back to back (order rotated), so drifts of a shared machine
@@ -89,6 +98,8 @@ def time_modules(args: argparse.Namespace, configurations: dict[str, Factory] = 
             f"{name:<11} cpu {statistics.median(cpu[name]):6.2f} s  ratio {statistics.median(ratios):.3f}"
             f" [{min(ratios):.3f}, {max(ratios):.3f}]   wall {statistics.median(wall_ratios):.3f}" + share
         )
+
+    return cpu
 
 
 def peak_rss_mb() -> float:

@@ -26,8 +26,10 @@ from clrl.modules import (
     MultiHead,
     OnlineEWC,
     PackNet,
+    ProgressiveColumns,
     Replay,
     multihead_policy,
+    progressive_policy,
 )
 from clrl.presets import make_model, preset
 from clrl.runner import TrainResult, check_seed, train, train_multitask, train_single_task
@@ -50,6 +52,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "agem": AGEM,
     "packnet": PackNet,
     "multihead": MultiHead,
+    "progressive": ProgressiveColumns,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")
@@ -147,12 +150,19 @@ def _make_modules(method: str, args: dict[str, Any]) -> list[ContinualModule]:
         raise ConfigError(f"bad --method-arg for {method}: {exc}") from exc
 
 
-def _multihead_hyperparameters(algo: str, stream: Any, hp: dict[str, Any]) -> dict[str, Any]:
-    """``hp`` with the algorithm's multi-head policy and one head per task (the preset's net kept)."""
+POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
+    "multihead": multihead_policy,
+    "progressive": progressive_policy,
+}
+"""Methods that need their own policy class, and the function that names it for an algorithm."""
+
+
+def _policy_hyperparameters(method: str, algo: str, stream: Any, hp: dict[str, Any]) -> dict[str, Any]:
+    """``hp`` with the policy ``method`` needs, one head or column per task (the preset's net kept)."""
     policy_kwargs = {**preset(stream.name, algo).get("policy_kwargs", {}), **hp.get("policy_kwargs", {})}
     return {
         **hp,
-        "policy": multihead_policy(get_algorithm(algo)),
+        "policy": POLICY_METHODS[method](get_algorithm(algo)),
         "policy_kwargs": {**policy_kwargs, "n_tasks": len(stream)},
     }
 
@@ -170,8 +180,11 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
         _make_modules(ns.method, method_args)  # bad --method-arg fails before any training
     elif method_args:
         raise ConfigError(f"baseline {ns.method!r} takes no --method-arg")
-    if "multihead" in parts:
-        hp = _multihead_hyperparameters(ns.algo, stream, hp)
+    policy_methods = [part for part in parts if part in POLICY_METHODS]
+    if len(policy_methods) > 1:
+        raise ConfigError(f"{' and '.join(policy_methods)} each need their own policy; choose one")
+    if policy_methods:
+        hp = _policy_hyperparameters(policy_methods[0], ns.algo, stream, hp)
     if ns.verbose:
         hp.setdefault("verbose", 1)
     results = []

@@ -17,6 +17,14 @@ from clrl.modules.multihead import (
 from clrl.modules.online_ewc import OnlineEWC
 from clrl.modules.packnet import PackNet
 from clrl.modules.penalty import ImportancePenalty, QuadraticPenalty
+from clrl.modules.progressive import (
+    ProgressiveActorCriticPolicy,
+    ProgressiveColumns,
+    ProgressiveDQNPolicy,
+    ProgressiveSACPolicy,
+    ProgressiveTD3Policy,
+    progressive_policy,
+)
 from clrl.modules.replay import Replay
 from clrl.modules.si import SI
 
@@ -37,9 +45,15 @@ __all__ = [
     "OnlineEWC",
     "PackNet",
     "ParamGroup",
+    "ProgressiveActorCriticPolicy",
+    "ProgressiveColumns",
+    "ProgressiveDQNPolicy",
+    "ProgressiveSACPolicy",
+    "ProgressiveTD3Policy",
     "QuadraticPenalty",
     "Replay",
     "TaskInfo",
     "add_to_grad",
     "multihead_policy",
+    "progressive_policy",
 ]

@@ -280,7 +280,7 @@ class MultiHead(ContinualModule):
 
     def __init__(self, require_task_id: bool = True, verbose: int = 0) -> None:
         super().__init__(verbose)
-        self.require_task_id = check_bool(require_task_id, "MultiHead require_task_id")
+        self.require_task_id = check_bool(require_task_id, f"{type(self).__name__} require_task_id")
         self.task_index = -1
         self._stream_tasks: int | None = None
 
@@ -289,8 +289,8 @@ class MultiHead(ContinualModule):
         self._stream_tasks = len(stream)
         if self.require_task_id and stream.task_id == "hidden":
             raise ConfigError(
-                f"MultiHead routes samples by their task id, but stream {stream.name!r} hides it; use a "
-                "stream with task_id = 'observed'"
+                f"{type(self).__name__} routes samples by their task id, but stream {stream.name!r} hides "
+                "it; use a stream with task_id = 'observed'"
             )
 
     def _router(self) -> TaskRouter:
