@@ -232,19 +232,24 @@ MULTIHEAD_POLICIES: dict[str, type[BaseModel]] = {
 """The multi-head policy class of each supported algorithm, by class name."""
 
 
+def policy_for(
+    table: dict[str, type[BaseModel]], algorithm: type[BaseAlgorithm] | str, what: str
+) -> type[BaseModel]:
+    """The policy class ``table`` gives ``algorithm`` (a class or a name), or a :class:`ConfigError`."""
+    name = algorithm if isinstance(algorithm, str) else algorithm.__name__
+    try:
+        return table[name.upper()]
+    except KeyError:
+        raise ConfigError(f"no {what} policy for {name}; supported: {', '.join(table)}") from None
+
+
 def multihead_policy(algorithm: type[BaseAlgorithm] | str) -> type[BaseModel]:
     """The multi-head policy class for ``algorithm`` (a class or a name such as ``"ppo"``).
 
     Raises:
         ConfigError: The algorithm has none (supported: PPO, A2C, DQN, SAC, TD3).
     """
-    name = algorithm if isinstance(algorithm, str) else algorithm.__name__
-    try:
-        return MULTIHEAD_POLICIES[name.upper()]
-    except KeyError:
-        raise ConfigError(
-            f"no multi-head policy for {name}; supported: {', '.join(MULTIHEAD_POLICIES)}"
-        ) from None
+    return policy_for(MULTIHEAD_POLICIES, algorithm, "multi-head")
 
 
 def task_router(model: BaseAlgorithm) -> TaskRouter | None:

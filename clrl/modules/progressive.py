@@ -17,7 +17,16 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from clrl.errors import ConfigError
-from clrl.modules.multihead import MultiHead, TaskLinear, TaskRouter, _headed, _route, _TaskHeads, task_router
+from clrl.modules.multihead import (
+    MultiHead,
+    TaskLinear,
+    TaskRouter,
+    _headed,
+    _route,
+    _TaskHeads,
+    policy_for,
+    task_router,
+)
 
 
 class ProgressiveMLP(nn.Module):
@@ -240,13 +249,7 @@ def progressive_policy(algorithm: type[BaseAlgorithm] | str) -> type[BaseModel]:
     Raises:
         ConfigError: The algorithm has none (supported: PPO, A2C, DQN, SAC, TD3).
     """
-    name = algorithm if isinstance(algorithm, str) else algorithm.__name__
-    try:
-        return PROGRESSIVE_POLICIES[name.upper()]
-    except KeyError:
-        raise ConfigError(
-            f"no progressive policy for {name}; supported: {', '.join(PROGRESSIVE_POLICIES)}"
-        ) from None
+    return policy_for(PROGRESSIVE_POLICIES, algorithm, "progressive")
 
 
 class ProgressiveColumns(MultiHead):
