@@ -112,6 +112,7 @@ def _list() -> None:
         print(f"  {name:<20} {len(stream)} tasks, task id {stream.task_id:<8}  {stream.description}")
     print("algorithms:\n  " + ", ".join(ALGORITHMS))
     print("methods:\n  " + ", ".join([*METHODS, *BASELINES]))
+    print("  (modules combine with '+', e.g. multihead+ewc)")
 
 
 def _method_parts(method: str) -> list[str]:
