@@ -14,14 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 
 import clrl
-from clrl.presets import make_model
+from clrl.presets import make_model, preset
 
 
 @dataclass
 class Args:
     stream: str = "cartpole-flip"  # built-in stream name or a stream file
     algo: str = "ppo"  # ppo, a2c, dqn, sac, td3 (and sb3-contrib's when installed)
-    method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si, replay, clear, agem
+    method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si, replay, clear, agem, packnet,
+    #                           multihead, progressive
     strength: float = 1000.0  # penalty coefficient of the penalty modules (l2 ... si)
     steps: int | None = None  # steps per task (default: the stream's)
     seed: int = 0
@@ -44,20 +45,36 @@ def main() -> None:
     # 1. The stream: an ordered sequence of Gymnasium task variants.
     stream = clrl.make_stream(args.stream, steps_per_task=args.steps)
 
-    # 2. The agent: a plain SB3 model built on the first task's environment.
-    model = make_model(args.algo, stream, seed=args.seed)
+    # 2. The agent: an SB3 model built on the first task's environment. Multi-head and progressive
+    #    methods need their own policy class, with one head or column per task.
+    policies = {"multihead": clrl.multihead_policy, "progressive": clrl.progressive_policy}
+    overrides = {}
+    if args.method in policies:
+        net = preset(stream.name, args.algo).get("policy_kwargs", {})
+        overrides = {
+            "policy": policies[args.method](args.algo),
+            "policy_kwargs": {**net, "n_tasks": len(stream)},
+        }
+    model = make_model(args.algo, stream, args.seed, overrides)
 
     # 3. Continual modules plug into the model as callbacks.
     penalties = {"l2": clrl.L2, "ewc": clrl.EWC, "online-ewc": clrl.OnlineEWC, "mas": clrl.MAS, "si": clrl.SI}
-    replays = {"replay": clrl.Replay, "clear": clrl.CLEAR, "agem": clrl.AGEM}  # their default budgets
-    if args.method not in (*penalties, *replays, "finetune"):
-        choices = ", ".join(["finetune", *penalties, *replays])
+    others = {  # default hyperparameters
+        "replay": clrl.Replay,
+        "clear": clrl.CLEAR,
+        "agem": clrl.AGEM,
+        "packnet": clrl.PackNet,
+        "multihead": clrl.MultiHead,
+        "progressive": clrl.ProgressiveColumns,
+    }
+    if args.method not in (*penalties, *others, "finetune"):
+        choices = ", ".join(["finetune", *penalties, *others])
         raise SystemExit(f"unknown --method {args.method!r}; choose {choices}")
     modules: list[clrl.ContinualModule] = []
     if args.method in penalties:
         modules.append(penalties[args.method](strength=args.strength))
-    elif args.method in replays:
-        modules.append(replays[args.method]())
+    elif args.method in others:
+        modules.append(others[args.method]())
 
     # 4. Learn the tasks one after another; evaluate on every task after each.
     result = clrl.train(
