@@ -12,7 +12,7 @@ import io
 import os
 import random
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,10 @@ _KEEP_OWN = frozenset(
 
 
 def restore(
-    path: str | Path, model: BaseAlgorithm, modules: Sequence[ContinualModule] = ()
+    path: str | Path,
+    model: BaseAlgorithm,
+    modules: Sequence[ContinualModule] = (),
+    validate: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save` into an existing model and modules, in place.
 
@@ -201,6 +204,7 @@ def restore(
         path: The checkpoint.
         model: A model of the algorithm and spaces the checkpoint was saved from.
         modules: Modules of the same classes and configuration, in the same order.
+        validate: Called with the checkpoint's metadata before anything is changed; raise to refuse it.
 
     Returns:
         The checkpoint's metadata.
@@ -209,6 +213,8 @@ def restore(
         CheckpointError: The file is missing or corrupt, or was saved from another algorithm or other modules.
     """
     payload = read_payload(path)
+    if validate is not None:
+        validate(payload["metadata"])
     if payload["algorithm"] != _qualname(type(model)):
         raise CheckpointError(
             f"{str(path)!r} holds a {payload['algorithm']} model, not a {_qualname(type(model))} one"

@@ -585,16 +585,18 @@ class _Run:
                 f"cannot resume {str(self.root)!r}: results.json records {first} completed task(s), but "
                 f"{str(path)!r} is missing (was the run made with checkpoints=False?)"
             )
-        meta = checkpoint.read_payload(path)["metadata"]
         expected = {"stream": self.stream.name, "task_index": first - 1, "method": self.config["method"]}
         expected.update(seed=self.seed, clrl=__version__)
-        wrong = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
-        if wrong or "rng" not in meta:
-            raise CheckpointError(
-                f"cannot resume from {str(path)!r}: it was written for {wrong or 'no random state'}, "
-                f"this run has {expected}; pass overwrite=True (--overwrite) to start afresh"
-            )
-        checkpoint.restore(path, self.model, self.modules)
+
+        def same_run(meta: dict[str, Any]) -> None:
+            wrong = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
+            if wrong or "rng" not in meta:
+                raise CheckpointError(
+                    f"cannot resume from {str(path)!r}: it was written for {wrong or 'no random state'}, "
+                    f"this run has {expected}; pass overwrite=True (--overwrite) to start afresh"
+                )
+
+        checkpoint.restore(path, self.model, self.modules, validate=same_run)
         buffer = self._buffer_path(first - 1)
         if buffer.exists():
             self.model.load_replay_buffer(buffer)  # type: ignore[attr-defined]
