@@ -128,6 +128,25 @@ class _TaskHeads:
         return {**super()._get_constructor_parameters(), "n_tasks": self.router.n_tasks}  # type: ignore[misc]
 
 
+class _TaskCritics(_TaskHeads):
+    """SAC and TD3: ``make_critic`` returns SB3's critic with every Q-network passed through
+    :attr:`q_network_transform` (per-task heads, or progressive columns)."""
+
+    @staticmethod
+    def q_network_transform(module: nn.Sequential, router: TaskRouter) -> nn.Module:
+        """A Q-network made per-task (set by each policy class)."""
+        raise NotImplementedError
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
+        critic = super().make_critic(features_extractor)  # type: ignore[misc]
+        q_networks = critic.q_networks
+        for idx, q_net in enumerate(q_networks):
+            q_networks[idx] = type(self).q_network_transform(q_net, self.router)
+            critic.add_module(f"qf{idx}", q_networks[idx])  # SB3 registers them under these names
+        _route(critic, self.router)
+        return critic.to(self.device)  # type: ignore[attr-defined]
+
+
 class MultiHeadActorCriticPolicy(_TaskHeads, ActorCriticPolicy):
     """SB3's actor-critic policy (PPO, A2C) with one action head and one value head per task.
 
@@ -167,13 +186,7 @@ class MultiHeadDQNPolicy(_TaskHeads, DQNPolicy):
         return q_net.to(self.device)
 
 
-def _headed_critic(critic: BaseModel, router: TaskRouter) -> None:
-    for q_net in getattr(critic, "q_networks"):  # noqa: B009 (torch types attributes as Tensor | Module)
-        _headed(q_net, router)
-    _route(critic, router)
-
-
-class MultiHeadSACPolicy(_TaskHeads, SACPolicy):
+class MultiHeadSACPolicy(_TaskCritics, SACPolicy):
     """SB3's SAC policy with one head per task for the actor's mean and log-std and for every critic.
 
     Build it with ``SAC(clrl.MultiHeadSACPolicy, env, policy_kwargs={"n_tasks": 4})`` (not with gSDE).
@@ -184,6 +197,8 @@ class MultiHeadSACPolicy(_TaskHeads, SACPolicy):
         **kwargs: As :class:`~stable_baselines3.sac.policies.SACPolicy`.
     """
 
+    q_network_transform = staticmethod(_headed)
+
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> SACActor:
         actor = super().make_actor(features_extractor)
         if actor.use_sde:
@@ -193,13 +208,8 @@ class MultiHeadSACPolicy(_TaskHeads, SACPolicy):
         _route(actor, self.router)
         return actor.to(self.device)
 
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
-        critic = super().make_critic(features_extractor)
-        _headed_critic(critic, self.router)
-        return critic.to(self.device)
 
-
-class MultiHeadTD3Policy(_TaskHeads, TD3Policy):
+class MultiHeadTD3Policy(_TaskCritics, TD3Policy):
     """SB3's TD3 policy with one head per task for the actor (and its target) and every critic.
 
     Build it with ``TD3(clrl.MultiHeadTD3Policy, env, policy_kwargs={"n_tasks": 4})``.
@@ -210,16 +220,13 @@ class MultiHeadTD3Policy(_TaskHeads, TD3Policy):
         **kwargs: As :class:`~stable_baselines3.td3.policies.TD3Policy`.
     """
 
+    q_network_transform = staticmethod(_headed)
+
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> TD3Actor:
         actor = super().make_actor(features_extractor)
         _headed(actor.mu, self.router)  # in place
         _route(actor, self.router)
         return actor.to(self.device)
-
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
-        critic = super().make_critic(features_extractor)
-        _headed_critic(critic, self.router)
-        return critic.to(self.device)
 
 
 MULTIHEAD_POLICIES: dict[str, type[BaseModel]] = {

@@ -23,6 +23,7 @@ from clrl.modules.multihead import (
     TaskRouter,
     _headed,
     _route,
+    _TaskCritics,
     _TaskHeads,
     policy_for,
     task_router,
@@ -175,16 +176,7 @@ class ProgressiveDQNPolicy(_TaskHeads, DQNPolicy):
         return q_net.to(self.device)
 
 
-def _progressive_critic(critic: BaseModel, router: TaskRouter) -> None:
-    q_networks = getattr(critic, "q_networks")  # noqa: B009 (torch types attributes as Tensor | Module)
-    for idx in range(len(q_networks)):
-        column = _progressive(q_networks[idx], router)
-        q_networks[idx] = column
-        critic.add_module(f"qf{idx}", column)
-    _route(critic, router)
-
-
-class ProgressiveSACPolicy(_TaskHeads, SACPolicy):
+class ProgressiveSACPolicy(_TaskCritics, SACPolicy):
     """SB3's SAC policy as progressive columns: actor trunk and every critic, with per-task mean and log-std
     heads. Build it with ``SAC(clrl.ProgressiveSACPolicy, env, policy_kwargs={"n_tasks": 4})`` (no gSDE).
 
@@ -193,6 +185,8 @@ class ProgressiveSACPolicy(_TaskHeads, SACPolicy):
         n_tasks: Number of columns (the stream's number of tasks).
         **kwargs: As :class:`~stable_baselines3.sac.policies.SACPolicy`.
     """
+
+    q_network_transform = staticmethod(_progressive)
 
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> SACActor:
         actor = super().make_actor(features_extractor)
@@ -204,13 +198,8 @@ class ProgressiveSACPolicy(_TaskHeads, SACPolicy):
         _route(actor, self.router)
         return actor.to(self.device)
 
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
-        critic = super().make_critic(features_extractor)
-        _progressive_critic(critic, self.router)
-        return critic.to(self.device)
 
-
-class ProgressiveTD3Policy(_TaskHeads, TD3Policy):
+class ProgressiveTD3Policy(_TaskCritics, TD3Policy):
     """SB3's TD3 policy as progressive columns (actor, its target and every critic).
 
     Build it with ``TD3(clrl.ProgressiveTD3Policy, env, policy_kwargs={"n_tasks": 4})``.
@@ -221,16 +210,13 @@ class ProgressiveTD3Policy(_TaskHeads, TD3Policy):
         **kwargs: As :class:`~stable_baselines3.td3.policies.TD3Policy`.
     """
 
+    q_network_transform = staticmethod(_progressive)
+
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> TD3Actor:
         actor = super().make_actor(features_extractor)
         actor.mu = _progressive(actor.mu, self.router)  # type: ignore[assignment]
         _route(actor, self.router)
         return actor.to(self.device)
-
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
-        critic = super().make_critic(features_extractor)
-        _progressive_critic(critic, self.router)
-        return critic.to(self.device)
 
 
 PROGRESSIVE_POLICIES: dict[str, type[BaseModel]] = {
