@@ -3,7 +3,7 @@
 A :class:`TaskStream` of Gymnasium task variants is learned one task after another by an SB3 model;
 continual modules (:class:`EWC`, :class:`OnlineEWC`, :class:`MAS`, :class:`SI`, :class:`L2`, ...) plug into
 the model as callbacks; :func:`train` fills the return matrix ``R[i, j]`` and logs everything to
-TensorBoard.
+TensorBoard; :func:`sweep` runs grids of runs on a process pool or Ray, :func:`write_report` compares them.
 """
 
 from clrl import metrics
@@ -19,6 +19,7 @@ from clrl.errors import (
     TrainingError,
 )
 from clrl.evaluation import Evaluator
+from clrl.experiment import RunSpec, run_experiment
 from clrl.modules import (
     AGEM,
     CLEAR,
@@ -45,8 +46,10 @@ from clrl.modules import (
     multihead_policy,
     progressive_policy,
 )
+from clrl.reports import write_report
 from clrl.runner import TrainResult, train, train_multitask, train_single_task
 from clrl.streams import Task, TaskStream, WrapperSpec, builtin_streams, load_stream, make_stream
+from clrl.sweeps import SweepResult, grid, load_sweep, sweep
 
 __version__ = "0.1.0"
 
@@ -79,7 +82,9 @@ __all__ = [
     "ProgressiveTD3Policy",
     "Replay",
     "RunExistsError",
+    "RunSpec",
     "StreamError",
+    "SweepResult",
     "Task",
     "TaskInfo",
     "TaskStream",
@@ -89,14 +94,19 @@ __all__ = [
     "__version__",
     "builtin_streams",
     "get_algorithm",
+    "grid",
     "load",
     "load_stream",
+    "load_sweep",
     "make_stream",
     "metrics",
     "multihead_policy",
     "progressive_policy",
+    "run_experiment",
     "save",
+    "sweep",
     "train",
     "train_multitask",
     "train_single_task",
+    "write_report",
 ]

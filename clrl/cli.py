@@ -1,61 +1,28 @@
-"""The ``clrl`` command: ``clrl list`` and ``clrl run``."""
+"""The ``clrl`` command: ``clrl list``, ``clrl run``, ``clrl sweep`` and ``clrl report``."""
 
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
+import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clrl import metrics
-from clrl.algorithms import ALGORITHMS, get_algorithm
+from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError, TrainingError
-from clrl.modules import (
-    AGEM,
-    CLEAR,
-    EWC,
-    L2,
-    MAS,
-    SI,
-    ContinualModule,
-    MultiHead,
-    OnlineEWC,
-    PackNet,
-    ProgressiveColumns,
-    Replay,
-    multihead_policy,
-    progressive_policy,
-)
-from clrl.presets import make_model, preset
-from clrl.runner import TrainResult, check_seed, train, train_multitask, train_single_task
+from clrl.experiment import BASELINES, METHODS, RunSpec, completed_tasks, run_experiment
+from clrl.runner import TrainResult
 from clrl.streams import builtin_streams, load_stream, make_stream
+from clrl.sweeps import LOG_FILE, common_method_args, grid, load_sweep, sweep
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-METHODS: dict[str, type[ContinualModule] | None] = {
-    "finetune": None,
-    "l2": L2,
-    "ewc": EWC,
-    "online-ewc": OnlineEWC,
-    "mas": MAS,
-    "si": SI,
-    "replay": Replay,
-    "clear": CLEAR,
-    "agem": AGEM,
-    "packnet": PackNet,
-    "multihead": MultiHead,
-    "progressive": ProgressiveColumns,
-}
-"""Continual methods by command-line name (``None``: no module)."""
-BASELINES = ("multitask", "single-task")
 
 
 def _parse_value(text: str) -> Any:
@@ -102,6 +69,51 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="print SB3's training logs")
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run a grid of streams x algorithms x methods x seeds, several runs at a time",
+        description="Run a grid of runs on a local process pool or on Ray. Finished runs are skipped and "
+        "half-finished ones resumed, so the same command continues a sweep after a crash. Options "
+        "given here replace those of the sweep file.",
+    )
+    sw.add_argument("file", nargs="?", help="a sweep file (TOML; see clrl.sweeps)")
+    sw.add_argument("--streams", nargs="+", help="streams (built-in names or stream files)")
+    sw.add_argument("--algos", nargs="+", help="algorithms (default: ppo)")
+    sw.add_argument("--methods", nargs="+", help="methods and baselines (default: finetune)")
+    sw.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0)")
+    sw.add_argument("--steps", type=int, help="training steps per task (default: each stream's)")
+    sw.add_argument("--eval-episodes", type=int, help="episodes per task and evaluation (default: 10)")
+    sw.add_argument("--eval-freq", type=int, help="also evaluate every N steps during training")
+    sw.add_argument(
+        "--hp", nargs="*", default=[], metavar="KEY=VALUE", help="hyperparameters of every algorithm"
+    )
+    sw.add_argument(
+        "--method-arg",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="module hyperparameters, given to every method whose modules take them",
+    )
+    sw.add_argument("--device", help="torch device (default: auto)")
+    sw.add_argument("--logdir", help="root of run directories (default: the file's logdir, else runs)")
+    sw.add_argument("--workers", type=int, help="runs at once (default: one per CPU core)")
+    sw.add_argument("--backend", choices=("process", "ray"), default="process", help="default: process")
+    sw.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray instance)")
+    sw.add_argument("--ray-cpus-per-run", type=float, default=1.0, help="CPUs per run on Ray (default: 1)")
+    sw.add_argument("--overwrite", action="store_true", help="delete the runs' directories and start afresh")
+    sw.add_argument("--report", action="store_true", help="write the report of the logdir at the end")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    rp = sub.add_parser(
+        "report",
+        help="tables and plots comparing the runs of a directory",
+        description="Read every results.json under RUNS_DIR and write markdown and CSV tables (mean and 95%% "
+        "bootstrap CI over seeds), return-matrix heatmaps, forgetting curves and bar charts.",
+    )
+    rp.add_argument("runs_dir", help="a directory of runs (clrl run/sweep's logdir)")
+    rp.add_argument("--out", help="output directory (default: RUNS_DIR/report)")
     return parser
 
 
@@ -115,98 +127,37 @@ def _list() -> None:
     print("  (modules combine with '+', e.g. multihead+ewc)")
 
 
-def _method_parts(method: str) -> list[str]:
-    """The module names of a method: one name, or several joined by ``+`` (``multihead+ewc``)."""
-    parts = method.split("+")
-    valid = [*METHODS, *BASELINES]
-    if method in BASELINES:
-        return [method]
-    if any(part not in METHODS for part in parts) or (len(parts) > 1 and "finetune" in parts):
-        raise ConfigError(
-            f"unknown method {method!r}; choose one of: {', '.join(valid)}, or modules joined by '+' "
-            "(e.g. multihead+ewc)"
-        )
-    if len(set(parts)) != len(parts):
-        raise ConfigError(f"method {method!r} names a module twice")
-    return parts
-
-
-def _make_modules(method: str, args: dict[str, Any]) -> list[ContinualModule]:
-    """The modules of ``method``; each ``--method-arg`` goes to every module whose constructor takes it."""
-    classes = [cls for cls in map(METHODS.__getitem__, _method_parts(method)) if cls is not None]
-    if not classes:
-        if args:
-            raise ConfigError(f"method {method!r} takes no --method-arg")
-        return []
-    accepted = {cls: set(inspect.signature(cls.__init__).parameters) - {"self"} for cls in classes}
-    unknown = sorted(k for k in args if not any(k in names for names in accepted.values()))
-    if unknown:
-        raise ConfigError(
-            f"bad --method-arg for {method}: {', '.join(unknown)} is not an argument of "
-            + ", ".join(cls.__name__ for cls in classes)
-        )
-    try:
-        return [cls(**{k: v for k, v in args.items() if k in accepted[cls]}) for cls in classes]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad --method-arg for {method}: {exc}") from exc
-
-
-POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
-    "multihead": multihead_policy,
-    "progressive": progressive_policy,
-}
-"""Methods that need their own policy class, and the function that names it for an algorithm."""
-
-
-def _policy_hyperparameters(method: str, algo: str, stream: Any, hp: dict[str, Any]) -> dict[str, Any]:
-    """``hp`` with the policy ``method`` needs, one head or column per task (the preset's net kept)."""
-    policy_kwargs = {**preset(stream.name, algo).get("policy_kwargs", {}), **hp.get("policy_kwargs", {})}
-    return {
-        **hp,
-        "policy": POLICY_METHODS[method](get_algorithm(algo)),
-        "policy_kwargs": {**policy_kwargs, "n_tasks": len(stream)},
-    }
-
-
 def _run(ns: argparse.Namespace) -> list[TrainResult]:
-    parts = _method_parts(ns.method)
-    if ns.algo.lower() not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {ns.algo!r}; choose one of: {', '.join(ALGORITHMS)}")
-    hp = _parse_assignments(ns.hp, "--hp")
-    method_args = _parse_assignments(ns.method_arg, "--method-arg")
-    stream = make_stream(ns.stream, steps_per_task=ns.steps)
-    for seed in ns.seeds:
-        check_seed(seed, len(stream))
-    if ns.method not in BASELINES:
-        _make_modules(ns.method, method_args)  # bad --method-arg fails before any training
-    elif method_args:
-        raise ConfigError(f"baseline {ns.method!r} takes no --method-arg")
-    policy_methods = [part for part in parts if part in POLICY_METHODS]
-    if len(policy_methods) > 1:
-        raise ConfigError(f"{' and '.join(policy_methods)} each need their own policy; choose one")
-    if policy_methods:
-        hp = _policy_hyperparameters(policy_methods[0], ns.algo, stream, hp)
-    if ns.verbose:
-        hp.setdefault("verbose", 1)
-    results = []
-    for seed in ns.seeds:
-        logdir = Path(ns.logdir) / stream.name / f"{ns.algo.lower()}-{ns.method}" / f"seed{seed}"
-        common: dict[str, Any] = dict(
-            logdir=logdir,
+    specs = [
+        RunSpec(
+            stream=ns.stream,
+            algo=ns.algo,
+            method=ns.method,
             seed=seed,
+            steps=ns.steps,
             eval_episodes=ns.eval_episodes,
+            eval_freq=ns.eval_freq,
+            hyperparameters=_parse_assignments(ns.hp, "--hp"),
+            method_args=_parse_assignments(ns.method_arg, "--method-arg"),
+            device=ns.device,
+        )
+        for seed in ns.seeds
+    ]
+    for spec in specs:
+        spec.check()  # every bad setting fails before any training
+    results = []
+    for spec in specs:
+        if ns.resume:
+            print(f"clrl: {_resume_point(spec.run_dir(ns.logdir), len(make_stream(spec.stream)))}")
+        result = run_experiment(
+            spec,
+            ns.logdir,
             overwrite=ns.overwrite,
             resume=ns.resume,
             progress_bar=not ns.no_progress,
+            verbose=ns.verbose,
+            log=lambda line: print(line, flush=True),
         )
-        print(f"clrl: {stream.name} / {ns.algo.lower()} / {ns.method} / seed {seed} -> {logdir}", flush=True)
-        if ns.resume:
-            print(f"clrl: {_resume_point(logdir, len(stream))}", flush=True)
-
-        def factory(i: int, seed: int = seed) -> Any:
-            return make_model(ns.algo, stream, seed, hp, task_index=i, device=ns.device)
-
-        result = _dispatch(ns, stream, factory, method_args, common)
         print(format_result(result), flush=True)
         results.append(result)
     if len(results) > 1:
@@ -214,37 +165,83 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
     return results
 
 
-def _resume_point(logdir: Path, n_tasks: int) -> str:
-    """What ``--resume`` will do with ``logdir``, in words."""
-    try:
-        done = json.loads((logdir / "results.json").read_text(encoding="utf-8"))["completed_tasks"]
-    except (OSError, ValueError, KeyError, TypeError):
+def _sweep(ns: argparse.Namespace) -> int:
+    given = {
+        "streams": ns.streams,
+        "algos": ns.algos,
+        "methods": ns.methods,
+        "seeds": ns.seeds,
+        "steps": ns.steps,
+        "eval_episodes": ns.eval_episodes,
+        "eval_freq": ns.eval_freq,
+        "device": ns.device,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if ns.file:
+        runs, settings = load_sweep(ns.file, overrides=given)
+    elif ns.streams:
+        runs, settings = grid(**{"algos": ["ppo"], "methods": ["finetune"], "seeds": [0], **given}), {}
+    else:
+        raise ConfigError("clrl sweep needs a sweep file or --streams")
+    hp = _parse_assignments(ns.hp, "--hp")
+    shared = common_method_args({r.method for r in runs}, _parse_assignments(ns.method_arg, "--method-arg"))
+    runs = [
+        dataclasses.replace(
+            r,
+            hyperparameters={**r.hyperparameters, **hp},
+            method_args={**r.method_args, **shared.get(r.method, {})},
+        )
+        for r in runs
+    ]
+    logdir = ns.logdir or settings.get("logdir") or "runs"
+    if ns.dry_run:
+        for spec in runs:
+            print(f"{spec.stream} / {spec.algo} / {spec.method} / seed {spec.seed}")
+        print(f"{len(runs)} runs -> {logdir}")
+        return 0
+    print(f"clrl: sweep of {len(runs)} runs -> {logdir} ({ns.backend} backend)", flush=True)
+    result = sweep(
+        runs,
+        logdir,
+        backend=ns.backend,
+        workers=ns.workers,
+        ray_address=ns.ray_address,
+        ray_cpus_per_run=ns.ray_cpus_per_run,
+        overwrite=ns.overwrite,
+        progress=not ns.no_progress,
+    )
+    print(
+        f"clrl: {result.count('done')} done, {result.count('skipped')} skipped (finished before), "
+        f"{result.count('failed')} failed in {result.seconds:.0f} s",
+        flush=True,
+    )
+    for outcome in result.failed:
+        print(f"clrl: failed: {outcome.run_dir}: {outcome.error} (log: {outcome.run_dir / LOG_FILE})")
+    if ns.report:
+        _report(logdir, None)
+    if result.failed:
+        print("clrl: rerun the same command to retry the failed runs (finished runs are skipped)")
+        return 1
+    return 0
+
+
+def _report(runs_dir: str, out: str | None) -> None:
+    from clrl.reports import write_report
+
+    written = write_report(runs_dir, out)
+    print(f"clrl: report of {written.n_runs} runs in {written.out_dir}: {written.markdown}")
+    for line in written.warnings:
+        print(f"clrl: warning: {line}")
+
+
+def _resume_point(run_dir: Path, n_tasks: int) -> str:
+    """What ``--resume`` will do with ``run_dir``, in words."""
+    done = completed_tasks(run_dir)
+    if done is None:
         return "no completed task recorded: starting afresh"
     if done == n_tasks:
         return f"all {n_tasks} tasks were completed: nothing to train"
     return f"resuming after task {done} of {n_tasks}"
-
-
-def _dispatch(
-    ns: argparse.Namespace,
-    stream: Any,
-    factory: Callable[[int], Any],
-    method_args: dict[str, Any],
-    common: dict[str, Any],
-) -> TrainResult:
-    if ns.method == "single-task":
-        return train_single_task(factory, stream, eval_freq=ns.eval_freq, **common)
-    if ns.method == "multitask":
-        return train_multitask(factory(0), stream, eval_freq=ns.eval_freq, **common)
-    modules = _make_modules(ns.method, method_args)
-    reference = None
-    reference_dir = Path(ns.logdir) / stream.name / f"{ns.algo.lower()}-single-task" / f"seed{common['seed']}"
-    if (reference_dir / "results.json").is_file():
-        print(f"clrl: normalising by the single-task run in {reference_dir}", flush=True)
-        reference = TrainResult.from_json(reference_dir / "results.json")
-    return train(
-        factory(0), stream, modules, eval_freq=ns.eval_freq, method=ns.method, reference=reference, **common
-    )
 
 
 def format_matrix(result: TrainResult) -> str:
@@ -281,8 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "list":
             _list()
-        else:
+        elif ns.command == "run":
             _run(ns)
+        elif ns.command == "sweep":
+            return _sweep(ns)
+        else:
+            _report(ns.runs_dir, ns.out)
     except TrainingError as exc:
         print(f"clrl: error: {exc}", file=sys.stderr)
         if ns.command == "run":

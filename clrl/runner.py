@@ -305,10 +305,20 @@ def train_single_task(
         result = TrainResult(np.full((n + 1, n), np.nan), {}, stream.task_names, [0], [], {}, root)
     bar = _progress(progress_bar, sum(stream.steps(i) for i in range(start, n)))
     writer = SummaryWriter(str(root), purge_step=result.steps[-1] + 1 if previous else None) if root else None
+    start_time = time.perf_counter() - result.timings.get("total", 0.0)
+    eval_seconds = result.timings.get("evaluation", 0.0)
 
     def log_row(step: int, row: np.ndarray) -> None:
         if writer:
             log_eval_row(writer, step, stream.task_names, row)
+
+    def evaluate(model: BaseAlgorithm) -> np.ndarray:
+        nonlocal eval_seconds
+        begin = time.perf_counter()
+        try:
+            return evaluator(model)
+        finally:
+            eval_seconds += time.perf_counter() - begin
 
     try:
         if result.random_returns is None:
@@ -327,14 +337,14 @@ def train_single_task(
 
             if i == 0:
                 result.config = _config(model, stream, "single-task", seed, eval_episodes, [])
-                result.matrix[0] = evaluator(model)
+                result.matrix[0] = evaluate(model)
                 log_row(0, result.matrix[0])
             callbacks: list[BaseCallback] = []
             if bar:
                 callbacks.append(_ProgressCallback(bar, i, stream))
             if eval_freq:
-                evaluate = functools.partial(evaluator, model)
-                callbacks.append(_PeriodicEval(evaluate, eval_freq, i, stream.steps(i), record))
+                periodic = functools.partial(evaluate, model)
+                callbacks.append(_PeriodicEval(periodic, eval_freq, i, stream.steps(i), record))
             # A resumed task hides what its killed attempt logged (its model's steps restart at 0).
             purge = 0 if previous and i == start else None
             task_logger = RunLogger(root / task.name, model, purge_step=purge) if root else None
@@ -343,10 +353,11 @@ def train_single_task(
             finally:
                 if task_logger:
                     task_logger.close()
-            result.matrix[i + 1] = evaluator(model)
+            result.matrix[i + 1] = evaluate(model)
             result.steps.append(offset + model.num_timesteps)
             log_row(result.steps[-1], result.matrix[i + 1])
             result.metrics = {"acc": float(result.reference[: i + 1].mean())}
+            result.timings = {"total": time.perf_counter() - start_time, "evaluation": eval_seconds}
             if root:
                 _write_summary(root, result, i + 1)
     finally:

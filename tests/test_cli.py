@@ -98,7 +98,7 @@ def test_a_single_task_run_in_the_logdir_becomes_the_reference(tmp_path: Path) -
         (["run", "cartpole-flip", "--algo", "ppo2"], "unknown algorithm 'ppo2'; choose one of: a2c"),
         (["run", "cartpole-flip", "--method", "ewc2"], "unknown method 'ewc2'; choose one of: finetune, l2"),
         (["run", "cartpole-flip", "--method", "l2", "--method-arg", "strength=-1"], "strength must be"),
-        (["run", "cartpole-flip", "--method", "l2", "--method-arg", "colour=1"], "bad --method-arg"),
+        (["run", "cartpole-flip", "--method", "l2", "--method-arg", "colour=1"], "bad module argument"),
         (["run", "cartpole-flip", "--hp", "n_stepz=3"], "bad hyperparameter for PPO"),
         (["run", "cartpole-flip", "--hp", "oops"], "--hp must look like key=value"),
         (["run", "cartpole-flip", "--algo", "sac"], "SAC cannot learn stream 'cartpole-flip'"),

@@ -1,0 +1,283 @@
+"""One experiment by name: stream × algorithm × method × seed, built from presets, as ``clrl run`` runs it.
+
+:class:`RunSpec` describes a run in plain data (so it can be written to JSON and sent to another process
+or a Ray worker); :func:`run_experiment` builds the stream, the model (with the preset of
+``agents/presets/``), the modules, and trains into ``RunSpec.run_dir(logdir)``. ``clrl run`` and
+``clrl sweep`` both go through it, so a run of a sweep is the same as the same run by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clrl.algorithms import ALGORITHMS, get_algorithm
+from clrl.errors import ConfigError
+from clrl.modules import (
+    AGEM,
+    CLEAR,
+    EWC,
+    L2,
+    MAS,
+    SI,
+    ContinualModule,
+    MultiHead,
+    OnlineEWC,
+    PackNet,
+    ProgressiveColumns,
+    Replay,
+    multihead_policy,
+    progressive_policy,
+)
+from clrl.presets import make_model, preset
+from clrl.runner import TrainResult, check_seed, train, train_multitask, train_single_task
+from clrl.streams import TaskStream, make_stream
+
+METHODS: dict[str, type[ContinualModule] | None] = {
+    "finetune": None,
+    "l2": L2,
+    "ewc": EWC,
+    "online-ewc": OnlineEWC,
+    "mas": MAS,
+    "si": SI,
+    "replay": Replay,
+    "clear": CLEAR,
+    "agem": AGEM,
+    "packnet": PackNet,
+    "multihead": MultiHead,
+    "progressive": ProgressiveColumns,
+}
+"""Continual methods by command-line name (``None``: no module)."""
+BASELINES = ("multitask", "single-task")
+"""Reference runs that are not a module: all tasks at once, and a fresh model per task."""
+
+POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
+    "multihead": multihead_policy,
+    "progressive": progressive_policy,
+}
+"""Methods that need their own policy class, and the function that names it for an algorithm."""
+
+
+def method_parts(method: str) -> list[str]:
+    """The module names of a method: one name, or several joined by ``+`` (``multihead+ewc``).
+
+    Raises:
+        ConfigError: An unknown name, ``finetune`` in a combination, or a name given twice.
+    """
+    if not isinstance(method, str):
+        raise ConfigError(f"a method is a name, got {method!r}")
+    parts = method.split("+")
+    valid = [*METHODS, *BASELINES]
+    if method in BASELINES:
+        return [method]
+    if any(part not in METHODS for part in parts) or (len(parts) > 1 and "finetune" in parts):
+        raise ConfigError(
+            f"unknown method {method!r}; choose one of: {', '.join(valid)}, or modules joined by '+' "
+            "(e.g. multihead+ewc)"
+        )
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"method {method!r} names a module twice")
+    return parts
+
+
+def make_modules(method: str, args: dict[str, Any]) -> list[ContinualModule]:
+    """The modules of ``method``; each entry of ``args`` goes to every module whose constructor takes it.
+
+    Raises:
+        ConfigError: Unknown method, an argument no module takes, or a bad value.
+    """
+    if method in BASELINES:
+        if args:
+            raise ConfigError(f"baseline {method!r} takes no module arguments")
+        return []
+    classes = [cls for cls in map(METHODS.__getitem__, method_parts(method)) if cls is not None]
+    if not classes:
+        if args:
+            raise ConfigError(f"method {method!r} takes no module arguments")
+        return []
+    accepted = {cls: set(inspect.signature(cls.__init__).parameters) - {"self"} for cls in classes}
+    unknown = sorted(k for k in args if not any(k in names for names in accepted.values()))
+    if unknown:
+        raise ConfigError(
+            f"bad module argument for {method}: {', '.join(unknown)} is not an argument of "
+            + ", ".join(cls.__name__ for cls in classes)
+        )
+    try:
+        return [cls(**{k: v for k, v in args.items() if k in accepted[cls]}) for cls in classes]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad module argument for {method}: {exc}") from exc
+
+
+def policy_hyperparameters(method: str, algo: str, stream: TaskStream, hp: dict[str, Any]) -> dict[str, Any]:
+    """``hp`` with the policy ``method`` needs (one head or column per task), the preset's network kept.
+
+    Methods without a policy of their own return ``hp`` unchanged.
+
+    Raises:
+        ConfigError: Two parts of the method each need their own policy.
+    """
+    needs = [part for part in method_parts(method) if part in POLICY_METHODS]
+    if len(needs) > 1:
+        raise ConfigError(f"{' and '.join(needs)} each need their own policy; choose one")
+    if not needs:
+        return dict(hp)
+    policy_kwargs = {**preset(stream.name, algo).get("policy_kwargs", {}), **hp.get("policy_kwargs", {})}
+    return {
+        **hp,
+        "policy": POLICY_METHODS[needs[0]](get_algorithm(algo)),
+        "policy_kwargs": {**policy_kwargs, "n_tasks": len(stream)},
+    }
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: which stream, algorithm, method and seed, with its settings, as plain data.
+
+    Attributes:
+        stream: A built-in stream name or a stream file.
+        algo: Algorithm name (``clrl list``).
+        method: Continual method, ``+`` combination, or baseline (``multitask``, ``single-task``).
+        seed: Seed of the model, the task environments and the evaluation episodes.
+        steps: Training steps per task (``None``: the stream's).
+        eval_episodes: Episodes per task at each evaluation.
+        eval_freq: Also evaluate every ``eval_freq`` steps during training (``None``: at task ends only).
+        hyperparameters: SB3 constructor arguments over the preset's (``policy`` and ``n_envs`` included).
+        method_args: Module constructor arguments; each goes to every module of the method that takes it.
+        device: Torch device.
+    """
+
+    stream: str
+    algo: str = "ppo"
+    method: str = "finetune"
+    seed: int = 0
+    steps: int | None = None
+    eval_episodes: int = 10
+    eval_freq: int | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    method_args: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "algo", str(self.algo).lower())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON), the inverse of :meth:`from_dict`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        """A spec from :meth:`to_dict`'s data.
+
+        Raises:
+            ConfigError: Unknown or missing keys.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown run setting(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"bad run settings: {exc}") from exc
+
+    def check(self) -> TaskStream:
+        """Check every setting that can be checked without training; return the stream.
+
+        Raises:
+            StreamError: Unknown or invalid stream.
+            ConfigError: Unknown algorithm or method, bad module argument, bad seed.
+        """
+        if self.algo not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {self.algo!r}; choose one of: {', '.join(ALGORITHMS)}")
+        method_parts(self.method)
+        stream = make_stream(self.stream, steps_per_task=self.steps)
+        check_seed(self.seed, len(stream))
+        make_modules(self.method, self.method_args)
+        policy_hyperparameters(self.method, self.algo, stream, self.hyperparameters)
+        return stream
+
+    def run_dir(self, logdir: str | Path, stream_name: str | None = None) -> Path:
+        """``logdir/<stream>/<algo>-<method>/seed<seed>``, the layout ``clrl report`` reads.
+
+        ``stream_name`` saves loading the stream when the caller knows it (a stream file's name is
+        the one inside the file, not the file's).
+        """
+        name = stream_name or make_stream(self.stream, validate=False).name
+        return Path(logdir) / name / f"{self.algo}-{self.method}" / f"seed{self.seed}"
+
+
+def completed_tasks(run_dir: str | Path) -> int | None:
+    """How many tasks the run in ``run_dir`` completed, from its ``results.json`` (``None``: no readable
+    results)."""
+    try:
+        done = json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8"))["completed_tasks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return done if isinstance(done, int) else None
+
+
+def run_experiment(
+    spec: RunSpec,
+    logdir: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress_bar: bool = False,
+    verbose: bool = False,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Build and train ``spec`` into ``spec.run_dir(logdir)``.
+
+    A continual run is normalised by the single-task run of the same stream, algorithm and seed when
+    ``logdir`` holds one (``acc_norm``, ...).
+
+    Args:
+        spec: The run.
+        logdir: Root of the run directories.
+        overwrite: Replace an existing run.
+        resume: Continue an existing run from its last completed task (a finished one returns at once).
+        progress_bar: Show the progress bar over tasks and steps.
+        verbose: Print SB3's training logs.
+        log: Where the lines about what is done go.
+
+    Raises:
+        ClrlError: Any bad setting (before training), or :class:`~clrl.TrainingError` for a failed task.
+    """
+    stream = spec.check()
+    hp = policy_hyperparameters(spec.method, spec.algo, stream, spec.hyperparameters)
+    if verbose:
+        hp.setdefault("verbose", 1)
+    run_dir = spec.run_dir(logdir, stream.name)
+    common: dict[str, Any] = dict(
+        logdir=run_dir,
+        seed=spec.seed,
+        eval_episodes=spec.eval_episodes,
+        eval_freq=spec.eval_freq,
+        overwrite=overwrite,
+        resume=resume,
+        progress_bar=progress_bar,
+    )
+    log(f"clrl: {stream.name} / {spec.algo} / {spec.method} / seed {spec.seed} -> {run_dir}")
+
+    def factory(i: int) -> Any:
+        return make_model(spec.algo, stream, spec.seed, hp, task_index=i, device=spec.device)
+
+    if spec.method == "single-task":
+        return train_single_task(factory, stream, **common)
+    if spec.method == "multitask":
+        return train_multitask(factory(0), stream, **common)
+    modules = make_modules(spec.method, spec.method_args)
+    reference = None
+    reference_dir = dataclasses.replace(spec, method="single-task").run_dir(logdir, stream.name)
+    if (reference_dir / "results.json").is_file():
+        log(f"clrl: normalising by the single-task run in {reference_dir}")
+        reference = TrainResult.from_json(reference_dir / "results.json")
+        if completed_tasks(reference_dir) != len(stream) or reference.task_names != stream.task_names:
+            log("clrl: that single-task run is unfinished or of other tasks; not normalising")
+            reference = None
+    return train(factory(0), stream, modules, method=spec.method, reference=reference, **common)
