@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,16 +201,21 @@ def _sweep(ns: argparse.Namespace) -> int:
         print(f"{len(runs)} runs -> {logdir}")
         return 0
     print(f"clrl: sweep of {len(runs)} runs -> {logdir} ({ns.backend} backend)", flush=True)
-    result = sweep(
-        runs,
-        logdir,
-        backend=ns.backend,
-        workers=ns.workers,
-        ray_address=ns.ray_address,
-        ray_cpus_per_run=ns.ray_cpus_per_run,
-        overwrite=ns.overwrite,
-        progress=not ns.no_progress,
-    )
+    # A terminated sweep stops its runs too (as Ctrl-C does); they resume at the next launch.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = sweep(
+            runs,
+            logdir,
+            backend=ns.backend,
+            workers=ns.workers,
+            ray_address=ns.ray_address,
+            ray_cpus_per_run=ns.ray_cpus_per_run,
+            overwrite=ns.overwrite,
+            progress=not ns.no_progress,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(
         f"clrl: {result.count('done')} done, {result.count('skipped')} skipped (finished before), "
         f"{result.count('failed')} failed in {result.seconds:.0f} s",
@@ -223,6 +229,10 @@ def _sweep(ns: argparse.Namespace) -> int:
         print("clrl: rerun the same command to retry the failed runs (finished runs are skipped)")
         return 1
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _report(runs_dir: str, out: str | None) -> None:
@@ -293,7 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clrl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("clrl: interrupted; the tasks completed so far are in results.json", file=sys.stderr)
+        print(
+            "clrl: interrupted; the tasks completed so far are in results.json (--resume, or the same "
+            "clrl sweep command, continues)",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -31,8 +31,34 @@ class _RandomPolicy:
         return np.stack([self.space.sample() for _ in range(len(first))]), None
 
 
+class _InfoMetric:
+    """``evaluate_policy`` callback: the largest ``info[key]`` of every episode SB3 counts.
+
+    SB3 calls it for every environment still running an episode it will count, before it counts an ended
+    one; an episode ends when SB3 counts it (Monitor's ``episode`` entry, or ``done`` without Monitor).
+    """
+
+    def __init__(self, key: str, n_envs: int) -> None:
+        self.key = key
+        self.scores: list[float] = []
+        self._best = np.full(n_envs, -np.inf)
+
+    def __call__(self, local: dict[str, Any], _: dict[str, Any]) -> None:
+        i, info = local["i"], local["info"]
+        if self.key not in info:
+            raise ConfigError(f"the metric {self.key!r} is missing from the environment's step info")
+        self._best[i] = max(self._best[i], float(info[self.key]))
+        if local["done"] and (not local["is_monitor_wrapped"] or "episode" in info):
+            self.scores.append(float(self._best[i]))
+            self._best[i] = -np.inf
+
+
 class Evaluator:
     """Runs a policy on every task with fixed seeds and returns the mean episode return per task.
+
+    With ``metric`` (default: the stream's), an episode scores the largest value of ``info[metric]`` it
+    reported instead of its return: for a success flag, whether it succeeded at any step, so the row holds
+    success rates (Meta-World's evaluation).
 
     Each task gets its own vectorised environment, built once. Before every evaluation the environments
     are re-seeded with the same seeds, so all rows of the return matrix are measured on the same episodes.
@@ -46,6 +72,8 @@ class Evaluator:
         seed: Seed of the evaluation episodes.
         n_envs: Parallel environments per task (default: ``min(n_episodes, 8)``).
         deterministic: Use the policy's deterministic action.
+        metric: ``"return"`` or the name of a number the environments report in ``info`` (default: the
+            stream's :attr:`~clrl.TaskStream.metric`).
     """
 
     def __init__(
@@ -55,9 +83,11 @@ class Evaluator:
         seed: int = 0,
         n_envs: int | None = None,
         deterministic: bool = True,
+        metric: str | None = None,
     ) -> None:
         if n_episodes < 1:
             raise ConfigError(f"evaluation needs n_episodes >= 1, got {n_episodes}")
+        self.metric = stream.metric if metric is None else metric
         self.stream = stream
         self.n_episodes = n_episodes
         self.seed = seed
@@ -100,12 +130,22 @@ class Evaluator:
         return self.seed + 1000 * j
 
     def _mean_return(self, j: int, policy: Any, deterministic: bool) -> float:
-        """Mean return of ``policy`` on task ``j``'s episodes, which are the same at every call."""
+        """Mean return (or metric) of ``policy`` on task ``j``'s episodes, the same ones at every call."""
         env = self._envs[j]
         env.seed(self._task_seed(j))
+        tracker = None if self.metric == "return" else _InfoMetric(self.metric, env.num_envs)
         mean, _ = evaluate_policy(
-            policy, env, n_eval_episodes=self.n_episodes, deterministic=deterministic, warn=False
+            policy,
+            env,
+            n_eval_episodes=self.n_episodes,
+            deterministic=deterministic,
+            warn=False,
+            callback=tracker,
         )
+        if tracker is not None:
+            if len(tracker.scores) != self.n_episodes:  # pragma: no cover (SB3 counts episodes as we do)
+                raise RuntimeError(f"{len(tracker.scores)} episodes scored, {self.n_episodes} run")
+            return float(np.mean(tracker.scores))
         assert isinstance(mean, float)  # a list only with return_episode_rewards=True
         return mean
 

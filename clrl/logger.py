@@ -51,9 +51,11 @@ class RunLogger:
             tb.writer = SummaryWriter(str(self.logdir), purge_step=purge_step)
         self.writer: SummaryWriter = tb.writer
 
-    def eval_row(self, step: int, task_names: Sequence[str], row: Sequence[float] | np.ndarray) -> None:
-        """Log ``eval/<task>/return`` for every task at global step ``step``."""
-        log_eval_row(self.writer, step, task_names, row)
+    def eval_row(
+        self, step: int, task_names: Sequence[str], row: Sequence[float] | np.ndarray, metric: str = "return"
+    ) -> None:
+        """Log ``eval/<task>/<metric>`` for every task at global step ``step``."""
+        log_eval_row(self.writer, step, task_names, row, metric)
 
     def task_end(
         self,
@@ -93,11 +95,15 @@ class RunLogger:
 
 
 def log_eval_row(
-    writer: SummaryWriter, step: int, task_names: Sequence[str], row: Sequence[float] | np.ndarray
+    writer: SummaryWriter,
+    step: int,
+    task_names: Sequence[str],
+    row: Sequence[float] | np.ndarray,
+    metric: str = "return",
 ) -> None:
-    """Write ``eval/<task>/return`` for every task at global step ``step``."""
+    """Write ``eval/<task>/<metric>`` (``eval/<task>/return`` by default) for every task at ``step``."""
     for name, value in zip(task_names, row, strict=True):
-        writer.add_scalar(f"eval/{name}/return", float(value), step)
+        writer.add_scalar(f"eval/{name}/{metric}", float(value), step)
     writer.flush()
 
 

@@ -310,7 +310,7 @@ def train_single_task(
 
     def log_row(step: int, row: np.ndarray) -> None:
         if writer:
-            log_eval_row(writer, step, stream.task_names, row)
+            log_eval_row(writer, step, stream.task_names, row, stream.metric)
 
     def evaluate(model: BaseAlgorithm) -> np.ndarray:
         nonlocal eval_seconds
@@ -459,7 +459,7 @@ class _Run:
         assert self.result is not None
         self.result.curves.append((step, task_index, row.tolist()))
         if self.logger:
-            self.logger.eval_row(step, self.stream.task_names, row)
+            self.logger.eval_row(step, self.stream.task_names, row, self.stream.metric)
 
     def run(
         self,
@@ -498,7 +498,7 @@ class _Run:
                     result.random_returns = self._timed(self.evaluator.random_returns)
                 result.steps.append(model.num_timesteps)
                 if logger:
-                    logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[0])
+                    logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[0], stream.metric)
                 if self.root:
                     _write_summary(self.root, result, 0)
             for i in range(first, n):
@@ -519,7 +519,9 @@ class _Run:
                     result.metrics.update(reference_metrics(result, reference, i + 1))
                 result.timings = {"total": time.perf_counter() - start, "evaluation": self.eval_seconds}
                 if logger:
-                    logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[i + 1])
+                    logger.eval_row(
+                        model.num_timesteps, stream.task_names, result.matrix[i + 1], stream.metric
+                    )
                     logger.task_end(model.num_timesteps, i, stream.task_names, result.matrix, result.metrics)
                 if self.root:
                     if checkpoints:
@@ -830,6 +832,7 @@ def _config(
     return {
         "stream": stream.name,
         "stream_spec": stream.to_dict(),
+        "metric": stream.metric,
         "algorithm": type(model).__name__,
         "method": method,
         "seed": seed,

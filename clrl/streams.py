@@ -24,6 +24,7 @@ Built-in streams live in the repository's ``envs/`` folder and ship inside the p
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
+import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
@@ -47,7 +49,7 @@ else:  # pragma: no cover
 TaskIdMode = Literal["observed", "hidden"]
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
-_STREAM_KEYS = {"name", "description", "steps_per_task", "task_id", "tasks"}
+_STREAM_KEYS = {"name", "description", "steps_per_task", "task_id", "tasks", "metric"}
 _TASK_KEYS = {"name", "env_id", "make_kwargs", "attributes", "wrappers", "steps"}
 _WRAPPER_KEYS = {"name", "kwargs"}
 
@@ -66,10 +68,12 @@ _DERIVED: dict[str, tuple[set[str], Callable[[Any], None]]] = {
 
 @dataclass(frozen=True)
 class WrapperSpec:
-    """A wrapper applied to a task's environment: a class of :mod:`clrl.wrappers` or ``gymnasium.wrappers``.
+    """A wrapper applied to a task's environment: a class of :mod:`clrl.wrappers`, ``gymnasium.wrappers``,
+    or any module.
 
     Args:
-        name: The wrapper's class name, e.g. ``"PermuteActions"`` or ``"TimeLimit"``.
+        name: The wrapper's class name, e.g. ``"PermuteActions"`` or ``"TimeLimit"``, or ``"module:Class"``
+            for a wrapper of another package (``"minigrid.wrappers:ImgObsWrapper"``).
         kwargs: Keyword arguments of the wrapper's constructor.
     """
 
@@ -81,7 +85,18 @@ class WrapperSpec:
         _expect(self.kwargs, Mapping, f"wrapper {self.name!r}", "kwargs")
 
     def wrapper_class(self) -> type[gym.Wrapper[Any, Any, Any, Any]]:
-        """Return the wrapper class, looked up in clrl's wrappers first, then in ``gymnasium.wrappers``."""
+        """Return the wrapper class: ``module:Class`` from that module; a plain name from clrl's wrappers,
+        else ``gymnasium.wrappers``."""
+        if ":" in self.name:
+            module_name, _, class_name = self.name.partition(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise StreamError(f"wrapper {self.name!r}: cannot import {module_name!r}: {exc}") from exc
+            cls = getattr(module, class_name, None)
+            if isinstance(cls, type) and issubclass(cls, gym.Wrapper):
+                return cls
+            raise StreamError(f"wrapper {self.name!r}: {module_name} has no wrapper class {class_name!r}")
         for namespace in (clrl_wrappers, gym.wrappers):
             cls = getattr(namespace, self.name, None)
             if isinstance(cls, type) and issubclass(cls, gym.Wrapper):
@@ -193,6 +208,9 @@ class TaskStream:
         task_id: ``"observed"`` appends a one-hot task vector to every observation; ``"hidden"`` does not
             (task-agnostic setting).
         description: One line for ``clrl list``.
+        metric: What fills the return matrix: ``"return"`` (the episode return) or the name of a number the
+            environments report in ``info``; an episode then scores the largest value it reported, so a
+            success flag counts an episode that succeeded at any step (Meta-World's success rate).
 
     Example:
         >>> from clrl import Task, TaskStream
@@ -208,6 +226,7 @@ class TaskStream:
     steps_per_task: int = 100_000
     task_id: TaskIdMode = "hidden"
     description: str = ""
+    metric: str = "return"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -217,6 +236,10 @@ class TaskStream:
         if self.task_id not in ("observed", "hidden"):
             raise StreamError(f"{where}: task_id must be 'observed' or 'hidden', got {self.task_id!r}")
         _check_steps(self.steps_per_task, f"{where}: steps_per_task")
+        if not isinstance(self.metric, str) or not _NAME.fullmatch(self.metric):
+            raise StreamError(
+                f"{where}: metric must be 'return' or the name of an info entry, got {self.metric!r}"
+            )
         seen: set[str] = set()
         for task in self.tasks:
             if not isinstance(task.name, str) or not _NAME.fullmatch(task.name):
@@ -296,7 +319,7 @@ class TaskStream:
             try:
                 env.action_space.seed(0)
                 env.reset(seed=0)
-                env.step(env.action_space.sample())
+                info = env.step(env.action_space.sample())[4]
             except Exception as exc:
                 raise StreamError(
                     f"stream {self.name!r}, task {task.name!r}: the environment fails to reset or step: "
@@ -304,6 +327,11 @@ class TaskStream:
                 ) from exc
             finally:
                 env.close()
+            if self.metric != "return" and not _is_info_number(info.get(self.metric)):
+                raise StreamError(
+                    f"stream {self.name!r}, task {task.name!r}: the metric {self.metric!r} is not a number "
+                    f"in the environment's step info (got {info.get(self.metric)!r})"
+                )
             if reference is None:
                 reference = spaces
                 continue
@@ -321,6 +349,7 @@ class TaskStream:
             "description": self.description,
             "steps_per_task": self.steps_per_task,
             "task_id": self.task_id,
+            **({} if self.metric == "return" else {"metric": self.metric}),
             "tasks": [
                 {
                     "name": t.name,
@@ -423,6 +452,13 @@ def _task_from_dict(data: Any, where: str) -> Task:
     )
 
 
+def _is_info_number(value: Any) -> bool:
+    """A number, bool or 0-d array: what an info entry may be to serve as the metric."""
+    return isinstance(value, int | float | np.integer | np.floating | np.bool_) or (
+        isinstance(value, np.ndarray) and value.shape == ()
+    )
+
+
 def stream_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> TaskStream:
     """Build a stream from plain data (a parsed stream file), checking every key and type.
 
@@ -443,6 +479,7 @@ def stream_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> TaskStr
         steps_per_task=data.get("steps_per_task", 100_000),
         task_id=data.get("task_id", "hidden"),
         description=_expect(data.get("description", ""), str, where, "description"),
+        metric=_expect(data.get("metric", "return"), str, where, "metric"),
     )
 
 

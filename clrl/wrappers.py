@@ -91,6 +91,86 @@ class ScaleReward(gym.RewardWrapper[Any, Any], gym.utils.RecordConstructorArgs):
         return self.scale * float(reward)
 
 
+class ScalePhysics(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
+    """Scale the body masses and the friction of a MuJoCo environment's model.
+
+    Every body's mass and inertia are multiplied by ``mass`` (the same density everywhere), every geom's
+    friction coefficients (sliding, torsional, rolling) by ``friction``. The model is the environment's own
+    copy (``env.unwrapped.model``, built by each ``gym.make``), changed once at construction.
+
+    Args:
+        env: A Gymnasium MuJoCo environment (``HalfCheetah-v5``, ``Hopper-v5``, ...).
+        mass: Factor of the masses (> 0).
+        friction: Factor of the friction (> 0).
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], mass: float = 1.0, friction: float = 1.0) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, mass=mass, friction=friction)
+        gym.Wrapper.__init__(self, env)
+        model = getattr(env.unwrapped, "model", None)
+        if model is None or not hasattr(model, "body_mass") or not hasattr(model, "geom_friction"):
+            raise ValueError(f"ScalePhysics needs a MuJoCo environment, got {type(env.unwrapped).__name__}")
+        for name, value in (("mass", mass), ("friction", friction)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        model.body_mass[:] *= mass
+        model.body_inertia[:] *= mass
+        model.geom_friction[:] *= friction
+        self.mass = float(mass)
+        self.friction = float(friction)
+
+
+class UnboundedObservation(
+    gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym.utils.RecordConstructorArgs
+):
+    """Declare a float ``Box`` observation space unbounded (``-inf .. inf``), observations unchanged.
+
+    For environments whose declared bounds do not contain their observations (Meta-World v3's MT1 declares
+    its goal coordinates as ``[0, 0]`` and then reports the goal), so that checkers and wrappers that trust
+    the bounds work. SB3's MLP policies do not read the bounds of float observations.
+
+    Args:
+        env: An environment with a floating-point ``Box`` observation space.
+    """
+
+    def __init__(self, env: gym.Env[np.ndarray, Any]) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
+        space = env.observation_space
+        if not isinstance(space, spaces.Box) or not np.issubdtype(space.dtype, np.floating):
+            raise ValueError(f"UnboundedObservation needs a floating-point Box, got {space}")
+        self.observation_space = spaces.Box(-np.inf, np.inf, space.shape, dtype=space.dtype)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        """Return the observation unchanged."""
+        return observation
+
+
+class SeedBeforeReset(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
+    """Seed the base environment's generator before the wrappers under this one reset.
+
+    A wrapper that draws from the environment's generator in ``reset`` before passing the seed on (Meta-World
+    v3's task selection picks the goal position first, then seeds) makes ``reset(seed=s)`` differ from call
+    to call. With this wrapper on top, ``reset(seed=s)`` first reseeds ``env.unwrapped`` from ``s``, so the
+    whole reset is a function of ``s``; resets without a seed are unchanged.
+
+    Args:
+        env: Any environment.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reseed the base environment from ``seed`` (when given), then reset."""
+        if seed is not None:
+            self.env.unwrapped.np_random = gym.utils.seeding.np_random(seed)[0]
+        return self.env.reset(seed=seed, options=options)
+
+
 class AddObservationNoise(
     gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym.utils.RecordConstructorArgs
 ):

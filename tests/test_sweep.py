@@ -263,3 +263,48 @@ def test_cli_sweep_dry_run_report_and_exit_status(tmp_path: Path, capsys: pytest
     assert "no method of the sweep takes" in capsys.readouterr().err
     assert main(["sweep", *common, "--methods", "finetune", "--hp", "n_steps=0", "--seeds", "4"]) == 1
     assert "failed" in capsys.readouterr().out
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_terminated_sweep_stops_its_runs(tmp_path: Path) -> None:
+    logdir = tmp_path / "terminated"
+    command = [
+        sys.executable,
+        "-m",
+        "clrl.cli",
+        "sweep",
+        "--streams",
+        "cartpole-flip",
+        "--seeds",
+        "0",
+        "1",
+        "--steps",
+        "50000",
+        "--no-progress",
+        "--workers",
+        "2",
+        "--logdir",
+        str(logdir),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_processes_mentioning(str(logdir))) < 3:  # driver + 2 runs
+        time.sleep(0.1)
+    assert len(_processes_mentioning(str(logdir))) == 3
+    process.send_signal(signal.SIGTERM)  # the driver only, as a scheduler or `kill` does
+    assert process.wait(timeout=60) == 130
+    assert b"interrupted" in process.stderr.read()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _processes_mentioning(str(logdir)):
+        time.sleep(0.1)
+    assert _processes_mentioning(str(logdir)) == []
