@@ -280,16 +280,30 @@ def _environment(threads: int) -> dict[str, str]:
 
 
 def execute(payload: dict[str, Any], threads: int) -> int:
-    """Run one job in a fresh process and wait for it; its output goes to the run's log. Used by Ray tasks.
+    """Run one job in this process (a Ray worker); its output goes to the run's log.
+
+    Ray's worker has imported clrl already to unpickle this function, so the run does not start a process
+    of its own (which would import torch and SB3 a second time). Ray reuses its workers, and a run sets
+    everything it depends on: torch's threads here, every random generator in :func:`clrl.train`.
 
     Returns:
-        The process's exit status (0: finished).
+        The run's exit status, as ``python -m clrl._worker`` gives it (0: finished).
     """
-    job = _Job(RunSpec.from_dict(payload["spec"]), Path(payload["run_dir"]), Path(payload["logdir"]), threads)
-    with open(job.run_dir / LOG_FILE, "ab") as log:
-        return subprocess.run(
-            _command(job), stdout=log, stderr=subprocess.STDOUT, env=_environment(threads)
-        ).returncode
+    import contextlib
+
+    import torch
+
+    from clrl import _worker
+
+    torch.set_num_threads(threads)
+    run_dir = Path(payload["run_dir"])
+    argument = json.dumps({"spec": payload["spec"], "logdir": payload["logdir"]})
+    with (
+        open(run_dir / LOG_FILE, "a", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        return _worker.main([argument])
 
 
 class _ProcessBackend:
