@@ -9,6 +9,7 @@ or a Ray worker); :func:`run_experiment` builds the stream, the model (with the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 from collections.abc import Callable
@@ -134,6 +135,12 @@ def policy_hyperparameters(method: str, algo: str, stream: TaskStream, hp: dict[
     }
 
 
+@functools.lru_cache(maxsize=32)
+def _validated_stream(name_or_path: str, steps: int | None) -> TaskStream:
+    """The stream, validated once per process (validation builds every task: seconds for Meta-World)."""
+    return make_stream(name_or_path, steps_per_task=steps)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One run: which stream, algorithm, method and seed, with its settings, as plain data.
@@ -195,7 +202,7 @@ class RunSpec:
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.algo!r}; choose one of: {', '.join(ALGORITHMS)}")
         method_parts(self.method)
-        stream = make_stream(self.stream, steps_per_task=self.steps)
+        stream = _validated_stream(self.stream, self.steps)
         check_seed(self.seed, len(stream))
         make_modules(self.method, self.method_args)
         policy_hyperparameters(self.method, self.algo, stream, self.hyperparameters)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clrl
-from clrl import cli
+from clrl import cli, experiment
 from clrl.runner import TrainResult, _Run
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -176,7 +176,7 @@ def test_any_command_line_exits_cleanly(
         return empty(stream)
 
     monkeypatch.setattr(_Run, "run", no_training)
-    monkeypatch.setattr(cli, "train_single_task", single_task)
+    monkeypatch.setattr(experiment, "train_single_task", single_task)
     with tempfile.TemporaryDirectory() as folder:
         bad, good = Path(folder) / "bad.toml", Path(folder) / "good.toml"
         bad.write_text('name = "x"\n[[tasks]]\nname = 3\n')
