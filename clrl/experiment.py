@@ -27,6 +27,7 @@ from clrl.modules import (
     MAS,
     SI,
     ContinualModule,
+    LwF,
     MultiHead,
     OnlineEWC,
     PackNet,
@@ -52,6 +53,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "packnet": PackNet,
     "multihead": MultiHead,
     "progressive": ProgressiveColumns,
+    "lwf": LwF,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")

@@ -5,6 +5,7 @@ from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, add_to_grad
 from clrl.modules.clear import CLEAR
 from clrl.modules.ewc import EWC
 from clrl.modules.l2 import L2
+from clrl.modules.lwf import LwF
 from clrl.modules.mas import MAS
 from clrl.modules.multihead import (
     MultiHead,
@@ -37,6 +38,7 @@ __all__ = [
     "SI",
     "ContinualModule",
     "ImportancePenalty",
+    "LwF",
     "MultiHead",
     "MultiHeadActorCriticPolicy",
     "MultiHeadDQNPolicy",
