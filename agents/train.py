@@ -22,7 +22,7 @@ class Args:
     stream: str = "cartpole-flip"  # built-in stream name or a stream file
     algo: str = "ppo"  # ppo, a2c, dqn, sac, td3 (and sb3-contrib's when installed)
     method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si, replay, clear, agem, packnet,
-    #                           multihead, progressive, lwf
+    #                           multihead, progressive, lwf, clser
     strength: float = 1000.0  # penalty coefficient of the penalty modules (l2 ... si)
     steps: int | None = None  # steps per task (default: the stream's)
     seed: int = 0
@@ -67,6 +67,7 @@ def main() -> None:
         "multihead": clrl.MultiHead,
         "progressive": clrl.ProgressiveColumns,
         "lwf": clrl.LwF,
+        "clser": clrl.CLSER,
     }
     if args.method not in (*penalties, *others, "finetune"):
         choices = ", ".join(["finetune", *penalties, *others])

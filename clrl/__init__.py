@@ -23,6 +23,7 @@ from clrl.experiment import RunSpec, run_experiment
 from clrl.modules import (
     AGEM,
     CLEAR,
+    CLSER,
     EWC,
     L2,
     MAS,
@@ -58,6 +59,7 @@ __all__ = [
     "AGEM",
     "ALGORITHMS",
     "CLEAR",
+    "CLSER",
     "EWC",
     "L2",
     "MAS",

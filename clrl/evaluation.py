@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 from typing import Any
@@ -64,7 +65,8 @@ class Evaluator:
     are re-seeded with the same seeds, so all rows of the return matrix are measured on the same episodes.
     Actions are deterministic by default, so evaluation draws nothing from the training random generators.
     Modules that select a head, column or mask per task are told which task is evaluated
-    (:meth:`ContinualModule.set_task`).
+    (:meth:`ContinualModule.set_task`); every module's :meth:`ContinualModule.evaluating` context is entered
+    around the evaluation (CLSER evaluates its stable copy).
 
     Args:
         stream: The task stream.
@@ -107,14 +109,17 @@ class Evaluator:
             current_task: The task being trained.
         """
         row = np.zeros(len(self._envs))
-        try:
-            for j in range(len(self._envs)):
-                for module in modules:
-                    module.set_task(j)
-                row[j] = self._mean_return(j, model, self.deterministic)
-        finally:
+        with contextlib.ExitStack() as stack:
             for module in modules:
-                module.set_task(current_task)
+                stack.enter_context(module.evaluating())
+            try:
+                for j in range(len(self._envs)):
+                    for module in modules:
+                        module.set_task(j)
+                    row[j] = self._mean_return(j, model, self.deterministic)
+            finally:
+                for module in modules:
+                    module.set_task(current_task)
         return row
 
     def random_returns(self) -> np.ndarray:

@@ -22,6 +22,7 @@ from clrl.errors import ConfigError
 from clrl.modules import (
     AGEM,
     CLEAR,
+    CLSER,
     EWC,
     L2,
     MAS,
@@ -54,6 +55,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "multihead": MultiHead,
     "progressive": ProgressiveColumns,
     "lwf": LwF,
+    "clser": CLSER,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")

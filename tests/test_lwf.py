@@ -13,8 +13,7 @@ from test_modules import params_of
 
 import clrl
 from clrl.algorithms import optimizers
-from clrl.modules.distill import distillation_losses, network_outputs
-from clrl.modules.lwf import _Teacher
+from clrl.modules.distill import Frozen, distillation_losses, network_outputs
 
 ALGOS = ["ppo", "a2c", "dqn", "sac", "td3", "recurrentppo", "qrdqn", "tqc"]
 ACTOR_PARTS = ("actor",)
@@ -73,7 +72,7 @@ def test_distillation_keeps_the_policy_near_the_teacher(algo: str) -> None:
         model.learn(stream.steps(1), callback=lwf, reset_num_timesteps=False)
         rows = lwf.current_states(256)
         with torch.no_grad():
-            old = network_outputs(_Teacher(first, model.device), rows, ACTOR_PARTS)  # type: ignore[arg-type]
+            old = network_outputs(Frozen(first, model.device), rows, ACTOR_PARTS)  # type: ignore[arg-type]
             return float(distillation_losses(model, old, network_outputs(model, rows, ACTOR_PARTS))["actor"])
 
     free, held = divergence(0.0), divergence(100.0)

@@ -3,6 +3,7 @@
 from clrl.modules.agem import AGEM
 from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, add_to_grad
 from clrl.modules.clear import CLEAR
+from clrl.modules.clser import CLSER
 from clrl.modules.ewc import EWC
 from clrl.modules.l2 import L2
 from clrl.modules.lwf import LwF
@@ -32,6 +33,7 @@ from clrl.modules.si import SI
 __all__ = [
     "AGEM",
     "CLEAR",
+    "CLSER",
     "EWC",
     "L2",
     "MAS",

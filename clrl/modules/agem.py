@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import torch
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from clrl.algorithms import Networks, check_networks, policy_parameters
-from clrl.errors import ConfigError
 from clrl.modules.base import ParamGroup, TaskInfo
 from clrl.modules.distill import (
     OutputReplay,
     Part,
+    StateRecorder,
+    check_distillable,
     distillation_losses,
     network_outputs,
-    rollout_rows,
-    step_rows,
 )
 from clrl.modules.memory import Budget
 
@@ -41,7 +39,7 @@ def project_gradient(grads: list[torch.Tensor], reference: list[torch.Tensor]) -
     return True
 
 
-class AGEM(OutputReplay):
+class AGEM(StateRecorder, OutputReplay):
     """A-GEM: gradient projection against a memory of earlier tasks, on- and off-policy.
 
     States of each task are kept in a reservoir (on-policy: every rollout's states; off-policy: every
@@ -99,22 +97,9 @@ class AGEM(OutputReplay):
 
     def on_task_start(self, task: TaskInfo) -> None:
         """Check the algorithm, open the task's reservoir and seed the sampling generators."""
-        if not isinstance(self.sb3_model, OnPolicyAlgorithm | OffPolicyAlgorithm):
-            raise ConfigError(
-                f"AGEM needs an on- or off-policy SB3 algorithm, got {type(self.sb3_model).__name__}"
-            )
+        check_distillable(self.sb3_model, "AGEM")
         super().on_task_start(task)
         self.steps = self.projections = 0
-
-    def _on_step(self) -> bool:
-        if isinstance(self.model, OffPolicyAlgorithm):
-            self.memory.record(step_rows(self.model, self.locals["buffer_actions"]), self._rng)
-        return True
-
-    def _on_rollout_end(self) -> None:
-        if isinstance(self.model, OnPolicyAlgorithm):
-            self.memory.record(rollout_rows(self.model), self._rng)
-        super()._on_rollout_end()
 
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The parameters of ``networks``, once an earlier task is in memory."""

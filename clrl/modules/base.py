@@ -16,6 +16,7 @@ Nothing of SB3's ``train()`` is copied, and any number of modules share one set 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -189,6 +190,13 @@ class ContinualModule(BaseCallback):
 
     def set_task(self, index: int) -> None:
         """Select the task whose head, column or mask the policy uses (evaluation calls it per task)."""
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """A context in which the policy acts as this module wants it evaluated; the evaluator enters it
+        around every evaluation (default: the trained policy as it is). :class:`clrl.CLSER` swaps in its
+        stable copy; in your own loop, ``with module.evaluating(): evaluate_policy(model, env)``."""
+        yield
 
     def state_dict(self) -> dict[str, Any]:
         """The module's learned state (anchors, importances, ...): tensors and plain data only."""

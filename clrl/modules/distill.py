@@ -19,6 +19,7 @@ mean squared error for deterministic actions, Q-values and values.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -66,6 +67,14 @@ def check_supported(model: BaseAlgorithm, who: str) -> None:
         return
     if not any(hasattr(policy, a) for a in ("actor", "q_net", "quantile_net")):
         raise ConfigError(f"{who} does not support {type(model).__name__}'s policy {type(policy).__name__}")
+
+
+def check_distillable(model: BaseAlgorithm, who: str) -> None:
+    """Raise :class:`ConfigError` unless ``model`` is an on- or off-policy algorithm (not ARS) whose
+    policy's outputs are defined here (:func:`check_supported`)."""
+    if not isinstance(model, OnPolicyAlgorithm | OffPolicyAlgorithm):
+        raise ConfigError(f"{who} needs an on- or off-policy SB3 algorithm, got {type(model).__name__}")
+    check_supported(model, who)
 
 
 # ------------------------------------------------------------------------------------------ recording
@@ -120,6 +129,37 @@ def _tensor_batch(model: BaseAlgorithm, rows: Rows) -> dict[str, Any]:
     return batch
 
 
+def _plain_actor_critic(policy: ActorCriticPolicy) -> bool:
+    """Whether ``policy`` computes its distribution and value as SB3's ActorCriticPolicy does (subclasses
+    may replace networks, as clrl's multi-head and progressive policies do, but not these methods)."""
+    return all(
+        getattr(type(policy), name) is getattr(ActorCriticPolicy, name)
+        for name in ("get_distribution", "predict_values", "_get_action_dist_from_latent", "extract_features")
+    )
+
+
+def _actor_critic_outputs(policy: Any, obs: Any, parts: set[Part]) -> dict[str, torch.Tensor]:
+    """:func:`network_outputs` of a plain actor-critic policy from its networks' outputs, without building
+    a torch Distribution (logits are not normalised; every consumer takes their log-softmax)."""
+    out: dict[str, torch.Tensor] = {}
+    features = policy.extract_features(obs)
+    pi_features, vf_features = (features, features) if policy.share_features_extractor else features
+    if "actor" in parts and "critic" in parts and policy.share_features_extractor:
+        latent_pi, latent_vf = policy.mlp_extractor(features)
+    else:
+        latent_pi = policy.mlp_extractor.forward_actor(pi_features) if "actor" in parts else None
+        latent_vf = policy.mlp_extractor.forward_critic(vf_features) if "critic" in parts else None
+    if latent_pi is not None:
+        action = policy.action_net(latent_pi)
+        if isinstance(policy.action_dist, DiagGaussianDistribution):
+            out["mean"], out["log_std"] = action, torch.ones_like(action) * policy.log_std
+        else:  # categorical, multi-categorical, Bernoulli: the logits
+            out["logits"] = action
+    if latent_vf is not None:
+        out["value"] = policy.value_net(latent_vf)
+    return out
+
+
 def network_outputs(model: BaseAlgorithm, rows: Rows, parts: Iterable[Part]) -> dict[str, torch.Tensor]:
     """The networks' outputs on the states in ``rows`` (differentiable), keyed as the module doc says:
     ``logits`` or ``mean``/``log_std`` or ``action`` or ``q`` for the actor; ``value`` or ``critic_q``."""
@@ -129,6 +169,8 @@ def network_outputs(model: BaseAlgorithm, rows: Rows, parts: Iterable[Part]) -> 
     out: dict[str, torch.Tensor] = {}
     if isinstance(model.policy, ActorCriticPolicy):
         recurrent = "episode_starts" in batch
+        if not recurrent and _plain_actor_critic(policy):
+            return _actor_critic_outputs(policy, obs, parts)
         if "actor" in parts:
             if recurrent:
                 lstm = (batch["lstm.h_pi"], batch["lstm.c_pi"])
@@ -165,6 +207,86 @@ def network_outputs(model: BaseAlgorithm, rows: Rows, parts: Iterable[Part]) -> 
             torch.cat([t.flatten(1) for t in q], dim=1) if isinstance(q, tuple) else q.flatten(1)
         )
     return out
+
+
+@dataclass
+class Frozen:
+    """What :func:`network_outputs` reads of a model (``policy``, ``device``), for a frozen policy copy."""
+
+    policy: Any
+    device: torch.device
+
+
+def frozen_copy(model: BaseAlgorithm) -> torch.nn.Module:
+    """A copy of ``model.policy`` that receives no gradients, on no optimiser, in evaluation mode.
+
+    It is built as the algorithm builds its policy (a deep copy fails on the distribution tensors of the last
+    forward pass), without drawing from the training random generators, then given the policy's state.
+    """
+    algo: Any = model
+    kwargs = dict(algo.policy_kwargs)
+    if isinstance(model, OnPolicyAlgorithm):
+        kwargs["use_sde"] = False  # check_supported refused gSDE
+    cuda = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # its initialisation must not draw from training's RNG
+        copy = algo.policy_class(model.observation_space, model.action_space, algo.lr_schedule, **kwargs)
+    copy = copy.to(model.device)
+    copy.load_state_dict(model.policy.state_dict())
+    copy.requires_grad_(False)
+    copy.set_training_mode(False)
+    assert isinstance(copy, torch.nn.Module)
+    return copy
+
+
+def action_log_likelihood(
+    model: BaseAlgorithm, outputs: dict[str, torch.Tensor], actions: torch.Tensor
+) -> torch.Tensor:
+    """How likely each stored action is under the actor ``outputs`` (of :func:`network_outputs`), shape
+    ``(n,)``, up to a constant shared by every policy of ``model``'s kind.
+
+    Categorical, multi-categorical and Bernoulli policies: the log-probability. Gaussian policies: the
+    Gaussian log-density (SAC, TQC: of ``atanh`` of the stored, squashed action; the tanh Jacobian depends
+    on the action alone and cancels in comparisons). Deterministic actors (TD3): minus the squared distance
+    to the stored action. Q-networks (DQN; QR-DQN's mean over quantiles): the log-probability of the
+    Boltzmann policy over Q-values at temperature 1.
+    """
+    policy: Any = model.policy
+    if "logits" in outputs:
+        dist = getattr(policy, "action_dist", None)
+        logits = outputs["logits"]
+        if isinstance(dist, BernoulliDistribution):
+            return (actions * F.logsigmoid(logits) + (1 - actions) * F.logsigmoid(-logits)).sum(1)
+        sizes = (
+            list(dist.action_dims) if isinstance(dist, MultiCategoricalDistribution) else [logits.shape[1]]
+        )
+        total = torch.zeros(len(logits), device=logits.device)
+        for k, part in enumerate(logits.split(sizes, dim=1)):
+            index = actions[:, k].long().unsqueeze(1)
+            total = total + F.log_softmax(part, dim=1).gather(1, index).squeeze(1)
+        return total
+    if "mean" in outputs:
+        if not isinstance(policy, ActorCriticPolicy):  # squashed: the buffer holds tanh(u) in [-1, 1]
+            actions = torch.atanh(actions.clamp(-1 + 1e-6, 1 - 1e-6))
+        z = (actions - outputs["mean"]) / outputs["log_std"].exp()
+        return (-0.5 * z.square() - outputs["log_std"]).sum(1)
+    if "action" in outputs:
+        return -(actions - outputs["action"]).square().sum(1)
+    q = outputs["q"]
+    if hasattr(policy, "quantile_net"):
+        q = q.view(len(q), -1, int(model.action_space.n)).mean(1)  # type: ignore[attr-defined]
+    return F.log_softmax(q, dim=1).gather(1, actions[:, :1].long()).squeeze(1)
+
+
+def group_parts(model: BaseAlgorithm, optimizer_name: str, networks: str) -> tuple[Part, ...]:
+    """The parts an optimiser's step trains: SAC/TD3's actor or critic optimiser, or an actor-critic
+    policy's single optimiser (the critic too with ``networks="all"``), or DQN's Q-network (the actor)."""
+    if optimizer_name.startswith("actor."):
+        return ("actor",)
+    if optimizer_name.startswith("critic."):
+        return ("critic",)
+    if isinstance(model, OnPolicyAlgorithm) and networks == "all":
+        return ("actor", "critic")
+    return ("actor",)
 
 
 def default_parts(model: BaseAlgorithm) -> tuple[Part, ...]:
@@ -212,6 +334,21 @@ def distillation_losses(
         if key in new:
             losses["critic"] = (new[key] - old[key]).square().mean()
     return losses
+
+
+class StateRecorder(MemoryModule):
+    """A memory module that offers every state the agent trains on to the current task's reservoir: each
+    rollout on-policy (:func:`rollout_rows`), each environment step off-policy (:func:`step_rows`)."""
+
+    def _on_step(self) -> bool:
+        if isinstance(self.model, OffPolicyAlgorithm):
+            self.memory.record(step_rows(self.model, self.locals["buffer_actions"]), self._rng)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if isinstance(self.model, OnPolicyAlgorithm):
+            self.memory.record(rollout_rows(self.model), self._rng)
+        super()._on_rollout_end()
 
 
 class OutputMemory(TaskMemory):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -15,21 +14,15 @@ from clrl.algorithms import Networks, check_networks, policy_parameters
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, check_non_negative, check_positive_int
 from clrl.modules.distill import (
-    Part,
-    check_supported,
+    Frozen,
+    check_distillable,
     distillation_losses,
+    frozen_copy,
+    group_parts,
     network_outputs,
     rollout_rows,
 )
 from clrl.modules.memory import Rows
-
-
-@dataclass
-class _Teacher:
-    """What :func:`network_outputs` reads of a model (``policy``, ``device``), for the frozen copy."""
-
-    policy: Any
-    device: torch.device
 
 
 class LwF(ContinualModule):
@@ -88,9 +81,7 @@ class LwF(ContinualModule):
     def on_task_start(self, task: TaskInfo) -> None:
         """Check the algorithm and policy, materialise a loaded teacher, seed the state sampling."""
         model = self.sb3_model
-        if not isinstance(model, OnPolicyAlgorithm | OffPolicyAlgorithm):
-            raise ConfigError(f"LwF needs an on- or off-policy SB3 algorithm, got {type(model).__name__}")
-        check_supported(model, "LwF")
+        check_distillable(model, "LwF")
         if self._pending is not None:
             self.teacher = self._freeze(model)
             self.teacher.load_state_dict(self._pending)
@@ -105,22 +96,7 @@ class LwF(ContinualModule):
 
     @staticmethod
     def _freeze(model: BaseAlgorithm) -> torch.nn.Module:
-        """A copy of the policy without gradients, built as the algorithm builds its policy (a deep copy
-        fails on the distribution tensors of the last forward pass)."""
-        algo: Any = model
-        kwargs = dict(algo.policy_kwargs)
-        if isinstance(model, OnPolicyAlgorithm):
-            kwargs["use_sde"] = False  # check_supported refused gSDE
-        cuda = [model.device.index or 0] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # its initialisation must not draw from training's RNG
-            teacher = algo.policy_class(
-                model.observation_space, model.action_space, algo.lr_schedule, **kwargs
-            )
-        teacher = teacher.to(model.device)
-        teacher.load_state_dict(model.policy.state_dict())
-        teacher.requires_grad_(False)
-        teacher.set_training_mode(False)
-        return teacher
+        return frozen_copy(model)
 
     # ------------------------------------------------------------------------------------ training
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -133,15 +109,6 @@ class LwF(ContinualModule):
         if isinstance(self.model, OnPolicyAlgorithm) and self.teacher is not None:
             self._rows = rollout_rows(self.model)  # before SB3 flattens the buffer for training
         super()._on_rollout_end()
-
-    def _parts(self, group: ParamGroup) -> tuple[Part, ...]:
-        if group.optimizer_name.startswith("actor."):
-            return ("actor",)
-        if group.optimizer_name.startswith("critic."):
-            return ("critic",)
-        if isinstance(self.sb3_model, OnPolicyAlgorithm) and self.networks == "all":
-            return ("actor", "critic")
-        return ("actor",)
 
     def _batch_size(self) -> int:
         if self.batch_size is not None:
@@ -177,10 +144,10 @@ class LwF(ContinualModule):
         """``strength`` times the divergence of the policy from the teacher on current states."""
         assert self.teacher is not None
         model = self.sb3_model
-        parts = self._parts(group)
+        parts = group_parts(model, group.optimizer_name, self.networks)
         rows = self.current_states(self._batch_size())
         with torch.no_grad():
-            old = network_outputs(cast(BaseAlgorithm, _Teacher(self.teacher, model.device)), rows, parts)
+            old = network_outputs(cast(BaseAlgorithm, Frozen(self.teacher, model.device)), rows, parts)
         losses = distillation_losses(model, old, network_outputs(model, rows, parts))
         total = sum(losses.values())
         assert isinstance(total, torch.Tensor)
