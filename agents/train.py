@@ -22,7 +22,7 @@ class Args:
     stream: str = "cartpole-flip"  # built-in stream name or a stream file
     algo: str = "ppo"  # ppo, a2c, dqn, sac, td3 (and sb3-contrib's when installed)
     method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si, replay, clear, agem, packnet,
-    #                           multihead, progressive, lwf, clser
+    #                           multihead, progressive, lwf, clser, pnc
     strength: float = 1000.0  # penalty coefficient of the penalty modules (l2 ... si)
     steps: int | None = None  # steps per task (default: the stream's)
     seed: int = 0
@@ -46,14 +46,19 @@ def main() -> None:
     stream = clrl.make_stream(args.stream, steps_per_task=args.steps)
 
     # 2. The agent: an SB3 model built on the first task's environment. Multi-head and progressive
-    #    methods need their own policy class, with one head or column per task.
-    policies = {"multihead": clrl.multihead_policy, "progressive": clrl.progressive_policy}
+    #    methods need their own policy class, with one head or column per task (Progress & Compress:
+    #    two columns, the knowledge base and the active column, whatever the number of tasks).
+    policies = {
+        "multihead": clrl.multihead_policy,
+        "progressive": clrl.progressive_policy,
+        "pnc": clrl.progressive_policy,
+    }
     overrides = {}
     if args.method in policies:
         net = preset(stream.name, args.algo).get("policy_kwargs", {})
         overrides = {
             "policy": policies[args.method](args.algo),
-            "policy_kwargs": {**net, "n_tasks": len(stream)},
+            "policy_kwargs": {**net, "n_tasks": 2 if args.method == "pnc" else len(stream)},
         }
     model = make_model(args.algo, stream, args.seed, overrides)
 
@@ -68,6 +73,7 @@ def main() -> None:
         "progressive": clrl.ProgressiveColumns,
         "lwf": clrl.LwF,
         "clser": clrl.CLSER,
+        "pnc": clrl.ProgressAndCompress,
     }
     if args.method not in (*penalties, *others, "finetune"):
         choices = ", ".join(["finetune", *penalties, *others])

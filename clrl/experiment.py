@@ -32,6 +32,7 @@ from clrl.modules import (
     MultiHead,
     OnlineEWC,
     PackNet,
+    ProgressAndCompress,
     ProgressiveColumns,
     Replay,
     multihead_policy,
@@ -56,6 +57,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "progressive": ProgressiveColumns,
     "lwf": LwF,
     "clser": CLSER,
+    "pnc": ProgressAndCompress,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")
@@ -64,6 +66,7 @@ BASELINES = ("multitask", "single-task")
 POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
     "multihead": multihead_policy,
     "progressive": progressive_policy,
+    "pnc": progressive_policy,  # two columns: the knowledge base and the active column
 }
 """Methods that need their own policy class, and the function that names it for an algorithm."""
 
@@ -135,7 +138,7 @@ def policy_hyperparameters(method: str, algo: str, stream: TaskStream, hp: dict[
     return {
         **hp,
         "policy": POLICY_METHODS[needs[0]](get_algorithm(algo)),
-        "policy_kwargs": {**policy_kwargs, "n_tasks": len(stream)},
+        "policy_kwargs": {**policy_kwargs, "n_tasks": 2 if needs[0] == "pnc" else len(stream)},
     }
 
 

@@ -19,6 +19,7 @@ from clrl.modules.multihead import (
 from clrl.modules.online_ewc import OnlineEWC
 from clrl.modules.packnet import PackNet
 from clrl.modules.penalty import ImportancePenalty, QuadraticPenalty
+from clrl.modules.progress_compress import ProgressAndCompress
 from clrl.modules.progressive import (
     ProgressiveActorCriticPolicy,
     ProgressiveColumns,
@@ -49,6 +50,7 @@ __all__ = [
     "OnlineEWC",
     "PackNet",
     "ParamGroup",
+    "ProgressAndCompress",
     "ProgressiveActorCriticPolicy",
     "ProgressiveColumns",
     "ProgressiveDQNPolicy",

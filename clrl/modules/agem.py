@@ -8,6 +8,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from clrl.algorithms import Networks, check_networks, policy_parameters
 from clrl.modules.base import ParamGroup, TaskInfo
 from clrl.modules.distill import (
+    OutputMemory,
     OutputReplay,
     Part,
     StateRecorder,
@@ -79,6 +80,7 @@ class AGEM(StateRecorder, OutputReplay):
     """
 
     name = "agem"
+    memory: OutputMemory
 
     def __init__(
         self,

@@ -24,13 +24,13 @@ from clrl.modules.distill import (
     group_parts,
     network_outputs,
 )
-from clrl.modules.memory import Budget, Rows
+from clrl.modules.memory import Budget, MemoryModule, Rows
 
 Copy = Literal["stable", "plastic", "working"]
 _COPIES = ("plastic", "stable")
 
 
-class CLSER(StateRecorder):
+class CLSER(StateRecorder, MemoryModule):
     """CLS-ER: a fast (plastic) and a slow (stable) exponential moving average of the policy, a reservoir of
     states, and a consistency loss toward whichever average explains each stored action better.
 

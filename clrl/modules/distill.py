@@ -37,7 +37,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.nn import functional as F
 
 from clrl.errors import ConfigError
-from clrl.modules.base import TaskInfo, check_positive_int
+from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
 from clrl.modules.importance import _EvalMode
 from clrl.modules.memory import Budget, MemoryModule, Rows, TaskMemory
 
@@ -336,18 +336,26 @@ def distillation_losses(
     return losses
 
 
-class StateRecorder(MemoryModule):
-    """A memory module that offers every state the agent trains on to the current task's reservoir: each
-    rollout on-policy (:func:`rollout_rows`), each environment step off-policy (:func:`step_rows`)."""
+class StateRecorder(ContinualModule):
+    """A module that sees every state the agent trains on, with the action taken there: each rollout
+    on-policy (:func:`rollout_rows`), each environment step off-policy (:func:`step_rows`). Mix it in before
+    the module's base class; by default the rows go to the current task's reservoir of ``self.memory``."""
+
+    memory: TaskMemory
+    _rng: np.random.Generator
+
+    def record_states(self, rows: Rows) -> None:
+        """Keep ``rows`` (default: offer them to the current task's reservoir)."""
+        self.memory.record(rows, self._rng)
 
     def _on_step(self) -> bool:
         if isinstance(self.model, OffPolicyAlgorithm):
-            self.memory.record(step_rows(self.model, self.locals["buffer_actions"]), self._rng)
+            self.record_states(step_rows(self.model, self.locals["buffer_actions"]))
         return True
 
     def _on_rollout_end(self) -> None:
         if isinstance(self.model, OnPolicyAlgorithm):
-            self.memory.record(rollout_rows(self.model), self._rng)
+            self.record_states(rollout_rows(self.model))
         super()._on_rollout_end()
 
 

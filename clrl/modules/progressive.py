@@ -91,13 +91,17 @@ class ProgressiveMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not len(self.activations):
             return x
-        if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        forced = self._router.forced
+        if forced is not None:  # one column for every sample (Progress & Compress): no routing
+            tasks = [forced]
+        elif torch._C._functorch.is_functorch_wrapped_tensor(x):
             raise ConfigError(
                 "progressive columns do not support per-sample gradients (importance estimates of EWC, MAS); "
                 "their earlier columns are frozen anyway"
             )
-        ids = self._router.ids(x)
-        tasks = torch.unique(ids).tolist()
+        else:
+            ids = self._router.ids(x)
+            tasks = torch.unique(ids).tolist()
         hidden: list[list[torch.Tensor]] = []
         for k in range(max(tasks) + 1):
             if k < max(tasks):
