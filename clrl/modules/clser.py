@@ -46,7 +46,8 @@ class CLSER(StateRecorder, MemoryModule):
     Every state the agent trains on is offered to a reservoir memory (on-policy: each rollout; off-policy:
     each environment step; ``budget`` rows over all tasks, kept per task as :class:`clrl.Replay` does), with
     the action taken there. At every optimiser step, ``batch_size`` stored states of all tasks so far,
-    the current one included, are drawn, and the loss
+    the current one included, are drawn (SAC and TD3: one draw, and one pass of the copies, serves the
+    critic's step and the actor's step that follows it), and the loss
 
         ``strength · D(copy*(s) ‖ policy(s))``
 
@@ -129,6 +130,8 @@ class CLSER(StateRecorder, MemoryModule):
         self._named: dict[str, dict[str, torch.Tensor]] = {}
         self._ema_rng = np.random.default_rng(0)
         self._last: dict[str, float] = {}
+        self._batch: tuple[Rows, dict[str, torch.Tensor], torch.Tensor] | None = None
+        self._batch_users: set[str] = set()
 
     # ------------------------------------------------------------------------------------ task boundaries
     def on_task_start(self, task: TaskInfo) -> None:
@@ -140,6 +143,7 @@ class CLSER(StateRecorder, MemoryModule):
         seed = model.seed if model.seed is not None else 0
         self._ema_rng = np.random.default_rng([seed, task.index, 2])
         self._last = {}
+        self._batch = None
 
     def _build_copies(self) -> None:
         if self.plastic is None or self.stable is None:
@@ -213,8 +217,12 @@ class CLSER(StateRecorder, MemoryModule):
         if self.strength == 0 or len(self.memory) == 0:
             return None
         model = self.sb3_model
-        rows = self.replay_states(self._batch_size())
-        targets, chose_stable = self.consistency_targets(rows)
+        if self._batch is None or group.optimizer_name in self._batch_users:
+            # One draw and one pass of the copies serve each optimiser once (SAC/TD3: critic, then actor).
+            rows = self.replay_states(self._batch_size())
+            self._batch, self._batch_users = (rows, *self.consistency_targets(rows)), set()
+        self._batch_users.add(group.optimizer_name)
+        rows, targets, chose_stable = self._batch
         parts = group_parts(model, group.optimizer_name, self.networks)
         losses = distillation_losses(model, targets, network_outputs(model, rows, parts))
         total = sum(losses.values())
