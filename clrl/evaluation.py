@@ -66,7 +66,7 @@ class Evaluator:
     Actions are deterministic by default, so evaluation draws nothing from the training random generators.
     Modules that select a head, column or mask per task are told which task is evaluated
     (:meth:`ContinualModule.set_task`); every module's :meth:`ContinualModule.evaluating` context is entered
-    around the evaluation (CLSER evaluates its stable copy).
+    around the evaluation (CLSER evaluates its stable copy, Progress & Compress its knowledge base).
 
     Args:
         stream: The task stream.
