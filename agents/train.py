@@ -22,7 +22,7 @@ class Args:
     stream: str = "cartpole-flip"  # built-in stream name or a stream file
     algo: str = "ppo"  # ppo, a2c, dqn, sac, td3 (and sb3-contrib's when installed)
     method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si, replay, clear, agem, packnet,
-    #                           multihead, progressive, lwf, clser, pnc
+    #                           multihead, progressive, lwf, clser, pnc, dualnet
     strength: float = 1000.0  # penalty coefficient of the penalty modules (l2 ... si)
     steps: int | None = None  # steps per task (default: the stream's)
     seed: int = 0
@@ -53,13 +53,16 @@ def main() -> None:
         "progressive": clrl.progressive_policy,
         "pnc": clrl.progressive_policy,
     }
+    #    DualNet's slow and fast networks are the policy's features extractor.
     overrides = {}
+    net = preset(stream.name, args.algo).get("policy_kwargs", {})
     if args.method in policies:
-        net = preset(stream.name, args.algo).get("policy_kwargs", {})
         overrides = {
             "policy": policies[args.method](args.algo),
             "policy_kwargs": {**net, "n_tasks": 2 if args.method == "pnc" else len(stream)},
         }
+    elif args.method == "dualnet":
+        overrides = {"policy_kwargs": {**net, "features_extractor_class": clrl.DualNetExtractor}}
     model = make_model(args.algo, stream, args.seed, overrides)
 
     # 3. Continual modules plug into the model as callbacks.
@@ -74,6 +77,7 @@ def main() -> None:
         "lwf": clrl.LwF,
         "clser": clrl.CLSER,
         "pnc": clrl.ProgressAndCompress,
+        "dualnet": clrl.DualNet,
     }
     if args.method not in (*penalties, *others, "finetune"):
         choices = ", ".join(["finetune", *penalties, *others])

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
 from clrl.algorithms import ALGORITHMS, get_algorithm
 from clrl.errors import ConfigError
 from clrl.modules import (
@@ -28,6 +30,8 @@ from clrl.modules import (
     MAS,
     SI,
     ContinualModule,
+    DualNet,
+    DualNetExtractor,
     LwF,
     MultiHead,
     OnlineEWC,
@@ -58,6 +62,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "lwf": LwF,
     "clser": CLSER,
     "pnc": ProgressAndCompress,
+    "dualnet": DualNet,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")
@@ -69,6 +74,8 @@ POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
     "pnc": progressive_policy,  # two columns: the knowledge base and the active column
 }
 """Methods that need their own policy class, and the function that names it for an algorithm."""
+EXTRACTOR_METHODS: dict[str, type[BaseFeaturesExtractor]] = {"dualnet": DualNetExtractor}
+"""Methods that need their own features extractor (with any policy class)."""
 
 
 def method_parts(method: str) -> list[str]:
@@ -129,17 +136,22 @@ def policy_hyperparameters(method: str, algo: str, stream: TaskStream, hp: dict[
     Raises:
         ConfigError: Two parts of the method each need their own policy.
     """
-    needs = [part for part in method_parts(method) if part in POLICY_METHODS]
+    parts = method_parts(method)
+    needs = [part for part in parts if part in POLICY_METHODS]
+    extractors = [EXTRACTOR_METHODS[part] for part in parts if part in EXTRACTOR_METHODS]
     if len(needs) > 1:
         raise ConfigError(f"{' and '.join(needs)} each need their own policy; choose one")
-    if not needs:
+    if not needs and not extractors:
         return dict(hp)
     policy_kwargs = {**preset(stream.name, algo).get("policy_kwargs", {}), **hp.get("policy_kwargs", {})}
-    return {
-        **hp,
-        "policy": POLICY_METHODS[needs[0]](get_algorithm(algo)),
-        "policy_kwargs": {**policy_kwargs, "n_tasks": 2 if needs[0] == "pnc" else len(stream)},
-    }
+    out = {**hp}
+    if needs:
+        out["policy"] = POLICY_METHODS[needs[0]](get_algorithm(algo))
+        policy_kwargs["n_tasks"] = 2 if needs[0] == "pnc" else len(stream)
+    if extractors:
+        policy_kwargs.setdefault("features_extractor_class", extractors[0])
+    out["policy_kwargs"] = policy_kwargs
+    return out
 
 
 @functools.lru_cache(maxsize=32)

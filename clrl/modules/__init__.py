@@ -4,6 +4,7 @@ from clrl.modules.agem import AGEM
 from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, add_to_grad
 from clrl.modules.clear import CLEAR
 from clrl.modules.clser import CLSER
+from clrl.modules.dualnet import DualNet, DualNetExtractor
 from clrl.modules.ewc import EWC
 from clrl.modules.l2 import L2
 from clrl.modules.lwf import LwF
@@ -40,6 +41,8 @@ __all__ = [
     "MAS",
     "SI",
     "ContinualModule",
+    "DualNet",
+    "DualNetExtractor",
     "ImportancePenalty",
     "LwF",
     "MultiHead",

@@ -165,21 +165,9 @@ class CLSER(StateRecorder, MemoryModule):
     # ------------------------------------------------------------------------------------ replay
     def replay_states(self, n: int) -> Rows:
         """``n`` stored states (with actions), uniform over every row held, the current task's included."""
-        current = self.memory.current
-        earlier = [i for i, r in enumerate(self.memory) if r is not current and len(r)]
-        held_earlier = sum(len(self.memory.tasks[i]) for i in earlier)
-        held_current = len(current) if current is not None else 0
-        if held_earlier + held_current == 0:
+        if len(self.memory) == 0:
             raise RuntimeError("CLSER's memory is empty")
-        picks = self._sample_rng.integers(0, held_earlier + held_current, n)
-        from_earlier = int((picks < held_earlier).sum())
-        parts: list[Rows] = []
-        if from_earlier:
-            parts.append(self.memory.sample(from_earlier, self._sample_rng, earlier))
-        if from_earlier < n:
-            assert current is not None
-            parts.append(current.rows(self._sample_rng.integers(0, held_current, n - from_earlier)))
-        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self.memory.sample_with_current(n, self._sample_rng)
 
     # ------------------------------------------------------------------------------------ training
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:

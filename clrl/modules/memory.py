@@ -191,6 +191,25 @@ class TaskMemory:
         index = rng.integers(0, size, size=n)
         return {k: v[index] for k, v in pool.items()}
 
+    def sample_with_current(self, n: int, rng: np.random.Generator) -> Rows:
+        """``n`` rows drawn uniformly, with replacement, from every row held, those of the :attr:`current`
+        (still filling) reservoir included; the finished reservoirs are gathered as :meth:`sample` does."""
+        current = self.current
+        earlier = [i for i, r in enumerate(self.tasks) if r is not current and len(r)]
+        held_earlier = sum(len(self.tasks[i]) for i in earlier)
+        held_current = len(current) if current is not None else 0
+        if held_earlier + held_current == 0:
+            raise ValueError("the memory is empty")
+        picks = rng.integers(0, held_earlier + held_current, n)
+        from_earlier = int((picks < held_earlier).sum())
+        parts: list[Rows] = []
+        if from_earlier:
+            parts.append(self.sample(from_earlier, rng, earlier))
+        if from_earlier < n:
+            assert current is not None
+            parts.append(current.rows(rng.integers(0, held_current, n - from_earlier)))
+        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
     def _gather(self, positions: tuple[int, ...]) -> Rows:
         chosen = [self.tasks[i] for i in positions if len(self.tasks[i])]
         if not chosen:
