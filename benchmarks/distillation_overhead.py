@@ -1,13 +1,15 @@
 """Training time of the distillation modules against plain SB3, as ratios measured in one run.
 
-    python benchmarks/distillation_overhead.py --algo ppo --steps 4096 --repeats 4     # LwF and CLSER
+    python benchmarks/distillation_overhead.py --algo ppo --steps 4096 --repeats 4     # LwF, CLSER, DualNet
     python benchmarks/distillation_overhead.py --algo sac --stream pendulum-flip --steps 2000 --repeats 3
 
 The protocol of ``regularisation_overhead.py``: the user's own ``set_env`` + ``learn`` loop over the stream,
 one model per configuration with the same seed, every configuration training task i back to back (order
 rotated), CPU time with one torch thread, ratios paired by repeat and task. The first task has no teacher
 yet, so LwF's cost shows on the later tasks; CLSER pays its consistency loss from the first update on.
-Target (issue 6): LwF and CLSER at most 1.35x plain SB3.
+DualNet is timed twice: ``extractor`` is the model with its ``DualNetExtractor`` and no module (the cost of
+the architecture), ``dualnet`` adds the module (the look-ahead updates and the memory).
+Target (issue 6): LwF and CLSER at most 1.35x plain SB3; DualNet's cost is stated, not bounded.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ import torch
 from regularisation_overhead import Factory, time_modules
 
 import clrl
+from clrl.experiment import policy_hyperparameters
 
 CONFIGURATIONS: dict[str, dict[str, Factory]] = {
-    algo: {"plain": None, "lwf": lambda: clrl.LwF(), "clser": lambda: clrl.CLSER()}
+    algo: {
+        "plain": None,
+        "lwf": lambda: clrl.LwF(),
+        "clser": lambda: clrl.CLSER(),
+        "extractor": None,
+        "dualnet": lambda: clrl.DualNet(),
+    }
     for algo in ("ppo", "a2c", "dqn", "sac", "td3")
 }
 
@@ -35,7 +44,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    time_modules(args, CONFIGURATIONS[args.algo])
+    stream = clrl.make_stream(args.stream, steps_per_task=args.steps)
+    dualnet = policy_hyperparameters("dualnet", args.algo, stream, {})
+    time_modules(args, CONFIGURATIONS[args.algo], {"extractor": dualnet, "dualnet": dualnet})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from clrl.modules.base import (
     check_positive_int,
 )
 from clrl.modules.distill import StateRecorder
-from clrl.modules.memory import Budget, MemoryModule
+from clrl.modules.memory import Budget, MemoryModule, Rows
 
 
 class DualNetExtractor(BaseFeaturesExtractor):
@@ -192,9 +192,8 @@ class DualNet(StateRecorder, MemoryModule):
     ) -> None:
         super().__init__(budget, require_task_id=False, verbose=verbose)
         self.ssl_every = check_positive_int(ssl_every, "DualNet ssl_every")
-        if isinstance(ssl_steps, bool) or not isinstance(ssl_steps, int) or ssl_steps < 0:
-            raise ConfigError(f"DualNet ssl_steps must be an integer >= 0, got {ssl_steps!r}")
-        self.ssl_steps = int(ssl_steps)
+        zero = not isinstance(ssl_steps, bool) and ssl_steps == 0
+        self.ssl_steps = 0 if zero else check_positive_int(ssl_steps, "DualNet ssl_steps (or 0)")
         self.ssl_batch_size = check_positive_int(ssl_batch_size, "DualNet ssl_batch_size")
         if self.ssl_batch_size < 2:
             raise ConfigError("DualNet ssl_batch_size must be at least 2 (the loss standardises over it)")
@@ -239,6 +238,10 @@ class DualNet(StateRecorder, MemoryModule):
         draw = np.random.default_rng([seed, task.index, 3]).integers(2**62)
         self._generator = torch.Generator().manual_seed(int(draw))
         self._last_loss = None
+
+    def record_states(self, rows: Rows) -> None:
+        """Keep the observations only (the self-supervised loss needs neither actions nor hidden states)."""
+        self.memory.record({k: v for k, v in rows.items() if k == "obs" or k.startswith("obs.")}, self._rng)
 
     # ------------------------------------------------------------------------------------ training
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
