@@ -42,13 +42,16 @@ none, the top level is the one grid)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -306,6 +309,29 @@ def execute(payload: dict[str, Any], threads: int) -> int:
         return _worker.main([argument])
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers they were meant for.
+
+    ``subprocess.Popen`` waits for its child's ``exec``; an interrupt raised in that wait unwinds out of
+    ``Popen`` and leaves a running child that nothing can stop. Outside the main thread (where Python runs
+    no signal handlers) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
+
+
 class _ProcessBackend:
     """Runs jobs as child processes of this one, up to ``capacity`` at a time."""
 
@@ -316,11 +342,12 @@ class _ProcessBackend:
 
     def start(self, key: int, job: _Job) -> None:
         job.threads = self._threads
-        log = open(job.run_dir / LOG_FILE, "ab")  # noqa: SIM115 (closed when the process ends)
-        process = subprocess.Popen(
-            _command(job), stdout=log, stderr=subprocess.STDOUT, env=_environment(job.threads)
-        )
-        self._running[key] = (process, log)
+        with _interrupts_held():  # an interrupt comes once :meth:`stop` knows the child
+            log = open(job.run_dir / LOG_FILE, "ab")  # noqa: SIM115 (closed when the process ends)
+            process = subprocess.Popen(
+                _command(job), stdout=log, stderr=subprocess.STDOUT, env=_environment(job.threads)
+            )
+            self._running[key] = (process, log)
 
     def wait(self) -> list[tuple[int, int]]:
         """Block until at least one job ends; its key and exit status."""

@@ -276,6 +276,34 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_an_interrupt_while_a_run_starts_stops_that_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Popen waits for its child's exec: a signal arriving then must not leave the child running unknown."""
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        process = real_popen(*args, **kwargs)  # type: ignore[call-overload]
+        started.append(process)
+        signal.raise_signal(signal.SIGTERM)  # before Popen returns, as when it comes during the exec wait
+        return process
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep([tiny()], tmp_path, workers=1, progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(started) == 1
+    assert started[0].poll() is not None  # stopped by the sweep, not orphaned
+
+
 def test_terminated_sweep_stops_its_runs(tmp_path: Path) -> None:
     logdir = tmp_path / "terminated"
     command = [
