@@ -39,9 +39,9 @@ class DualNetExtractor(BaseFeaturesExtractor):
     transformation of the slow features by the fast learner; ``rms`` is the root mean square over the layer's
     units, so the gate is of order one whatever scale the slow features take: the self-supervised loss
     standardises them and leaves their scale free, and products of raw activations shrink layer after
-    layer). The features are ``m_L``: the policy's own network
-    (``net_arch``) and heads follow as usual. A projector (two linear layers) maps ``h_L`` to the space of
-    the self-supervised loss; it is used by :class:`DualNet` only.
+    layer). The features are ``m_L``: the policy's own network (``net_arch``) and heads follow as usual. A
+    projector (two linear layers) maps ``h_L`` to the space of the self-supervised loss; it is used by
+    :class:`DualNet` only.
 
     Use it with ``policy_kwargs={"features_extractor_class": clrl.DualNetExtractor}`` (any SB3 policy; with
     SAC/TD3 the actor and each critic get one, unless ``share_features_extractor``).
