@@ -327,6 +327,14 @@ def check_non_negative(value: float, what: str) -> float:
     return value
 
 
+def check_positive(value: float, what: str) -> float:
+    """Return ``value`` as a float, or raise :class:`ConfigError` unless it is finite and > 0."""
+    value = _as_float(value, what)
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{what} must be a finite number > 0, got {value}")
+    return value
+
+
 def check_fraction(value: float, what: str) -> float:
     """Return ``value`` as a float in [0, 1], or raise :class:`ConfigError`."""
     value = _as_float(value, what)

@@ -16,7 +16,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 from torch.nn import functional as F
 
-from clrl.algorithms import optimizers
+from clrl.algorithms import policy_parameters
 from clrl.errors import ConfigError
 from clrl.modules.base import (
     ParamGroup,
@@ -24,6 +24,7 @@ from clrl.modules.base import (
     check_bool,
     check_fraction,
     check_non_negative,
+    check_positive,
     check_positive_int,
 )
 from clrl.modules.distill import StateRecorder
@@ -118,9 +119,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, redundancy_weight: flo
 def dualnet_extractors(model: BaseAlgorithm) -> dict[str, DualNetExtractor]:
     """The model's :class:`DualNetExtractor`\\ s that an optimiser steps, by name relative to ``model.policy``
     (target networks, which SB3 updates by copying, are left out)."""
-    stepped = {
-        id(p) for opt in optimizers(model).values() for group in opt.param_groups for p in group["params"]
-    }
+    stepped = {id(p) for p in policy_parameters(model, "all").values()}
     return {
         name: module
         for name, module in model.policy.named_modules()
@@ -197,9 +196,7 @@ class DualNet(StateRecorder, MemoryModule):
         self.ssl_batch_size = check_positive_int(ssl_batch_size, "DualNet ssl_batch_size")
         if self.ssl_batch_size < 2:
             raise ConfigError("DualNet ssl_batch_size must be at least 2 (the loss standardises over it)")
-        self.ssl_lr = check_non_negative(ssl_lr, "DualNet ssl_lr")
-        if self.ssl_lr == 0:
-            raise ConfigError("DualNet ssl_lr must be > 0")
+        self.ssl_lr = check_positive(ssl_lr, "DualNet ssl_lr")
         self.lookahead = check_fraction(lookahead, "DualNet lookahead")
         self.redundancy_weight = check_non_negative(redundancy_weight, "DualNet redundancy_weight")
         self.noise = check_non_negative(noise, "DualNet noise")

@@ -13,7 +13,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from clrl.algorithms import Networks
 from clrl.errors import ConfigError
-from clrl.modules.base import TaskInfo, check_positive_int
+from clrl.modules.base import TaskInfo, check_positive, check_positive_int
 from clrl.modules.distill import (
     Part,
     StateRecorder,
@@ -109,9 +109,7 @@ class ProgressAndCompress(StateRecorder, OnlineEWC):
     ) -> None:
         super().__init__(strength, gamma, samples, networks, temperature, verbose)
         self.compress_steps = check_positive_int(compress_steps, "ProgressAndCompress compress_steps")
-        if isinstance(compress_lr, bool) or not isinstance(compress_lr, int | float) or not compress_lr > 0:
-            raise ConfigError(f"ProgressAndCompress compress_lr must be a number > 0, got {compress_lr!r}")
-        self.compress_lr = float(compress_lr)
+        self.compress_lr = check_positive(compress_lr, "ProgressAndCompress compress_lr")
         self.batch_size = check_positive_int(batch_size, "ProgressAndCompress batch_size")
         self.states = check_positive_int(states, "ProgressAndCompress states")
         if evaluate_with not in ("knowledge_base", "active"):
