@@ -2,11 +2,13 @@
 
     python benchmarks/distillation_overhead.py --algo ppo --steps 4096 --repeats 4     # LwF, CLSER, DualNet
     python benchmarks/distillation_overhead.py --algo sac --stream pendulum-flip --steps 2000 --repeats 3
+    python benchmarks/distillation_overhead.py --only clser clser-fresh     # some configurations (and plain)
 
 The protocol of ``regularisation_overhead.py``: the user's own ``set_env`` + ``learn`` loop over the stream,
 one model per configuration with the same seed, every configuration training task i back to back (order
 rotated), CPU time with one torch thread, ratios paired by repeat and task. The first task has no teacher
-yet, so LwF's cost shows on the later tasks; CLSER pays its consistency loss from the first update on.
+yet, so LwF's cost shows on the later tasks; CLSER pays its consistency loss from the first update on
+(``clser`` at its default ``prefetch=8``, ``clser-fresh`` with ``prefetch=1``: fresh targets every step).
 DualNet is timed twice: ``extractor`` is the model with its ``DualNetExtractor`` and no module (the cost of
 the architecture), ``dualnet`` adds the module (the look-ahead updates and the memory).
 Target (issue 6): LwF and CLSER at most 1.35x plain SB3; DualNet's cost is stated, not bounded.
@@ -27,6 +29,7 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
         "plain": None,
         "lwf": lambda: clrl.LwF(),
         "clser": lambda: clrl.CLSER(),
+        "clser-fresh": lambda: clrl.CLSER(prefetch=1),
         "extractor": None,
         "dualnet": lambda: clrl.DualNet(),
     }
@@ -42,11 +45,19 @@ def main() -> None:
     parser.add_argument("--algo", default="ppo", choices=sorted(CONFIGURATIONS))
     parser.add_argument("--steps", type=int, default=4096, help="steps per task")
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument(
+        "--only", nargs="+", choices=[n for n in CONFIGURATIONS["ppo"] if n != "plain"], help="configurations"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     stream = clrl.make_stream(args.stream, steps_per_task=args.steps)
     dualnet = policy_hyperparameters("dualnet", args.algo, stream, {})
-    time_modules(args, CONFIGURATIONS[args.algo], {"extractor": dualnet, "dualnet": dualnet})
+    configurations = {
+        name: factory
+        for name, factory in CONFIGURATIONS[args.algo].items()
+        if name == "plain" or args.only is None or name in args.only
+    }
+    time_modules(args, configurations, {"extractor": dualnet, "dualnet": dualnet})
 
 
 if __name__ == "__main__":

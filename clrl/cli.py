@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS
@@ -62,6 +63,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--method-arg", nargs="*", default=[], metavar="KEY=VALUE", help="module hyperparameters"
     )
     run.add_argument("--device", default="auto", help="torch device (default: auto)")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's, one per core); results depend on it, see README",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace existing run directories")
     run.add_argument(
         "--resume",
@@ -146,6 +152,18 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
     ]
     for spec in specs:
         spec.check()  # every bad setting fails before any training
+    if ns.threads is not None and ns.threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {ns.threads}")
+    threads = torch.get_num_threads()
+    try:
+        if ns.threads is not None:
+            torch.set_num_threads(ns.threads)
+        return _run_specs(ns, specs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_specs(ns: argparse.Namespace, specs: list[RunSpec]) -> list[TrainResult]:
     results = []
     for spec in specs:
         if ns.resume:

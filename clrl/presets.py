@@ -8,7 +8,10 @@ SB3 constructor arguments, plus ``policy`` (default ``"MlpPolicy"``) and ``n_env
     [ppo]
     n_envs = 8
     learning_rate = 0.001
-    policy_kwargs = { net_arch = [64, 64] }
+    policy_kwargs = { net_arch = [64, 64], activation_fn = "relu" }
+
+``policy_kwargs.activation_fn`` may name its ``torch.nn`` class (``"ReLU"``, ``"Tanh"``, ...; any case), so
+that TOML files and ``clrl run --hp`` can set it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from clrl._data import data_dir
@@ -40,6 +44,19 @@ def preset(stream_name: str, algorithm: str) -> dict[str, Any]:
     return {}
 
 
+def activation_class(name: str) -> type[torch.nn.Module]:
+    """The ``torch.nn`` activation class called ``name``, case-insensitively (``"relu"`` -> ``nn.ReLU``).
+
+    Raises:
+        ConfigError: No activation of that name in ``torch.nn``.
+    """
+    names = [n for n in torch.nn.modules.activation.__all__ if n not in ("MultiheadAttention", "Threshold")]
+    found = {n.lower(): getattr(torch.nn, n) for n in names}.get(name.lower().replace("_", ""))
+    if found is None:
+        raise ConfigError(f"activation_fn {name!r} is not an activation of torch.nn ({', '.join(names)})")
+    return found
+
+
 def make_model(
     algorithm: str,
     stream: TaskStream,
@@ -57,6 +74,10 @@ def make_model(
     cls = get_algorithm(algorithm)
     kwargs = {**preset(stream.name, algorithm), **(overrides or {})}
     policy = kwargs.pop("policy", "MlpPolicy")
+    if isinstance(kwargs.get("policy_kwargs", {}).get("activation_fn"), str):
+        policy_kwargs = dict(kwargs["policy_kwargs"])
+        policy_kwargs["activation_fn"] = activation_class(policy_kwargs["activation_fn"])
+        kwargs["policy_kwargs"] = policy_kwargs
     n_envs = kwargs.pop("n_envs", 1)
     if not isinstance(n_envs, int) or n_envs < 1:
         raise ConfigError(f"n_envs must be a positive integer, got {n_envs!r}")

@@ -27,7 +27,7 @@ import math
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,8 @@ class TrainResult:
         task_names: The stream's task names (the matrix's columns).
         steps: Global environment step of each matrix row.
         curves: Evaluations during training: ``(step, task being trained, returns on every task)``.
-        config: Stream, algorithm, method, seed and hyperparameters of the run.
+        config: Stream, algorithm, method, seed, hyperparameters (scalars; ``policy_kwargs`` apart, classes
+            by name) and torch threads of the run.
         logdir: The run directory, if one was written.
         timings: Wall-clock seconds of the whole run (``total``) and of its evaluations (``evaluation``).
         random_returns: Mean return of a uniformly random policy on each task, on the evaluation episodes.
@@ -824,7 +825,7 @@ def _config(
     eval_episodes: int,
     modules: Sequence[ContinualModule],
 ) -> dict[str, Any]:
-    hyper = {}
+    hyper: dict[str, Any] = {}
     for name in inspect.signature(type(model).__init__).parameters:
         value = getattr(model, name, None)
         if isinstance(value, bool | int | float | str) and name not in ("verbose", "seed"):
@@ -837,11 +838,26 @@ def _config(
         "method": method,
         "seed": seed,
         "n_envs": model.n_envs,
+        "torch_threads": torch.get_num_threads(),  # results depend on it (the order of float sums)
         "eval_episodes": eval_episodes,
         "hyperparameters": hyper,
+        "policy_kwargs": _describe(getattr(model, "policy_kwargs", None) or {}),
         "modules": [{"class": type(m).__name__, "config": m.get_config()} for m in modules],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _describe(value: Any) -> Any:
+    """``value`` as JSON: classes by name (``nn.ReLU`` -> ``"ReLU"``), other objects by ``repr``."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if isinstance(value, type):
+        return value.__name__
+    if isinstance(value, Mapping):
+        return {str(k): _describe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_describe(v) for v in value]
+    return repr(value)
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import clrl
 from clrl.cli import main
 from clrl.presets import make_model, preset
 
@@ -103,6 +105,11 @@ def test_a_single_task_run_in_the_logdir_becomes_the_reference(tmp_path: Path) -
         (["run", "cartpole-flip", "--hp", "oops"], "--hp must look like key=value"),
         (["run", "cartpole-flip", "--algo", "sac"], "SAC cannot learn stream 'cartpole-flip'"),
         (["run", "cartpole-flip", "--steps", "0"], "steps_per_task must be a positive integer"),
+        (["run", "cartpole-flip", "--threads", "0"], "--threads must be a positive integer"),
+        (
+            ["run", "cartpole-flip", "--hp", 'policy_kwargs={ activation_fn = "relux" }'],
+            "activation_fn 'relux' is not an activation of torch.nn (",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_message(
@@ -139,6 +146,26 @@ def test_presets_cover_the_builtin_streams() -> None:
             model = make_model(algo, make_stream(name), seed=0, device="cpu")
             assert model.seed == 0
     assert preset("unknown-stream", "ppo") == {}
+
+
+def test_activation_is_named_in_hyperparameters(tmp_path: Path) -> None:
+    hp = 'policy_kwargs={ net_arch = [8], activation_fn = "relu" }'
+    assert main(["run", "cartpole-flip", "--logdir", str(tmp_path), *TINY[:-1], hp]) == 0
+    run = tmp_path / "cartpole-flip" / "ppo-finetune" / "seed0"
+    results = json.loads((run / "results.json").read_text())
+    assert results["config"]["policy_kwargs"] == {"net_arch": [8], "activation_fn": "ReLU"}
+    model, _ = clrl.load(sorted((run / "checkpoints").glob("*.zip"))[-1], device="cpu")
+    layers = list(model.policy.mlp_extractor.modules())
+    assert sum(isinstance(m, torch.nn.ReLU) for m in layers) == 2  # policy and value network
+    assert not any(isinstance(m, torch.nn.Tanh) for m in layers)
+
+
+def test_threads_are_set_for_the_run_and_recorded(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    assert main(["run", "cartpole-flip", "--logdir", str(tmp_path), *TINY, "--threads", "1"]) == 0
+    results = json.loads((tmp_path / "cartpole-flip" / "ppo-finetune" / "seed0" / "results.json").read_text())
+    assert results["config"]["torch_threads"] == 1
+    assert torch.get_num_threads() == before  # restored after the run
 
 
 def test_console_script_is_installed() -> None:

@@ -182,6 +182,49 @@ def test_state_survives_save_and_load(tmp_path: Path) -> None:
     assert len(restored.memory.tasks) == 2
 
 
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_one_pass_of_the_copies_serves_prefetch_steps(algo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pass of the copies over ``prefetch`` draws serves the next ``prefetch`` steps (SAC: each slot
+    serves the critic's step and the actor's), each step getting the targets of the states it replays."""
+    passes: list[int] = []
+    served: list[tuple[str, dict[str, np.ndarray], dict[str, torch.Tensor]]] = []
+    original_targets = clrl.CLSER.consistency_targets
+    original_loss = clrl.CLSER.extra_loss
+
+    def counting_targets(self: clrl.CLSER, rows: Any) -> Any:
+        passes.append(len(rows["action"]))
+        return original_targets(self, rows)
+
+    def recording_loss(self: clrl.CLSER, group: Any) -> Any:
+        loss = original_loss(self, group)
+        assert self._chunk is not None
+        draws, targets, _ = self._chunk
+        n = len(draws[0]["action"])
+        part = {k: v[self._slot * n : (self._slot + 1) * n].clone() for k, v in targets.items()}
+        served.append((group.optimizer_name, draws[self._slot], part))
+        return loss
+
+    monkeypatch.setattr(clrl.CLSER, "consistency_targets", counting_targets)
+    monkeypatch.setattr(clrl.CLSER, "extra_loss", recording_loss)
+    # Rates 0: the copies stay the initial policy, so the targets of any state can be recomputed afterwards.
+    clser = clrl.CLSER(strength=1.0, batch_size=16, plastic_rate=0.0, stable_rate=0.0, prefetch=3)
+    two_tasks(algo, clser)
+    optimisers = 2 if algo == "sac" else 1
+    steps_per_task = len(served) // optimisers // 2
+    assert steps_per_task > 3 and len(served) == 2 * optimisers * steps_per_task
+    assert len(passes) == 2 * -(-steps_per_task // 3)  # a new task starts a new pass
+    assert set(passes) == {48}
+    names = [name for name, _, _ in served]
+    if algo == "sac":
+        assert names[::2] == ["critic.optimizer"] * (len(names) // 2)
+        assert all(served[i][1] is served[i + 1][1] for i in range(0, len(served), 2))
+    for _, rows, targets in served:
+        fresh, _ = original_targets(clser, rows)
+        assert fresh.keys() == targets.keys()
+        for key in targets:
+            torch.testing.assert_close(targets[key], fresh[key])
+
+
 def test_hidden_task_id_is_accepted() -> None:
     stream = cartpole_stream(task_id="hidden")
     model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
@@ -198,6 +241,7 @@ def test_bad_arguments() -> None:
         ({"batch_size": 0}, "batch_size"),
         ({"networks": "critic"}, "networks"),
         ({"evaluate_with": "fast"}, "evaluate_with"),
+        ({"prefetch": 0}, "prefetch"),
     ):
         with pytest.raises(clrl.ConfigError, match=match):
             clrl.CLSER(**kwargs)
