@@ -2,13 +2,13 @@
 
     python benchmarks/distillation_overhead.py --algo ppo --steps 4096 --repeats 4     # LwF, CLSER, DualNet
     python benchmarks/distillation_overhead.py --algo sac --stream pendulum-flip --steps 2000 --repeats 3
-    python benchmarks/distillation_overhead.py --only clser clser-fresh     # some configurations (and plain)
+    python benchmarks/distillation_overhead.py --only clser clser-prefetch8  # some configurations (and plain)
 
 The protocol of ``regularisation_overhead.py``: the user's own ``set_env`` + ``learn`` loop over the stream,
 one model per configuration with the same seed, every configuration training task i back to back (order
 rotated), CPU time with one torch thread, ratios paired by repeat and task. The first task has no teacher
 yet, so LwF's cost shows on the later tasks; CLSER pays its consistency loss from the first update on
-(``clser`` at its default ``prefetch=8``, ``clser-fresh`` with ``prefetch=1``: fresh targets every step).
+(``clser`` at its default ``prefetch=1``, ``clser-prefetch8`` with one pass of the copies per 8 steps).
 DualNet is timed twice: ``extractor`` is the model with its ``DualNetExtractor`` and no module (the cost of
 the architecture), ``dualnet`` adds the module (the look-ahead updates and the memory).
 Target (issue 6): LwF and CLSER at most 1.35x plain SB3; DualNet's cost is stated, not bounded.
@@ -29,7 +29,7 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
         "plain": None,
         "lwf": lambda: clrl.LwF(),
         "clser": lambda: clrl.CLSER(),
-        "clser-fresh": lambda: clrl.CLSER(prefetch=1),
+        "clser-prefetch8": lambda: clrl.CLSER(prefetch=8),
         "extractor": None,
         "dualnet": lambda: clrl.DualNet(),
     }

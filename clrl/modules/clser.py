@@ -60,14 +60,14 @@ class CLSER(StateRecorder, MemoryModule):
     Gaussian policies, minus the squared distance for TD3's deterministic actor, a Boltzmann policy over
     Q-values at temperature 1 for DQN); ties go to the stable copy.
 
-    **Prefetched targets.** The copies' outputs are computed for ``prefetch`` steps at once: one pass of
-    each copy over ``prefetch`` draws of ``batch_size`` states (each draw as one step would make it), whose
-    slices serve the next ``prefetch`` steps in turn. Small networks are dominated by per-call overhead (a
-    64 x 64 MLP's pass over 512 states costs about twice one over 64), so this removes most of the copies'
-    cost. The price: a step's states come from the memory and its targets from the copies as they were up
-    to ``prefetch - 1`` steps earlier (with the default decays, an update moves a copy by 0.1% of its
-    distance to the policy once past the warm-up's first 1,000 steps, by more before). ``prefetch=1``:
-    fresh draws and targets at every step, as clrl's CLSER computed them before ``prefetch`` existed.
+    **Prefetched targets** (``prefetch > 1``, off by default). The copies' outputs are computed for
+    ``prefetch`` steps at once: one pass of each copy over ``prefetch`` draws of ``batch_size`` states (each
+    draw as one step would make it), whose slices serve the next ``prefetch`` steps in turn. Small networks
+    are dominated by per-call overhead (a 64 x 64 MLP's pass over 512 states costs about twice one over
+    64), so this removes most of the copies' cost. The price: a step's states come from the memory and its
+    targets from the copies as they were up to ``prefetch - 1`` steps earlier (with the default decays, an
+    update moves a copy by 0.1% of its distance to the policy once past the warm-up's first 1,000 steps,
+    by more before). The default ``prefetch=1`` draws and computes them fresh at every step, as the paper.
 
     The evaluator acts with the stable copy by default (``evaluate_with``): inside :meth:`evaluating` the
     policy's weights are the copy's, and the trained weights come back on exit. In your own loop:
@@ -96,7 +96,8 @@ class CLSER(StateRecorder, MemoryModule):
         networks: ``"all"`` (default: actor and values/critics) or ``"actor"``: the networks averaged and
             made consistent.
         evaluate_with: ``"stable"`` (default), ``"plastic"`` or ``"working"`` (the trained policy itself).
-        prefetch: Optimiser steps served by one draw and one pass of the copies (>= 1; see above).
+        prefetch: Optimiser steps served by one draw and one pass of the copies (>= 1; see above; 1, the
+            default, is the paper's computation).
         verbose: SB3 callback verbosity.
     """
 
@@ -113,7 +114,7 @@ class CLSER(StateRecorder, MemoryModule):
         stable_decay: float = 0.999,
         networks: Networks = "all",
         evaluate_with: Copy = "stable",
-        prefetch: int = 8,
+        prefetch: int = 1,
         verbose: int = 0,
     ) -> None:
         super().__init__(budget, require_task_id=False, verbose=verbose)
