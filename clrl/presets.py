@@ -74,10 +74,12 @@ def make_model(
     cls = get_algorithm(algorithm)
     kwargs = {**preset(stream.name, algorithm), **(overrides or {})}
     policy = kwargs.pop("policy", "MlpPolicy")
-    if isinstance(kwargs.get("policy_kwargs", {}).get("activation_fn"), str):
-        policy_kwargs = dict(kwargs["policy_kwargs"])
-        policy_kwargs["activation_fn"] = activation_class(policy_kwargs["activation_fn"])
-        kwargs["policy_kwargs"] = policy_kwargs
+    policy_kwargs = kwargs.get("policy_kwargs")
+    if isinstance(policy_kwargs, dict) and isinstance(policy_kwargs.get("activation_fn"), str):
+        kwargs["policy_kwargs"] = {
+            **policy_kwargs,
+            "activation_fn": activation_class(policy_kwargs["activation_fn"]),
+        }
     n_envs = kwargs.pop("n_envs", 1)
     if not isinstance(n_envs, int) or n_envs < 1:
         raise ConfigError(f"n_envs must be a positive integer, got {n_envs!r}")
