@@ -170,7 +170,9 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Plain JSON data: arrays become lists, non-finite floats ``null``."""
+    """Plain JSON data: arrays become lists, non-finite floats ``null``, classes their name."""
+    if isinstance(obj, type):
+        return obj.__name__
     if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist())
     if isinstance(obj, Mapping):

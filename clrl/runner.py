@@ -27,7 +27,7 @@ import math
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -841,23 +841,13 @@ def _config(
         "torch_threads": torch.get_num_threads(),  # results depend on it (the order of float sums)
         "eval_episodes": eval_episodes,
         "hyperparameters": hyper,
-        "policy_kwargs": _describe(getattr(model, "policy_kwargs", None) or {}),
+        # Classes by name; any other object that JSON cannot hold by its repr.
+        "policy_kwargs": json.loads(
+            json.dumps(to_jsonable(getattr(model, "policy_kwargs", None) or {}), default=repr)
+        ),
         "modules": [{"class": type(m).__name__, "config": m.get_config()} for m in modules],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _describe(value: Any) -> Any:
-    """``value`` as JSON: classes by name (``nn.ReLU`` -> ``"ReLU"``), other objects by ``repr``."""
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    if isinstance(value, type):
-        return value.__name__
-    if isinstance(value, Mapping):
-        return {str(k): _describe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_describe(v) for v in value]
-    return repr(value)
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:

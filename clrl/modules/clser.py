@@ -228,8 +228,9 @@ class CLSER(StateRecorder, MemoryModule):
             self._chunk, self._slot, self._slot_users = (draws, *self.consistency_targets(rows)), 0, set()
         self._slot_users.add(group.optimizer_name)
         draws, all_targets, all_chosen = self._chunk
-        n, start = self._batch_size(), self._slot * self._batch_size()
         rows = draws[self._slot]
+        n = len(rows["action"])
+        start = self._slot * n
         targets = {key: value[start : start + n] for key, value in all_targets.items()}
         chose_stable = all_chosen[start : start + n]
         parts = group_parts(model, group.optimizer_name, self.networks)
