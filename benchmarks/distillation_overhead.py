@@ -9,6 +9,9 @@ one model per configuration with the same seed, every configuration training tas
 rotated), CPU time with one torch thread, ratios paired by repeat and task. The first task has no teacher
 yet, so LwF's cost shows on the later tasks; CLSER pays its consistency loss from the first update on
 (``clser`` at its default ``prefetch=1``, ``clser-prefetch8`` with one pass of the copies per 8 steps).
+``lwf-all`` is LwF with ``networks="all"``: one frozen copy's pass and the policy's pass on the same networks
+CLSER makes consistent (actor and values), the part of CLSER's work that any distillation toward a copy
+pays.
 DualNet is timed twice: ``extractor`` is the model with its ``DualNetExtractor`` and no module (the cost of
 the architecture), ``dualnet`` adds the module (the look-ahead updates and the memory).
 Target (issue 6): LwF and CLSER at most 1.35x plain SB3; DualNet's cost is stated, not bounded.
@@ -28,6 +31,7 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
     algo: {
         "plain": None,
         "lwf": lambda: clrl.LwF(),
+        "lwf-all": lambda: clrl.LwF(networks="all"),
         "clser": lambda: clrl.CLSER(),
         "clser-prefetch8": lambda: clrl.CLSER(prefetch=8),
         "extractor": None,

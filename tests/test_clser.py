@@ -179,6 +179,8 @@ def test_state_survives_save_and_load(tmp_path: Path) -> None:
     loaded.set_env(stream.make_vec_env(1, seed=1))
     loaded.learn(stream.steps(1), callback=restored, reset_num_timesteps=False)
     assert restored.updates["plastic"] > clser.updates["plastic"]
+    assert restored.plastic is not None  # the restored copies are the ones averaged from then on
+    assert any(not torch.equal(p, original["plastic"][k]) for k, p in restored.plastic.named_parameters())
     assert len(restored.memory.tasks) == 2
 
 

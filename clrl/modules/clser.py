@@ -140,7 +140,7 @@ class CLSER(StateRecorder, MemoryModule):
         self.updates = dict.fromkeys(_COPIES, 0)
         """Updates each copy received, over all tasks."""
         self._pending: dict[str, dict[str, torch.Tensor]] = {}
-        self._named: dict[str, dict[str, torch.Tensor]] = {}
+        self._averages: dict[tuple[str, str], list[torch.Tensor]] = {}  # (copy, optimiser) -> its tensors
         self._ema_rng = np.random.default_rng(0)
         self._last: dict[str, torch.Tensor] = {}  # read (synchronised) when logged only
         self._chunk: tuple[list[Rows], dict[str, torch.Tensor], torch.Tensor] | None = None
@@ -165,7 +165,7 @@ class CLSER(StateRecorder, MemoryModule):
         for which, state in self._pending.items():
             self.copy(cast(Copy, which)).load_state_dict(state)
         self._pending = {}
-        self._named = {which: dict(self.copy(cast(Copy, which)).named_parameters()) for which in _COPIES}
+        self._averages = {}
 
     def copy(self, which: Copy) -> torch.nn.Module:
         """The ``"plastic"`` or ``"stable"`` copy (``"working"``: the model's policy itself)."""
@@ -253,10 +253,12 @@ class CLSER(StateRecorder, MemoryModule):
                 if draw >= rate:
                     continue
                 alpha = min(1.0 - 1.0 / (n + 1), decay)
-                named = self._named[which]
-                average = [named[name] for name in group.names]
+                average = self._averages.get((which, group.optimizer_name))
+                if average is None:
+                    named = dict(self.copy(cast(Copy, which)).named_parameters())
+                    average = self._averages[which, group.optimizer_name] = [named[k] for k in group.names]
                 torch._foreach_mul_(average, alpha)
-                torch._foreach_add_(average, [p.detach() for p in group.params], alpha=1.0 - alpha)
+                torch._foreach_add_(average, group.params, alpha=1.0 - alpha)
                 self.updates[which] += 1
 
     # ------------------------------------------------------------------------------------ evaluation
@@ -301,6 +303,7 @@ class CLSER(StateRecorder, MemoryModule):
         self.steps = {k: int(v) for k, v in state["steps"].items()}
         self.updates = {k: int(state["updates"].get(k, 0)) for k in _COPIES}
         self.plastic = self.stable = None
+        self._averages = {}
         self._pending = {which: state[which] for which in _COPIES if which in state}
         if self._pending and getattr(self, "model", None) is not None:
             self._build_copies()
