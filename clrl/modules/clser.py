@@ -24,7 +24,7 @@ from clrl.modules.distill import (
     group_parts,
     network_outputs,
 )
-from clrl.modules.memory import Budget, MemoryModule, Rows
+from clrl.modules.memory import Budget, MemoryModule, Rows, concat_rows
 
 Copy = Literal["stable", "plastic", "working"]
 _COPIES = ("plastic", "stable")
@@ -224,8 +224,8 @@ class CLSER(StateRecorder, MemoryModule):
             self._slot, self._slot_users = self._slot + 1, set()
         if self._chunk is None or self._slot == self.prefetch:
             draws = [self.replay_states(self._batch_size()) for _ in range(self.prefetch)]
-            rows = {key: np.concatenate([d[key] for d in draws]) for key in draws[0]}
-            self._chunk, self._slot, self._slot_users = (draws, *self.consistency_targets(rows)), 0, set()
+            chunk = (draws, *self.consistency_targets(concat_rows(draws)))
+            self._chunk, self._slot, self._slot_users = chunk, 0, set()
         self._slot_users.add(group.optimizer_name)
         draws, all_targets, all_chosen = self._chunk
         rows = draws[self._slot]

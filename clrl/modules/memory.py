@@ -33,6 +33,11 @@ def check_budget(budget: Budget, what: str) -> Budget:
     return int(budget)
 
 
+def concat_rows(parts: list[Rows]) -> Rows:
+    """The rows of ``parts`` (same fields) one after another; a single part is returned as it is."""
+    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 class Reservoir:
     """A uniform random sample of at most ``capacity`` rows of everything added (``None``: keep all).
 
@@ -208,7 +213,7 @@ class TaskMemory:
         if from_earlier < n:
             assert current is not None
             parts.append(current.rows(rng.integers(0, held_current, n - from_earlier)))
-        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return concat_rows(parts)
 
     def _gather(self, positions: tuple[int, ...]) -> Rows:
         chosen = [self.tasks[i] for i in positions if len(self.tasks[i])]
