@@ -17,6 +17,7 @@ from clrl import metrics
 from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError, TrainingError
 from clrl.experiment import BASELINES, METHODS, RunSpec, completed_tasks, run_experiment
+from clrl.modules.base import check_positive_int
 from clrl.runner import TrainResult
 from clrl.streams import builtin_streams, load_stream, make_stream
 from clrl.sweeps import LOG_FILE, common_method_args, grid, load_sweep, sweep
@@ -152,8 +153,8 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
     ]
     for spec in specs:
         spec.check()  # every bad setting fails before any training
-    if ns.threads is not None and ns.threads < 1:
-        raise ConfigError(f"--threads must be a positive integer, got {ns.threads}")
+    if ns.threads is not None:
+        check_positive_int(ns.threads, "--threads")
     threads = torch.get_num_threads()
     try:
         if ns.threads is not None:
