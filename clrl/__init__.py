@@ -8,7 +8,9 @@ TensorBoard; :func:`sweep` runs grids of runs on a process pool or Ray, :func:`w
 
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS, get_algorithm
-from clrl.checkpoint import load, save
+from clrl.boundaries import training_task
+from clrl.callbacks import ContinualCheckpointCallback, ContinualEvalCallback
+from clrl.checkpoint import export_policy, load, save
 from clrl.errors import (
     CheckpointError,
     ClrlError,
@@ -51,12 +53,16 @@ from clrl.modules import (
     multihead_policy,
     progressive_policy,
 )
+from clrl.registration import register_streams
 from clrl.reports import write_report
 from clrl.runner import TrainResult, train, train_multitask, train_single_task
+from clrl.stream_callback import StreamCallback
 from clrl.streams import Task, TaskStream, WrapperSpec, builtin_streams, load_stream, make_stream
 from clrl.sweeps import SweepResult, grid, load_sweep, sweep
 
 __version__ = "0.1.0"
+
+register_streams()
 
 __all__ = [
     "AGEM",
@@ -70,6 +76,8 @@ __all__ = [
     "CheckpointError",
     "ClrlError",
     "ConfigError",
+    "ContinualCheckpointCallback",
+    "ContinualEvalCallback",
     "ContinualModule",
     "DualNet",
     "DualNetExtractor",
@@ -93,6 +101,7 @@ __all__ = [
     "Replay",
     "RunExistsError",
     "RunSpec",
+    "StreamCallback",
     "StreamError",
     "SweepResult",
     "Task",
@@ -103,6 +112,7 @@ __all__ = [
     "WrapperSpec",
     "__version__",
     "builtin_streams",
+    "export_policy",
     "get_algorithm",
     "grid",
     "load",
@@ -118,5 +128,6 @@ __all__ = [
     "train",
     "train_multitask",
     "train_single_task",
+    "training_task",
     "write_report",
 ]

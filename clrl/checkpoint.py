@@ -23,7 +23,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.utils import get_device
 
-from clrl.errors import CheckpointError
+from clrl.errors import CheckpointError, ConfigError
 from clrl.modules.base import ContinualModule
 
 ENTRY = "clrl.pt"
@@ -69,6 +69,12 @@ def save(
     Returns:
         The path written. The file appears complete or not at all: it is written under a temporary name in
         the same folder and renamed.
+
+    The file is a valid SB3 zip: ``PPO.load`` (the algorithm's own ``load``) reads it and gives the
+    *trained* model without any module state. That is not always the policy the return matrix evaluated
+    (CLSER's stable copy, Progress & Compress's knowledge base, PackNet's per-task masks, a multi-head or
+    progressive policy's head chosen by task rather than by the observation): :func:`export_policy`
+    writes that one.
     """
     path = _zip_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +110,63 @@ def _save(
     torch.save(payload, buffer)
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr(ENTRY, buffer.getvalue())
+
+
+def export_policy(
+    model: BaseAlgorithm,
+    modules: Sequence[ContinualModule] = (),
+    path: str | Path = "policy.zip",
+    task: int | None = None,
+) -> Path:
+    """Write ``model`` as a plain SB3 zip that acts exactly as the policy the return matrix evaluated on
+    ``task``.
+
+    :func:`save` keeps the trained model and its modules, to go on training. What a module evaluates can
+    differ from the trained weights: CLSER evaluates its stable copy, Progress & Compress its knowledge
+    base, PackNet task ``j`` with the weights of tasks ``0..j`` only, multi-head and progressive policies
+    the task's head or column. ``PPO.load`` of a :func:`save` file gives the trained weights, routed by the
+    observation's task id. This function enters each module's evaluation state for ``task``, as the
+    evaluator does, and saves the model in it: masked or swapped weights as they are, and, for multi-head
+    and progressive policies, the head or column fixed in the saved policy's arguments (``task``; loading
+    those needs ``clrl`` importable, their policy classes being clrl's). Then ``Algorithm.load(path)``
+    acts as evaluated, with no module. The model itself is left as it was.
+
+    Args:
+        model: The trained model.
+        modules: Its continual modules.
+        path: Target file (``.zip`` appended when missing); written under a temporary name and renamed.
+        task: The task whose evaluated policy is written (default: the task being trained, else the last
+            one trained).
+
+    Returns:
+        The path written.
+    """
+    from clrl.boundaries import check_modules
+    from clrl.evaluation import evaluated
+    from clrl.modules.multihead import task_router
+
+    modules = check_modules(modules)
+    for module in modules:
+        module._claim(model)  # refuses modules that learned with another model
+    current = next((m.current_task.index for m in modules if m.current_task is not None), None)
+    if current is None:
+        current = max([m.tasks_seen - 1 for m in modules] + [0])
+    index = current if task is None else task
+    router = task_router(model)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ConfigError(f"task must be an integer >= 0, got {index!r}")
+    if router is not None and index >= router.n_tasks:
+        raise ConfigError(f"the policy has {router.n_tasks} heads or columns, no task {index}")
+    kwargs = model.policy_kwargs
+    with evaluated(modules, current) as select:
+        select(index)
+        if router is not None:
+            fixed = router.forced if router.forced is not None else index
+            model.policy_kwargs = {**kwargs, "task": fixed}
+        try:
+            return save(model, path, metadata={"exported_task": index})
+        finally:
+            model.policy_kwargs = kwargs
 
 
 def read_payload(path: str | Path) -> dict[str, Any]:
@@ -241,6 +304,7 @@ def restore(
     for module, entry in zip(modules, payload["modules"], strict=True):
         module.load_state_dict(entry["state"])
         module.tasks_seen = entry["tasks_seen"]
+        module.bind(model)
     metadata: dict[str, Any] = payload["metadata"]
     if "rng" in metadata:
         set_rng_state(model, metadata["rng"])

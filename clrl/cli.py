@@ -16,7 +16,7 @@ import torch
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError, TrainingError
-from clrl.experiment import BASELINES, METHODS, RunSpec, completed_tasks, run_experiment
+from clrl.experiment import BASELINES, METHODS, VEC_ENVS, RunSpec, completed_tasks, run_experiment
 from clrl.modules.base import check_positive_int
 from clrl.runner import TrainResult
 from clrl.streams import builtin_streams, load_stream, make_stream
@@ -64,6 +64,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--method-arg", nargs="*", default=[], metavar="KEY=VALUE", help="module hyperparameters"
     )
     run.add_argument("--device", default="auto", help="torch device (default: auto)")
+    run.add_argument(
+        "--vec-env",
+        choices=VEC_ENVS,
+        default="dummy",
+        help="training envs in this process (dummy, default) or one process per env copy (subproc)",
+    )
     run.add_argument(
         "--threads",
         type=int,
@@ -148,6 +154,7 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
             hyperparameters=_parse_assignments(ns.hp, "--hp"),
             method_args=_parse_assignments(ns.method_arg, "--method-arg"),
             device=ns.device,
+            vec_env=ns.vec_env,
         )
         for seed in ns.seeds
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -16,6 +16,29 @@ from stable_baselines3.common.vec_env import VecEnv
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule
 from clrl.streams import TaskStream
+
+EVAL_SEED_OFFSET = 100_000
+"""Evaluation episodes are seeded from ``seed + EVAL_SEED_OFFSET``, far from the training envs' seeds."""
+
+
+@contextlib.contextmanager
+def evaluated(modules: Sequence[ContinualModule], current_task: int) -> Iterator[Callable[[int], None]]:
+    """The policy as the return matrix evaluates it: inside, every module's
+    :meth:`~clrl.ContinualModule.evaluating` context is entered, and the function yielded selects task
+    ``j`` in every module (:meth:`~clrl.ContinualModule.set_task`); on exit the modules select
+    ``current_task`` again and leave their contexts."""
+
+    def select(j: int) -> None:
+        for module in modules:
+            module.set_task(j)
+
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(module.evaluating())
+        try:
+            yield select
+        finally:
+            select(current_task)
 
 
 class _RandomPolicy:
@@ -109,17 +132,10 @@ class Evaluator:
             current_task: The task being trained.
         """
         row = np.zeros(len(self._envs))
-        with contextlib.ExitStack() as stack:
-            for module in modules:
-                stack.enter_context(module.evaluating())
-            try:
-                for j in range(len(self._envs)):
-                    for module in modules:
-                        module.set_task(j)
-                    row[j] = self._mean_return(j, model, self.deterministic)
-            finally:
-                for module in modules:
-                    module.set_task(current_task)
+        with evaluated(modules, current_task) as select:
+            for j in range(len(self._envs)):
+                select(j)
+                row[j] = self._mean_return(j, model, self.deterministic)
         return row
 
     def random_returns(self) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from clrl.algorithms import ALGORITHMS, get_algorithm
 from clrl.errors import ConfigError
@@ -154,6 +155,10 @@ def policy_hyperparameters(method: str, algo: str, stream: TaskStream, hp: dict[
     return out
 
 
+VEC_ENVS: dict[str, type[DummyVecEnv | SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+"""The vectorised environments a run can train on, by name (``--vec-env``)."""
+
+
 @functools.lru_cache(maxsize=32)
 def _validated_stream(name_or_path: str, steps: int | None) -> TaskStream:
     """The stream, validated once per process (validation builds every task: seconds for Meta-World)."""
@@ -175,6 +180,8 @@ class RunSpec:
         hyperparameters: SB3 constructor arguments over the preset's (``policy`` and ``n_envs`` included).
         method_args: Module constructor arguments; each goes to every module of the method that takes it.
         device: Torch device.
+        vec_env: ``"dummy"`` (every environment copy in this process) or ``"subproc"`` (one process each,
+            SB3's ``SubprocVecEnv``).
     """
 
     stream: str
@@ -187,6 +194,7 @@ class RunSpec:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     method_args: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
+    vec_env: str = "dummy"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algo", str(self.algo).lower())
@@ -220,6 +228,8 @@ class RunSpec:
         """
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.algo!r}; choose one of: {', '.join(ALGORITHMS)}")
+        if self.vec_env not in VEC_ENVS:
+            raise ConfigError(f"vec_env must be one of {', '.join(VEC_ENVS)}, got {self.vec_env!r}")
         method_parts(self.method)
         stream = _validated_stream(self.stream, self.steps)
         check_seed(self.seed, len(stream))
@@ -306,4 +316,13 @@ def run_experiment(
         if completed_tasks(reference_dir) != len(stream) or reference.task_names != stream.task_names:
             log("clrl: that single-task run is unfinished or of other tasks; not normalising")
             reference = None
-    return train(factory(0), stream, modules, method=spec.method, reference=reference, **common)
+    vec_env_cls = VEC_ENVS[spec.vec_env]
+    return train(
+        factory(0),
+        stream,
+        modules,
+        method=spec.method,
+        reference=reference,
+        vec_env_cls=vec_env_cls,
+        **common,
+    )

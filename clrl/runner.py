@@ -20,7 +20,6 @@ What happens between tasks (SB3 semantics, decided here once):
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import json
 import math
@@ -39,10 +38,18 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    SubprocVecEnv,
+    VecEnv,
+    VecNormalize,
+    unwrap_vec_normalize,
+)
 from torch.utils.tensorboard import SummaryWriter
 
 from clrl import checkpoint, metrics
+from clrl.boundaries import check_modules, training_task
+from clrl.callbacks import ContinualEvalCallback
 from clrl.errors import (
     CheckpointError,
     ClrlError,
@@ -52,13 +59,10 @@ from clrl.errors import (
     StreamError,
     TrainingError,
 )
-from clrl.evaluation import Evaluator
+from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.logger import RunLogger, log_eval_row, to_jsonable, write_json_atomic
-from clrl.modules.base import ContinualModule, TaskInfo
+from clrl.modules.base import ContinualModule
 from clrl.streams import TaskStream
-
-EVAL_SEED_OFFSET = 100_000
-"""Evaluation episodes are seeded from ``seed + EVAL_SEED_OFFSET``, far from the training envs' seeds."""
 
 
 @dataclass
@@ -167,11 +171,14 @@ def train(
     progress_bar: bool = False,
     method: str | None = None,
     reference: TrainResult | None = None,
+    vec_env_cls: type[DummyVecEnv | SubprocVecEnv] | None = None,
 ) -> TrainResult:
     """Learn ``stream`` task after task with ``model`` and the given continual modules.
 
-    For each task: switch the model's env (``set_env``), ``learn`` the task's budget, evaluate on every task,
-    fill one row of the return matrix, log, and checkpoint the model with the modules' state.
+    For each task: switch the model's env (``set_env``), ``learn`` the task's budget inside
+    :func:`clrl.training_task` (the modules' task boundaries), evaluate on every task, fill one row of the
+    return matrix, log, and checkpoint the model with the modules' state. Every module is checked against
+    the stream and the model (:meth:`~clrl.ContinualModule.check_model`) before anything trains.
 
     Args:
         model: Any SB3 (or sb3-contrib) model whose spaces match the stream's.
@@ -199,6 +206,9 @@ def train(
         reference: A :func:`train_single_task` result on the same stream. Adds the metrics of the matrix
             normalised between a random policy (0) and the single-task returns (1) as ``<metric>_norm``, and,
             when both runs have ``eval_freq`` curves, Continual World's forward transfer as ``fwt_cw``.
+        vec_env_cls: ``DummyVecEnv`` or ``SubprocVecEnv`` for the tasks' training environments (one process
+            per environment copy); default: the kind the model was built on. Each environment the run
+            replaces, the model's own first, is closed (its worker processes end).
 
     Returns:
         The return matrix, metrics and run information.
@@ -210,22 +220,22 @@ def train(
         CheckpointError: ``resume`` on a run of another stream, algorithm, method, seed or clrl version, or
             whose checkpoint is missing or corrupt.
     """
-    modules = list(modules)
-    for m in modules:
-        if not isinstance(m, ContinualModule):
-            raise ConfigError(f"modules must be clrl ContinualModule instances, got {type(m).__name__}")
-    if len({id(m) for m in modules}) != len(modules):
-        raise ConfigError("the same module instance is listed twice")
+    modules = check_modules(modules)
     if reference is not None and reference.task_names != stream.task_names:
         raise ConfigError(
             f"the reference run has tasks {reference.task_names}, the stream {stream.task_names}"
         )
     for m in modules:
         m.check_stream(stream)
+        m.check_model(model)
     method = method or ("+".join(m.name for m in modules) or "finetune")
+    if vec_env_cls is None:
+        vec_env_cls = SubprocVecEnv if isinstance(model.get_env(), SubprocVecEnv) else DummyVecEnv
+    elif vec_env_cls not in (DummyVecEnv, SubprocVecEnv):
+        raise ConfigError(f"vec_env_cls must be DummyVecEnv or SubprocVecEnv, got {vec_env_cls!r}")
     run = _Run(model, stream, modules, logdir, seed, eval_episodes, eval_freq, overwrite, method, resume)
     return run.run(
-        lambda i: stream.make_vec_env(i, n_envs=model.n_envs, seed=seed + 1000 * i),
+        lambda i: stream.make_vec_env(i, n_envs=model.n_envs, seed=seed + 1000 * i, vec_env_cls=vec_env_cls),
         reset_buffer=reset_buffer,
         checkpoints=checkpoints,
         progress_bar=progress_bar,
@@ -343,9 +353,18 @@ def train_single_task(
             callbacks: list[BaseCallback] = []
             if bar:
                 callbacks.append(_ProgressCallback(bar, i, stream))
+            periodic = None
             if eval_freq:
-                periodic = functools.partial(evaluate, model)
-                callbacks.append(_PeriodicEval(periodic, eval_freq, i, stream.steps(i), record))
+                periodic = ContinualEvalCallback(
+                    stream,
+                    eval_freq=eval_freq,
+                    end_step=stream.steps(i),  # the task's last step is evaluated below, after the update
+                    on_evaluation=record,
+                    log=False,
+                    evaluator=evaluator,
+                    task=i,
+                )
+                callbacks.append(periodic)
             # A resumed task hides what its killed attempt logged (its model's steps restart at 0).
             purge = 0 if previous and i == start else None
             task_logger = RunLogger(root / task.name, model, purge_step=purge) if root else None
@@ -354,6 +373,8 @@ def train_single_task(
             finally:
                 if task_logger:
                     task_logger.close()
+                if periodic is not None:
+                    eval_seconds += periodic.seconds
             result.matrix[i + 1] = evaluate(model)
             result.steps.append(offset + model.num_timesteps)
             log_row(result.steps[-1], result.matrix[i + 1])
@@ -505,7 +526,10 @@ class _Run:
             for i in range(first, n):
                 env = env_for_task(i)
                 if env is not None:
+                    replaced = model.get_env()
                     model.set_env(env)
+                    if replaced is not None and replaced is not env:
+                        replaced.close()  # SubprocVecEnv: its worker processes end here
                 with self._failing(i, "training"):
                     self._learn(i, reset_buffer and i > 0, bar)
                 _check_finite(model, self.stream.tasks[i].name, i)
@@ -622,57 +646,30 @@ class _Run:
             assert model.replay_buffer is not None
             model.replay_buffer.reset()
             model.learning_starts = model.num_timesteps + model.learning_starts
-        for m in self.modules:
-            m.set_next_task(TaskInfo(i, task.name))
-            m.set_task(i)
         callbacks: list[BaseCallback] = list(self.modules)
         if bar is not None:
             callbacks.append(_ProgressCallback(bar, i, self.stream))
+        periodic = None
         if self.eval_freq:
-            evaluate = functools.partial(self.evaluate, i)
-            callbacks.append(
-                _PeriodicEval(evaluate, self.eval_freq, i, self.stream.steps(i), self.record_curve)
+            periodic = ContinualEvalCallback(
+                self.stream,
+                self.modules,
+                self.eval_freq,
+                end_step=model.num_timesteps + self.stream.steps(i),  # the boundary evaluates the last step
+                on_evaluation=self.record_curve,
+                log=False,
+                evaluator=self.evaluator,
+                task=i,
             )
+            callbacks.append(periodic)
         try:
-            model.learn(self.stream.steps(i), callback=CallbackList(callbacks), reset_num_timesteps=False)
+            with training_task(model, self.modules, i, task.name, self.stream.steps(i)):
+                model.learn(self.stream.steps(i), callback=CallbackList(callbacks), reset_num_timesteps=False)
         finally:
+            if periodic is not None:
+                self.eval_seconds += periodic.seconds
             if learning_starts is not None:
                 model.learning_starts = learning_starts  # type: ignore[attr-defined]
-
-
-class _PeriodicEval(BaseCallback):
-    """Evaluates every task every ``every`` steps while a task trains (the forgetting curves).
-
-    The task's last step is left to the evaluation at the task boundary, which follows the final update.
-    """
-
-    def __init__(
-        self,
-        evaluate: Callable[[], np.ndarray],
-        every: int,
-        task_index: int,
-        budget: int,
-        record: Callable[[int, int, np.ndarray], None],
-    ) -> None:
-        super().__init__()
-        self.evaluate, self.every, self.task_index, self.budget, self.record = (
-            evaluate,
-            every,
-            task_index,
-            budget,
-            record,
-        )
-        self.last = self.end = 0
-
-    def _on_training_start(self) -> None:
-        self.last = self.num_timesteps
-        self.end = self.num_timesteps + self.budget
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps - self.last >= self.every and self.num_timesteps < self.end:
-            self.last = self.num_timesteps
-            self.record(self.num_timesteps, self.task_index, self.evaluate())
-        return True
 
 
 class _ProgressCallback(BaseCallback):

@@ -1,8 +1,20 @@
 """The continual-module mechanism: a typed base class connected to unmodified SB3 algorithms.
 
-A :class:`ContinualModule` is an SB3 callback. When ``learn`` starts, it attaches to every optimiser of the
-model (found through ``model._get_torch_save_params()``) and detaches when ``learn`` ends. Per optimiser
-step SB3 runs ``zero_grad -> backward -> [clip_grad_norm_] -> step``; the hooks sit at:
+A :class:`ContinualModule` is an SB3 callback. Its life has two levels:
+
+* **Tasks** are explicit events: :meth:`ContinualModule.begin_task` and :meth:`ContinualModule.end_task`,
+  fired by :func:`clrl.training_task` (any number of ``learn`` calls are one task), by
+  :class:`clrl.StreamCallback` (a whole stream inside one ``learn``) or, for code that uses neither, by
+  each ``learn`` call (one ``learn``, one task). A task ends exactly once, however often SB3 or a wrapper
+  calls ``on_training_end``.
+* **Hooks** live only while a ``learn`` that carries the module runs. When it starts, the module attaches
+  to every optimiser of the model (found through ``model._get_torch_save_params()``); when it ends, it
+  detaches. A ``learn`` that raises (an exception, Ctrl-C) cannot run that end: its hooks then check, at
+  every step, that the ``learn`` which installed them is still the one running, and the first step of any
+  later ``learn`` removes them, so a model trained afterwards without the module trains exactly as plain
+  SB3. :func:`clrl.training_task` and :func:`clrl.train` remove them at once, in a ``finally``.
+
+Per optimiser step SB3 runs ``zero_grad -> backward -> [clip_grad_norm_] -> step``; the hooks sit at:
 
 * ``zero_grad`` (wrapped on the optimiser *instance*): after the real zero, :meth:`add_penalty_gradients`
   seeds ``.grad`` with a penalty's gradient and :meth:`extra_loss` is back-propagated. The algorithm's own
@@ -11,7 +23,10 @@ step SB3 runs ``zero_grad -> backward -> [clip_grad_norm_] -> step``; the hooks 
   (gradient projection, masking).
 * ``register_step_post_hook``: :meth:`after_update` (EMA copies, online importance).
 
-Nothing of SB3's ``train()`` is copied, and any number of modules share one set of hooks per optimiser.
+Nothing of SB3's ``train()`` is copied, any number of modules share one set of hooks per optimiser, and
+nothing global refers to a model, optimiser or module: the hooks live on the optimiser instance, which
+drops them when it is pickled or deep-copied (``torch.optim.Optimizer.__getstate__`` keeps only its
+state), and :func:`patch_attributes` gives other patched objects (replay buffers) the same property.
 """
 
 from __future__ import annotations
@@ -22,13 +37,14 @@ import math
 import numbers
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from clrl.algorithms import POLICY_WITHOUT_OPTIMIZER_STEP, optimizers
 from clrl.errors import ConfigError, NumericalError
@@ -39,12 +55,16 @@ class TaskInfo:
     """The task a module is told about at its start and end.
 
     Args:
-        index: Position of the task in the stream (or the count of ``learn`` calls before it).
+        index: Position of the task in the stream (or the count of tasks the module has seen before it).
         name: The task's name.
+        steps: The task's budget of environment steps, when known (:func:`clrl.training_task`'s ``steps``;
+            one ``learn`` call's ``total_timesteps`` when that call is the task). Modules that schedule
+            something within a task (PackNet's pruning) need it.
     """
 
     index: int
     name: str
+    steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,26 +99,42 @@ def _overrides(module: ContinualModule, hook: str) -> bool:
     return getattr(type(module), hook) is not getattr(ContinualModule, hook)
 
 
+_HOOKS_ATTRIBUTE = "_clrl_hooks"
+"""Where an optimiser keeps its :class:`_OptimizerHooks` (an instance attribute; pickling drops it)."""
+
+
 class _OptimizerHooks:
     """The hooks installed on one optimiser instance, shared by every module attached to it.
 
     Only the hooks some attached module overrides are installed and called, so a penalty-only module costs
-    one wrapped ``zero_grad`` per step and nothing around the step itself.
+    one wrapped ``zero_grad`` per step and nothing around the step itself. Every ``zero_grad`` first drops
+    the modules whose ``learn`` is over (see :meth:`ContinualModule.hooks_live`): SB3 zeroes the gradients
+    before every backward, so no stale hook reaches a step.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self.entries: list[tuple[ContinualModule, ParamGroup]] = []
+        self._modules: list[ContinualModule] = []
         self._handles: list[Any] = []
         self._penalties: list[tuple[ContinualModule, ParamGroup]] = []
         self._losses: list[tuple[ContinualModule, ParamGroup]] = []
         self._pre: list[tuple[ContinualModule, ParamGroup]] = []
         self._post: list[tuple[ContinualModule, ParamGroup]] = []
-        # An instance attribute shadows the class's zero_grad; deleting it restores the original.
+        # Instance attributes: zero_grad shadows the class's (deleting it restores the original), and the
+        # hooks live exactly as long as the optimiser. Optimizer.__getstate__ pickles neither.
         optimizer.zero_grad = self._zero_grad  # type: ignore[method-assign]
+        setattr(optimizer, _HOOKS_ATTRIBUTE, self)
+
+    @staticmethod
+    def of(optimizer: torch.optim.Optimizer) -> _OptimizerHooks:
+        """The optimiser's hooks, installed on first use."""
+        hooks = optimizer.__dict__.get(_HOOKS_ATTRIBUTE)
+        return hooks if isinstance(hooks, _OptimizerHooks) else _OptimizerHooks(optimizer)
 
     def refresh(self) -> None:
         """Recompute which hooks are needed after modules came or went."""
+        self._modules = list(dict.fromkeys(m for m, _ in self.entries))
         self._penalties = [e for e in self.entries if _overrides(e[0], "add_penalty_gradients")]
         self._losses = [e for e in self.entries if _overrides(e[0], "extra_loss")]
         self._pre = [e for e in self.entries if _overrides(e[0], "adjust_gradients")]
@@ -113,6 +149,9 @@ class _OptimizerHooks:
 
     def _zero_grad(self, set_to_none: bool = True) -> None:
         type(self.optimizer).zero_grad(self.optimizer, set_to_none)
+        for module in self._modules:
+            if not module.hooks_live():
+                module.detach()  # changes self._modules: the loop goes on over the list it started with
         for module, group in self._penalties:
             module.add_penalty_gradients(group)
         for module, group in self._losses:
@@ -130,20 +169,58 @@ class _OptimizerHooks:
 
     def remove(self) -> None:
         self.optimizer.__dict__.pop("zero_grad", None)
+        self.optimizer.__dict__.pop(_HOOKS_ATTRIBUTE, None)
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
 
-_HOOKS: weakref.WeakKeyDictionary[torch.optim.Optimizer, _OptimizerHooks] = weakref.WeakKeyDictionary()
+def patch_attributes(obj: Any, **attributes: Any) -> Callable[[], None]:
+    """Set instance attributes on ``obj`` (e.g. wrapped methods of a replay buffer) so that ``obj`` still
+    pickles, deep-copies and saves as if unpatched, and return the function that undoes the patch.
+
+    The patched attributes, and any an earlier patch left, are left out of ``obj``'s pickled state: a
+    buffer saved by SB3's ``save_replay_buffer`` (or a ``CheckpointCallback``) while a module is attached
+    loads as the plain SB3 buffer. Attributes ``obj`` already had in its ``__dict__`` are put back on undo.
+    """
+    state = obj.__dict__
+    saved = {k: state[k] for k in attributes if k in state}
+    had_getstate = "__getstate__" in state
+    own_getstate = state.get("__getstate__")
+    patched = frozenset(attributes) | {"__getstate__"}
+
+    def getstate() -> Any:
+        cls_getstate = getattr(type(obj), "__getstate__", None)
+        full = cls_getstate(obj) if cls_getstate is not None else state
+        if not isinstance(full, dict):  # pragma: no cover (SB3's buffers pickle their __dict__)
+            return full
+        return {k: v for k, v in full.items() if k not in patched}
+
+    state.update(attributes)
+    state["__getstate__"] = getstate
+
+    def undo() -> None:
+        for key in patched:
+            state.pop(key, None)
+        state.update(saved)
+        if had_getstate:
+            state["__getstate__"] = own_getstate
+
+    return undo
 
 
 class ContinualModule(BaseCallback):
     """Base class of continual-learning modules.
 
     A module is an SB3 callback: pass it to ``clrl.train(..., modules=[...])`` or to your own
-    ``model.learn(steps, callback=module)``. Each ``learn`` call is one task: the module calls
-    :meth:`on_task_start` when it starts and :meth:`on_task_end` when it ends.
+    ``model.learn(steps, callback=module)``. Tasks begin and end as explicit events
+    (:meth:`begin_task`, :meth:`end_task`): inside ``with clrl.training_task(model, [module], index):``
+    any number of ``learn`` calls are one task; without such a scope each ``learn`` call is one task. A
+    ``learn`` that raised leaves its task open: the next ``learn`` with the module continues it.
+
+    A module belongs to the model it first trained with: once it has learned a task, it refuses to train
+    with another model (its anchors, masks or memories describe that model); :meth:`bind` carries it over
+    on purpose, and :func:`clrl.load` rebuilds model and modules together.
 
     Subclasses override any of the hooks below; all default to doing nothing. Constructor arguments are
     hyperparameters: store each under its own name (``self.strength = strength``) so that
@@ -157,8 +234,14 @@ class ContinualModule(BaseCallback):
         super().__init__(verbose)
         self.tasks_seen = 0
         self.current_task: TaskInfo | None = None
+        """The open task (between :meth:`begin_task` and :meth:`end_task`), or ``None``."""
         self._next_task: TaskInfo | None = None
+        self._implicit = False  # the open task was opened by a learn call and ends with it
+        self._learning = False  # inside a learn call that carries this module
+        self._stamp: float | None = None  # model.start_time when the hooks were installed
+        self._bound: weakref.ReferenceType[BaseAlgorithm] | None = None
         self._attached: list[_OptimizerHooks] = []
+        self._logged_episode = -1
 
     # ---------------------------------------------------------------- hooks for subclasses
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -168,6 +251,11 @@ class ContinualModule(BaseCallback):
     def check_stream(self, stream: Any) -> None:
         """Called by ``clrl.train`` before training with the :class:`clrl.TaskStream`; raise
         :class:`clrl.ConfigError` if the module cannot work on it (default: accept every stream)."""
+
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Raise :class:`clrl.ConfigError` if the module cannot work with ``model`` (its algorithm,
+        policy or settings). Called before a task begins and by ``clrl.train`` before anything trains, so
+        that nothing is refused after a task has trained (default: accept every model)."""
 
     def on_task_start(self, task: TaskInfo) -> None:
         """Called when training on ``task`` starts, before the first step."""
@@ -206,7 +294,8 @@ class ContinualModule(BaseCallback):
         """Restore what :meth:`state_dict` returned."""
 
     def log_scalars(self) -> dict[str, float]:
-        """Scalars logged under ``cl/<name>/<key>`` at the end of every rollout."""
+        """Scalars logged under ``cl/<name>/<key>``: at every rollout end of on-policy algorithms, once per
+        finished episode of off-policy ones (whose rollouts are a step or a few long), and at task ends."""
         return {}
 
     def state_bytes(self) -> int:
@@ -230,18 +319,78 @@ class ContinualModule(BaseCallback):
         return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
 
     def bind(self, model: BaseAlgorithm) -> None:
-        """Attach to ``model`` outside ``learn``, e.g. to select tasks with :meth:`set_task` on a loaded
-        model (:func:`clrl.load` does this); ``learn`` attaches the module by itself."""
+        """Make ``model`` this module's model, outside ``learn``: to select tasks with :meth:`set_task` on a
+        loaded model (:func:`clrl.load` does this), or to carry learned state over to another model on
+        purpose. ``learn`` and :meth:`begin_task` bind the module by themselves."""
         self.model = model
+        self._bound = weakref.ref(model)
 
     def set_next_task(self, task: TaskInfo) -> None:
-        """Name the task the next ``learn`` call trains (``clrl.train`` does this; own loops need not)."""
+        """Name the task the next ``learn`` call trains when that call is the task (no
+        :func:`clrl.training_task` scope around it)."""
         self._next_task = task
+
+    # ---------------------------------------------------------------- task boundaries
+    def begin_task(self, model: BaseAlgorithm, task: TaskInfo) -> None:
+        """Start ``task`` on ``model``: check the model, bind to it and call :meth:`on_task_start`.
+
+        :func:`clrl.training_task` and :class:`clrl.StreamCallback` call it; inside a running ``learn``
+        the hooks are (re)installed for the new task.
+
+        Raises:
+            ConfigError: A task is already open, the module cannot work with ``model``
+                (:meth:`check_model`), or it learned earlier tasks with another model.
+        """
+        if self.current_task is not None:
+            raise ConfigError(
+                f"{type(self).__name__}: task {self.current_task.name!r} is still open; end it first "
+                "(module.end_task(), or leave its clrl.training_task scope)"
+            )
+        self._claim(model)
+        self.check_model(model)
+        self.current_task = task
+        self.on_task_start(task)
+        if self._learning:
+            self.attach()
+
+    def end_task(self) -> None:
+        """End the open task: remove the hooks, call :meth:`on_task_end`, count the task. Does nothing when
+        no task is open, so a task ends once however often this is called."""
+        task = self.current_task
+        if task is None:
+            return
+        self.detach()  # inside a running learn (a boundary in a schedule), the next begin_task reattaches
+        try:
+            self.on_task_end(task)
+            self._checked_scalars("at the end of")
+        finally:
+            self.current_task = None
+            self._implicit = False
+        self.tasks_seen += 1
+
+    def abort_task(self) -> None:
+        """Close the open task without ending it (no :meth:`on_task_end`, not counted); remove the hooks.
+        :func:`clrl.training_task` calls it when its body raises."""
+        self.detach()
+        self.current_task = None
+        self._implicit = False
+        self._learning = False
+
+    def _claim(self, model: BaseAlgorithm) -> None:
+        """Bind to ``model``, refusing another model once a task has been learned with the bound one."""
+        bound = self._bound() if self._bound is not None else None
+        if bound is not model and self.tasks_seen > 0:
+            raise ConfigError(
+                f"{type(self).__name__} has learned {self.tasks_seen} task(s) with another model, and its "
+                f"state belongs to that model; build a new {type(self).__name__}(...) for a new model, load "
+                "both with clrl.load, or call module.bind(model) to carry the state over on purpose"
+            )
+        self.bind(model)
 
     # ---------------------------------------------------------------- SB3 callback plumbing
     @property
     def sb3_model(self) -> BaseAlgorithm:
-        """The model this module was attached to by ``learn``."""
+        """The model this module is bound to (by ``learn``, :meth:`begin_task` or :meth:`bind`)."""
         if getattr(self, "model", None) is None:
             raise RuntimeError(f"{type(self).__name__} is not attached to a model: call model.learn first")
         return self.model
@@ -251,33 +400,58 @@ class ContinualModule(BaseCallback):
         hooks = ("add_penalty_gradients", "extra_loss", "adjust_gradients", "after_update")
         return any(_overrides(self, h) for h in hooks)
 
+    def hooks_live(self) -> bool:
+        """Whether no other ``learn`` has begun since this module's hooks were installed (SB3 stamps every
+        ``learn`` with ``start_time``): false once a ``learn`` raised and another without the module began."""
+        model = getattr(self, "model", None)
+        return self._stamp is not None and getattr(model, "start_time", None) == self._stamp
+
     def _on_training_start(self) -> None:
-        algorithm = type(self.sb3_model).__name__
+        model = self.sb3_model
+        algorithm = type(model).__name__
         if algorithm in POLICY_WITHOUT_OPTIMIZER_STEP and self.uses_gradient_hooks():
             warnings.warn(
                 f"{algorithm} updates its policy without an optimiser step: the gradient hooks of "
                 f"{type(self).__name__} only reach what an optimiser steps (TRPO's critic; nothing for ARS)",
                 stacklevel=2,
             )
-        task = self._next_task or TaskInfo(self.tasks_seen, f"task{self.tasks_seen}")
+        if self.current_task is not None and not self._implicit:
+            self._claim(model)  # an explicit task scope is open: this learn is part of its task
+        elif self.current_task is None or (
+            self._next_task is not None and self._next_task != self.current_task
+        ):
+            if self.current_task is not None:  # an earlier learn raised; clrl.train names a new task
+                self.abort_task()
+            total = int(self.locals.get("total_timesteps", model.num_timesteps))
+            task = self._next_task or TaskInfo(self.tasks_seen, f"task{self.tasks_seen}")
+            if task.steps is None:
+                task = TaskInfo(task.index, task.name, max(total - model.num_timesteps, 0))
+            self.begin_task(model, task)
+            self._implicit = True
+        # else: an earlier learn of this implicit task raised; this one continues the task.
         self._next_task = None
-        self.current_task = task
-        self.on_task_start(task)
+        self._learning = True
+        self._logged_episode = getattr(model, "_episode_num", -1)
         self.attach()
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
+        model = self.sb3_model
+        if isinstance(model, OffPolicyAlgorithm):
+            # A rollout is train_freq steps (often one): log once per finished episode, as SB3 dumps.
+            if model._episode_num == self._logged_episode:
+                return
+            self._logged_episode = model._episode_num
         for key, value in self._checked_scalars("while training").items():
             self.logger.record(f"cl/{self.name}/{key}", value)
 
     def _on_training_end(self) -> None:
         self.detach()
-        assert self.current_task is not None
-        self.on_task_end(self.current_task)
-        self._checked_scalars("at the end of")
-        self.tasks_seen += 1
+        self._learning = False
+        if self._implicit:
+            self.end_task()
 
     def _checked_scalars(self, when: str) -> dict[str, float]:
         """:meth:`log_scalars`, after making sure none is NaN or infinite (penalties, importances, losses)."""
@@ -290,8 +464,10 @@ class ContinualModule(BaseCallback):
         return scalars
 
     def attach(self) -> None:
-        """Install this module's hooks on the model's optimisers (idempotent)."""
+        """Install this module's hooks on the model's optimisers (idempotent; ``learn`` calls it). They act
+        until :meth:`detach`, or until a ``learn`` without this module begins (:meth:`hooks_live`)."""
         self.detach()
+        self._stamp = self.sb3_model.start_time
         targets = self.target_parameters()
         if not targets:
             return
@@ -301,9 +477,7 @@ class ContinualModule(BaseCallback):
             if not chosen:
                 continue
             names, params = zip(*chosen, strict=True)
-            hooks = _HOOKS.get(opt)
-            if hooks is None:
-                hooks = _HOOKS[opt] = _OptimizerHooks(opt)
+            hooks = _OptimizerHooks.of(opt)
             hooks.entries.append((self, ParamGroup(opt_name, opt, names, params)))
             hooks.refresh()
             self._attached.append(hooks)
@@ -315,8 +489,8 @@ class ContinualModule(BaseCallback):
             hooks.refresh()
             if not hooks.entries:
                 hooks.remove()
-                _HOOKS.pop(hooks.optimizer, None)
         self._attached = []
+        self._stamp = None
 
 
 def check_non_negative(value: float, what: str) -> float:

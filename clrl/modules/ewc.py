@@ -83,6 +83,7 @@ class EWC(FisherPenalty):
         """The anchor ``θ*_t`` of every finished task."""
         self.fishers: list[Tensors] = []
         """The Fisher ``F_t`` of every finished task."""
+        self._offset: dict[str, float] = {}
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Store the task's Fisher and anchor, and combine all of them into one penalty."""
@@ -92,28 +93,28 @@ class EWC(FisherPenalty):
 
     def _combine(self) -> None:
         if not self.fishers:
-            self.importance, self.anchor = {}, {}
+            self.importance, self.anchor, self._offset = {}, {}, {}
             return
         total = {n: torch.stack([f[n] for f in self.fishers]).sum(0) for n in self.fishers[0]}
         self.importance = total
-        self.anchor = {}
+        self.anchor, self._offset = {}, {}
         for name, fisher in total.items():
             weighted = sum(f[name] * a[name] for f, a in zip(self.fishers, self.anchors, strict=True))
             mean = torch.as_tensor(weighted) / fisher.clamp_min(torch.finfo(fisher.dtype).tiny)
             self.anchor[name] = torch.where(fisher > 0, mean, self.anchors[-1][name])
+            # Σ_t F_t (θ - θ*_t)² = F (θ - ā)² + Σ_t F_t (θ*_t - ā)², since Σ_t F_t (θ*_t - ā) = 0.
+            self._offset[name] = sum(
+                float((f[name] * (a[name] - self.anchor[name]).square()).sum())
+                for f, a in zip(self.fishers, self.anchors, strict=True)
+            )
 
     def penalty(self) -> float:
-        """``strength/2 · Σ_t Σ_i F_t,i (θ_i - θ*_t,i)²``, summed task by task."""
+        """``strength/2 · Σ_t Σ_i F_t,i (θ_i - θ*_t,i)²``, as ``strength/2 · (Σ_i F_i (θ_i - ā_i)² + c)``
+        with the constant ``c = Σ_t Σ_i F_t,i (θ*_t,i - ā_i)²`` fixed when a task ends: one pass over the
+        parameters whatever the number of tasks."""
         params = self.regularised()
-        total = 0.0
-        with torch.no_grad():
-            for fisher, anchor in zip(self.fishers, self.anchors, strict=True):
-                total += sum(
-                    float((fisher[n] * (params[n] - a).square()).sum())
-                    for n, a in anchor.items()
-                    if n in params
-                )
-        return 0.5 * self.strength * total
+        offset = sum(c for n, c in self._offset.items() if n in params)
+        return super().penalty() + 0.5 * self.strength * offset
 
     def latest_anchor(self) -> Tensors:
         """The anchor of the most recent task."""

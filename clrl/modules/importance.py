@@ -169,6 +169,23 @@ def _lstm_step(lstm: nn.LSTM, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor)
     return x
 
 
+_ACTION_DISTRIBUTIONS = (
+    CategoricalDistribution,
+    MultiCategoricalDistribution,
+    BernoulliDistribution,
+    DiagGaussianDistribution,
+)
+
+
+def _check_action_dist(policy: ActorCriticPolicy) -> None:
+    dist = policy.action_dist
+    if not isinstance(dist, _ACTION_DISTRIBUTIONS):
+        raise ConfigError(
+            f"importance is not defined for {type(dist).__name__} (gSDE); use a Gaussian or discrete policy"
+            " (use_sde=False)"
+        )
+
+
 def _action_outputs(policy: ActorCriticPolicy, latent_pi: torch.Tensor) -> dict[str, torch.Tensor]:
     dist = policy.action_dist
     out = policy.action_net(latent_pi)[0]
@@ -176,11 +193,8 @@ def _action_outputs(policy: ActorCriticPolicy, latent_pi: torch.Tensor) -> dict[
         return {"categorical": out}
     if isinstance(dist, BernoulliDistribution):
         return {"bernoulli": out}
-    if isinstance(dist, DiagGaussianDistribution):
-        return {"mean": out, "log_std": policy.log_std}
-    raise ConfigError(
-        f"importance is not defined for {type(dist).__name__} (gSDE); use a Gaussian or discrete policy"
-    )
+    _check_action_dist(policy)
+    return {"mean": out, "log_std": policy.log_std}
 
 
 def _actor_critic_outputs(networks: Networks) -> OutputFn:
@@ -271,6 +285,8 @@ def policy_outputs(model: BaseAlgorithm, networks: Networks = "actor", temperatu
         from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
     except ImportError:  # the "contrib" extra is not installed
         RecurrentActorCriticPolicy = ()  # type: ignore[assignment,misc]
+    if isinstance(policy, ActorCriticPolicy):
+        _check_action_dist(policy)  # fail before a task trains, not when its importance is estimated
     if isinstance(policy, RecurrentActorCriticPolicy):
         return _recurrent_outputs(networks)
     if isinstance(policy, ActorCriticPolicy):

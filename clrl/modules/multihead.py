@@ -115,17 +115,29 @@ def _route(net: nn.Module, router: TaskRouter) -> None:
 
 
 class _TaskHeads:
-    """The ``n_tasks`` argument and router shared by the multi-head policies (SB3 saves ``n_tasks`` with the
-    policy's constructor arguments, so loading rebuilds the heads)."""
+    """The ``n_tasks`` and ``task`` arguments and the router shared by the multi-head and progressive
+    policies (SB3 saves them with the policy's constructor arguments, so loading rebuilds the heads).
+
+    ``task`` (default ``None``: route by the observation's task id) routes every sample to one head or
+    column for good: what :func:`clrl.export_policy` writes, so that a plain ``load`` acts as the evaluated
+    policy of that task.
+    """
 
     router: TaskRouter
 
-    def __init__(self, *args: Any, n_tasks: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, n_tasks: int, task: int | None = None, **kwargs: Any) -> None:
         self.router = TaskRouter(n_tasks)  # before SB3's constructor, which builds the heads
+        if task is not None and not (isinstance(task, int) and 0 <= task < n_tasks):
+            raise ConfigError(f"task must be a head index in [0, {n_tasks}), got {task!r}")
+        self._fixed_task = task
+        self.router.forced = task
         super().__init__(*args, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "n_tasks": self.router.n_tasks}  # type: ignore[misc]
+        params = {**super()._get_constructor_parameters(), "n_tasks": self.router.n_tasks}  # type: ignore[misc]
+        if self._fixed_task is not None:
+            params["task"] = self._fixed_task
+        return params
 
 
 class _TaskCritics(_TaskHeads):

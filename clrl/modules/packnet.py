@@ -113,6 +113,11 @@ class PackNet(ContinualModule):
 
     def on_task_start(self, task: TaskInfo) -> None:
         """Hold the weights of earlier tasks; schedule the pruning step."""
+        if self.retrain > 0 and task.steps is None:
+            raise ConfigError(
+                f"PackNet(retrain={self.retrain}) prunes at 1 - retrain of the task's steps, but task "
+                f"{task.name!r} has no budget: pass steps=N to clrl.training_task, or use retrain=0"
+            )
         self.set_task(max(task.index, self.task_index))  # never train under an evaluation mask
         params = self._parameters()
         if not self.owner:
@@ -125,9 +130,8 @@ class PackNet(ContinualModule):
         self.owner = {n: o.to(params[n].device) for n, o in self.owner.items()}
         self.task_index = task.index
         self._hold(lambda owner: owner != FREE)
-        start = self.sb3_model.num_timesteps
-        end = int(self.locals.get("total_timesteps", start))
-        self._prune_at = start + int((1.0 - self.retrain) * (end - start)) if self.retrain > 0 else None
+        start, steps = self.sb3_model.num_timesteps, task.steps or 0
+        self._prune_at = start + int((1.0 - self.retrain) * steps) if self.retrain > 0 else None
         self._pruned = False
 
     def _hold(self, rule: Any) -> None:

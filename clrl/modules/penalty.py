@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
 
 from clrl.algorithms import Networks, check_networks, policy_parameters
 from clrl.modules.base import (
@@ -180,9 +181,12 @@ class ImportancePenalty(QuadraticPenalty):
         """Wall time of the last importance estimate (state draw included)."""
         self._start_timesteps = 0
 
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse a policy type without an importance (gSDE, ARS, custom policies) before it trains."""
+        policy_outputs(model, self.networks)
+
     def on_task_start(self, task: TaskInfo) -> None:
-        """Check that the policy type has an importance (fail now, not after the task)."""
-        policy_outputs(self.sb3_model, self.networks)
+        """Note where the task's states start in the buffer."""
         self._start_timesteps = self.sb3_model.num_timesteps
 
     def estimate(self, task: TaskInfo) -> Tensors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, Repla
 from stable_baselines3.common.vec_env import VecNormalize
 
 from clrl.errors import ConfigError
-from clrl.modules.base import TaskInfo, check_fraction
+from clrl.modules.base import TaskInfo, check_fraction, patch_attributes
 from clrl.modules.memory import Budget, MemoryModule, Rows
 
 
@@ -30,10 +31,10 @@ class Replay(MemoryModule):
 
     Works with Box, Discrete and Dict observations and any SB3 replay buffer class (n-step buffers: replayed
     rows are one-step transitions and get the discount ``gamma``). The buffer's ``add`` and ``sample`` are
-    wrapped on the buffer instance while ``learn`` runs, so ``callback=Replay(...)`` is all a user's own loop
-    needs. The task id: replayed transitions carry their own rewards and dynamics, so ``clrl.train`` refuses
-    a stream that hides the task id unless ``require_task_id=False`` (in a user's own loop, make sure the
-    observation tells the tasks apart).
+    wrapped on the buffer instance while ``learn`` runs (the buffer still pickles and saves as SB3's own),
+    so ``callback=Replay(...)`` is all a user's own loop needs. The task id: replayed transitions carry
+    their own rewards and dynamics, so ``clrl.train`` refuses a stream that hides the task id unless
+    ``require_task_id=False`` (in a user's own loop, make sure the observation tells the tasks apart).
 
     Paper: Rolnick et al. 2019, "Experience Replay for Continual Learning" (NeurIPS); Wołczyk et al. 2021,
     "Continual World" (NeurIPS), perfect memory.
@@ -57,7 +58,7 @@ class Replay(MemoryModule):
         super().__init__(budget, require_task_id, verbose)
         self.fraction = check_fraction(fraction, "Replay fraction")
         self._buffer: ReplayBuffer | None = None
-        self._saved: dict[str, Any] = {}
+        self._unpatch: Callable[[], None] | None = None
         self.replayed = 0
         """Archived transitions mixed into batches during the current task."""
 
@@ -74,33 +75,41 @@ class Replay(MemoryModule):
         self.replayed = 0
 
     def attach(self) -> None:
-        """Wrap the replay buffer's ``add`` and ``sample`` (besides any optimiser hooks)."""
+        """Wrap the replay buffer's ``add`` and ``sample`` (besides any optimiser hooks).
+
+        The wrappers are left out of the buffer's pickled state (:func:`~clrl.modules.base.patch_attributes`),
+        so SB3's ``save_replay_buffer`` and ``CheckpointCallback(save_replay_buffer=True)`` save the plain
+        buffer, and a deep copy is a plain buffer. After a ``learn`` that raised, the first call of either
+        removes them (the hooks' rule, :meth:`~clrl.ContinualModule.hooks_live`).
+        """
         super().attach()
         buffer = getattr(self.sb3_model, "replay_buffer", None)
         if buffer is None or self._buffer is buffer:
             return
         self._buffer = buffer
-        self._saved = {k: buffer.__dict__[k] for k in ("add", "sample") if k in buffer.__dict__}
         add, sample = buffer.add, buffer.sample
 
         def recording_add(*args: Any, **kwargs: Any) -> None:
             add(*args, **kwargs)
-            self._record(buffer, *args, **kwargs)
+            if self.hooks_live():
+                self._record(buffer, *args, **kwargs)
+            else:
+                self.detach()
 
         def mixing_sample(batch_size: int, env: VecNormalize | None = None) -> Any:
-            return self._sample(sample, batch_size, env)
+            if self.hooks_live():
+                return self._sample(sample, batch_size, env)
+            self.detach()
+            return sample(batch_size, env)
 
-        buffer.add = recording_add
-        buffer.sample = mixing_sample
+        self._unpatch = patch_attributes(buffer, add=recording_add, sample=mixing_sample)
 
     def detach(self) -> None:
         """Restore the buffer's own ``add`` and ``sample``."""
         super().detach()
-        if self._buffer is not None:
-            for k in ("add", "sample"):
-                self._buffer.__dict__.pop(k, None)
-            self._buffer.__dict__.update(self._saved)
-            self._buffer, self._saved = None, {}
+        if self._unpatch is not None:
+            self._unpatch()
+        self._buffer, self._unpatch = None, None
 
     # ---------------------------------------------------------------- recording
     def _record(

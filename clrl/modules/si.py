@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from clrl.algorithms import Networks
-from clrl.modules.base import ParamGroup, TaskInfo, add_to_grad, check_non_negative
+from clrl.modules.base import ParamGroup, TaskInfo, add_to_grad, check_positive
 from clrl.modules.penalty import QuadraticPenalty, Tensors
 
 
@@ -40,7 +40,7 @@ class SI(QuadraticPenalty):
         self, strength: float = 1.0, damping: float = 0.1, networks: Networks = "actor", verbose: int = 0
     ) -> None:
         super().__init__(strength, networks, verbose)
-        self.damping = check_non_negative(damping, "SI damping")
+        self.damping = check_positive(damping, "SI damping")
         self.omega: Tensors = {}
         """The path integral of the current task."""
         self._start: Tensors = {}

@@ -1,0 +1,82 @@
+"""Task boundaries as explicit events: :func:`training_task` makes any number of ``learn`` calls one task."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from clrl.errors import ConfigError
+from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
+
+
+def check_modules(modules: Sequence[ContinualModule]) -> list[ContinualModule]:
+    """Return ``modules`` as a list, or raise :class:`ConfigError` for a non-module or a repeated one."""
+    modules = list(modules)
+    for m in modules:
+        if not isinstance(m, ContinualModule):
+            raise ConfigError(f"modules must be clrl ContinualModule instances, got {type(m).__name__}")
+    if len({id(m) for m in modules}) != len(modules):
+        raise ConfigError("the same module instance is listed twice")
+    return modules
+
+
+@contextlib.contextmanager
+def training_task(
+    model: BaseAlgorithm,
+    modules: Sequence[ContinualModule],
+    index: int,
+    name: str | None = None,
+    steps: int | None = None,
+) -> Iterator[TaskInfo]:
+    """A scope inside which every ``learn`` call of ``model`` trains one and the same task.
+
+    On entry each module selects the task (:meth:`~clrl.ContinualModule.set_task`) and begins it
+    (:meth:`~clrl.ContinualModule.begin_task`: checks, then ``on_task_start``); on a normal exit each ends
+    it once (``on_task_end``: EWC's Fisher, PackNet's pruning, ...). If the body raises, the task is
+    aborted (no ``on_task_end``, not counted) and the exception propagates. Either way every hook is gone
+    when the scope is left. Pass the modules to each ``learn`` as usual::
+
+        with clrl.training_task(model, [ewc], index=0, name="flip0", steps=20_000):
+            for _ in range(4):
+                model.learn(5_000, callback=ewc, reset_num_timesteps=False)
+                evaluate_policy(model, eval_env)  # between chunks: still the same task
+
+    Args:
+        model: The SB3 model that trains the task.
+        modules: The continual modules that take part (those passed to ``learn`` inside the scope).
+        index: The task's position in the stream (heads, columns and masks are chosen by it).
+        name: The task's name (default ``task<index>``).
+        steps: The task's budget of environment steps, summed over its ``learn`` calls. Modules that
+            schedule something inside a task need it (PackNet's retraining phase).
+
+    Yields:
+        The :class:`~clrl.TaskInfo` the modules were given.
+
+    Raises:
+        ConfigError: Bad arguments, or a module cannot work with ``model`` (before anything trains).
+    """
+    modules = check_modules(modules)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ConfigError(f"task index must be an integer >= 0, got {index!r}")
+    if steps is not None:
+        steps = check_positive_int(steps, "task steps")
+    task = TaskInfo(index, name if name is not None else f"task{index}", steps)
+    opened: list[ContinualModule] = []
+    try:
+        for module in modules:
+            module.set_task(index)
+            module.begin_task(model, task)
+            opened.append(module)
+        yield task
+    except BaseException:
+        for module in opened:
+            module.abort_task()
+        raise
+    try:
+        for module in modules:
+            module.end_task()
+    finally:
+        for module in modules:  # no hook stays, and a module left open by another's failure is closed
+            module.abort_task()
