@@ -21,6 +21,7 @@ from clrl.modules.base import check_positive_int
 from clrl.runner import TrainResult
 from clrl.streams import builtin_streams, load_stream, make_stream
 from clrl.sweeps import LOG_FILE, common_method_args, grid, load_sweep, sweep
+from clrl.zoo import zoo_file, zoo_hyperparameters
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +61,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-episodes", type=int, default=10, help="episodes per task and evaluation")
     run.add_argument("--eval-freq", type=int, help="also evaluate every N steps during training")
     run.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="algorithm hyperparameters")
+    run.add_argument(
+        "--hyperparams",
+        metavar="FILE.yml",
+        help="an RL Zoo hyperparameter file (its entry for the stream's env id; 'zoo': the Zoo's own file "
+        "for the algorithm), under --hp",
+    )
     run.add_argument(
         "--method-arg", nargs="*", default=[], metavar="KEY=VALUE", help="module hyperparameters"
     )
@@ -141,7 +148,21 @@ def _list() -> None:
     print("  (modules combine with '+', e.g. multihead+ewc)")
 
 
+def _hyperparameters(ns: argparse.Namespace) -> dict[str, Any]:
+    """``--hp`` over the Zoo file's entry for the stream's environment (``--hyperparams``)."""
+    hp = _parse_assignments(ns.hp, "--hp")
+    if ns.hyperparams is None:
+        return hp
+    path = zoo_file(ns.algo) if ns.hyperparams == "zoo" else ns.hyperparams
+    env_id = make_stream(ns.stream, validate=False).tasks[0].env_id
+    zoo, notes = zoo_hyperparameters(path, env_id)
+    for note in notes:
+        print(f"clrl: {path} ({env_id}): {note}")
+    return {**zoo, **hp}
+
+
 def _run(ns: argparse.Namespace) -> list[TrainResult]:
+    hyperparameters = _hyperparameters(ns)
     specs = [
         RunSpec(
             stream=ns.stream,
@@ -151,7 +172,7 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
             steps=ns.steps,
             eval_episodes=ns.eval_episodes,
             eval_freq=ns.eval_freq,
-            hyperparameters=_parse_assignments(ns.hp, "--hp"),
+            hyperparameters=hyperparameters,
             method_args=_parse_assignments(ns.method_arg, "--method-arg"),
             device=ns.device,
             vec_env=ns.vec_env,

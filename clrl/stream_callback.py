@@ -71,6 +71,8 @@ class StreamCallback(BaseCallback):
       task's last rollout, kept for them when the next rollout begins.
     * Off-policy models: at each boundary the replay buffer is emptied and ``learning_starts`` is applied
       again, as ``clrl.train(reset_buffer=True)`` does; ``reset_buffer=False`` keeps the buffer.
+    * ``learn`` may be given more steps than :attr:`total_steps` (RL Zoo's ``n_timesteps``): it stops at
+      the first rollout that starts after the stream's last task is done.
     * No resume: a killed ``learn`` starts over.
 
     Args:
@@ -123,6 +125,7 @@ class StreamCallback(BaseCallback):
         self.result: TrainResult | None = None
         """The return matrix and metrics so far (rows filled at each boundary)."""
         self._task = 0
+        self._finished = False
         self._ends: list[int] = []
         self._kept: Any = None
         self._env: _TaskVecEnv | None = None
@@ -166,6 +169,8 @@ class StreamCallback(BaseCallback):
             module.on_training_start(self.locals, self.globals)
 
     def _on_step(self) -> bool:
+        if self._finished:  # learn was given more steps than the stream has
+            return False
         for module in self.modules:
             module.update_locals(self.locals)
             if not module.on_step():
@@ -175,6 +180,7 @@ class StreamCallback(BaseCallback):
     def _on_rollout_start(self) -> None:
         while self._task + 1 < len(self.stream) and self.num_timesteps >= self._ends[self._task]:
             self._boundary()
+        self._finished = self.num_timesteps >= self._ends[-1]
         for module in self.modules:
             module.on_rollout_start()
 
@@ -182,29 +188,29 @@ class StreamCallback(BaseCallback):
         for module in self.modules:
             module.update_locals(self.locals)
             module.on_rollout_end()
-        last = self._task + 1 == len(self.stream)
-        if (
-            isinstance(self.model, OnPolicyAlgorithm)
-            and not last
-            and self.num_timesteps >= self._ends[self._task]
-        ):
+        if isinstance(self.model, OnPolicyAlgorithm) and self.num_timesteps >= self._ends[self._task]:
             self._kept = copy.deepcopy(self.model.rollout_buffer)  # the next rollout start clears it
 
     def _on_training_end(self) -> None:
+        if self._evaluator is None:  # ended already (RL Zoo calls on_training_end a second time)
+            return
         try:
             for module in self.modules:
                 module.on_training_end()
             if self.result is not None and np.isnan(self.result.matrix[self._task + 1]).all():
-                self._end(self._task, keep=None)  # the buffer is intact: learn ended after its update
+                # Learn ended after the task's last update (its buffer intact), or stopped at the first
+                # step of a rollout past the stream (the buffer cleared: the kept copy has the states).
+                self._end(self._task, keep=self._kept if self._finished else None)
         finally:
             for module in self.modules:
                 module.abort_task()
             if self._learning_starts is not None:
                 self.model.learning_starts = self._learning_starts  # type: ignore[attr-defined]
-            if self._evaluator is not None:
-                self._evaluator.close()
+            self._evaluator.close()
+            self._evaluator = None
             if self._logger is not None:
                 self._logger.close()
+                self._logger = None
 
     # ---------------------------------------------------------------- boundaries
     def _task_env(self, i: int) -> VecEnv:

@@ -27,7 +27,12 @@ def test_readme_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 2
     make_stream = clrl.make_stream
-    monkeypatch.setattr(clrl, "make_stream", lambda name: make_stream(name, steps_per_task=256))
+
+    def tiny(name: str, **_: object) -> clrl.TaskStream:
+        return make_stream(name, steps_per_task=256)
+
+    monkeypatch.setattr(clrl, "make_stream", tiny)
+    monkeypatch.setattr(clrl.stream_callback, "make_stream", tiny)
     monkeypatch.setattr(stable_baselines3, "PPO", ShortRolloutPPO)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
@@ -37,3 +42,6 @@ def test_readme_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert np.isfinite(namespace["result"].matrix).all()
     assert isinstance(namespace["modules"][0], clrl.L2)
     assert (tmp_path / "model.zip").is_file()
+    assert namespace["ewc"].tasks_seen == 4  # two learn calls per task inside clrl.training_task
+    assert isinstance(namespace["deployed"], ShortRolloutPPO)
+    assert np.isfinite(namespace["callback"].result.matrix).all()

@@ -343,8 +343,8 @@ class ContinualModule(BaseCallback):
         """
         if self.current_task is not None:
             raise ConfigError(
-                f"{type(self).__name__}: task {self.current_task.name!r} is still open; end it first "
-                "(module.end_task(), or leave its clrl.training_task scope)"
+                f"{type(self).__name__}: task {self.current_task.name!r} is still open; end it "
+                "(module.end_task()) or drop it (module.abort_task()) first"
             )
         self._claim(model)
         self.check_model(model)

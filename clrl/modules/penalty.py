@@ -10,6 +10,7 @@ any other term of the loss.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,18 @@ def _move(tree: Any, device: torch.device) -> Any:
     if isinstance(tree, list):
         return [_move(v, device) for v in tree]
     return tree
+
+
+def _tensors(tree: Any) -> Iterator[torch.Tensor]:
+    """The tensors in ``tree``'s dicts, lists and tuples (other objects are not looked into)."""
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _tensors(value)
+    elif isinstance(tree, list | tuple):
+        for value in tree:
+            yield from _tensors(value)
 
 
 def _cpu(tensors: Tensors) -> Tensors:
@@ -153,7 +166,9 @@ class QuadraticPenalty(ContinualModule):
         self.importance = dict(state["importance"])
 
     def _on_training_start(self) -> None:
-        self.load_state_dict(_move(self.state_dict(), self.sb3_model.device))
+        device = self.sb3_model.device
+        if not all(t.device == device for t in _tensors(vars(self))):  # loaded on the CPU, say
+            self.load_state_dict(_move(self.state_dict(), device))
         super()._on_training_start()
 
 
