@@ -55,7 +55,8 @@ from clrl.modules import (
 )
 from clrl.registration import register_streams
 from clrl.reports import write_report
-from clrl.runner import TrainResult, train, train_multitask, train_single_task
+from clrl.results import TrainResult
+from clrl.runner import train, train_multitask, train_single_task
 from clrl.stream_callback import StreamCallback
 from clrl.streams import Task, TaskStream, WrapperSpec, builtin_streams, load_stream, make_stream
 from clrl.sweeps import SweepResult, grid, load_sweep, sweep

@@ -18,7 +18,7 @@ from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError, TrainingError
 from clrl.experiment import BASELINES, METHODS, VEC_ENVS, RunSpec, completed_tasks, run_experiment
 from clrl.modules.base import check_positive_int
-from clrl.runner import TrainResult
+from clrl.results import TrainResult
 from clrl.streams import builtin_streams, load_stream, make_stream
 from clrl.sweeps import LOG_FILE, common_method_args, grid, load_sweep, sweep
 from clrl.zoo import zoo_file, zoo_hyperparameters

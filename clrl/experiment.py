@@ -21,6 +21,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from clrl.algorithms import ALGORITHMS, get_algorithm
+from clrl.checks import check_seed
 from clrl.errors import ConfigError
 from clrl.modules import (
     AGEM,
@@ -44,7 +45,8 @@ from clrl.modules import (
     progressive_policy,
 )
 from clrl.presets import make_model, preset
-from clrl.runner import TrainResult, check_seed, train, train_multitask, train_single_task
+from clrl.results import TrainResult
+from clrl.runner import train, train_multitask, train_single_task
 from clrl.streams import TaskStream, make_stream
 
 METHODS: dict[str, type[ContinualModule] | None] = {

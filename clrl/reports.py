@@ -33,7 +33,7 @@ import numpy as np
 
 from clrl import metrics
 from clrl.errors import ConfigError
-from clrl.runner import TrainResult, reference_metrics
+from clrl.results import TrainResult, reference_metrics
 
 RAW = ("acc", "bwt", "fwt", "forgetting")
 NORMALISED = ("acc_norm", "bwt_norm", "fwt_norm", "forgetting_norm")

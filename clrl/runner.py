@@ -20,139 +20,38 @@ What happens between tasks (SB3 semantics, decided here once):
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
-import math
-import platform
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium
 import numpy as np
-import stable_baselines3
-import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import (
-    DummyVecEnv,
-    SubprocVecEnv,
-    VecEnv,
-    VecNormalize,
-    unwrap_vec_normalize,
-)
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from torch.utils.tensorboard import SummaryWriter
 
 from clrl import checkpoint, metrics
 from clrl.boundaries import check_modules, training_task
 from clrl.callbacks import ContinualEvalCallback
-from clrl.errors import (
-    CheckpointError,
-    ClrlError,
-    ConfigError,
-    NumericalError,
-    RunExistsError,
-    StreamError,
-    TrainingError,
-)
+from clrl.checks import check_eval_freq, check_finite, check_model, check_seed, prepare_logdir
+from clrl.errors import CheckpointError, ClrlError, ConfigError, TrainingError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
-from clrl.logger import RunLogger, log_eval_row, to_jsonable, write_json_atomic
+from clrl.logger import RunLogger, log_eval_row
 from clrl.modules.base import ContinualModule
+from clrl.results import (
+    TrainResult,
+    check_same_run,
+    read_previous,
+    reference_metrics,
+    run_config,
+    run_hparams,
+    write_summary,
+)
 from clrl.streams import TaskStream
 
-
-@dataclass
-class TrainResult:
-    """The outcome of a continual run.
-
-    Attributes:
-        matrix: Return matrix, shape ``(n_tasks + 1, n_tasks)``: row 0 untrained, row ``i`` after task ``i``.
-        metrics: ``acc``, ``bwt``, ``fwt``, ``forgetting`` (see :mod:`clrl.metrics`).
-        task_names: The stream's task names (the matrix's columns).
-        steps: Global environment step of each matrix row.
-        curves: Evaluations during training: ``(step, task being trained, returns on every task)``.
-        config: Stream, algorithm, method, seed, hyperparameters (scalars; ``policy_kwargs`` apart, classes
-            by name) and torch threads of the run.
-        logdir: The run directory, if one was written.
-        timings: Wall-clock seconds of the whole run (``total``) and of its evaluations (``evaluation``).
-        random_returns: Mean return of a uniformly random policy on each task, on the evaluation episodes.
-        module_stats: After each task, per module name: ``state_bytes`` (what the module holds: anchors,
-            importances, memories) and its TensorBoard scalars (e.g. Replay's ``bytes/task<j>``).
-    """
-
-    matrix: np.ndarray
-    metrics: dict[str, float]
-    task_names: list[str]
-    steps: list[int]
-    curves: list[tuple[int, int, list[float]]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    logdir: Path | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    random_returns: np.ndarray | None = None
-    module_stats: list[dict[str, dict[str, float]]] = field(default_factory=list)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> TrainResult:
-        """Read a ``results.json`` back (e.g. a single-task run to pass as ``reference``)."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(
-                matrix=np.array(data["matrix"], dtype=float),
-                metrics={k: float("nan") if v is None else v for k, v in data["metrics"].items()},
-                task_names=list(data["task_names"]),
-                steps=list(data["steps"]),
-                curves=[(c["step"], c["task"], c["returns"]) for c in data["curves"]],
-                config=data["config"],
-                logdir=path.parent,
-                timings=data.get("timings", {}),
-                random_returns=None
-                if data.get("random_returns") is None
-                else np.array(data["random_returns"]),
-                module_stats=data.get("module_stats", []),
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"cannot read results from {str(path)!r}: {exc}") from exc
-
-    @property
-    def reference(self) -> np.ndarray:
-        """Return on each task right after training it, ``R[j + 1, j]`` (the single-task references when
-        this is a single-task baseline run)."""
-        n = len(self.task_names)
-        return np.array([self.matrix[j + 1, j] for j in range(n)])
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data, as written to ``results.json``."""
-        return {
-            "matrix": self.matrix,
-            "metrics": self.metrics,
-            "task_names": self.task_names,
-            "steps": self.steps,
-            "curves": [{"step": s, "task": t, "returns": r} for s, t, r in self.curves],
-            "config": self.config,
-            "timings": self.timings,
-            "random_returns": self.random_returns,
-            "module_stats": self.module_stats,
-            "versions": versions(),
-        }
-
-
-def versions() -> dict[str, str]:
-    """Versions of clrl and the libraries that decide its results."""
-    from clrl import __version__
-
-    return {
-        "clrl": __version__,
-        "stable_baselines3": stable_baselines3.__version__,
-        "gymnasium": gymnasium.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
+__all__ = ["EVAL_SEED_OFFSET", "TrainResult", "train", "train_multitask", "train_single_task"]
 
 
 def train(
@@ -306,9 +205,9 @@ def train_single_task(
     n = len(stream)
     check_seed(seed, n)
     stream.validate()
-    _check_eval_freq(eval_freq)
-    root = _prepare_logdir(logdir, overwrite, resume)
-    previous = _read_previous(root) if resume else None
+    check_eval_freq(eval_freq)
+    root = prepare_logdir(logdir, overwrite, resume)
+    previous = read_previous(root) if resume else None
     start = previous[1] if previous else 0
     evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
     result = previous[0] if previous else None
@@ -337,9 +236,11 @@ def train_single_task(
         for i in range(start, n):
             task = stream.tasks[i]
             model = make_model(i)
-            _check_model(model, stream)
+            check_model(model, stream)
             if previous:
-                _check_same_run(result.config, _config(model, stream, "single-task", seed, eval_episodes, []))
+                check_same_run(
+                    result.config, run_config(model, stream, "single-task", seed, eval_episodes, [])
+                )
             offset = result.steps[-1]
 
             def record(step: int, task_index: int, row: np.ndarray, offset: int = offset) -> None:
@@ -347,7 +248,7 @@ def train_single_task(
                 log_row(offset + step, row)
 
             if i == 0:
-                result.config = _config(model, stream, "single-task", seed, eval_episodes, [])
+                result.config = run_config(model, stream, "single-task", seed, eval_episodes, [])
                 result.matrix[0] = evaluate(model)
                 log_row(0, result.matrix[0])
             callbacks: list[BaseCallback] = []
@@ -381,7 +282,7 @@ def train_single_task(
             result.metrics = {"acc": float(result.reference[: i + 1].mean())}
             result.timings = {"total": time.perf_counter() - start_time, "evaluation": eval_seconds}
             if root:
-                _write_summary(root, result, i + 1)
+                write_summary(root, result, i + 1)
     finally:
         evaluator.close()
         if writer:
@@ -389,46 +290,6 @@ def train_single_task(
         if bar:
             bar.close()
     return result
-
-
-def reference_metrics(result: TrainResult, reference: TrainResult, n_done: int) -> dict[str, float]:
-    """Metrics of ``result``'s first ``n_done`` tasks normalised by a single-task ``reference``.
-
-    Returns ``acc_norm``, ``bwt_norm``, ``fwt_norm`` and ``forgetting_norm`` (the matrix normalised between
-    the random policy's returns and the reference's ``R[j + 1, j]``), and ``fwt_cw`` (Continual World's
-    forward transfer, the mean over tasks of :func:`clrl.metrics.auc_forward_transfer` of the normalised,
-    clipped training curves) when both runs recorded curves for every task. A task whose reference curve is
-    at 1 throughout has no defined transfer and is left out of that mean.
-    """
-    if result.random_returns is None:
-        return {}
-    low, high = result.random_returns[:n_done], reference.reference[:n_done]
-    if np.any(high == low):
-        return {}
-    seen = metrics.normalize(result.matrix[: n_done + 1, :n_done], low, high)
-    out = {f"{k}_norm": v for k, v in metrics.summary(seen).items()}
-    transfers = []
-    for j in range(n_done):
-        ours = [row[j] for _, task, row in result.curves if task == j]
-        theirs = [row[j] for _, task, row in reference.curves if task == j]
-        length = min(len(ours), len(theirs))
-        if length == 0:
-            break
-        scale = high[j] - low[j]
-        a = np.clip((np.array(ours[:length]) - low[j]) / scale, 0, 1)
-        b = np.clip((np.array(theirs[:length]) - low[j]) / scale, 0, 1)
-        if b.mean() < 1:
-            transfers.append(metrics.auc_forward_transfer(a, b))
-    else:
-        if transfers:
-            out["fwt_cw"] = float(np.mean(transfers))
-    return out
-
-
-def _write_summary(root: Path, result: TrainResult, completed: int) -> None:
-    data = result.to_dict()
-    data["completed_tasks"] = completed
-    write_json_atomic(root / "results.json", data)
 
 
 class _Run:
@@ -447,20 +308,20 @@ class _Run:
         method: str,
         resume: bool = False,
     ) -> None:
-        _check_eval_freq(eval_freq)
+        check_eval_freq(eval_freq)
         check_seed(seed, len(stream))
         stream.validate()
-        _check_model(model, stream)
+        check_model(model, stream)
         self.model, self.stream, self.modules = model, stream, modules
         self.seed, self.eval_freq = seed, eval_freq
-        self.root = _prepare_logdir(logdir, overwrite, resume)
-        self.config = _config(model, stream, method, seed, eval_episodes, modules)
-        self.previous = _read_previous(self.root) if resume else None
+        self.root = prepare_logdir(logdir, overwrite, resume)
+        self.config = run_config(model, stream, method, seed, eval_episodes, modules)
+        self.previous = read_previous(self.root) if resume else None
         self.resume = resume
         self.start = self.previous[1] if self.previous else 0
         """Index of the first task this call trains (the tasks before it are restored)."""
         if self.previous:
-            _check_same_run(self.previous[0].config, self.config)
+            check_same_run(self.previous[0].config, self.config)
         self.evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
         self.eval_seconds = 0.0
         self.logger: RunLogger | None = None
@@ -522,7 +383,7 @@ class _Run:
                 if logger:
                     logger.eval_row(model.num_timesteps, stream.task_names, result.matrix[0], stream.metric)
                 if self.root:
-                    _write_summary(self.root, result, 0)
+                    write_summary(self.root, result, 0)
             for i in range(first, n):
                 env = env_for_task(i)
                 if env is not None:
@@ -532,7 +393,7 @@ class _Run:
                         replaced.close()  # SubprocVecEnv: its worker processes end here
                 with self._failing(i, "training"):
                     self._learn(i, reset_buffer and i > 0, bar)
-                _check_finite(model, self.stream.tasks[i].name, i)
+                check_finite(model, self.stream.tasks[i].name, i)
                 with self._failing(i, "the evaluation after training"):
                     result.matrix[i + 1] = self.evaluate(current_task=i)
                 result.steps.append(model.num_timesteps)
@@ -553,12 +414,12 @@ class _Run:
                         # The next task starts from this buffer unless it empties it: keep it for a resume.
                         keep_buffer = isinstance(model, OffPolicyAlgorithm) and not reset_buffer and i + 1 < n
                         self._checkpoint(i, keep_buffer)
-                    _write_summary(self.root, result, i + 1)
+                    write_summary(self.root, result, i + 1)
                     for old in self._buffer_path(i).parent.glob("*.replay_buffer.pkl"):
                         if old != self._buffer_path(i):
                             old.unlink()
             if logger and first < n:
-                logger.hparams(_hparams(self.config), result.metrics)
+                logger.hparams(run_hparams(self.config), result.metrics)
         finally:
             for m in self.modules:
                 m.detach()
@@ -698,160 +559,3 @@ def _progress(enabled: bool, total: int) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="step", dynamic_ncols=True)
-
-
-def _check_model(model: BaseAlgorithm, stream: TaskStream) -> None:
-    env = model.get_env()
-    if env is not None and (isinstance(env, VecNormalize) or unwrap_vec_normalize(env) is not None):
-        raise ConfigError(
-            "VecNormalize is not supported by clrl.train: its statistics would drift across tasks; "
-            "build the model on stream.make_vec_env(0, ...)"
-        )
-    probe = stream.make_env(0)
-    try:
-        for kind, ours, theirs in (
-            ("observation", probe.observation_space, model.observation_space),
-            ("action", probe.action_space, model.action_space),
-        ):
-            if ours != theirs:
-                raise StreamError(
-                    f"stream {stream.name!r} has {kind} space {ours}, but the model was built for {theirs}; "
-                    f"build the model on stream.make_vec_env(0, ...)"
-                )
-    finally:
-        probe.close()
-
-
-def _check_finite(model: BaseAlgorithm, task: str, index: int) -> None:
-    """Refuse to evaluate and checkpoint a model whose parameters became NaN or infinite."""
-    bad = [name for name, p in model.policy.named_parameters() if not bool(torch.isfinite(p).all())]
-    if bad:
-        raise NumericalError(
-            f"the model's parameters {bad[:5]} became NaN or infinite while training task {task!r} "
-            f"(index {index}): a loss diverged; the last good checkpoint is the previous task's"
-        )
-
-
-def check_seed(seed: Any, n_tasks: int) -> None:
-    """Refuse a seed that is not a non-negative integer, or that leaves no room for the per-task seeds
-    (``seed + 1000 * task`` for training, ``seed + EVAL_SEED_OFFSET + 1000 * task`` for evaluation)."""
-    limit = 2**32 - EVAL_SEED_OFFSET - 1000 * n_tasks
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < limit:
-        raise ConfigError(f"seed must be an integer in [0, {limit}), got {seed!r}")
-
-
-def _check_eval_freq(eval_freq: int | None) -> None:
-    if eval_freq is not None and eval_freq < 1:
-        raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
-
-
-def _prepare_logdir(logdir: str | Path | None, overwrite: bool, resume: bool = False) -> Path | None:
-    if logdir is None:
-        if resume:
-            raise ConfigError("resume needs the run directory (logdir) of the run to continue")
-        return None
-    if resume and overwrite:
-        raise ConfigError(
-            "resume and overwrite exclude each other: resume continues the run, overwrite replaces it"
-        )
-    root = Path(logdir)
-    if resume:
-        root.mkdir(parents=True, exist_ok=True)
-        return root
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise RunExistsError(
-                f"run directory {str(root)!r} already holds a run; choose another logdir or pass "
-                "overwrite=True (--overwrite on the command line) to replace it"
-            )
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _read_previous(root: Path | None) -> tuple[TrainResult, int] | None:
-    """The result and number of completed tasks recorded in ``root/results.json`` (``None``: no run yet)."""
-    assert root is not None
-    path = root / "results.json"
-    if not path.exists():
-        return None
-    try:
-        completed = json.loads(path.read_text(encoding="utf-8"))["completed_tasks"]
-        result = TrainResult.from_json(path)
-    except (OSError, ValueError, KeyError, ConfigError) as exc:
-        raise CheckpointError(f"cannot resume from {str(path)!r}: {exc}") from exc
-    if not isinstance(completed, int) or not 0 <= completed < len(result.steps):
-        raise CheckpointError(f"cannot resume from {str(path)!r}: bad completed_tasks {completed!r}")
-    del result.steps[completed + 1 :]
-    return result, completed
-
-
-_SAME_RUN_KEYS = (
-    "stream_spec",
-    "algorithm",
-    "method",
-    "seed",
-    "n_envs",
-    "eval_episodes",
-    "hyperparameters",
-    "modules",
-)
-
-
-def _check_same_run(saved: dict[str, Any], ours: dict[str, Any]) -> None:
-    """Refuse to resume a run whose stream, algorithm, method, seed or settings differ from this call's."""
-    differ = [
-        key
-        for key in _SAME_RUN_KEYS
-        if json.dumps(to_jsonable(saved.get(key)), sort_keys=True)
-        != json.dumps(to_jsonable(ours.get(key)), sort_keys=True)
-    ]
-    if differ:
-        details = "; ".join(f"{k}: run has {saved.get(k)!r}, this call {ours.get(k)!r}" for k in differ)
-        raise CheckpointError(
-            f"cannot resume: the run was made with other settings ({details}); pass overwrite=True "
-            "(--overwrite) to start afresh, or another logdir"
-        )
-
-
-def _config(
-    model: BaseAlgorithm,
-    stream: TaskStream,
-    method: str,
-    seed: int,
-    eval_episodes: int,
-    modules: Sequence[ContinualModule],
-) -> dict[str, Any]:
-    hyper: dict[str, Any] = {}
-    for name in inspect.signature(type(model).__init__).parameters:
-        value = getattr(model, name, None)
-        if isinstance(value, bool | int | float | str) and name not in ("verbose", "seed"):
-            hyper[name] = value
-    return {
-        "stream": stream.name,
-        "stream_spec": stream.to_dict(),
-        "metric": stream.metric,
-        "algorithm": type(model).__name__,
-        "method": method,
-        "seed": seed,
-        "n_envs": model.n_envs,
-        "torch_threads": torch.get_num_threads(),  # results depend on it (the order of float sums)
-        "eval_episodes": eval_episodes,
-        "hyperparameters": hyper,
-        # Classes by name; any other object that JSON cannot hold by its repr.
-        "policy_kwargs": json.loads(
-            json.dumps(to_jsonable(getattr(model, "policy_kwargs", None) or {}), default=repr)
-        ),
-        "modules": [{"class": type(m).__name__, "config": m.get_config()} for m in modules],
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _hparams(config: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {k: config[k] for k in ("stream", "algorithm", "method", "seed")}
-    flat.update({f"algo/{k}": v for k, v in config["hyperparameters"].items()})
-    for m in config["modules"]:
-        for k, v in m["config"].items():
-            if k != "verbose" and (not isinstance(v, float) or math.isfinite(v)):
-                flat[f"{m['class']}/{k}"] = v
-    return flat

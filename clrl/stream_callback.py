@@ -16,12 +16,13 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from clrl import metrics
 from clrl.boundaries import check_modules
+from clrl.checks import check_model, check_seed, prepare_logdir
 from clrl.errors import ConfigError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.experiment import make_modules
 from clrl.logger import RunLogger
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
-from clrl.runner import TrainResult, _check_model, _config, _prepare_logdir, _write_summary, check_seed
+from clrl.results import TrainResult, run_config, write_summary
 from clrl.streams import TaskStream, make_stream
 
 
@@ -148,13 +149,13 @@ class StreamCallback(BaseCallback):
         for m in self.modules:
             m.check_stream(stream)
             m.check_model(model)
-        _check_model(model, stream)
-        root = _prepare_logdir(self.logdir, overwrite=False)
+        check_model(model, stream)
+        root = prepare_logdir(self.logdir, overwrite=False)
         start = model.num_timesteps
         self._ends = list(np.cumsum([stream.steps(i) for i in range(n)]) + start)
         self._evaluator = Evaluator(stream, self.eval_episodes, self.seed + EVAL_SEED_OFFSET)
         method = "+".join(m.name for m in self.modules) or "finetune"
-        config = _config(model, stream, method, self.seed, self.eval_episodes, self.modules)
+        config = run_config(model, stream, method, self.seed, self.eval_episodes, self.modules)
         config["schedule"] = "StreamCallback"
         self.result = TrainResult(np.full((n + 1, n), np.nan), {}, stream.task_names, [], [], config, root)
         self._logger = RunLogger(root, model) if root else None
@@ -276,7 +277,7 @@ class StreamCallback(BaseCallback):
             if row > 0:
                 self._logger.task_end(step, row - 1, stream.task_names, result.matrix, result.metrics)
         if result.logdir is not None:
-            _write_summary(result.logdir, result, row)
+            write_summary(result.logdir, result, row)
         if self.verbose >= 1:
             cells = ", ".join(f"{v:.1f}" for v in result.matrix[row])
             print(f"Return matrix row {row} at step {step}: {cells}")

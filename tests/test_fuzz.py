@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import clrl
 from clrl import cli, experiment
-from clrl.runner import TrainResult, _Run
+from clrl.results import TrainResult
+from clrl.runner import _Run
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -184,7 +184,7 @@ def test_reference_metrics_by_hand() -> None:
         steps=[0, 10, 20],
         curves=[(5, 0, [100.0, 0.0]), (15, 1, [0.0, 10.0])],
     )
-    out = clrl.runner.reference_metrics(ours, reference, 2)
+    out = clrl.results.reference_metrics(ours, reference, 2)
     # normalised final row: (40 - 0) / 200 = 0.2 and (60 - 10) / 100 = 0.5
     assert out["acc_norm"] == pytest.approx(0.35)
     # task a: 0.2 - 0.5 = -0.3

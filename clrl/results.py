@@ -1,0 +1,244 @@
+"""What a run records: :class:`TrainResult` (``results.json``), the run's configuration, and the checks that
+a resumed run is the same run."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import stable_baselines3
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from clrl import metrics
+from clrl.errors import CheckpointError, ConfigError
+from clrl.logger import to_jsonable, write_json_atomic
+from clrl.modules.base import ContinualModule
+from clrl.streams import TaskStream
+
+
+@dataclass
+class TrainResult:
+    """The outcome of a continual run.
+
+    Attributes:
+        matrix: Return matrix, shape ``(n_tasks + 1, n_tasks)``: row 0 untrained, row ``i`` after task ``i``.
+        metrics: ``acc``, ``bwt``, ``fwt``, ``forgetting`` (see :mod:`clrl.metrics`).
+        task_names: The stream's task names (the matrix's columns).
+        steps: Global environment step of each matrix row.
+        curves: Evaluations during training: ``(step, task being trained, returns on every task)``.
+        config: Stream, algorithm, method, seed, hyperparameters (scalars; ``policy_kwargs`` apart, classes
+            by name) and torch threads of the run.
+        logdir: The run directory, if one was written.
+        timings: Wall-clock seconds of the whole run (``total``) and of its evaluations (``evaluation``).
+        random_returns: Mean return of a uniformly random policy on each task, on the evaluation episodes.
+        module_stats: After each task, per module name: ``state_bytes`` (what the module holds: anchors,
+            importances, memories) and its TensorBoard scalars (e.g. Replay's ``bytes/task<j>``).
+    """
+
+    matrix: np.ndarray
+    metrics: dict[str, float]
+    task_names: list[str]
+    steps: list[int]
+    curves: list[tuple[int, int, list[float]]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    logdir: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    random_returns: np.ndarray | None = None
+    module_stats: list[dict[str, dict[str, float]]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainResult:
+        """Read a ``results.json`` back (e.g. a single-task run to pass as ``reference``)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                matrix=np.array(data["matrix"], dtype=float),
+                metrics={k: float("nan") if v is None else v for k, v in data["metrics"].items()},
+                task_names=list(data["task_names"]),
+                steps=list(data["steps"]),
+                curves=[(c["step"], c["task"], c["returns"]) for c in data["curves"]],
+                config=data["config"],
+                logdir=path.parent,
+                timings=data.get("timings", {}),
+                random_returns=None
+                if data.get("random_returns") is None
+                else np.array(data["random_returns"]),
+                module_stats=data.get("module_stats", []),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read results from {str(path)!r}: {exc}") from exc
+
+    @property
+    def reference(self) -> np.ndarray:
+        """Return on each task right after training it, ``R[j + 1, j]`` (the single-task references when
+        this is a single-task baseline run)."""
+        n = len(self.task_names)
+        return np.array([self.matrix[j + 1, j] for j in range(n)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as written to ``results.json``."""
+        return {
+            "matrix": self.matrix,
+            "metrics": self.metrics,
+            "task_names": self.task_names,
+            "steps": self.steps,
+            "curves": [{"step": s, "task": t, "returns": r} for s, t, r in self.curves],
+            "config": self.config,
+            "timings": self.timings,
+            "random_returns": self.random_returns,
+            "module_stats": self.module_stats,
+            "versions": versions(),
+        }
+
+
+def versions() -> dict[str, str]:
+    """Versions of clrl and the libraries that decide its results."""
+    from clrl import __version__
+
+    return {
+        "clrl": __version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "gymnasium": gymnasium.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def reference_metrics(result: TrainResult, reference: TrainResult, n_done: int) -> dict[str, float]:
+    """Metrics of ``result``'s first ``n_done`` tasks normalised by a single-task ``reference``.
+
+    Returns ``acc_norm``, ``bwt_norm``, ``fwt_norm`` and ``forgetting_norm`` (the matrix normalised between
+    the random policy's returns and the reference's ``R[j + 1, j]``), and ``fwt_cw`` (Continual World's
+    forward transfer, the mean over tasks of :func:`clrl.metrics.auc_forward_transfer` of the normalised,
+    clipped training curves) when both runs recorded curves for every task. A task whose reference curve is
+    at 1 throughout has no defined transfer and is left out of that mean.
+    """
+    if result.random_returns is None:
+        return {}
+    low, high = result.random_returns[:n_done], reference.reference[:n_done]
+    if np.any(high == low):
+        return {}
+    seen = metrics.normalize(result.matrix[: n_done + 1, :n_done], low, high)
+    out = {f"{k}_norm": v for k, v in metrics.summary(seen).items()}
+    transfers = []
+    for j in range(n_done):
+        ours = [row[j] for _, task, row in result.curves if task == j]
+        theirs = [row[j] for _, task, row in reference.curves if task == j]
+        length = min(len(ours), len(theirs))
+        if length == 0:
+            break
+        scale = high[j] - low[j]
+        a = np.clip((np.array(ours[:length]) - low[j]) / scale, 0, 1)
+        b = np.clip((np.array(theirs[:length]) - low[j]) / scale, 0, 1)
+        if b.mean() < 1:
+            transfers.append(metrics.auc_forward_transfer(a, b))
+    else:
+        if transfers:
+            out["fwt_cw"] = float(np.mean(transfers))
+    return out
+
+
+def write_summary(root: Path, result: TrainResult, completed: int) -> None:
+    data = result.to_dict()
+    data["completed_tasks"] = completed
+    write_json_atomic(root / "results.json", data)
+
+
+def read_previous(root: Path | None) -> tuple[TrainResult, int] | None:
+    """The result and number of completed tasks recorded in ``root/results.json`` (``None``: no run yet)."""
+    assert root is not None
+    path = root / "results.json"
+    if not path.exists():
+        return None
+    try:
+        completed = json.loads(path.read_text(encoding="utf-8"))["completed_tasks"]
+        result = TrainResult.from_json(path)
+    except (OSError, ValueError, KeyError, ConfigError) as exc:
+        raise CheckpointError(f"cannot resume from {str(path)!r}: {exc}") from exc
+    if not isinstance(completed, int) or not 0 <= completed < len(result.steps):
+        raise CheckpointError(f"cannot resume from {str(path)!r}: bad completed_tasks {completed!r}")
+    del result.steps[completed + 1 :]
+    return result, completed
+
+
+SAME_RUN_KEYS = (
+    "stream_spec",
+    "algorithm",
+    "method",
+    "seed",
+    "n_envs",
+    "eval_episodes",
+    "hyperparameters",
+    "modules",
+)
+
+
+def check_same_run(saved: dict[str, Any], ours: dict[str, Any]) -> None:
+    """Refuse to resume a run whose stream, algorithm, method, seed or settings differ from this call's."""
+    differ = [
+        key
+        for key in SAME_RUN_KEYS
+        if json.dumps(to_jsonable(saved.get(key)), sort_keys=True)
+        != json.dumps(to_jsonable(ours.get(key)), sort_keys=True)
+    ]
+    if differ:
+        details = "; ".join(f"{k}: run has {saved.get(k)!r}, this call {ours.get(k)!r}" for k in differ)
+        raise CheckpointError(
+            f"cannot resume: the run was made with other settings ({details}); pass overwrite=True "
+            "(--overwrite) to start afresh, or another logdir"
+        )
+
+
+def run_config(
+    model: BaseAlgorithm,
+    stream: TaskStream,
+    method: str,
+    seed: int,
+    eval_episodes: int,
+    modules: Sequence[ContinualModule],
+) -> dict[str, Any]:
+    hyper: dict[str, Any] = {}
+    for name in inspect.signature(type(model).__init__).parameters:
+        value = getattr(model, name, None)
+        if isinstance(value, bool | int | float | str) and name not in ("verbose", "seed"):
+            hyper[name] = value
+    return {
+        "stream": stream.name,
+        "stream_spec": stream.to_dict(),
+        "metric": stream.metric,
+        "algorithm": type(model).__name__,
+        "method": method,
+        "seed": seed,
+        "n_envs": model.n_envs,
+        "torch_threads": torch.get_num_threads(),  # results depend on it (the order of float sums)
+        "eval_episodes": eval_episodes,
+        "hyperparameters": hyper,
+        # Classes by name; any other object that JSON cannot hold by its repr.
+        "policy_kwargs": json.loads(
+            json.dumps(to_jsonable(getattr(model, "policy_kwargs", None) or {}), default=repr)
+        ),
+        "modules": [{"class": type(m).__name__, "config": m.get_config()} for m in modules],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run_hparams(config: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {k: config[k] for k in ("stream", "algorithm", "method", "seed")}
+    flat.update({f"algo/{k}": v for k, v in config["hyperparameters"].items()})
+    for m in config["modules"]:
+        for k, v in m["config"].items():
+            if k != "verbose" and (not isinstance(v, float) or math.isfinite(v)):
+                flat[f"{m['class']}/{k}"] = v
+    return flat
