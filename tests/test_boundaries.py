@@ -9,6 +9,7 @@ import gc
 import multiprocessing
 import pickle
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -363,3 +364,32 @@ def test_train_keeps_subprocvecenv_and_closes_every_env_it_replaces() -> None:
 def test_run_spec_refuses_an_unknown_vec_env_before_training() -> None:
     with pytest.raises(clrl.ConfigError, match="vec_env must be one of dummy, subproc"):
         clrl.RunSpec(stream="cartpole-flip", vec_env="threads").check()
+
+
+@pytest.mark.parametrize(
+    ("algo", "module", "message"),
+    [
+        ("ppo", lambda: clrl.Replay(), "off-policy"),
+        ("dqn", lambda: clrl.CLEAR(), "on-policy"),
+        ("ppo", lambda: clrl.MultiHead(), "multi-head policy"),
+        ("ppo", lambda: clrl.ProgressiveColumns(), "progressive policy"),
+        ("ppo-sde", lambda: clrl.LwF(), "gSDE"),
+        ("ppo-sde", lambda: clrl.CLSER(), "gSDE"),
+        ("ppo-sde", lambda: clrl.AGEM(), "gSDE"),
+        ("ppo-sde", lambda: clrl.MAS(), "gSDE"),
+    ],
+)
+def test_every_module_refuses_a_model_it_cannot_work_with_before_anything_runs(
+    algo: str, module: Callable[[], ContinualModule], message: str
+) -> None:
+    if algo == "ppo-sde":
+        stream = pendulum_stream()
+        model = PPO(
+            "MlpPolicy", stream.make_vec_env(0), use_sde=True, n_steps=32, batch_size=32, device="cpu"
+        )
+    else:
+        model, stream = make_model(algo)
+    chosen = module()
+    with pytest.raises(clrl.ConfigError, match=message):
+        clrl.train(model, stream, [chosen], eval_episodes=1)
+    assert model.num_timesteps == 0 and chosen.tasks_seen == 0 and getattr(chosen, "model", None) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from clrl.algorithms import Networks, check_networks, policy_parameters
@@ -97,9 +98,13 @@ class AGEM(StateRecorder, OutputReplay):
         self.projections = 0
         """Of those, steps whose gradient was projected."""
 
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse an algorithm or policy whose outputs are not defined (before anything trains)."""
+        check_distillable(model, "AGEM")
+        super().check_model(model)
+
     def on_task_start(self, task: TaskInfo) -> None:
-        """Check the algorithm, open the task's reservoir and seed the sampling generators."""
-        check_distillable(self.sb3_model, "AGEM")
+        """Open the task's reservoir and seed the sampling generators."""
         super().on_task_start(task)
         self.steps = self.projections = 0
 

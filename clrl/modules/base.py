@@ -346,8 +346,9 @@ class ContinualModule(BaseCallback):
                 f"{type(self).__name__}: task {self.current_task.name!r} is still open; end it "
                 "(module.end_task()) or drop it (module.abort_task()) first"
             )
-        self._claim(model)
+        self._refuse_another(model)
         self.check_model(model)
+        self.bind(model)
         self.current_task = task
         self.on_task_start(task)
         if self._learning:
@@ -378,6 +379,10 @@ class ContinualModule(BaseCallback):
 
     def _claim(self, model: BaseAlgorithm) -> None:
         """Bind to ``model``, refusing another model once a task has been learned with the bound one."""
+        self._refuse_another(model)
+        self.bind(model)
+
+    def _refuse_another(self, model: BaseAlgorithm) -> None:
         bound = self._bound() if self._bound is not None else None
         if bound is not model and self.tasks_seen > 0:
             raise ConfigError(
@@ -385,7 +390,6 @@ class ContinualModule(BaseCallback):
                 f"state belongs to that model; build a new {type(self).__name__}(...) for a new model, load "
                 "both with clrl.load, or call module.bind(model) to carry the state over on purpose"
             )
-        self.bind(model)
 
     # ---------------------------------------------------------------- SB3 callback plumbing
     @property

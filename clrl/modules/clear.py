@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from clrl.errors import ConfigError
@@ -64,13 +65,17 @@ class CLEAR(OutputReplay):
         self.value_coef = check_non_negative(value_coef, "CLEAR value_coef")
         self._last: dict[str, float] = {}
 
-    def on_task_start(self, task: TaskInfo) -> None:
-        """Check the algorithm, open the task's reservoir and seed the sampling generators."""
-        if not isinstance(self.sb3_model, OnPolicyAlgorithm):
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse an off-policy algorithm (before anything trains)."""
+        if not isinstance(model, OnPolicyAlgorithm):
             raise ConfigError(
                 f"CLEAR is for on-policy algorithms (PPO, A2C, RecurrentPPO), got "
-                f"{type(self.sb3_model).__name__}; use Replay for off-policy algorithms"
+                f"{type(model).__name__}; use Replay for off-policy algorithms"
             )
+        super().check_model(model)
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Open the task's reservoir and seed the sampling generators."""
         super().on_task_start(task)
         self._last = {}
 

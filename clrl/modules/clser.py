@@ -148,10 +148,14 @@ class CLSER(StateRecorder, MemoryModule):
         self._slot_users: set[str] = set()
 
     # ------------------------------------------------------------------------------------ task boundaries
-    def on_task_start(self, task: TaskInfo) -> None:
-        """Check the algorithm, build (or restore) the copies, open the task's reservoir, seed the draws."""
-        model = self.sb3_model
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse an algorithm or policy whose outputs are not defined (before anything trains)."""
         check_distillable(model, "CLSER")
+        super().check_model(model)
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Build (or restore) the copies, open the task's reservoir, seed the draws."""
+        model = self.sb3_model
         self._build_copies()
         self.open_task(task)
         seed = model.seed if model.seed is not None else 0

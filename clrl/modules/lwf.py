@@ -78,10 +78,13 @@ class LwF(ContinualModule):
         self._last: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------ task boundaries
-    def on_task_start(self, task: TaskInfo) -> None:
-        """Check the algorithm and policy, materialise a loaded teacher, seed the state sampling."""
-        model = self.sb3_model
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse an algorithm or policy whose outputs are not defined (before anything trains)."""
         check_distillable(model, "LwF")
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Materialise a loaded teacher, seed the state sampling."""
+        model = self.sb3_model
         if self._pending is not None:
             self.teacher = self._freeze(model)
             self.teacher.load_state_dict(self._pending)

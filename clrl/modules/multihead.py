@@ -317,15 +317,20 @@ class MultiHead(ContinualModule):
                 "it; use a stream with task_id = 'observed'"
             )
 
-    def _router(self) -> TaskRouter:
-        router = task_router(self.sb3_model)
+    def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
+        model = self.sb3_model if model is None else model
+        router = task_router(model)
         if router is None:
+            algo = type(model).__name__
             raise ConfigError(
                 f"MultiHead needs a multi-head policy; build the model with "
-                f"{type(self.sb3_model).__name__}(clrl.multihead_policy({type(self.sb3_model).__name__}), "
-                "env, policy_kwargs={'n_tasks': len(stream)})"
+                f"{algo}(clrl.multihead_policy({algo}), env, policy_kwargs={{'n_tasks': len(stream)}})"
             )
         return router
+
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse a policy without task heads (before anything trains)."""
+        self._router(model)
 
     def on_task_start(self, task: TaskInfo) -> None:
         """Check the policy has a head for this task; route by observation while training."""

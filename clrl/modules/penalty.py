@@ -167,7 +167,12 @@ class QuadraticPenalty(ContinualModule):
 
     def _on_training_start(self) -> None:
         device = self.sb3_model.device
-        if not all(t.device == device for t in _tensors(vars(self))):  # loaded on the CPU, say
+        # Move the state once, when it is elsewhere (loaded on the CPU, say); "cuda" matches "cuda:0".
+        same = [
+            t.device.type == device.type and device.index in (None, t.device.index)
+            for t in _tensors(vars(self))
+        ]
+        if not all(same):
             self.load_state_dict(_move(self.state_dict(), device))
         super()._on_training_start()
 

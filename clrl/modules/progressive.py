@@ -268,10 +268,11 @@ class ProgressiveColumns(MultiHead):
 
     name = "progressive"
 
-    def _router(self) -> TaskRouter:
-        router = task_router(self.sb3_model)
-        if router is None or not any(isinstance(m, ProgressiveMLP) for m in self.sb3_model.policy.modules()):
-            algo = type(self.sb3_model).__name__
+    def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
+        model = self.sb3_model if model is None else model
+        router = task_router(model)
+        if router is None or not any(isinstance(m, ProgressiveMLP) for m in model.policy.modules()):
+            algo = type(model).__name__
             raise ConfigError(
                 f"ProgressiveColumns needs a progressive policy; build the model with "
                 f"{algo}(clrl.progressive_policy({algo}), env, policy_kwargs={{'n_tasks': len(stream)}})"

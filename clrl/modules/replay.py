@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
@@ -63,14 +64,16 @@ class Replay(MemoryModule):
         """Archived transitions mixed into batches during the current task."""
 
     # ---------------------------------------------------------------- task boundaries
-    def on_task_start(self, task: TaskInfo) -> None:
-        """Open the task's reservoir (shrinking earlier ones) and seed the sampling generators."""
-        model = self.sb3_model
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse an algorithm without a replay buffer (before anything trains)."""
         if not isinstance(model, OffPolicyAlgorithm) or model.replay_buffer is None:
             raise ConfigError(
                 f"Replay needs an off-policy algorithm with a replay buffer (SAC, TD3, DQN, ...), got "
                 f"{type(model).__name__}; use CLEAR for on-policy algorithms"
             )
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Open the task's reservoir (shrinking earlier ones) and seed the sampling generators."""
         self.open_task(task)
         self.replayed = 0
 
