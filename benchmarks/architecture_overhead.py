@@ -25,6 +25,7 @@ from clrl.presets import preset
 CONFIGURATIONS: dict[str, Factory] = {
     "plain": None,
     "packnet": lambda: clrl.PackNet(),
+    "packnet-all": lambda: clrl.PackNet(networks="all"),
     "multihead": lambda: clrl.MultiHead(),
     "progressive": lambda: clrl.ProgressiveColumns(),
 }

@@ -34,11 +34,12 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=10_000, help="steps per task")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--networks", default="actor", choices=("actor", "all"), help="PackNet's networks")
     args = parser.parse_args()
     torch.set_num_threads(1)
     stream = clrl.make_stream("cartpole-flip", steps_per_task=args.steps)
     model = make_model("ppo", stream, seed=args.seed, device="cpu")
-    packnet = clrl.PackNet()
+    packnet = clrl.PackNet(networks=args.networks)
     records: list[tuple[int, float, float]] = []  # (task, total norm, norm of the entries that train)
     original = torch.nn.utils.clip_grad_norm_
 
@@ -64,7 +65,9 @@ def main() -> None:
     finally:
         torch.nn.utils.clip_grad_norm_ = original
     limit = float(model.max_grad_norm)  # type: ignore[attr-defined]
-    print(f"PPO + PackNet on cartpole-flip, {args.steps} steps per task, max_grad_norm {limit}")
+    print(
+        f"PPO + PackNet({args.networks}) on cartpole-flip, {args.steps} steps per task, max_grad_norm {limit}"
+    )
     for task in range(len(stream)):
         rows = [(t, f) for i, t, f in records if i == task]
         scale = [min(1.0, limit / t) for t, _ in rows]

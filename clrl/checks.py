@@ -3,10 +3,12 @@ after each task (finite parameters)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+import filelock
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
@@ -61,25 +63,90 @@ def check_eval_freq(eval_freq: int | None) -> None:
         raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
 
 
-def prepare_logdir(logdir: str | Path | None, overwrite: bool, resume: bool = False) -> Path | None:
+def inside(root: Path, *parts: str) -> Path:
+    """``root`` joined with ``parts``, or :class:`ConfigError` if that path would lie outside ``root`` (names
+    come from files: they are checked where they are read, and again here where they become paths)."""
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ConfigError(f"{str(path)!r} is outside the run directory {str(root)!r}")
+    return path
+
+
+class RunLock:
+    """An exclusive lock on one run directory, held for the run's life (``filelock``: ``flock`` on POSIX,
+    released by the OS when the process dies, so a killed run never leaves its directory locked).
+
+    The lock file ``.clrl.lock`` and the holder's PID in ``.clrl.pid`` lie inside the run directory.
+    """
+
+    FILES = (".clrl.lock", ".clrl.pid")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = filelock.FileLock(str(root / self.FILES[0]), timeout=0)
+
+    def acquire(self) -> RunLock:
+        """Take the lock now, or raise :class:`RunExistsError` naming the process that holds it."""
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            try:
+                holder = (self.root / self.FILES[1]).read_text(encoding="utf-8").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise RunExistsError(
+                f"run directory {str(self.root)!r} is in use by another clrl process (PID {holder})"
+            ) from None
+        (self.root / self.FILES[1]).write_text(f"{os.getpid()}\n", encoding="utf-8")
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+        if self._lock.is_locked:
+            (self.root / self.FILES[1]).unlink(missing_ok=True)
+            self._lock.release()
+
+
+def prepare_logdir(
+    logdir: str | Path | None, overwrite: bool, resume: bool = False
+) -> tuple[Path | None, RunLock | None]:
+    """Create and lock the run directory (:class:`RunLock`), and check it may be used.
+
+    Returns:
+        The directory and its lock (release it when the run ends), or ``(None, None)`` without ``logdir``.
+
+    Raises:
+        ConfigError: ``resume`` without ``logdir``, or with ``overwrite``; ``logdir`` names a file.
+        RunExistsError: The directory holds a run and neither ``overwrite`` nor ``resume`` is set, or another
+            process runs in it.
+    """
     if logdir is None:
         if resume:
             raise ConfigError("resume needs the run directory (logdir) of the run to continue")
-        return None
+        return None, None
     if resume and overwrite:
         raise ConfigError(
             "resume and overwrite exclude each other: resume continues the run, overwrite replaces it"
         )
     root = Path(logdir)
-    if resume:
-        root.mkdir(parents=True, exist_ok=True)
-        return root
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise RunExistsError(
-                f"run directory {str(root)!r} already holds a run; choose another logdir or pass "
-                "overwrite=True (--overwrite on the command line) to replace it"
-            )
-        shutil.rmtree(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"run directory {str(root)!r} is a file")
     root.mkdir(parents=True, exist_ok=True)
-    return root
+    lock = RunLock(root).acquire()
+    try:
+        held = [p for p in root.iterdir() if p.name not in RunLock.FILES]
+        if held and not resume:
+            if not overwrite:
+                raise RunExistsError(
+                    f"run directory {str(root)!r} already holds a run; choose another logdir or pass "
+                    "overwrite=True (--overwrite on the command line) to replace it"
+                )
+            for path in held:  # the lock stays: another launch cannot slip in while the old run goes
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return root, lock

@@ -21,7 +21,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from clrl.algorithms import ALGORITHMS, get_algorithm
-from clrl.checks import check_seed
+from clrl.checks import check_seed, inside
 from clrl.errors import ConfigError
 from clrl.modules import (
     AGEM,
@@ -246,7 +246,7 @@ class RunSpec:
         the one inside the file, not the file's).
         """
         name = stream_name or make_stream(self.stream, validate=False).name
-        return Path(logdir) / name / f"{self.algo}-{self.method}" / f"seed{self.seed}"
+        return inside(Path(logdir), name, f"{self.algo}-{self.method}", f"seed{self.seed}")
 
 
 def completed_tasks(run_dir: str | Path) -> int | None:

@@ -35,7 +35,7 @@ from torch.utils.tensorboard import SummaryWriter
 from clrl import checkpoint, metrics
 from clrl.boundaries import check_modules, training_task
 from clrl.callbacks import ContinualEvalCallback
-from clrl.checks import check_eval_freq, check_finite, check_model, check_seed, prepare_logdir
+from clrl.checks import check_eval_freq, check_finite, check_model, check_seed, inside, prepare_logdir
 from clrl.errors import CheckpointError, ClrlError, ConfigError, TrainingError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.logger import RunLogger, log_eval_row
@@ -202,11 +202,30 @@ def train_single_task(
         resume: Skip the tasks ``logdir``'s ``results.json`` records as done (each task's model is
             independent of the others, so nothing else needs restoring).
     """
-    n = len(stream)
-    check_seed(seed, n)
+    check_seed(seed, len(stream))
     stream.validate()
     check_eval_freq(eval_freq)
-    root = prepare_logdir(logdir, overwrite, resume)
+    root, lock = prepare_logdir(logdir, overwrite, resume)
+    try:
+        return _train_single_task(
+            make_model, stream, root, seed, eval_episodes, eval_freq, resume, progress_bar
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_single_task(
+    make_model: Callable[[int], BaseAlgorithm],
+    stream: TaskStream,
+    root: Path | None,
+    seed: int,
+    eval_episodes: int,
+    eval_freq: int | None,
+    resume: bool,
+    progress_bar: bool,
+) -> TrainResult:
+    n = len(stream)
     previous = read_previous(root) if resume else None
     start = previous[1] if previous else 0
     evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
@@ -268,7 +287,7 @@ def train_single_task(
                 callbacks.append(periodic)
             # A resumed task hides what its killed attempt logged (its model's steps restart at 0).
             purge = 0 if previous and i == start else None
-            task_logger = RunLogger(root / task.name, model, purge_step=purge) if root else None
+            task_logger = RunLogger(inside(root, task.name), model, purge_step=purge) if root else None
             try:
                 model.learn(stream.steps(i), callback=CallbackList(callbacks))
             finally:
@@ -314,18 +333,27 @@ class _Run:
         check_model(model, stream)
         self.model, self.stream, self.modules = model, stream, modules
         self.seed, self.eval_freq = seed, eval_freq
-        self.root = prepare_logdir(logdir, overwrite, resume)
-        self.config = run_config(model, stream, method, seed, eval_episodes, modules)
-        self.previous = read_previous(self.root) if resume else None
-        self.resume = resume
-        self.start = self.previous[1] if self.previous else 0
-        """Index of the first task this call trains (the tasks before it are restored)."""
-        if self.previous:
-            check_same_run(self.previous[0].config, self.config)
-        self.evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
+        self.root, self._lock = prepare_logdir(logdir, overwrite, resume)
+        try:
+            self.config = run_config(model, stream, method, seed, eval_episodes, modules)
+            self.previous = read_previous(self.root) if resume else None
+            self.resume = resume
+            self.start = self.previous[1] if self.previous else 0
+            """Index of the first task this call trains (the tasks before it are restored)."""
+            if self.previous:
+                check_same_run(self.previous[0].config, self.config)
+            self.evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
+        except BaseException:
+            self.release()
+            raise
         self.eval_seconds = 0.0
         self.logger: RunLogger | None = None
         self.result: TrainResult | None = None
+
+    def release(self) -> None:
+        """Give up the run directory's lock (idempotent)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def evaluate(self, current_task: int) -> np.ndarray:
         """One row of the return matrix, timed."""
@@ -428,6 +456,7 @@ class _Run:
                 logger.close()
             if bar:
                 bar.close()
+            self.release()
         return result
 
     @contextlib.contextmanager
@@ -448,7 +477,7 @@ class _Run:
 
     def _checkpoint_path(self, i: int) -> Path:
         assert self.root is not None
-        return self.root / "checkpoints" / f"task{i + 1:02d}-{self.stream.tasks[i].name}.zip"
+        return inside(self.root, "checkpoints", f"task{i + 1:02d}-{self.stream.tasks[i].name}.zip")
 
     def _buffer_path(self, i: int) -> Path:
         return self._checkpoint_path(i).with_suffix(".replay_buffer.pkl")

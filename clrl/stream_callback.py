@@ -16,7 +16,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from clrl import metrics
 from clrl.boundaries import check_modules
-from clrl.checks import check_model, check_seed, prepare_logdir
+from clrl.checks import RunLock, check_model, check_seed, prepare_logdir
 from clrl.errors import ConfigError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.experiment import make_modules
@@ -132,6 +132,7 @@ class StreamCallback(BaseCallback):
         self._env: _TaskVecEnv | None = None
         self._evaluator: Evaluator | None = None
         self._logger: RunLogger | None = None
+        self._lock: RunLock | None = None
         self._learning_starts: int | None = None
 
     @property
@@ -145,12 +146,20 @@ class StreamCallback(BaseCallback):
             module.init_callback(self.model)
 
     def _on_training_start(self) -> None:
-        model, stream, n = self.model, self.stream, len(self.stream)
+        model, stream = self.model, self.stream
         for m in self.modules:
             m.check_stream(stream)
             m.check_model(model)
         check_model(model, stream)
-        root = prepare_logdir(self.logdir, overwrite=False)
+        root, self._lock = prepare_logdir(self.logdir, overwrite=False)
+        try:
+            self._start(root)
+        except BaseException:
+            self._close()
+            raise
+
+    def _start(self, root: Path | None) -> None:
+        model, stream, n = self.model, self.stream, len(self.stream)
         start = model.num_timesteps
         self._ends = list(np.cumsum([stream.steps(i) for i in range(n)]) + start)
         self._evaluator = Evaluator(stream, self.eval_episodes, self.seed + EVAL_SEED_OFFSET)
@@ -203,15 +212,23 @@ class StreamCallback(BaseCallback):
                 # step of a rollout past the stream (the buffer cleared: the kept copy has the states).
                 self._end(self._task, keep=self._kept if self._finished else None)
         finally:
-            for module in self.modules:
-                module.abort_task()
-            if self._learning_starts is not None:
-                self.model.learning_starts = self._learning_starts  # type: ignore[attr-defined]
+            self._close()
+
+    def _close(self) -> None:
+        """Drop the modules' open task, put ``learning_starts`` back, close the evaluation envs, the
+        logger and the run directory's lock."""
+        for module in self.modules:
+            module.abort_task()
+        if self._learning_starts is not None:
+            self.model.learning_starts = self._learning_starts  # type: ignore[attr-defined]
+        if self._evaluator is not None:
             self._evaluator.close()
             self._evaluator = None
-            if self._logger is not None:
-                self._logger.close()
-                self._logger = None
+        if self._logger is not None:
+            self._logger.close()
+            self._logger = None
+        if self._lock is not None:
+            self._lock.release()
 
     # ---------------------------------------------------------------- boundaries
     def _task_env(self, i: int) -> VecEnv:

@@ -48,6 +48,28 @@ else:  # pragma: no cover
 
 TaskIdMode = Literal["observed", "hidden"]
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_NAME_LENGTH = 100
+"""Longest stream or task name: names become directory and file names (and TensorBoard tags)."""
+
+
+def check_name(value: Any, what: str) -> str:
+    """Return ``value`` if it is a name that is safe as one path component, else raise :class:`StreamError`.
+
+    A name is data, never a path: letters, digits, ``.``, ``_`` and ``-`` only (no separator, no NUL), not
+    ``.`` or ``..`` (nor any name of dots alone), at most :data:`MAX_NAME_LENGTH` characters.
+    """
+    if (
+        not isinstance(value, str)
+        or not _NAME.fullmatch(value)
+        or set(value) == {"."}
+        or len(value) > MAX_NAME_LENGTH
+    ):
+        raise StreamError(
+            f"{what} {value!r} must be 1 to {MAX_NAME_LENGTH} letters, digits, '.', '_' or '-', and not "
+            "only dots (it names directories, files and TensorBoard tags)"
+        )
+    return value
+
 
 _STREAM_KEYS = {"name", "description", "steps_per_task", "task_id", "tasks", "metric"}
 _TASK_KEYS = {"name", "env_id", "make_kwargs", "attributes", "wrappers", "steps"}
@@ -230,6 +252,7 @@ class TaskStream:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
+        check_name(self.name, "stream name")
         where = f"stream {self.name!r}"
         if not self.tasks:
             raise StreamError(f"{where}: has no tasks")
@@ -242,11 +265,7 @@ class TaskStream:
             )
         seen: set[str] = set()
         for task in self.tasks:
-            if not isinstance(task.name, str) or not _NAME.fullmatch(task.name):
-                raise StreamError(
-                    f"{where}: task name {task.name!r} must be letters, digits, '.', '_' or '-' "
-                    "(it names TensorBoard tags and files)"
-                )
+            check_name(task.name, f"{where}: task name")
             if task.name in seen:
                 raise StreamError(f"{where}: duplicate task name {task.name!r}")
             seen.add(task.name)

@@ -155,3 +155,23 @@ def test_packnet_runs_from_the_command_line(tmp_path: Path) -> None:
     assert saved["config"]["modules"][0]["config"]["prune"] == 0.3
     matrix = np.array(saved["matrix"])
     assert all(matrix[-1, j] == matrix[j + 1, j] for j in range(3))  # no task forgets
+
+
+def test_frozen_entries_have_no_gradient_when_sb3_clips(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, stream = make_model("ppo")
+    packnet = clrl.PackNet(networks="all", retrain=0.0)
+    seen: list[float] = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def checking(parameters, max_norm, *args, **kwargs):  # type: ignore[no-untyped-def]
+        params = list(parameters)
+        names = {id(p): n for n, p in packnet.target_parameters().items()}
+        for p in params:
+            held = packnet._held.get(names.get(id(p), ""))
+            if held is not None and p.grad is not None and bool(held.any()):
+                seen.append(float(p.grad[held].abs().max()))
+        return original(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", checking)
+    clrl.train(model, stream, [packnet], eval_episodes=1)
+    assert seen and max(seen) == 0.0  # held entries are masked before clipping, so they scale nothing

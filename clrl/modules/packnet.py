@@ -27,8 +27,12 @@ class PackNet(ContinualModule):
     network task ``j`` ended with, so a task's return never changes once it is learned; ``clrl.train``'s
     evaluator selects it per task.
 
-    Frozen weights are held exactly: their gradients are zeroed after SB3's gradient clipping, and after
-    every optimiser step they are written back (Adam's momentum and weight decay would otherwise move them).
+    Frozen weights are held exactly: their gradients are zeroed as soon as SB3's backward has accumulated
+    them, before its gradient clipping, so they do not count in the clipped norm (measured with
+    ``benchmarks/clip_interaction.py``: PPO clips every update on ``cartpole-flip``, and with
+    ``networks="all"`` counting the frozen entries shrank the free weights' steps to 0.33-0.57 of this;
+    with ``"actor"`` the value gradient dominates the norm and it made no difference), and after every
+    optimiser step they are written back (Adam's momentum and weight decay would otherwise move them).
     Capacity shrinks geometrically: with ``prune=0.5``, task ``t`` keeps ``0.5^(t+1)`` of each matrix and
     ``0.5^T`` stays free after ``T`` tasks; a long stream needs a smaller ``prune`` or a wider network.
 
@@ -74,6 +78,7 @@ class PackNet(ContinualModule):
         self._live: dict[str, torch.Tensor] | None = None  # the unmasked weights while set_task masks them
         self._prune_at: int | None = None
         self._pruned = False
+        self._grad_hooks: list[Any] = []
 
     # ---------------------------------------------------------------- task selection
     def check_stream(self, stream: Any) -> None:
@@ -173,11 +178,25 @@ class PackNet(ContinualModule):
         self._hold(lambda owner: owner != self.task_index)
         self._pruned = True
 
-    def adjust_gradients(self, group: ParamGroup) -> None:
-        """Zero the gradient of held entries (after clipping, before the step)."""
-        for name, p in zip(group.names, group.params, strict=True):
-            if p.grad is not None and name in self._held:
-                p.grad.masked_fill_(self._held[name], 0.0)
+    def attach(self) -> None:
+        """Install the optimiser hooks and, per parameter, a post-accumulate-grad hook that zeroes the
+        gradient of held entries right after SB3's backward, before its gradient clipping."""
+        super().attach()
+        for name, param in self.target_parameters().items():
+
+            def mask(p: torch.Tensor, name: str = name) -> None:
+                held = self._held.get(name)
+                if held is not None and p.grad is not None:
+                    p.grad.masked_fill_(held, 0.0)
+
+            self._grad_hooks.append(param.register_post_accumulate_grad_hook(mask))
+
+    def detach(self) -> None:
+        """Remove every hook."""
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks = []
+        super().detach()
 
     def after_update(self, group: ParamGroup) -> None:
         """Write held entries back (undoing what Adam's momentum or weight decay did to them)."""

@@ -1,0 +1,85 @@
+"""Safe by default: names from files are data, never paths; one run per directory at a time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import clrl
+from clrl import cli
+from clrl.checks import RunLock, inside, prepare_logdir
+
+
+@pytest.mark.parametrize("name", ["/abs/path", "../../../x", "..", ".", "a/b", "a\0b", "x" * 101, ""])
+def test_a_stream_or_task_name_that_is_not_one_plain_path_component_is_refused(name: str) -> None:
+    with pytest.raises(clrl.StreamError, match="stream name"):
+        clrl.TaskStream(name, [clrl.Task("a", "CartPole-v1")])
+    with pytest.raises(clrl.StreamError, match="task name"):
+        clrl.TaskStream("s", [clrl.Task(name, "CartPole-v1")])
+
+
+def test_a_stream_file_naming_a_path_writes_nothing_outside_the_logdir(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    stream = tmp_path / "evil.toml"
+    stream.write_text('name = "../outside"\n[[tasks]]\nname = "a"\nenv_id = "CartPole-v1"\n')
+    logdir = tmp_path / "runs"
+    argv = ["run", str(stream), "--steps", "64", "--logdir", str(logdir), "--overwrite", "--no-progress"]
+    assert cli.main(argv) == 2
+    assert (outside / "keep.txt").read_text() == "mine" and sorted(p.name for p in outside.iterdir()) == [
+        "keep.txt"
+    ]
+    assert not logdir.exists() or not any(logdir.rglob("*.json"))
+
+
+def test_paths_made_from_names_stay_inside_the_run_directory(tmp_path: Path) -> None:
+    assert inside(tmp_path, "checkpoints", "task01-a.zip") == tmp_path / "checkpoints" / "task01-a.zip"
+    with pytest.raises(clrl.ConfigError, match="outside the run directory"):
+        inside(tmp_path, "..", "x")
+
+
+def test_a_second_run_in_a_directory_in_use_fails_at_once_naming_the_holder(tmp_path: Path) -> None:
+    root, lock = prepare_logdir(tmp_path / "run", overwrite=False)
+    assert root is not None and lock is not None
+    with pytest.raises(clrl.RunExistsError, match=f"in use by another clrl process \\(PID {os.getpid()}\\)"):
+        prepare_logdir(tmp_path / "run", overwrite=True)
+    with pytest.raises(clrl.RunExistsError, match="in use"):
+        prepare_logdir(tmp_path / "run", overwrite=False, resume=True)
+    lock.release()
+    root, again = prepare_logdir(tmp_path / "run", overwrite=False)  # free again: nothing else is there
+    assert again is not None
+    again.release()
+
+
+def test_the_lock_of_a_killed_run_is_gone_with_its_process(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from pathlib import Path; from clrl.checks import RunLock; "
+        "lock = RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(clrl.RunExistsError, match=f"PID {holder.pid}"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs in the holder
+        holder.wait()
+    RunLock(tmp_path).acquire().release()  # the OS released it with the process
+
+
+def test_a_run_releases_its_directory_when_it_ends_or_fails(tmp_path: Path) -> None:
+    stream = clrl.TaskStream("s", [clrl.Task("a", "CartPole-v1")], steps_per_task=64)
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    clrl.train(model, stream, logdir=tmp_path / "run", eval_episodes=1)
+    with pytest.raises(clrl.RunExistsError, match="already holds a run"):  # not "in use": it was released
+        clrl.train(model, stream, logdir=tmp_path / "run", eval_episodes=1)
+    assert not (tmp_path / "run" / ".clrl.pid").exists()
+    clrl.train(model, stream, logdir=tmp_path / "run", eval_episodes=1, overwrite=True)
+    assert (tmp_path / "run" / "results.json").is_file()
