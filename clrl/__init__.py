@@ -22,6 +22,7 @@ from clrl.errors import (
 )
 from clrl.evaluation import Evaluator
 from clrl.experiment import RunSpec, run_experiment
+from clrl.imports import allow_imports
 from clrl.modules import (
     AGEM,
     CLEAR,
@@ -112,6 +113,7 @@ __all__ = [
     "TrainingError",
     "WrapperSpec",
     "__version__",
+    "allow_imports",
     "builtin_streams",
     "export_policy",
     "get_algorithm",

@@ -7,7 +7,6 @@ The modules' configuration and state go into the zip as one extra entry, ``clrl.
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import random
@@ -24,6 +23,7 @@ from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.utils import get_device
 
 from clrl.errors import CheckpointError, ConfigError
+from clrl.imports import import_allowed
 from clrl.modules.base import ContinualModule
 
 ENTRY = "clrl.pt"
@@ -34,16 +34,22 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _import(qualname: str) -> type:
+def _import(qualname: Any, base: type) -> type:
+    """The class ``qualname`` (``module:Class``) names, if it is a subclass of ``base`` (an algorithm or a
+    continual module: a checkpoint cannot make clrl build any other class) in an allowed module."""
+    if not isinstance(qualname, str) or ":" not in qualname:
+        raise CheckpointError(f"checkpoint names {qualname!r}, which is not a 'module:Class' name")
     module_name, _, attr = qualname.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = import_allowed(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
+    except PermissionError as exc:
+        raise CheckpointError(f"checkpoint names {qualname!r}: {exc}") from None
     except (ImportError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint names {qualname!r}, which cannot be imported: {exc}") from exc
-    if not isinstance(obj, type):
-        raise CheckpointError(f"checkpoint names {qualname!r}, which is not a class")
+    if not isinstance(obj, type) or not issubclass(obj, base):
+        raise CheckpointError(f"checkpoint names {qualname!r}, which is not a {base.__name__} class")
     return obj
 
 
@@ -212,14 +218,14 @@ def load(
         CheckpointError: The file is missing or corrupt, or names classes that cannot be imported.
     """
     payload = read_payload(path)
-    algorithm = _import(payload["algorithm"])
+    algorithm = _import(payload["algorithm"], BaseAlgorithm)
     try:
         model = algorithm.load(_zip_path(path), env=env, device=device, **kwargs)  # type: ignore[attr-defined]
     except (ValueError, KeyError, RuntimeError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{str(path)!r}: cannot load the SB3 model: {exc}") from exc
     modules = []
     for entry in payload["modules"]:
-        cls = _import(entry["class"])
+        cls = _import(entry["class"], ContinualModule)
         module = cls(**entry["config"])
         module.load_state_dict(entry["state"])
         module.tasks_seen = entry["tasks_seen"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from clrl import metrics
 from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError, TrainingError
 from clrl.experiment import BASELINES, METHODS, VEC_ENVS, RunSpec, completed_tasks, run_experiment
+from clrl.imports import ENVIRONMENT_VARIABLE, allow_imports
 from clrl.modules.base import check_positive_int
 from clrl.results import TrainResult
 from clrl.streams import builtin_streams, load_stream, make_stream
@@ -88,6 +90,13 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue existing runs from their last completed task (runs not started yet start afresh)",
     )
+    run.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="PACKAGE",
+        help="let the stream file name wrappers or envs of this package (repeatable; see README, Safety)",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="print SB3's training logs")
 
@@ -125,6 +134,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--overwrite", action="store_true", help="delete the runs' directories and start afresh")
     sw.add_argument("--report", action="store_true", help="write the report of the logdir at the end")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    sw.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="PACKAGE",
+        help="let stream files name wrappers or envs of this package (repeatable; see README, Safety)",
+    )
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     rp = sub.add_parser(
@@ -328,11 +344,24 @@ def format_seeds(results: Sequence[TrainResult]) -> str:
     return "\n".join(lines)
 
 
+def _allow(packages: list[str]) -> None:
+    """``--allow-import``: for this process and, through the environment, the runs a sweep starts."""
+    if not packages:
+        return
+    for package in packages:
+        if not package.isidentifier():
+            raise ConfigError(f"--allow-import takes a top-level package name, got {package!r}")
+    allow_imports(*packages)
+    known = [p for p in os.environ.get(ENVIRONMENT_VARIABLE, "").split(",") if p]
+    os.environ[ENVIRONMENT_VARIABLE] = ",".join(dict.fromkeys([*known, *packages]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clrl`` command; returns the exit status (2 for bad input, 1 for a failed task)."""
     ns = _build_parser().parse_args(argv)
     np.set_printoptions(precision=1, suppress=True)
     try:
+        _allow(getattr(ns, "allow_import", []))
         if ns.command == "list":
             _list()
         elif ns.command == "run":

@@ -24,7 +24,6 @@ Built-in streams live in the repository's ``envs/`` folder and ship inside the p
 
 from __future__ import annotations
 
-import importlib
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +39,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from clrl import wrappers as clrl_wrappers
 from clrl._data import data_dir
 from clrl.errors import StreamError
+from clrl.imports import import_allowed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,7 +112,9 @@ class WrapperSpec:
         if ":" in self.name:
             module_name, _, class_name = self.name.partition(":")
             try:
-                module = importlib.import_module(module_name)
+                module = import_allowed(module_name)
+            except PermissionError as exc:
+                raise StreamError(f"wrapper {self.name!r}: {exc}") from None
             except ImportError as exc:
                 raise StreamError(f"wrapper {self.name!r}: cannot import {module_name!r}: {exc}") from exc
             cls = getattr(module, class_name, None)
@@ -171,6 +173,14 @@ class Task:
         kwargs = dict(self.make_kwargs)
         if render_mode is not None:
             kwargs["render_mode"] = render_mode
+        if ":" in self.env_id:  # "module:EnvId": gym.make would import the module; only an allowed one
+            module_name = self.env_id.partition(":")[0]
+            try:
+                import_allowed(module_name)
+            except PermissionError as exc:
+                raise StreamError(f"task {self.name!r}: env_id {self.env_id!r}: {exc}") from None
+            except ImportError as exc:
+                raise StreamError(f"task {self.name!r}: cannot import {module_name!r}: {exc}") from exc
         try:
             env = gym.make(self.env_id, **kwargs)
         except gym.error.Error as exc:

@@ -91,7 +91,9 @@ def test_cw10_is_continual_worlds_sequence_scored_by_success() -> None:
 def test_wrapper_from_a_module_path() -> None:
     spec = clrl.WrapperSpec("gymnasium.wrappers:ClipReward", {"min_reward": 0.0, "max_reward": 0.5})
     assert spec.wrapper_class() is gym.wrappers.ClipReward
-    with pytest.raises(clrl.StreamError, match="cannot import 'no_such_module'"):
+    with pytest.raises(clrl.StreamError, match="module 'no_such_module' is not allowed"):
         clrl.WrapperSpec("no_such_module:Thing").wrapper_class()
+    with pytest.raises(clrl.StreamError, match=r"cannot import 'gymnasium\.no_such_module'"):
+        clrl.WrapperSpec("gymnasium.no_such_module:Thing").wrapper_class()
     with pytest.raises(clrl.StreamError, match="has no wrapper class 'Nope'"):
         clrl.WrapperSpec("gymnasium.wrappers:Nope").wrapper_class()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 import clrl
 from clrl import cli
@@ -83,3 +86,85 @@ def test_a_run_releases_its_directory_when_it_ends_or_fails(tmp_path: Path) -> N
     assert not (tmp_path / "run" / ".clrl.pid").exists()
     clrl.train(model, stream, logdir=tmp_path / "run", eval_episodes=1, overwrite=True)
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+# ------------------------------------------------------------------ imports only on consent
+@pytest.fixture
+def fresh_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clrl.imports, "_allowed", set())
+    monkeypatch.delenv(clrl.imports.ENVIRONMENT_VARIABLE, raising=False)
+
+
+def stream_file(folder: Path, env_id: str = "CartPole-v1", wrapper: str | None = None) -> Path:
+    path = folder / "s.toml"
+    wrappers = f'wrappers = [{{ name = "{wrapper}" }}]\n' if wrapper else ""
+    path.write_text(f'name = "s"\n[[tasks]]\nname = "a"\nenv_id = "{env_id}"\n{wrappers}')
+    return path
+
+
+@pytest.mark.usefixtures("fresh_allow_list")
+def test_a_stream_file_cannot_make_clrl_import_a_module_it_was_not_allowed(tmp_path: Path) -> None:
+    sys.modules.pop("this", None)
+    with pytest.raises(clrl.StreamError, match=r"module 'this' is not allowed.*--allow-import this"):
+        clrl.make_stream(stream_file(tmp_path, env_id="this:CartPole-v1"))
+    assert "this" not in sys.modules
+
+
+@pytest.mark.usefixtures("fresh_allow_list")
+def test_the_working_directory_is_never_searched_for_a_named_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "ran"
+    (tmp_path / "evilwrap.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend("")  # as `python -m clrl.cli` puts the working directory first
+    with pytest.raises(clrl.StreamError, match="not allowed"):
+        clrl.make_stream(stream_file(tmp_path, wrapper="evilwrap:Wrapper"))
+    clrl.allow_imports("evilwrap")
+    with pytest.raises(clrl.StreamError, match="cannot import 'evilwrap'"):
+        clrl.make_stream(stream_file(tmp_path, wrapper="evilwrap:Wrapper"))
+    assert not marker.exists()
+
+
+@pytest.mark.usefixtures("fresh_allow_list")
+def test_an_allowed_package_of_wrappers_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "site" / "mywrappers"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("import gymnasium as gym\nclass Same(gym.Wrapper):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(clrl.StreamError, match="not allowed"):
+        clrl.make_stream(stream_file(tmp_path, wrapper="mywrappers:Same"))
+    monkeypatch.setenv(clrl.imports.ENVIRONMENT_VARIABLE, "mywrappers")  # what --allow-import passes on
+    stream = clrl.make_stream(stream_file(tmp_path, wrapper="mywrappers:Same"))
+    assert type(stream.make_env(0)).__name__ == "Same"
+
+
+@pytest.mark.usefixtures("fresh_allow_list")
+def test_a_checkpoint_naming_a_module_not_allowed_is_refused_unimported(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    stream = clrl.TaskStream("s", [clrl.Task("a", "CartPole-v1")], steps_per_task=64)
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    path = clrl.save(model, tmp_path / "m", [clrl.L2()])
+
+    def naming(qualname: str, config: dict) -> Path:
+        payload = clrl.checkpoint.read_payload(path)
+        payload["modules"][0].update({"class": qualname, "config": config})
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        evil = tmp_path / "evil.zip"
+        with zipfile.ZipFile(path) as old, zipfile.ZipFile(evil, "w") as new:
+            for item in old.infolist():
+                entry = item.filename == clrl.checkpoint.ENTRY
+                new.writestr(item, buffer.getvalue() if entry else old.read(item.filename))
+        return evil
+
+    sys.modules.pop("this", None)
+    with pytest.raises(clrl.CheckpointError, match="module 'this' is not allowed"):
+        clrl.load(naming("this:L2", {}))
+    assert "this" not in sys.modules
+    marker = tmp_path / "ran"
+    popen = {"args": ["touch", str(marker)]}  # an imported module's class, any arguments: never built
+    with pytest.raises(clrl.CheckpointError, match="not a ContinualModule class"):
+        clrl.load(naming("subprocess:Popen", popen))
+    assert not marker.exists()
