@@ -4,6 +4,12 @@ A :class:`TaskStream` of Gymnasium task variants is learned one task after anoth
 continual modules (:class:`EWC`, :class:`OnlineEWC`, :class:`MAS`, :class:`SI`, :class:`L2`, ...) plug into
 the model as callbacks; :func:`train` fills the return matrix ``R[i, j]`` and logs everything to
 TensorBoard; :func:`sweep` runs grids of runs on a process pool or Ray, :func:`write_report` compares them.
+
+In your own SB3 code: :func:`training_task` makes any number of ``learn`` calls one task,
+:class:`ContinualEvalCallback` evaluates every task as the return matrix does,
+:class:`ContinualCheckpointCallback` checkpoints with the modules' state, :class:`StreamCallback` learns a
+whole stream inside one ``learn``, and :func:`export_policy` writes the evaluated policy as a plain SB3
+zip. Importing clrl registers every built-in task as a Gymnasium id ``clrl/<stream>.<task>-v0``.
 """
 
 from clrl import metrics

@@ -22,7 +22,7 @@ from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.experiment import make_modules
 from clrl.logger import RunLogger
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
-from clrl.results import TrainResult, run_config, write_summary
+from clrl.results import TrainResult, run_config, run_hparams, write_summary
 from clrl.streams import TaskStream, make_stream
 
 
@@ -211,6 +211,8 @@ class StreamCallback(BaseCallback):
                 # Learn ended after the task's last update (its buffer intact), or stopped at the first
                 # step of a rollout past the stream (the buffer cleared: the kept copy has the states).
                 self._end(self._task, keep=self._kept if self._finished else None)
+            if self._logger is not None and self.result is not None:
+                self._logger.hparams(run_hparams(self.result.config), self.result.metrics)
         finally:
             self._close()
 
