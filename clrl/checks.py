@@ -107,6 +107,16 @@ class RunLock:
             self._lock.release()
 
 
+def make_directory(path: Path, what: str) -> None:
+    """``mkdir -p path``, or :class:`ConfigError` naming ``path`` and why (a file there, no permission)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {what} {str(path)!r}: {exc.strerror or exc}") from exc
+
+
 def prepare_logdir(
     logdir: str | Path | None, overwrite: bool, resume: bool = False
 ) -> tuple[Path | None, RunLock | None]:
@@ -129,9 +139,7 @@ def prepare_logdir(
             "resume and overwrite exclude each other: resume continues the run, overwrite replaces it"
         )
     root = Path(logdir)
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"run directory {str(root)!r} is a file")
-    root.mkdir(parents=True, exist_ok=True)
+    make_directory(root, "run directory")
     lock = RunLock(root).acquire()
     try:
         held = [p for p in root.iterdir() if p.name not in RunLock.FILES]

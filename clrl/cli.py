@@ -378,6 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClrlError as exc:
         print(f"clrl: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only file system, ...: one line, not a traceback
+        where = f": {exc.filename!r}" if exc.filename else ""
+        kept = (
+            "; the tasks completed so far are kept in results.json" if ns.command in ("run", "sweep") else ""
+        )
+        print(f"clrl: error: {exc.strerror or exc}{where}{kept}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "clrl: interrupted; the tasks completed so far are in results.json (--resume, or the same "

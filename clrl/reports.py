@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from clrl import metrics
+from clrl.checks import make_directory
 from clrl.errors import ConfigError
 from clrl.results import TrainResult, reference_metrics
 
@@ -218,7 +219,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Rep
     if not groups:
         raise ConfigError(f"no finished run under {str(runs_dir)!r}" + "".join(f"\n  {w}" for w in warnings))
     out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out, "report folder")
     tables: list[Path] = []
     plots: list[Path] = []
     lines = [

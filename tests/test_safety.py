@@ -168,3 +168,37 @@ def test_a_checkpoint_naming_a_module_not_allowed_is_refused_unimported(tmp_path
     with pytest.raises(clrl.CheckpointError, match="not a ContinualModule class"):
         clrl.load(naming("subprocess:Popen", popen))
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ one-line errors
+def test_a_logdir_or_report_folder_that_is_a_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert cli.main(["run", "cartpole-flip", "--steps", "64", "--logdir", str(a_file), "--no-progress"]) == 2
+    run_dir = a_file / "cartpole-flip" / "ppo-finetune" / "seed0"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"clrl: error: cannot create run directory '{run_dir}': Not a directory"
+    ]
+    runs = tmp_path / "runs"
+    stream = clrl.TaskStream("s", [clrl.Task("a", "CartPole-v1")], steps_per_task=64)
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    clrl.train(model, stream, logdir=runs / "s" / "ppo-finetune" / "seed0", eval_episodes=1)
+    assert cli.main(["report", str(runs), "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"clrl: error: report folder '{a_file}' is a file, not a folder"
+
+
+def test_a_full_disk_is_one_line_naming_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def full(path: Path, data: object) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(clrl.results, "write_json_atomic", full)
+    argv = ["run", "cartpole-flip", "--steps", "64", "--eval-episodes", "1", "--logdir", str(tmp_path)]
+    assert cli.main([*argv, "--no-progress"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("clrl: error: No space left on device: '") and "results.json" in line
