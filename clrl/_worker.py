@@ -8,12 +8,31 @@ resumes (a finished run returns at once). Exit status: 0 finished, 1 a task fail
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 
 from clrl.errors import ClrlError, TrainingError
+
+PARENT_VARIABLE = "CLRL_SWEEP_PARENT"
+"""The sweep driver's PID, which the driver passes to its runs so that they end with it."""
+
+
+def die_with_parent() -> None:
+    """End this run when the sweep driver that started it dies, however it dies (SIGKILL included): Linux's
+    parent-death signal delivers SIGTERM then. Elsewhere, or outside a sweep, this does nothing."""
+    parent = os.environ.get(PARENT_VARIABLE)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if str(os.getppid()) != parent:  # the driver died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,4 +64,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    die_with_parent()
     sys.exit(main())

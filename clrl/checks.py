@@ -19,6 +19,7 @@ from clrl.streams import TaskStream
 
 
 def check_model(model: BaseAlgorithm, stream: TaskStream) -> None:
+    """Refuse VecNormalize, and a model whose spaces are not the stream's."""
     env = model.get_env()
     if env is not None and (isinstance(env, VecNormalize) or unwrap_vec_normalize(env) is not None):
         raise ConfigError(
@@ -59,6 +60,7 @@ def check_seed(seed: Any, n_tasks: int) -> None:
 
 
 def check_eval_freq(eval_freq: int | None) -> None:
+    """Refuse an ``eval_freq`` below 1 (``None``: evaluate at task boundaries only)."""
     if eval_freq is not None and eval_freq < 1:
         raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
 
@@ -117,6 +119,23 @@ def make_directory(path: Path, what: str) -> None:
         raise ConfigError(f"cannot create {what} {str(path)!r}: {exc.strerror or exc}") from exc
 
 
+TEMPORARY_FILES = (".*.tmp.zip", ".*.tmp.pkl", ".results.json.*.tmp")
+"""The names clrl writes under before renaming (a kill between the two leaves one behind)."""
+
+
+def remove_temporary_files(root: Path) -> list[Path]:
+    """Delete the temporary files a killed run left in ``root`` and its ``checkpoints/``; return them."""
+    found = [
+        p
+        for folder in (root, root / "checkpoints")
+        for pattern in TEMPORARY_FILES
+        for p in folder.glob(pattern)
+    ]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
 def prepare_logdir(
     logdir: str | Path | None, overwrite: bool, resume: bool = False
 ) -> tuple[Path | None, RunLock | None]:
@@ -142,6 +161,7 @@ def prepare_logdir(
     make_directory(root, "run directory")
     lock = RunLock(root).acquire()
     try:
+        remove_temporary_files(root)  # of a killed run: whatever wrote them is gone (we hold the lock)
         held = [p for p in root.iterdir() if p.name not in RunLock.FILES]
         if held and not resume:
             if not overwrite:

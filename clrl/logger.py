@@ -155,11 +155,21 @@ def render_matrix(matrix: np.ndarray) -> np.ndarray:
     return np.asarray(image)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename (never half-written)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the mode any other would
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(to_jsonable(data), f, indent=2, allow_nan=False)
             f.write("\n")

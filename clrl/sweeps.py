@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from clrl import _worker
 from clrl.errors import ConfigError
 from clrl.experiment import BASELINES, RunSpec, completed_tasks, make_modules, method_parts
 from clrl.streams import TaskStream
@@ -279,6 +280,7 @@ def _environment(threads: int) -> dict[str, str]:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
+    env[_worker.PARENT_VARIABLE] = str(os.getpid())  # the run ends when this process dies
     return env
 
 
@@ -295,8 +297,6 @@ def execute(payload: dict[str, Any], threads: int) -> int:
     import contextlib
 
     import torch
-
-    from clrl import _worker
 
     torch.set_num_threads(threads)
     run_dir = Path(payload["run_dir"])

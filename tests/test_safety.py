@@ -202,3 +202,24 @@ def test_a_full_disk_is_one_line_naming_the_path(
     assert cli.main([*argv, "--no-progress"]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("clrl: error: No space left on device: '") and "results.json" in line
+
+
+def test_results_json_gets_the_mode_of_any_other_file_and_a_resume_sweeps_temporary_files(
+    tmp_path: Path,
+) -> None:
+    from stable_baselines3 import PPO
+
+    stream = clrl.TaskStream(
+        "s", [clrl.Task("a", "CartPole-v1"), clrl.Task("b", "CartPole-v1")], steps_per_task=64
+    )
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    run = tmp_path / "run"
+    clrl.train(model, stream, logdir=run, eval_episodes=1)
+    other = tmp_path / "other"
+    other.write_text("x")
+    assert (run / "results.json").stat().st_mode & 0o777 == other.stat().st_mode & 0o777
+    left = [run / ".results.json.abc.tmp", run / "checkpoints" / ".task02-b.123.tmp.zip"]
+    for path in left:  # what a SIGKILL between write and rename leaves
+        path.write_text("partial")
+    clrl.train(model, stream, logdir=run, eval_episodes=1, resume=True)
+    assert not any(path.exists() for path in left)

@@ -336,3 +336,20 @@ def test_terminated_sweep_stops_its_runs(tmp_path: Path) -> None:
     while time.monotonic() < deadline and _processes_mentioning(str(logdir)):
         time.sleep(0.1)
     assert _processes_mentioning(str(logdir)) == []
+
+
+def test_a_sigkilled_sweep_driver_takes_its_runs_with_it(tmp_path: Path) -> None:
+    logdir = tmp_path / "killed"
+    command = [sys.executable, "-m", "clrl.cli", "sweep", "--streams", "cartpole-flip", "--seeds", "0", "1"]
+    command += ["--steps", "50000", "--no-progress", "--workers", "2", "--logdir", str(logdir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_processes_mentioning(str(logdir))) < 3:  # driver + 2 runs
+        time.sleep(0.1)
+    assert len(_processes_mentioning(str(logdir))) == 3
+    process.kill()  # SIGKILL: the driver cannot stop its runs itself
+    process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _processes_mentioning(str(logdir)):
+        time.sleep(0.1)
+    assert _processes_mentioning(str(logdir)) == []  # the parent-death signal ended them
