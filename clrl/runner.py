@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -391,6 +392,11 @@ class _Run:
             result.config["resumed"] = [
                 *result.config.get("resumed", []),
                 time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            ]
+            # Results depend on the thread count: record each resumed part's, beside the first part's.
+            result.config["resumed_torch_threads"] = [
+                *result.config.get("resumed_torch_threads", []),
+                torch.get_num_threads(),
             ]
         else:
             model.set_random_seed(self.seed)

@@ -223,3 +223,28 @@ def test_results_json_gets_the_mode_of_any_other_file_and_a_resume_sweeps_tempor
         path.write_text("partial")
     clrl.train(model, stream, logdir=run, eval_episodes=1, resume=True)
     assert not any(path.exists() for path in left)
+
+
+def test_a_resume_under_another_thread_count_is_recorded(tmp_path: Path) -> None:
+    import json
+
+    from stable_baselines3 import PPO
+
+    tasks = [clrl.Task("a", "CartPole-v1"), clrl.Task("b", "CartPole-v1")]
+    stream = clrl.TaskStream("s", tasks, steps_per_task=64)
+
+    def model() -> PPO:
+        return PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu", seed=0)
+
+    run = tmp_path / "run"
+    clrl.train(model(), stream, logdir=run, eval_episodes=1)
+    results = json.loads((run / "results.json").read_text())
+    results["completed_tasks"] = 1  # as if killed during the second task
+    (run / "results.json").write_text(json.dumps(results))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        resumed = clrl.train(model(), stream, logdir=run, eval_episodes=1, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed.config["torch_threads"] == threads and resumed.config["resumed_torch_threads"] == [2]
