@@ -19,6 +19,8 @@ Per optimiser step SB3 runs ``zero_grad -> backward -> [clip_grad_norm_] -> step
 * ``zero_grad`` (wrapped on the optimiser *instance*): after the real zero, :meth:`add_penalty_gradients`
   seeds ``.grad`` with a penalty's gradient and :meth:`extra_loss` is back-propagated. The algorithm's own
   loss then accumulates on top, so the penalty is clipped with it, exactly like a term of SB3's loss.
+* a post-accumulate-grad hook per parameter: :meth:`after_backward` sees each gradient right after SB3's
+  backward, before its gradient clipping (SI reads the unclipped gradient, PackNet masks frozen entries).
 * ``register_step_pre_hook``: :meth:`adjust_gradients` sees the clipped gradients just before the update
   (gradient projection, masking).
 * ``register_step_post_hook``: :meth:`after_update` (EMA copies, online importance).
@@ -241,6 +243,7 @@ class ContinualModule(BaseCallback):
         self._stamp: float | None = None  # model.start_time when the hooks were installed
         self._bound: weakref.ReferenceType[BaseAlgorithm] | None = None
         self._attached: list[_OptimizerHooks] = []
+        self._grad_hooks: list[Any] = []  # handles of the after_backward hooks
         self._logged_episode = -1
 
     # ---------------------------------------------------------------- hooks for subclasses
@@ -269,6 +272,10 @@ class ContinualModule(BaseCallback):
     def extra_loss(self, group: ParamGroup) -> torch.Tensor | None:
         """A loss back-propagated right after ``zero_grad`` of ``group``'s optimiser, before SB3's own."""
         return None
+
+    def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
+        """Called for each of :meth:`target_parameters` as soon as a backward has accumulated its gradient
+        into ``param.grad``: before SB3's gradient clipping (read or change the unclipped gradient)."""
 
     def adjust_gradients(self, group: ParamGroup) -> None:
         """Change ``p.grad`` in place after gradient clipping, just before the optimiser step."""
@@ -401,7 +408,7 @@ class ContinualModule(BaseCallback):
 
     def uses_gradient_hooks(self) -> bool:
         """Whether this module overrides any of the optimiser hooks."""
-        hooks = ("add_penalty_gradients", "extra_loss", "adjust_gradients", "after_update")
+        hooks = ("add_penalty_gradients", "extra_loss", "after_backward", "adjust_gradients", "after_update")
         return any(_overrides(self, h) for h in hooks)
 
     def hooks_live(self) -> bool:
@@ -485,9 +492,19 @@ class ContinualModule(BaseCallback):
             hooks.entries.append((self, ParamGroup(opt_name, opt, names, params)))
             hooks.refresh()
             self._attached.append(hooks)
+        if _overrides(self, "after_backward"):
+            for name, param in targets.items():
+
+                def after_backward(p: torch.Tensor, name: str = name) -> None:
+                    self.after_backward(name, p)  # type: ignore[arg-type]
+
+                self._grad_hooks.append(param.register_post_accumulate_grad_hook(after_backward))
 
     def detach(self) -> None:
         """Remove this module's hooks; an optimiser's hooks go when its last module leaves."""
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks = []
         for hooks in self._attached:
             hooks.entries = [(m, g) for m, g in hooks.entries if m is not self]
             hooks.refresh()

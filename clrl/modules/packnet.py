@@ -78,7 +78,6 @@ class PackNet(ContinualModule):
         self._live: dict[str, torch.Tensor] | None = None  # the unmasked weights while set_task masks them
         self._prune_at: int | None = None
         self._pruned = False
-        self._grad_hooks: list[Any] = []
 
     # ---------------------------------------------------------------- task selection
     def check_stream(self, stream: Any) -> None:
@@ -178,25 +177,11 @@ class PackNet(ContinualModule):
         self._hold(lambda owner: owner != self.task_index)
         self._pruned = True
 
-    def attach(self) -> None:
-        """Install the optimiser hooks and, per parameter, a post-accumulate-grad hook that zeroes the
-        gradient of held entries right after SB3's backward, before its gradient clipping."""
-        super().attach()
-        for name, param in self.target_parameters().items():
-
-            def mask(p: torch.Tensor, name: str = name) -> None:
-                held = self._held.get(name)
-                if held is not None and p.grad is not None:
-                    p.grad.masked_fill_(held, 0.0)
-
-            self._grad_hooks.append(param.register_post_accumulate_grad_hook(mask))
-
-    def detach(self) -> None:
-        """Remove every hook."""
-        for handle in self._grad_hooks:
-            handle.remove()
-        self._grad_hooks = []
-        super().detach()
+    def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
+        """Zero the gradient of held entries right after SB3's backward, before its gradient clipping."""
+        held = self._held.get(name)
+        if held is not None and param.grad is not None:
+            param.grad.masked_fill_(held, 0.0)
 
     def after_update(self, group: ParamGroup) -> None:
         """Write held entries back (undoing what Adam's momentum or weight decay did to them)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from clrl.algorithms import Networks
@@ -47,7 +45,6 @@ class SI(QuadraticPenalty):
         self._grads: Tensors = {}
         self._before: dict[str, list[torch.Tensor]] = {}
         self._penalty: dict[str, list[torch.Tensor]] = {}
-        self._grad_hooks: list[Any] = []
 
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
         """Every regularised parameter, from the first task on (the path integral needs all steps)."""
@@ -61,24 +58,14 @@ class SI(QuadraticPenalty):
         self._grads = {n: torch.zeros_like(p) for n, p in params.items()}
 
     def attach(self) -> None:
-        """Install the optimiser hooks and a post-accumulate-grad hook per parameter."""
+        """Install the hooks, with fresh step records."""
         super().attach()
         self._before, self._penalty = {}, {}
-        for name, param in self.target_parameters().items():
-            buffer = self._grads[name]
 
-            def keep(p: torch.Tensor, buffer: torch.Tensor = buffer) -> None:
-                if p.grad is not None:
-                    buffer.copy_(p.grad)
-
-            self._grad_hooks.append(param.register_post_accumulate_grad_hook(keep))
-
-    def detach(self) -> None:
-        """Remove every hook."""
-        for handle in self._grad_hooks:
-            handle.remove()
-        self._grad_hooks = []
-        super().detach()
+    def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
+        """Record the gradient right after SB3's backward (unclipped, the penalty's share included)."""
+        if param.grad is not None:
+            self._grads[name].copy_(param.grad)
 
     def add_penalty_gradients(self, group: ParamGroup) -> None:
         """Clear the gradient record, then add the penalty (kept, to subtract it from the record)."""
