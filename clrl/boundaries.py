@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -20,6 +21,25 @@ def check_modules(modules: Sequence[ContinualModule]) -> list[ContinualModule]:
     if len({id(m) for m in modules}) != len(modules):
         raise ConfigError("the same module instance is listed twice")
     return modules
+
+
+def check_fit(modules: Sequence[ContinualModule], stream: Any, model: BaseAlgorithm) -> None:
+    """Let every module refuse the stream and the model it would train on, before anything runs."""
+    for module in modules:
+        module.check_stream(stream)
+        module.check_model(model)
+
+
+def check_task_index(index: Any) -> int:
+    """Return ``index``, or raise :class:`ConfigError` unless it is an integer >= 0."""
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ConfigError(f"task index must be an integer >= 0, got {index!r}")
+    return index
+
+
+def open_task_index(modules: Sequence[ContinualModule]) -> int | None:
+    """The index of the task the modules have open, if any."""
+    return next((m.current_task.index for m in modules if m.current_task is not None), None)
 
 
 @contextlib.contextmanager
@@ -58,8 +78,7 @@ def training_task(
         ConfigError: Bad arguments, or a module cannot work with ``model`` (before anything trains).
     """
     modules = check_modules(modules)
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ConfigError(f"task index must be an integer >= 0, got {index!r}")
+    check_task_index(index)
     if steps is not None:
         steps = check_positive_int(steps, "task steps")
     task = TaskInfo(index, name if name is not None else f"task{index}", steps)

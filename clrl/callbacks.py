@@ -11,16 +11,11 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from clrl import checkpoint
-from clrl.boundaries import check_modules
+from clrl.boundaries import check_modules, open_task_index
 from clrl.errors import ConfigError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.modules.base import ContinualModule, check_positive_int
 from clrl.streams import TaskStream
-
-
-def _open_task(modules: Sequence[ContinualModule]) -> int | None:
-    """The index of the task the modules have open, if any."""
-    return next((m.current_task.index for m in modules if m.current_task is not None), None)
 
 
 class ContinualEvalCallback(BaseCallback):
@@ -116,7 +111,7 @@ class ContinualEvalCallback(BaseCallback):
 
     def evaluate(self) -> np.ndarray:
         """Evaluate every task now; log and keep the row."""
-        current = self.task if self.task is not None else _open_task(self.modules)
+        current = self.task if self.task is not None else open_task_index(self.modules)
         current = 0 if current is None else current
         start = time.perf_counter()
         row = self.evaluator(self.model, self.modules, current_task=current)

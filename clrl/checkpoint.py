@@ -22,9 +22,12 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.utils import get_device
 
+from clrl.boundaries import check_modules, check_task_index, open_task_index
 from clrl.errors import CheckpointError, ConfigError
+from clrl.evaluation import evaluated
 from clrl.imports import import_allowed
 from clrl.modules.base import ContinualModule
+from clrl.modules.multihead import task_router
 
 ENTRY = "clrl.pt"
 FORMAT_VERSION = 1
@@ -147,20 +150,14 @@ def export_policy(
     Returns:
         The path written.
     """
-    from clrl.boundaries import check_modules
-    from clrl.evaluation import evaluated
-    from clrl.modules.multihead import task_router
-
     modules = check_modules(modules)
     for module in modules:
         module._claim(model)  # refuses modules that learned with another model
-    current = next((m.current_task.index for m in modules if m.current_task is not None), None)
+    current = open_task_index(modules)
     if current is None:
         current = max([m.tasks_seen - 1 for m in modules] + [0])
-    index = current if task is None else task
+    index = current if task is None else check_task_index(task)
     router = task_router(model)
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ConfigError(f"task must be an integer >= 0, got {index!r}")
     if router is not None and index >= router.n_tasks:
         raise ConfigError(f"the policy has {router.n_tasks} heads or columns, no task {index}")
     kwargs = model.policy_kwargs

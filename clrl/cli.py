@@ -17,10 +17,11 @@ import torch
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS
 from clrl.errors import ClrlError, ConfigError, TrainingError
-from clrl.experiment import BASELINES, METHODS, VEC_ENVS, RunSpec, completed_tasks, run_experiment
+from clrl.experiment import BASELINES, METHODS, RunSpec, completed_tasks, run_experiment
 from clrl.imports import ENVIRONMENT_VARIABLE, allow_imports
 from clrl.modules.base import check_positive_int
 from clrl.results import TrainResult
+from clrl.runner import VEC_ENVS
 from clrl.streams import builtin_streams, load_stream, make_stream
 from clrl.sweeps import LOG_FILE, common_method_args, grid, load_sweep, sweep
 from clrl.zoo import zoo_file, zoo_hyperparameters
@@ -90,13 +91,7 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue existing runs from their last completed task (runs not started yet start afresh)",
     )
-    run.add_argument(
-        "--allow-import",
-        action="append",
-        default=[],
-        metavar="PACKAGE",
-        help="let the stream file name wrappers or envs of this package (repeatable; see README, Safety)",
-    )
+    _add_allow_import(run)
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="print SB3's training logs")
 
@@ -134,13 +129,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--overwrite", action="store_true", help="delete the runs' directories and start afresh")
     sw.add_argument("--report", action="store_true", help="write the report of the logdir at the end")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
-    sw.add_argument(
-        "--allow-import",
-        action="append",
-        default=[],
-        metavar="PACKAGE",
-        help="let stream files name wrappers or envs of this package (repeatable; see README, Safety)",
-    )
+    _add_allow_import(sw)
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     rp = sub.add_parser(
@@ -344,13 +333,20 @@ def format_seeds(results: Sequence[TrainResult]) -> str:
     return "\n".join(lines)
 
 
+def _add_allow_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="PACKAGE",
+        help="let stream files name wrappers or envs of this package (repeatable; see README, Safety)",
+    )
+
+
 def _allow(packages: list[str]) -> None:
     """``--allow-import``: for this process and, through the environment, the runs a sweep starts."""
     if not packages:
         return
-    for package in packages:
-        if not package.isidentifier():
-            raise ConfigError(f"--allow-import takes a top-level package name, got {package!r}")
     allow_imports(*packages)
     known = [p for p in os.environ.get(ENVIRONMENT_VARIABLE, "").split(",") if p]
     os.environ[ENVIRONMENT_VARIABLE] = ",".join(dict.fromkeys([*known, *packages]))

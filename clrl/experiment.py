@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from clrl.algorithms import ALGORITHMS, get_algorithm
 from clrl.checks import check_seed, inside
@@ -46,7 +45,7 @@ from clrl.modules import (
 )
 from clrl.presets import make_model, preset
 from clrl.results import TrainResult
-from clrl.runner import train, train_multitask, train_single_task
+from clrl.runner import VEC_ENVS, train, train_multitask, train_single_task
 from clrl.streams import TaskStream, make_stream
 
 METHODS: dict[str, type[ContinualModule] | None] = {
@@ -155,10 +154,6 @@ def policy_hyperparameters(method: str, algo: str, stream: TaskStream, hp: dict[
         policy_kwargs.setdefault("features_extractor_class", extractors[0])
     out["policy_kwargs"] = policy_kwargs
     return out
-
-
-VEC_ENVS: dict[str, type[DummyVecEnv | SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
-"""The vectorised environments a run can train on, by name (``--vec-env``)."""
 
 
 @functools.lru_cache(maxsize=32)

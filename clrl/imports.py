@@ -17,6 +17,8 @@ import os
 import sys
 from types import ModuleType
 
+from clrl.errors import ConfigError
+
 DEFAULT_ALLOWED = frozenset(
     {"clrl", "gymnasium", "stable_baselines3", "sb3_contrib", "minigrid", "metaworld"}
 )
@@ -33,7 +35,7 @@ def allow_imports(*packages: str) -> None:
     wrappers: ``clrl.allow_imports("my_wrappers")``."""
     for package in packages:
         if not isinstance(package, str) or not package.isidentifier():
-            raise ValueError(f"a package to allow is a top-level module name, got {package!r}")
+            raise ConfigError(f"a package to allow is a top-level module name, got {package!r}")
         _allowed.add(package)
 
 

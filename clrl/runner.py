@@ -34,7 +34,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from torch.utils.tensorboard import SummaryWriter
 
 from clrl import checkpoint, metrics
-from clrl.boundaries import check_modules, training_task
+from clrl.boundaries import check_fit, check_modules, training_task
 from clrl.callbacks import ContinualEvalCallback
 from clrl.checks import check_eval_freq, check_finite, check_model, check_seed, inside, prepare_logdir
 from clrl.errors import CheckpointError, ClrlError, ConfigError, TrainingError
@@ -52,7 +52,10 @@ from clrl.results import (
 )
 from clrl.streams import TaskStream
 
-__all__ = ["EVAL_SEED_OFFSET", "TrainResult", "train", "train_multitask", "train_single_task"]
+__all__ = ["EVAL_SEED_OFFSET", "VEC_ENVS", "TrainResult", "train", "train_multitask", "train_single_task"]
+
+VEC_ENVS: dict[str, type[DummyVecEnv | SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+"""The vectorised environments a run can train on, by name (``--vec-env``)."""
 
 
 def train(
@@ -125,13 +128,11 @@ def train(
         raise ConfigError(
             f"the reference run has tasks {reference.task_names}, the stream {stream.task_names}"
         )
-    for m in modules:
-        m.check_stream(stream)
-        m.check_model(model)
+    check_fit(modules, stream, model)
     method = method or ("+".join(m.name for m in modules) or "finetune")
     if vec_env_cls is None:
         vec_env_cls = SubprocVecEnv if isinstance(model.get_env(), SubprocVecEnv) else DummyVecEnv
-    elif vec_env_cls not in (DummyVecEnv, SubprocVecEnv):
+    elif vec_env_cls not in VEC_ENVS.values():
         raise ConfigError(f"vec_env_cls must be DummyVecEnv or SubprocVecEnv, got {vec_env_cls!r}")
     run = _Run(model, stream, modules, logdir, seed, eval_episodes, eval_freq, overwrite, method, resume)
     return run.run(

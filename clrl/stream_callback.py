@@ -15,7 +15,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from clrl import metrics
-from clrl.boundaries import check_modules
+from clrl.boundaries import check_fit, check_modules
 from clrl.checks import RunLock, check_model, check_seed, prepare_logdir
 from clrl.errors import ConfigError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
@@ -147,9 +147,7 @@ class StreamCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         model, stream = self.model, self.stream
-        for m in self.modules:
-            m.check_stream(stream)
-            m.check_model(model)
+        check_fit(self.modules, stream, model)
         check_model(model, stream)
         root, self._lock = prepare_logdir(self.logdir, overwrite=False)
         try:
