@@ -16,7 +16,7 @@ from clrl import metrics
 from clrl.algorithms import ALGORITHMS, get_algorithm
 from clrl.boundaries import training_task
 from clrl.callbacks import ContinualCheckpointCallback, ContinualEvalCallback
-from clrl.checkpoint import export_policy, load, save
+from clrl.checkpoint import export_policy, load, load_replay_buffer, save, save_replay_buffer
 from clrl.errors import (
     CheckpointError,
     ClrlError,
@@ -125,6 +125,7 @@ __all__ = [
     "get_algorithm",
     "grid",
     "load",
+    "load_replay_buffer",
     "load_stream",
     "load_sweep",
     "make_stream",
@@ -133,6 +134,7 @@ __all__ = [
     "progressive_policy",
     "run_experiment",
     "save",
+    "save_replay_buffer",
     "sweep",
     "train",
     "train_multitask",

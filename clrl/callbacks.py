@@ -145,8 +145,9 @@ class ContinualCheckpointCallback(BaseCallback):
     Fisher, masks or memories): :func:`clrl.load` refuses them, and ``PPO.load`` gives the bare model.
     Files are ``<save_path>/<name_prefix>_<steps>_steps.zip``, as SB3 names them; each is written under a
     temporary name and renamed, so a crash leaves the previous checkpoints intact. With
-    ``save_replay_buffer`` the off-policy replay buffer is saved beside it as SB3 does
-    (``<name_prefix>_replay_buffer_<steps>_steps.pkl``; a pickle, so load only your own).
+    ``save_replay_buffer`` the off-policy replay buffer is saved beside it, named as SB3 names it but as
+    NumPy arrays rather than a pickle (``<name_prefix>_replay_buffer_<steps>_steps.npz``, read back with
+    :func:`clrl.load_replay_buffer`).
 
     Args:
         save_freq: Environment steps between checkpoints (>= 1). SB3's callback counts calls instead.
@@ -194,10 +195,9 @@ class ContinualCheckpointCallback(BaseCallback):
             self.model, self.save_path / f"{self.name_prefix}_{steps}_steps.zip", self.modules
         )
         if self.save_replay_buffer and getattr(self.model, "replay_buffer", None) is not None:
-            buffer = self.save_path / f"{self.name_prefix}_replay_buffer_{steps}_steps.pkl"
-            tmp = buffer.with_name(f".{buffer.name}.tmp.pkl")
-            self.model.save_replay_buffer(tmp)  # type: ignore[attr-defined]
-            tmp.replace(buffer)
+            checkpoint.save_replay_buffer(
+                self.model, self.save_path / f"{self.name_prefix}_replay_buffer_{steps}_steps.npz"
+            )
         if self.verbose >= 1:
             print(f"Saving model checkpoint to {path}")
         return path

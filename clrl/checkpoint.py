@@ -8,9 +8,12 @@ The modules' configuration and state go into the zip as one extra entry, ``clrl.
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import random
 import zipfile
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,12 +28,22 @@ from stable_baselines3.common.utils import get_device
 from clrl.boundaries import check_modules, check_task_index, open_task_index
 from clrl.errors import CheckpointError, ConfigError
 from clrl.evaluation import evaluated
-from clrl.imports import import_allowed
 from clrl.modules.base import ContinualModule
 from clrl.modules.multihead import task_router
+from clrl.plain import Unencodable, decode, encode, import_class
 
 ENTRY = "clrl.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+# Entries SB3 pickles that a loaded model rebuilds itself (``_setup_model`` makes the schedules; the next
+# ``learn`` resets the environment and with it the last observation) or that clrl keeps as plain data
+# (the episode statistics): they never need unpickling.
+_REBUILT = frozenset(
+    {"_last_obs", "_last_original_obs", "_last_episode_starts", "lr_schedule", "exploration_schedule"}
+)
+_EPISODES = ("ep_info_buffer", "ep_success_buffer")
+# SB3's counters of where training stands: a checkpoint must hold them, as non-negative integers.
+_COUNTERS = ("num_timesteps", "_n_updates", "_episode_num")
 
 
 def _qualname(cls: type) -> str:
@@ -38,22 +51,9 @@ def _qualname(cls: type) -> str:
 
 
 def _import(qualname: Any, base: type) -> type:
-    """The class ``qualname`` (``module:Class``) names, if it is a subclass of ``base`` (an algorithm or a
-    continual module: a checkpoint cannot make clrl build any other class) in an allowed module."""
-    if not isinstance(qualname, str) or ":" not in qualname:
-        raise CheckpointError(f"checkpoint names {qualname!r}, which is not a 'module:Class' name")
-    module_name, _, attr = qualname.partition(":")
-    try:
-        obj: Any = import_allowed(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except PermissionError as exc:
-        raise CheckpointError(f"checkpoint names {qualname!r}: {exc}") from None
-    except (ImportError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint names {qualname!r}, which cannot be imported: {exc}") from exc
-    if not isinstance(obj, type) or not issubclass(obj, base):
-        raise CheckpointError(f"checkpoint names {qualname!r}, which is not a {base.__name__} class")
-    return obj
+    """The class ``qualname`` names, if it is a ``base`` (an algorithm or a continual module) of an allowed
+    module: a checkpoint cannot make clrl build any other class."""
+    return import_class(qualname, (base,))
 
 
 def _zip_path(path: str | Path) -> Path:
@@ -114,11 +114,45 @@ def _save(
             for m in modules
         ],
         "metadata": metadata or {},
+        "sb3": _plain_entries(model, path),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr(ENTRY, buffer.getvalue())
+
+
+def _serialized(path: Path) -> set[str]:
+    """The entries of SB3's ``data`` that it pickled (the rest is plain JSON)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except KeyError:
+        return set()  # SB3 allows a zip without data; then nothing is unpickled either
+    except (ValueError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{str(path)!r}: SB3's data entry is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{str(path)!r}: SB3's data entry is not a JSON object")
+    return {k for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v}
+
+
+def _plain_entries(model: BaseAlgorithm, path: Path) -> dict[str, Any]:
+    """Plain forms of what SB3 pickled into ``path``'s data entry, and the names of those without one."""
+    entries, unencodable = {}, {}
+    for key in sorted(_serialized(path) - _REBUILT - set(_EPISODES)):
+        try:
+            entries[key] = encode(model.__dict__[key])
+        except (Unencodable, KeyError) as exc:
+            unencodable[key] = str(exc)
+    episodes = {}
+    for name in _EPISODES:
+        buffer = getattr(model, name, None)
+        if buffer is not None:
+            try:
+                episodes[name] = {"maxlen": buffer.maxlen, "items": encode(list(buffer))}
+            except Unencodable as exc:
+                unencodable[name] = str(exc)
+    return {"entries": entries, "unencodable": unencodable, "episodes": episodes}
 
 
 def export_policy(
@@ -198,28 +232,50 @@ def read_payload(path: str | Path) -> dict[str, Any]:
 
 
 def load(
-    path: str | Path, env: GymEnv | None = None, device: str | torch.device = "auto", **kwargs: Any
+    path: str | Path,
+    env: GymEnv | None = None,
+    device: str | torch.device = "auto",
+    trusted: bool = False,
+    **kwargs: Any,
 ) -> tuple[BaseAlgorithm, list[ContinualModule]]:
     """Load a model saved by :func:`save` and rebuild its modules with their state.
+
+    By default nothing in the file is unpickled, so opening a checkpoint from anywhere runs no code: the
+    parameters are read as tensors only (``torch.load(weights_only=True)``), SB3's counters and settings
+    from JSON, and what SB3 pickles (the policy class, spaces, schedules, buffer classes,
+    ``policy_kwargs`` with classes) from the plain copy :func:`save` keeps beside it. Classes are imported
+    only from allowed modules (:func:`clrl.allow_imports`) and only if of the kind the field holds. The
+    loaded model differs from ``Algorithm.load``'s in one way: it holds no last observation, so the next
+    ``learn`` starts with an environment reset (pass ``reset_num_timesteps=False`` to keep the counters).
 
     Args:
         path: The checkpoint.
         env: Environment for the loaded model (as in SB3's ``load``).
         device: Device of the model.
-        **kwargs: Passed to the algorithm's ``load``.
+        trusted: Load with SB3's own unpickling instead. Needed for a checkpoint holding values without a
+            plain form (a schedule that is a ``lambda``, an action-noise object, a custom space), and for
+            an SB3 zip that :func:`save` did not write. Unpickling runs whatever the file holds: only for
+            files you trust.
+        **kwargs: Passed to the algorithm's ``load`` (``custom_objects`` replaces entries either way).
 
     Returns:
         The model and its modules, in the order they were saved. Pass the modules to the next ``learn``.
 
     Raises:
-        CheckpointError: The file is missing or corrupt, or names classes that cannot be imported.
+        CheckpointError: The file is missing or corrupt, names classes that are not allowed or cannot be
+            imported, or (unless ``trusted``) holds values that only unpickling restores.
     """
     payload = read_payload(path)
+    zip_path = _zip_path(path)
     algorithm = _import(payload["algorithm"], BaseAlgorithm)
+    if not trusted:
+        kwargs["custom_objects"] = {**_safe_objects(zip_path, payload), **kwargs.get("custom_objects", {})}
     try:
-        model = algorithm.load(_zip_path(path), env=env, device=device, **kwargs)  # type: ignore[attr-defined]
-    except (ValueError, KeyError, RuntimeError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{str(path)!r}: cannot load the SB3 model: {exc}") from exc
+        model = algorithm.load(zip_path, env=env, device=device, **kwargs)  # type: ignore[attr-defined]
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise _unreadable(path, "load", exc) from exc
     modules = []
     for entry in payload["modules"]:
         cls = _import(entry["class"], ContinualModule)
@@ -229,6 +285,58 @@ def load(
         module.bind(model)
         modules.append(module)
     return model, modules
+
+
+def _unreadable(path: str | Path, what: str, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{str(path)!r}: cannot {what} the SB3 model: {type(exc).__name__}: {exc}")
+
+
+def _safe_objects(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """A value for every entry SB3 pickled into ``path``, from clrl's plain copy (SB3's ``custom_objects``:
+    SB3 then unpickles none of them)."""
+    sb3 = payload.get("sb3")
+    if not isinstance(sb3, dict):
+        raise CheckpointError(f"{str(path)!r}: clrl state has no plain copy of SB3's entries")
+    entries, unencodable = sb3.get("entries", {}), sb3.get("unencodable", {})
+    objects: dict[str, Any] = {}
+    for key in sorted(_serialized(path)):
+        if key in _REBUILT:
+            objects[key] = None
+        elif key in _EPISODES:
+            objects[key] = _episodes(path, sb3, key)
+        elif key in entries:
+            objects[key] = decode(entries[key], key)
+        elif key in unencodable:
+            raise CheckpointError(
+                f"{str(path)!r} holds {key!r} ({unencodable[key]}), which only unpickling restores; "
+                "clrl.load(..., trusted=True) unpickles it: only for a file you trust"
+            )
+        else:
+            raise CheckpointError(
+                f"{str(path)!r}: SB3's data entry holds a pickled {key!r} that clrl did not write; "
+                "not unpickled (clrl.load(..., trusted=True) would, for a file you trust)"
+            )
+    return objects
+
+
+def _episodes(path: Path, sb3: dict[str, Any], name: str) -> deque[Any] | None:
+    """The episode statistics ``name`` from clrl's plain copy, checked."""
+    saved = sb3.get("episodes", {}).get(name)
+    if saved is None:
+        return None
+    maxlen, items = saved.get("maxlen"), saved.get("items")
+    number = (int, float)
+
+    def valid(item: Any) -> bool:
+        if name == "ep_success_buffer":
+            return isinstance(item, number)
+        return isinstance(item, dict) and all(isinstance(k, str) for k in item)
+
+    if not (maxlen is None or (isinstance(maxlen, int) and maxlen > 0)) or not isinstance(items, list):
+        raise CheckpointError(f"{str(path)!r}: field {name!r} is damaged")
+    if not all(valid(item) for item in items):
+        raise CheckpointError(f"{str(path)!r}: field {name!r} holds entries of the wrong type")
+    return deque(items, maxlen=maxlen)
 
 
 # Attributes of a saved model that describe how it was built rather than where training stands: a model
@@ -289,21 +397,32 @@ def restore(
     ours = [(_qualname(type(m)), m.get_config()) for m in modules]
     if saved != ours:
         raise CheckpointError(f"{str(path)!r} holds modules {saved}, but the run has {ours}")
+    zip_path = _zip_path(path)
+    # SB3's reader, told to keep every pickled entry as None: it unpickles nothing (the model keeps its own
+    # classes, spaces and schedules, and the episode statistics come from clrl's plain copy).
+    skipped = dict.fromkeys(_serialized(zip_path))
     try:
-        data, params, variables = load_from_zip_file(_zip_path(path), device=get_device(model.device))
-        assert data is not None and params is not None
+        data, params, variables = load_from_zip_file(
+            zip_path, custom_objects=skipped, device=get_device(model.device)
+        )
+    except Exception as exc:
+        raise _unreadable(path, "read", exc) from exc
+    if data is None or not params:
+        raise CheckpointError(f"{str(path)!r}: the SB3 model has no data or no parameters")
+    fields = _checked_fields(path, data, skipped, model)
+    targets = _checked_variables(path, variables or {}, model)
+    episodes = {name: _episodes(zip_path, payload.get("sb3", {}), name) for name in _EPISODES}
+    try:
         model.set_parameters(params, exact_match=True, device=model.device)
-    except (ValueError, KeyError, RuntimeError, AssertionError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{str(path)!r}: cannot restore the SB3 model: {exc}") from exc
-    for key, value in data.items():
-        if key in model.__dict__ and key not in _KEEP_OWN:
-            setattr(model, key, value)
-    for name, value in (variables or {}).items():
-        if value is not None:
-            target: Any = model
-            for part in name.split("."):
-                target = getattr(target, part)
-            target.data = value.data
+    except Exception as exc:
+        raise _unreadable(path, "restore", exc) from exc
+    for key, value in fields.items():
+        setattr(model, key, value)
+    for target, value in targets:
+        target.data = value.data
+    for name, episode_buffer in episodes.items():
+        if episode_buffer is not None:
+            setattr(model, name, episode_buffer)
     for module, entry in zip(modules, payload["modules"], strict=True):
         module.load_state_dict(entry["state"])
         module.tasks_seen = entry["tasks_seen"]
@@ -312,6 +431,71 @@ def restore(
     if "rng" in metadata:
         set_rng_state(model, metadata["rng"])
     return metadata
+
+
+def _checked_fields(
+    path: str | Path, data: dict[str, Any], skipped: dict[str, None], model: BaseAlgorithm
+) -> dict[str, Any]:
+    """The plain entries of SB3's data that say where training stands, each of the type the model's own
+    attribute has (a number for a number, a string for a string, ...); the counters must be there."""
+    missing = [c for c in _COUNTERS if c not in data]
+    if missing:
+        raise CheckpointError(f"{str(path)!r}: SB3's data entry lacks {missing}")
+    fields = {}
+    for key, value in data.items():
+        if key in _KEEP_OWN or key in skipped or key not in model.__dict__:
+            continue
+        current = model.__dict__[key]
+        if current is not None and not isinstance(current, (bool, int, float, str)):
+            continue  # containers and objects: the model builds its own from its configuration
+        if not _same_kind(value, current) or (key in _COUNTERS and value < 0):
+            raise CheckpointError(
+                f"{str(path)!r}: field {key!r} is {value!r}, "
+                f"not {_kind(current)} like the model's {current!r}"
+            )
+        fields[key] = value
+    return fields
+
+
+def _kind(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return "None" if value is None else "a bool"
+    if isinstance(value, int):
+        return "an integer"
+    return "a finite number" if isinstance(value, float) else f"a {type(value).__name__}"
+
+
+def _same_kind(value: Any, current: Any) -> bool:
+    if current is None or isinstance(current, (bool, str)):
+        return type(value) is type(current)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if isinstance(current, int) else math.isfinite(value)
+
+
+def _checked_variables(
+    path: str | Path, variables: dict[str, Any], model: BaseAlgorithm
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """SB3's extra torch variables (SAC's ``log_ent_coef``) paired with the model's, shapes checked."""
+    pairs = []
+    for name, value in variables.items():
+        if value is None:
+            continue
+        target: Any = model
+        try:
+            for part in name.split("."):
+                target = getattr(target, part)
+        except AttributeError:
+            raise CheckpointError(f"{str(path)!r}: torch variable {name!r} is not the model's") from None
+        if not isinstance(value, torch.Tensor) or not isinstance(target, torch.Tensor):
+            raise CheckpointError(f"{str(path)!r}: torch variable {name!r} is not a tensor")
+        if value.shape != target.shape:
+            raise CheckpointError(
+                f"{str(path)!r}: torch variable {name!r} has shape {tuple(value.shape)}, "
+                f"the model's {tuple(target.shape)}"
+            )
+        pairs.append((target, value))
+    return pairs
 
 
 def rng_state(model: BaseAlgorithm) -> dict[str, Any]:
@@ -346,3 +530,109 @@ def set_rng_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     model.action_space.np_random.bit_generator.state = state["action_space"]
+
+
+def save_replay_buffer(model: BaseAlgorithm, path: str | Path) -> Path:
+    """Save an off-policy model's replay buffer as NumPy arrays (``.npz``), which load without unpickling.
+
+    SB3's ``model.save_replay_buffer`` pickles the buffer object; this keeps its arrays (observations,
+    actions, rewards, dones, timeouts, ...), its position and whether it is full. The configuration
+    (size, spaces, device) is the model's own, so :func:`load_replay_buffer` fills the buffer of a model
+    built the same way.
+
+    Args:
+        model: An off-policy model.
+        path: Target file (``.npz`` appended when missing); written under a temporary name and renamed.
+
+    Returns:
+        The path written.
+    """
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is None:
+        raise ConfigError(f"a {type(model).__name__} model has no replay buffer to save")
+    path = Path(path)
+    path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+    arrays = _buffer_arrays(buffer)
+    arrays["pos"], arrays["full"] = np.asarray(buffer.pos), np.asarray(buffer.full)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, allow_pickle=False, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_replay_buffer(model: BaseAlgorithm, path: str | Path) -> None:
+    """Fill ``model``'s replay buffer from a file of :func:`save_replay_buffer` (no unpickling).
+
+    Every array's shape and type is checked against the buffer's before any is copied, and arrays are
+    read one at a time (memory: the buffer and its largest array).
+
+    Raises:
+        CheckpointError: The file is missing or damaged, or its arrays do not fit the buffer (another size,
+            space or buffer class).
+    """
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is None:
+        raise ConfigError(f"a {type(model).__name__} model has no replay buffer to load into")
+    ours = _buffer_arrays(buffer)
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            headers = {name: _npy_header(saved, name) for name in saved.files}
+            pos, full = headers.pop("pos", None), headers.pop("full", None)
+            if set(headers) != set(ours):
+                raise CheckpointError(
+                    f"{str(path)!r} holds arrays {sorted(headers)}, the buffer has {sorted(ours)}"
+                )
+            for name, (shape, dtype) in headers.items():
+                if shape != ours[name].shape or dtype != ours[name].dtype:
+                    raise CheckpointError(
+                        f"{str(path)!r}: array {name!r} is {dtype}{list(shape)}, the buffer's "
+                        f"{ours[name].dtype}{list(ours[name].shape)}"
+                    )
+            if (
+                pos is None
+                or full is None
+                or pos[0] != ()
+                or full != ((), np.bool_)
+                or pos[1].kind not in "iu"
+            ):
+                raise CheckpointError(f"{str(path)!r}: the position or fullness of the buffer is damaged")
+            position = int(saved["pos"])
+            if not 0 <= position < buffer.buffer_size:
+                raise CheckpointError(f"{str(path)!r}: position {position} is outside the buffer")
+            for name in headers:  # checked first, then copied one array at a time
+                ours[name][...] = saved[name]
+            buffer.pos, buffer.full = position, bool(saved["full"])
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"no replay buffer at {str(path)!r}") from None
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{str(path)!r} is not a readable replay buffer: {exc}") from None
+
+
+def _npy_header(saved: Any, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an array of an ``.npz`` file, read from its header (the data stays on disk)."""
+    with saved.zip.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(f)
+    return tuple(shape), np.dtype(dtype)
+
+
+def _buffer_arrays(buffer: Any) -> dict[str, np.ndarray]:
+    """A replay buffer's arrays by name (``observations/key`` for a dict buffer's parts), not copies."""
+    arrays = {}
+    for name, value in vars(buffer).items():
+        if isinstance(value, np.ndarray):
+            arrays[name] = value
+        elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+            arrays.update({f"{name}/{key}": v for key, v in value.items()})
+    return arrays

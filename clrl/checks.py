@@ -119,7 +119,7 @@ def make_directory(path: Path, what: str) -> None:
         raise ConfigError(f"cannot create {what} {str(path)!r}: {exc.strerror or exc}") from exc
 
 
-TEMPORARY_FILES = (".*.tmp.zip", ".*.tmp.pkl", ".results.json.*.tmp")
+TEMPORARY_FILES = (".*.tmp.zip", ".*.tmp.npz", ".results.json.*.tmp")
 """The names clrl writes under before renaming (a kill between the two leaves one behind)."""
 
 

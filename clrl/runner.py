@@ -387,7 +387,7 @@ class _Run:
         if first > 0:
             assert self.previous is not None
             self.result = result = self.previous[0]
-            self._restore(first)
+            self._restore(first, reset_buffer)
             elapsed = result.timings.get("total", 0.0)
             self.eval_seconds = result.timings.get("evaluation", 0.0)
             result.config["resumed"] = [
@@ -450,7 +450,7 @@ class _Run:
                         keep_buffer = isinstance(model, OffPolicyAlgorithm) and not reset_buffer and i + 1 < n
                         self._checkpoint(i, keep_buffer)
                     write_summary(self.root, result, i + 1)
-                    for old in self._buffer_path(i).parent.glob("*.replay_buffer.pkl"):
+                    for old in self._buffer_path(i).parent.glob("*.replay_buffer.npz"):
                         if old != self._buffer_path(i):
                             old.unlink()
             if logger and first < n:
@@ -487,7 +487,7 @@ class _Run:
         return inside(self.root, "checkpoints", f"task{i + 1:02d}-{self.stream.tasks[i].name}.zip")
 
     def _buffer_path(self, i: int) -> Path:
-        return self._checkpoint_path(i).with_suffix(".replay_buffer.pkl")
+        return self._checkpoint_path(i).with_suffix(".replay_buffer.npz")
 
     def _checkpoint(self, i: int, with_buffer: bool) -> None:
         """Save the model, modules and random generators after task ``i`` (and the replay buffer)."""
@@ -495,11 +495,7 @@ class _Run:
 
         model = self.model
         if with_buffer:
-            path = self._buffer_path(i)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp.pkl")
-            model.save_replay_buffer(tmp)  # type: ignore[attr-defined]
-            tmp.replace(path)
+            checkpoint.save_replay_buffer(model, self._buffer_path(i))
         metadata = {
             "stream": self.stream.name,
             "task_index": i,
@@ -510,8 +506,9 @@ class _Run:
         }
         checkpoint.save(model, self._checkpoint_path(i), self.modules, metadata)
 
-    def _restore(self, first: int) -> None:
-        """Load the state after task ``first - 1`` into the model and modules (for ``resume``)."""
+    def _restore(self, first: int, reset_buffer: bool) -> None:
+        """Load the state after task ``first - 1`` into the model and modules (for ``resume``), and the
+        replay buffer the next task starts from (an off-policy run that does not empty it between tasks)."""
         from clrl import __version__
 
         path = self._checkpoint_path(first - 1)
@@ -532,9 +529,14 @@ class _Run:
                 )
 
         checkpoint.restore(path, self.model, self.modules, validate=same_run)
-        buffer = self._buffer_path(first - 1)
-        if buffer.exists():
-            self.model.load_replay_buffer(buffer)  # type: ignore[attr-defined]
+        if isinstance(self.model, OffPolicyAlgorithm) and not reset_buffer:
+            buffer = self._buffer_path(first - 1)
+            if not buffer.exists():
+                raise CheckpointError(
+                    f"cannot resume {str(self.root)!r}: the replay buffer {str(buffer)!r} the next task "
+                    "starts from is missing; pass overwrite=True (--overwrite) to start afresh"
+                )
+            checkpoint.load_replay_buffer(self.model, buffer)
 
     def _learn(self, i: int, reset_buffer: bool, bar: Any) -> None:
         model, task = self.model, self.stream.tasks[i]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -127,3 +129,14 @@ def tiny_ppo(stream: TaskStream, task_index: int = 0, seed: int = 0) -> PPO:
 @pytest.fixture
 def tiny_stream() -> TaskStream:
     return cartpole_stream()
+
+
+def rewrite_zip(path: Path, out: Path, entries: dict[str, bytes]) -> Path:
+    """A copy of the zip ``path`` at ``out`` with ``entries`` replaced or added (a damaged checkpoint)."""
+    with zipfile.ZipFile(path) as old, zipfile.ZipFile(out, "w") as new:
+        for item in old.infolist():
+            new.writestr(item, entries.get(item.filename, old.read(item.filename)))
+        for name, data in entries.items():
+            if name not in old.namelist():
+                new.writestr(name, data)
+    return out

@@ -84,9 +84,9 @@ def test_resumed_run_ends_with_the_uninterrupted_matrix(
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["completed_tasks"] == 1
     # The replay buffer is kept only when the next task starts from it (reset_buffer=False).
-    buffers = [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pkl")]
+    buffers = [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.npz")]
     first = stream.tasks[0].name
-    assert buffers == ([f"task01-{first}.replay_buffer.pkl"] if kwargs.get("reset_buffer") is False else [])
+    assert buffers == ([f"task01-{first}.replay_buffer.npz"] if kwargs.get("reset_buffer") is False else [])
 
     model, stream, modules, kwargs = build(case)
     resumed = clrl.train(
@@ -97,7 +97,7 @@ def test_resumed_run_ends_with_the_uninterrupted_matrix(
     assert len(resumed.module_stats) == 3
     assert model.num_timesteps == full.steps[-1]
     assert len(resumed.config["resumed"]) == 1
-    assert not list((tmp_path / "run" / "checkpoints").glob("*.pkl"))  # no next task needs a buffer
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.npz"))  # no next task needs a buffer
 
 
 def test_resume_without_restored_generators_would_differ(
@@ -481,3 +481,30 @@ def test_fifty_task_stream_keeps_module_state_bounded() -> None:
     assert max(rows) <= 300 and rows[-1] >= 290  # full, never over
     replay_bytes = [stats["replay"]["state_bytes"] for stats in result.module_stats]
     assert max(replay_bytes) <= 1.05 * replay_bytes[-1]
+
+
+def test_a_missing_replay_buffer_or_a_garbage_parameter_file_stops_the_resume_with_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 1)
+        model, stream, modules, kwargs = build("sac-shared-buffer")
+        with pytest.raises(Interrupted):
+            clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, **kwargs)
+    folder = tmp_path / "run" / "checkpoints"
+    (buffer,) = folder.glob("*.replay_buffer.npz")
+    kept = buffer.read_bytes()
+    buffer.unlink()
+    model, stream, modules, kwargs = build("sac-shared-buffer")
+    with pytest.raises(clrl.CheckpointError, match=r"replay buffer .*task01.* is missing"):
+        clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, resume=True, **kwargs)
+    buffer.write_bytes(kept)
+    (saved,) = folder.glob("*.zip")
+    with zipfile.ZipFile(saved) as archive:
+        entries = {i.filename: archive.read(i.filename) for i in archive.infolist()}
+    with zipfile.ZipFile(saved, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, b"garbage" if name == "policy.pth" else data)
+    model, stream, modules, kwargs = build("sac-shared-buffer")
+    with pytest.raises(clrl.CheckpointError, match="cannot read the SB3 model: UnpicklingError"):
+        clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, resume=True, **kwargs)

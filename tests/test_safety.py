@@ -6,11 +6,11 @@ import io
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import rewrite_zip
 
 import clrl
 from clrl import cli
@@ -152,12 +152,7 @@ def test_a_checkpoint_naming_a_module_not_allowed_is_refused_unimported(tmp_path
         payload["modules"][0].update({"class": qualname, "config": config})
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        evil = tmp_path / "evil.zip"
-        with zipfile.ZipFile(path) as old, zipfile.ZipFile(evil, "w") as new:
-            for item in old.infolist():
-                entry = item.filename == clrl.checkpoint.ENTRY
-                new.writestr(item, buffer.getvalue() if entry else old.read(item.filename))
-        return evil
+        return rewrite_zip(path, tmp_path / "evil.zip", {clrl.checkpoint.ENTRY: buffer.getvalue()})
 
     sys.modules.pop("this", None)
     with pytest.raises(clrl.CheckpointError, match="module 'this' is not allowed"):
