@@ -15,11 +15,19 @@ from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
 
 from clrl.errors import ConfigError, NumericalError, RunExistsError, StreamError
 from clrl.evaluation import EVAL_SEED_OFFSET
+from clrl.hyperparameters import RANGES, check_hyperparameters
 from clrl.streams import TaskStream
 
 
 def check_model(model: BaseAlgorithm, stream: TaskStream) -> None:
-    """Refuse VecNormalize, and a model whose spaces are not the stream's."""
+    """Refuse VecNormalize, a model whose spaces are not the stream's, and one whose hyperparameters lie
+    outside their documented ranges (:func:`clrl.hyperparameters.check_hyperparameters`)."""
+    settings = {
+        name: value
+        for name, value in vars(model).items()
+        if name in RANGES and name != "train_freq" and not callable(value)  # SB3 keeps a TrainFreq tuple
+    }
+    check_hyperparameters({**settings, "policy_kwargs": model.policy_kwargs}, where="the model's")
     env = model.get_env()
     if env is not None and (isinstance(env, VecNormalize) or unwrap_vec_normalize(env) is not None):
         raise ConfigError(
@@ -59,10 +67,18 @@ def check_seed(seed: Any, n_tasks: int) -> None:
         raise ConfigError(f"seed must be an integer in [0, {limit}), got {seed!r}")
 
 
-def check_eval_freq(eval_freq: int | None) -> None:
-    """Refuse an ``eval_freq`` below 1 (``None``: evaluate at task boundaries only)."""
-    if eval_freq is not None and eval_freq < 1:
-        raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq}")
+def check_eval_freq(eval_freq: Any) -> None:
+    """Refuse an ``eval_freq`` that is not a positive integer (``None``: evaluate at task boundaries only)."""
+    if eval_freq is not None and (
+        isinstance(eval_freq, bool) or not isinstance(eval_freq, int) or eval_freq < 1
+    ):
+        raise ConfigError(f"eval_freq must be a positive number of steps or None, got {eval_freq!r}")
+
+
+def check_eval_episodes(eval_episodes: Any) -> None:
+    """Refuse an ``eval_episodes`` that is not a positive integer."""
+    if isinstance(eval_episodes, bool) or not isinstance(eval_episodes, int) or eval_episodes < 1:
+        raise ConfigError(f"eval_episodes must be a positive integer, got {eval_episodes!r}")
 
 
 def inside(root: Path, *parts: str) -> Path:

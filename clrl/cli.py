@@ -249,6 +249,7 @@ def _sweep(ns: argparse.Namespace) -> int:
     logdir = ns.logdir or settings.get("logdir") or "runs"
     if ns.dry_run:
         for spec in runs:
+            spec.check()  # what the sweep itself checks before it starts
             print(f"{spec.stream} / {spec.algo} / {spec.method} / seed {spec.seed}")
         print(f"{len(runs)} runs -> {logdir}")
         return 0

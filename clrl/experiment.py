@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.utils import get_device
 
 from clrl.algorithms import ALGORITHMS, get_algorithm
-from clrl.checks import check_seed, inside
+from clrl.checks import check_eval_episodes, check_eval_freq, check_seed, inside
 from clrl.errors import ConfigError
 from clrl.modules import (
     AGEM,
@@ -43,7 +44,7 @@ from clrl.modules import (
     multihead_policy,
     progressive_policy,
 )
-from clrl.presets import make_model, preset
+from clrl.presets import hyperparameters, make_model, preset
 from clrl.results import TrainResult
 from clrl.runner import VEC_ENVS, train, train_multitask, train_single_task
 from clrl.streams import TaskStream, make_stream
@@ -221,8 +222,10 @@ class RunSpec:
 
         Raises:
             StreamError: Unknown or invalid stream.
-            ConfigError: Unknown algorithm or method, bad module argument, bad seed.
+            ConfigError: Unknown algorithm or method, bad module argument, bad seed, a hyperparameter outside
+                its documented range.
         """
+        self._check_types()
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.algo!r}; choose one of: {', '.join(ALGORITHMS)}")
         if self.vec_env not in VEC_ENVS:
@@ -231,8 +234,26 @@ class RunSpec:
         stream = _validated_stream(self.stream, self.steps)
         check_seed(self.seed, len(stream))
         make_modules(self.method, self.method_args)
-        policy_hyperparameters(self.method, self.algo, stream, self.hyperparameters)
+        hp = policy_hyperparameters(self.method, self.algo, stream, self.hyperparameters)
+        hyperparameters(stream.name, self.algo, hp)
         return stream
+
+    def _check_types(self) -> None:
+        """Refuse a setting of the wrong type (from a sweep file) before it reaches anything else."""
+        for name in ("stream", "method", "device", "vec_env"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("hyperparameters", "method_args"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a table, got {getattr(self, name)!r}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)):
+            raise ConfigError(f"steps must be an integer or None, got {self.steps!r}")
+        check_eval_episodes(self.eval_episodes)
+        check_eval_freq(self.eval_freq)
+        try:
+            get_device(self.device)
+        except RuntimeError as exc:
+            raise ConfigError(f"device {self.device!r} is not a torch device: {exc}") from None
 
     def run_dir(self, logdir: str | Path, stream_name: str | None = None) -> Path:
         """``logdir/<stream>/<algo>-<method>/seed<seed>``, the layout ``clrl report`` reads.

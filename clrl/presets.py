@@ -25,6 +25,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from clrl._data import data_dir
 from clrl.algorithms import get_algorithm
 from clrl.errors import ConfigError
+from clrl.hyperparameters import check_hyperparameters
 from clrl.streams import TaskStream
 
 if sys.version_info >= (3, 11):
@@ -42,6 +43,20 @@ def preset(stream_name: str, algorithm: str) -> dict[str, Any]:
             if algorithm.lower() in table:
                 return dict(table[algorithm.lower()])
     return {}
+
+
+def hyperparameters(
+    stream_name: str, algorithm: str, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The preset of ``algorithm`` on ``stream_name`` updated by ``overrides``, checked
+    (:func:`clrl.hyperparameters.check_hyperparameters`).
+
+    Raises:
+        ConfigError: A value outside its documented range or not finite.
+    """
+    kwargs = {**preset(stream_name, algorithm), **(overrides or {})}
+    check_hyperparameters(kwargs)
+    return kwargs
 
 
 def activation_class(name: str) -> type[torch.nn.Module]:
@@ -68,11 +83,11 @@ def make_model(
     """Build ``algorithm`` with its preset for ``stream`` (updated by ``overrides``) on task ``task_index``.
 
     Raises:
-        ConfigError: Unknown algorithm, unknown hyperparameter, or an algorithm that does not support the
-            stream's spaces.
+        ConfigError: Unknown algorithm, unknown hyperparameter, a value outside its range, or an algorithm
+            that does not support the stream's spaces.
     """
     cls = get_algorithm(algorithm)
-    kwargs = {**preset(stream.name, algorithm), **(overrides or {})}
+    kwargs = hyperparameters(stream.name, algorithm, overrides)
     policy = kwargs.pop("policy", "MlpPolicy")
     policy_kwargs = kwargs.get("policy_kwargs")
     if isinstance(policy_kwargs, dict) and isinstance(policy_kwargs.get("activation_fn"), str):

@@ -58,26 +58,71 @@ class TrainResult:
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainResult:
-        """Read a ``results.json`` back (e.g. a single-task run to pass as ``reference``)."""
+        """Read a ``results.json`` back (e.g. a single-task run to pass as ``reference``).
+
+        Every field is checked for its type and shape (a matrix of ``n_tasks + 1`` rows of ``n_tasks``
+        numbers, ``n_tasks`` names, integer steps, ...).
+
+        Raises:
+            ConfigError: The file cannot be read, or a field is missing or damaged (named).
+        """
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(
-                matrix=np.array(data["matrix"], dtype=float),
-                metrics={k: float("nan") if v is None else v for k, v in data["metrics"].items()},
-                task_names=list(data["task_names"]),
-                steps=list(data["steps"]),
-                curves=[(c["step"], c["task"], c["returns"]) for c in data["curves"]],
-                config=data["config"],
-                logdir=path.parent,
-                timings=data.get("timings", {}),
-                random_returns=None
-                if data.get("random_returns") is None
-                else np.array(data["random_returns"]),
-                module_stats=data.get("module_stats", []),
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read results from {str(path)!r}: {exc}") from exc
+        try:
+            return cls._from_data(data, path.parent)
+        except _Damaged as exc:
+            raise ConfigError(f"cannot read results from {str(path)!r}: {exc}") from None
+
+    @classmethod
+    def _from_data(cls, data: Any, logdir: Path) -> TrainResult:
+        if not isinstance(data, dict):
+            raise _Damaged("the file is not a JSON object")
+        names = _field(data, "task_names", list)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise _Damaged("field 'task_names' must be a non-empty list of names")
+        n = len(names)
+        matrix = _numbers(_field(data, "matrix", list), "matrix", (n + 1, n))
+        steps = _field(data, "steps", list)
+        if len(steps) > n + 1 or not all(_is_int(s) and s >= 0 for s in steps) or steps != sorted(steps):
+            raise _Damaged(f"field 'steps' must be at most {n + 1} increasing step counts, got {steps!r}")
+        curves = []
+        for curve in _field(data, "curves", list):
+            if (
+                not isinstance(curve, dict)
+                or not _is_int(curve.get("step"))
+                or curve.get("task") not in range(n)
+            ):
+                raise _Damaged(f"field 'curves' holds a damaged entry {curve!r}")
+            curves.append(
+                (curve["step"], curve["task"], _numbers(curve.get("returns"), "curves", (n,)).tolist())
+            )
+        metrics_ = _field(data, "metrics", dict)
+        if not all(isinstance(k, str) and (v is None or _is_number(v)) for k, v in metrics_.items()):
+            raise _Damaged("field 'metrics' must map names to numbers")
+        random_returns = data.get("random_returns")
+        timings = data.get("timings", {})
+        if not isinstance(timings, dict) or not all(_is_number(v) for v in timings.values()):
+            raise _Damaged("field 'timings' must map names to seconds")
+        module_stats = data.get("module_stats", [])
+        if not isinstance(module_stats, list) or not all(isinstance(m, dict) for m in module_stats):
+            raise _Damaged("field 'module_stats' must be a list of tables")
+        return cls(
+            matrix=matrix,
+            metrics={k: float("nan") if v is None else v for k, v in metrics_.items()},
+            task_names=list(names),
+            steps=list(steps),
+            curves=curves,
+            config=_field(data, "config", dict),
+            logdir=logdir,
+            timings=timings,
+            random_returns=None
+            if random_returns is None
+            else _numbers(random_returns, "random_returns", (n,)),
+            module_stats=module_stats,
+        )
 
     @property
     def reference(self) -> np.ndarray:
@@ -100,6 +145,39 @@ class TrainResult:
             "module_stats": self.module_stats,
             "versions": versions(),
         }
+
+
+class _Damaged(ValueError):
+    """A field of a ``results.json`` of the wrong type or shape."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _field(data: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in data:
+        raise _Damaged(f"field {name!r} is missing")
+    if not isinstance(data[name], kind):
+        raise _Damaged(f"field {name!r} must be a {kind.__name__}, got {type(data[name]).__name__}")
+    return data[name]
+
+
+def _numbers(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``value`` as a float array of ``shape`` (``null`` is NaN: an evaluation not made yet)."""
+
+    def valid(item: Any, depth: int) -> bool:
+        if depth == len(shape):
+            return item is None or _is_number(item)
+        return isinstance(item, list) and len(item) == shape[depth] and all(valid(i, depth + 1) for i in item)
+
+    if not valid(value, 0):
+        raise _Damaged(f"field {name!r} must be numbers of shape {shape}, got {str(value)[:80]}")
+    return np.array(value, dtype=float)
 
 
 def versions() -> dict[str, str]:
@@ -163,12 +241,16 @@ def read_previous(root: Path | None) -> tuple[TrainResult, int] | None:
     if not path.exists():
         return None
     try:
-        completed = json.loads(path.read_text(encoding="utf-8"))["completed_tasks"]
+        completed = json.loads(path.read_text(encoding="utf-8")).get("completed_tasks")
         result = TrainResult.from_json(path)
-    except (OSError, ValueError, KeyError, ConfigError) as exc:
+    except (OSError, ValueError, AttributeError, ConfigError) as exc:
         raise CheckpointError(f"cannot resume from {str(path)!r}: {exc}") from exc
-    if not isinstance(completed, int) or not 0 <= completed < len(result.steps):
+    if not _is_int(completed) or not 0 <= completed < len(result.steps):
         raise CheckpointError(f"cannot resume from {str(path)!r}: bad completed_tasks {completed!r}")
+    if not np.isfinite(result.matrix[: completed + 1]).all():
+        raise CheckpointError(
+            f"cannot resume from {str(path)!r}: the matrix lacks rows of the {completed} completed tasks"
+        )
     del result.steps[completed + 1 :]
     return result, completed
 

@@ -36,7 +36,15 @@ from torch.utils.tensorboard import SummaryWriter
 from clrl import checkpoint, metrics
 from clrl.boundaries import check_fit, check_modules, training_task
 from clrl.callbacks import ContinualEvalCallback
-from clrl.checks import check_eval_freq, check_finite, check_model, check_seed, inside, prepare_logdir
+from clrl.checks import (
+    check_eval_episodes,
+    check_eval_freq,
+    check_finite,
+    check_model,
+    check_seed,
+    inside,
+    prepare_logdir,
+)
 from clrl.errors import CheckpointError, ClrlError, ConfigError, TrainingError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.logger import RunLogger, log_eval_row
@@ -330,6 +338,7 @@ class _Run:
         resume: bool = False,
     ) -> None:
         check_eval_freq(eval_freq)
+        check_eval_episodes(eval_episodes)
         check_seed(seed, len(stream))
         stream.validate()
         check_model(model, stream)

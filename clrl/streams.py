@@ -39,6 +39,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from clrl import wrappers as clrl_wrappers
 from clrl._data import data_dir
 from clrl.errors import StreamError
+from clrl.hyperparameters import check_finite_numbers
 from clrl.imports import import_allowed
 
 if sys.version_info >= (3, 11):
@@ -49,6 +50,10 @@ else:  # pragma: no cover
 TaskIdMode = Literal["observed", "hidden"]
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_NAME_LENGTH = 100
+
+MAX_STEPS = 10**10
+"""Most training steps a task may have (10 billion: 50 times an Atari 200M-frame run); more is a typo that
+would train until killed."""
 """Longest stream or task name: names become directory and file names (and TensorBoard tags)."""
 
 
@@ -105,6 +110,7 @@ class WrapperSpec:
     def __post_init__(self) -> None:
         _expect(self.name, str, "wrapper", "name")
         _expect(self.kwargs, Mapping, f"wrapper {self.name!r}", "kwargs")
+        check_finite_numbers(dict(self.kwargs), f"wrapper {self.name!r}: kwargs", StreamError)
 
     def wrapper_class(self) -> type[gym.Wrapper[Any, Any, Any, Any]]:
         """Return the wrapper class: ``module:Class`` from that module; a plain name from clrl's wrappers,
@@ -158,6 +164,13 @@ class Task:
         _expect(self.attributes, Mapping, where, "attributes")
         for key in [*self.make_kwargs, *self.attributes]:
             _expect(key, str, where, "a make_kwargs or attributes key")
+        check_finite_numbers(dict(self.make_kwargs), f"{where}: make_kwargs", StreamError)
+        check_finite_numbers(dict(self.attributes), f"{where}: attributes", StreamError)
+        limit = self.make_kwargs.get("max_episode_steps")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise StreamError(
+                f"{where}: make_kwargs.max_episode_steps must be a positive integer, got {limit!r}"
+            )
         object.__setattr__(self, "wrappers", tuple(_expect(self.wrappers, Sequence, where, "wrappers")))
         for spec in self.wrappers:
             _expect(spec, WrapperSpec, where, "each wrapper")
@@ -424,8 +437,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_steps(value: Any, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise StreamError(f"{where} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_STEPS:
+        raise StreamError(f"{where} must be an integer in [1, {MAX_STEPS:_}], got {value!r}")
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:

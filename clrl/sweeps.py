@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 from clrl import _worker
 from clrl.errors import ConfigError
-from clrl.experiment import BASELINES, RunSpec, completed_tasks, make_modules, method_parts
+from clrl.experiment import BASELINES, RunSpec, completed_tasks, make_modules
 from clrl.streams import TaskStream
 
 if sys.version_info >= (3, 11):
@@ -204,6 +204,16 @@ def load_sweep(
     tables = data.get("grid", [defaults])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"sweep file {str(path)!r}: grid must be an array of tables ([[grid]])")
+    logdir = data.get("logdir")
+    if logdir is not None and not isinstance(logdir, str):
+        raise ConfigError(f"sweep file {str(path)!r}: logdir must be a string, got {logdir!r}")
+    for what in ("hyperparameters", "method_args"):
+        if not isinstance(data.get(what, {}), dict) or not all(
+            isinstance(v, dict) for v in data.get(what, {}).values()
+        ):
+            raise ConfigError(f"sweep file {str(path)!r}: {what} must be tables ([{what}.<name>])")
+    used_algos: set[str] = set()
+    used_methods: set[str] = set()
     runs: list[RunSpec] = []
     for index, table in enumerate(tables):
         stray = sorted(set(table) - _GRID_KEYS)
@@ -213,7 +223,15 @@ def load_sweep(
         missing = sorted({"streams", "algos", "methods", "seeds"} - set(settings))
         if missing:
             raise ConfigError(f"sweep file {str(path)!r}: grid {index} has no {', '.join(missing)}")
-        algos = {str(a).lower() for a in settings["algos"]}
+        for axis in ("streams", "algos", "methods"):
+            values = settings[axis]
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ConfigError(
+                    f"sweep file {str(path)!r}: grid {index}: {axis} must be a list of names, got {values!r}"
+                )
+        algos = {a.lower() for a in settings["algos"]}
+        used_algos |= algos
+        used_methods |= set(settings["methods"])
         try:
             runs += grid(
                 hyperparameters={
@@ -226,7 +244,13 @@ def load_sweep(
             )
         except (TypeError, AttributeError) as exc:
             raise ConfigError(f"sweep file {str(path)!r}: grid {index}: {exc}") from exc
-    return sorted(runs, key=lambda r: r.method != "single-task"), {"logdir": data.get("logdir")}
+    for what, used, lower in (("hyperparameters", used_algos, True), ("method_args", used_methods, False)):
+        unused = sorted(k for k in data.get(what, {}) if (k.lower() if lower else k) not in used)
+        if unused:
+            raise ConfigError(
+                f"sweep file {str(path)!r}: [{what}] for {', '.join(unused)}, which no grid runs"
+            )
+    return sorted(runs, key=lambda r: r.method != "single-task"), {"logdir": logdir}
 
 
 def common_method_args(methods: Iterable[str], args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -504,11 +528,7 @@ def sweep(
         if not isinstance(spec, RunSpec):
             raise ConfigError(f"runs must be RunSpec instances, got {type(spec).__name__}")
         key = (spec.stream, spec.steps)
-        if key not in streams:
-            streams[key] = spec.check()
-        else:
-            method_parts(spec.method)
-            make_modules(spec.method, spec.method_args)
+        streams[key] = spec.check()  # every run's settings (the stream's validation is cached)
         jobs.append(_Job(spec, spec.run_dir(root, streams[key].name), root))
     seen: dict[Path, RunSpec] = {}
     for job in jobs:

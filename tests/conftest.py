@@ -17,6 +17,9 @@ from clrl import Task, TaskStream, WrapperSpec
 
 torch.set_num_threads(1)
 
+TINY_RUN = ["--steps", "64", "--eval-episodes", "1", "--no-progress", "--hp", "n_envs=1", "n_steps=32"]
+"""``clrl run`` options of a run of seconds (with PPO)."""
+
 
 def cartpole_stream(steps: int = 128, task_id: str = "observed") -> TaskStream:
     """Two conflicting CartPole tasks (normal, swapped actions)."""

@@ -9,20 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN
 
 import clrl
 from clrl.cli import main
 from clrl.presets import make_model, preset
 
 TINY = [
-    "--steps",
-    "64",
-    "--eval-episodes",
-    "1",
-    "--no-progress",
-    "--hp",
-    "n_envs=1",
-    "n_steps=32",
+    *TINY_RUN,
     "batch_size=32",
     "n_epochs=1",
     "policy_kwargs={ net_arch = [8] }",
@@ -104,7 +98,20 @@ def test_a_single_task_run_in_the_logdir_becomes_the_reference(tmp_path: Path) -
         (["run", "cartpole-flip", "--hp", "n_stepz=3"], "bad hyperparameter for PPO"),
         (["run", "cartpole-flip", "--hp", "oops"], "--hp must look like key=value"),
         (["run", "cartpole-flip", "--algo", "sac"], "SAC cannot learn stream 'cartpole-flip'"),
-        (["run", "cartpole-flip", "--steps", "0"], "steps_per_task must be a positive integer"),
+        (
+            ["run", "cartpole-flip", "--steps", "0"],
+            "steps_per_task must be an integer in [1, 10_000_000_000]",
+        ),
+        (["run", "cartpole-flip", "--steps", str(10**29)], "steps_per_task must be an integer in [1, "),
+        (["run", "cartpole-flip", "--hp", "learning_rate=inf"], "learning_rate must be a finite number"),
+        (["run", "cartpole-flip", "--hp", "learning_rate=1e400"], "learning_rate must be a finite number"),
+        (["run", "cartpole-flip", "--hp", "ent_coef=nan"], "ent_coef must be a finite number, got nan"),
+        (["run", "cartpole-flip", "--hp", "max_grad_norm=nan"], "max_grad_norm must be a finite number"),
+        (["run", "cartpole-flip", "--hp", "n_epochs=0"], "n_epochs must be a positive integer, got 0"),
+        (["run", "cartpole-flip", "--hp", "gamma=2"], "gamma must be a discount in [0, 1], got 2"),
+        (["run", "cartpole-flip", "--hp", "clip_range=-1"], "clip_range must be a positive number, got -1"),
+        (["run", "cartpole-flip", "--hp", "policy_kwargs={ net_arch = [0] }"], "net_arch must be a list of"),
+        (["run", "cartpole-flip", "--algo", "sac", "--hp", "ent_coef='often'"], "ent_coef must be a number"),
         (["run", "cartpole-flip", "--threads", "0"], "--threads must be a positive integer"),
         (
             ["run", "cartpole-flip", "--hp", 'policy_kwargs={ activation_fn = "relux" }'],

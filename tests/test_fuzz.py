@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ OPTIONS: dict[str, list[str]] = {
     "--hp": [
         "n_steps=32", "learning_rate=abc", "policy_kwargs={ net_arch = [-1] }", "policy_kwargs=5", "gamma=",
         "=3", "batch_size=0", "n_envs=0", "n_envs=2", "buffer_size=-4", "policy=Nope", "oops", "n_steps=[1]",
+        "gamma=2", "learning_rate=inf", "learning_rate=1e400", "ent_coef=nan", "n_epochs=0", "clip_range=-1",
+        "max_grad_norm=nan", "tau=1.5", "train_freq=0", "gradient_steps=-2", "ent_coef='auto_x'",
     ],
     "--method-arg": [
         "strength=-1", "strength=abc", "strength=1e400", "strength=nan", "budget=0", "budget=all",
@@ -208,3 +211,184 @@ def test_any_module_hyperparameters_build_or_raise_config_error(cls: type, data:
         assert str(exc)
     else:
         assert module.get_config().keys() >= kwargs.keys()
+
+
+ALGOS_AND_STREAMS = [("ppo", "cartpole-flip"), ("a2c", "cartpole-flip"), ("dqn", "cartpole-flip"),
+                     ("sac", "pendulum-flip"), ("td3", "pendulum-flip")]  # fmt: skip
+
+
+@FUZZ
+@given(data=st.data())
+@pytest.mark.parametrize(("algo", "stream_name"), ALGOS_AND_STREAMS)
+def test_any_hyperparameter_values_build_a_model_or_raise_config_error(
+    algo: str, stream_name: str, data: st.DataObject
+) -> None:
+    """Every algorithm, its documented names with any values: a model whose settings are in range, or one
+    ConfigError; never a model holding a value outside its range."""
+    from clrl.hyperparameters import RANGES
+    from clrl.presets import make_model
+
+    stream = clrl.make_stream(stream_name, steps_per_task=64)
+    names = sorted(n for n in RANGES if n in inspect.signature(clrl.get_algorithm(algo).__init__).parameters)
+    hp = data.draw(st.dictionaries(st.sampled_from(names), scalars, max_size=3))
+    try:
+        model = make_model(algo, stream, seed=0, overrides=hp, device="cpu")
+    except clrl.ConfigError as exc:
+        assert str(exc)
+    else:
+        for name, value in hp.items():
+            check, _ = RANGES[name]
+            assert check(value), (name, value)
+        model.get_env().close()
+
+
+@FUZZ
+@given(name=st.text(max_size=120))
+def test_any_stream_name_is_refused_or_stays_inside_the_logdir(tmp_path: Path, name: str) -> None:
+    data = {"name": name, "tasks": [{"name": "a", "env_id": "CartPole-v1"}]}
+    try:
+        stream = clrl.streams.stream_from_dict(data)
+    except clrl.StreamError as exc:
+        assert str(exc)
+        return
+    run_dir = clrl.RunSpec(stream="x").run_dir(tmp_path, stream.name).resolve()
+    assert run_dir.is_relative_to(tmp_path.resolve()) and run_dir != tmp_path.resolve()
+
+
+GRID_KEYS = [
+    "streams",
+    "algos",
+    "methods",
+    "seeds",
+    "steps",
+    "eval_episodes",
+    "eval_freq",
+    "device",
+    "logdir",
+]
+
+
+def _toml(value: Any) -> str:
+    """``value`` as a TOML literal (JSON's strings, numbers and arrays are TOML's, but for nan and inf)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not np.isfinite(value):
+        return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    return json.dumps(value)
+
+
+@FUZZ
+@given(
+    key=st.sampled_from(GRID_KEYS),
+    value=st.one_of(
+        scalars, st.lists(scalars, max_size=3), st.sampled_from([["cartpole-flip"], ["ppo"], [0]])
+    ),
+)
+def test_any_sweep_field_is_checked_before_any_run_starts(tmp_path: Path, key: str, value: Any) -> None:
+    base = {"streams": ["cartpole-flip"], "algos": ["ppo"], "methods": ["finetune"], "seeds": [0]}
+    fields = {**base, key: value}
+    path = tmp_path / "sweep.toml"
+    path.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in fields.items()))
+    try:
+        runs, _ = clrl.load_sweep(path)
+        for spec in runs:
+            spec.check()
+    except (clrl.ConfigError, clrl.StreamError) as exc:
+        assert str(exc)
+
+
+RESULT = {
+    "matrix": [[1.0, 2.0], [3.0, 2.0], [3.0, 4.0]],
+    "metrics": {"acc": 3.5},
+    "task_names": ["a", "b"],
+    "steps": [0, 10, 20],
+    "curves": [{"step": 5, "task": 0, "returns": [1.0, 2.0]}],
+    "config": {"stream": "s"},
+    "timings": {"total": 1.0},
+    "random_returns": [0.5, 0.5],
+    "module_stats": [],
+    "completed_tasks": 2,
+}
+
+
+@FUZZ
+@given(key=st.sampled_from(sorted(RESULT)), value=values)
+def test_any_results_field_reads_back_or_raises_config_error(tmp_path: Path, key: str, value: Any) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({**RESULT, key: value}))
+    try:
+        result = TrainResult.from_json(path)
+    except clrl.ConfigError as exc:
+        assert str(exc)
+    else:
+        n = len(result.task_names)
+        assert result.matrix.shape == (n + 1, n) and all(isinstance(s, int) for s in result.steps)
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stable_baselines3 import PPO
+
+    stream = clrl.make_stream("cartpole-flip", steps_per_task=64)
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, n_epochs=1, device="cpu")
+    model.learn(64)
+    return clrl.save(model, tmp_path_factory.mktemp("ckpt") / "m", [clrl.L2()])
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_checkpoint_entry_restores_or_raises_checkpoint_error(
+    tmp_path: Path, saved_checkpoint: Path, data: st.DataObject
+) -> None:
+    """A field of SB3's data entry or of clrl's plain copy of its pickled entries, set to any JSON or
+    plain value: the resume and the load restore or raise CheckpointError, and never build anything else."""
+    import io
+    import zipfile
+
+    import torch
+    from conftest import rewrite_zip
+    from stable_baselines3 import PPO
+
+    from clrl import checkpoint
+
+    with zipfile.ZipFile(saved_checkpoint) as archive:
+        sb3 = json.loads(archive.read("data"))
+    payload = checkpoint.read_payload(saved_checkpoint)
+    entries = payload["sb3"]["entries"]
+    target = data.draw(st.sampled_from(["data", "plain"]))
+    if target == "data":
+        key = data.draw(st.sampled_from(sorted(sb3)))
+        sb3[key] = data.draw(values)
+        damaged = rewrite_zip(saved_checkpoint, tmp_path / "d.zip", {"data": json.dumps(sb3).encode()})
+    else:
+        key = data.draw(st.sampled_from(sorted(entries)))
+        kinds = ["class", "box", "discrete", "float_schedule", "constant_schedule", "array", "bogus"]
+        entries[key] = data.draw(
+            values
+            | st.builds(
+                lambda kind, rest: {"__clrl__": kind, **rest},
+                st.sampled_from(kinds),
+                st.dictionaries(
+                    st.sampled_from(["name", "n", "val", "inner", "low", "high", "dtype", "start", "data"]),
+                    values,
+                    max_size=3,
+                ),
+            )
+        )
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        damaged = rewrite_zip(saved_checkpoint, tmp_path / "d.zip", {checkpoint.ENTRY: buffer.getvalue()})
+    fresh = PPO(
+        "MlpPolicy",
+        clrl.make_stream("cartpole-flip").make_vec_env(0),
+        n_steps=32,
+        batch_size=32,
+        device="cpu",
+    )
+    for action in (lambda: checkpoint.restore(damaged, fresh, [clrl.L2()]), lambda: clrl.load(damaged)):
+        try:
+            action()
+        except clrl.CheckpointError as exc:
+            assert str(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,6 +69,15 @@ def build(case: str) -> tuple[BaseAlgorithm, clrl.TaskStream, list[clrl.Continua
     return model, stream, modules(), kwargs
 
 
+def stop_after_first_task(logdir: Path, case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of ``case`` in ``logdir`` that stops, as if killed, once its first task is checkpointed."""
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 1)
+        model, stream, modules, kwargs = build(case)
+        with pytest.raises(Interrupted):
+            clrl.train(model, stream, modules, logdir=logdir, eval_episodes=2, **kwargs)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_resumed_run_ends_with_the_uninterrupted_matrix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
@@ -76,11 +86,7 @@ def test_resumed_run_ends_with_the_uninterrupted_matrix(
     model, stream, modules, kwargs = build(case)
     full = clrl.train(model, stream, modules, logdir=tmp_path / "full", eval_episodes=2, **kwargs)
 
-    with monkeypatch.context() as patch:
-        interrupt_at(patch, 1)
-        model, stream, modules, kwargs = build(case)
-        with pytest.raises(Interrupted):
-            clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, **kwargs)
+    stop_after_first_task(tmp_path / "run", case, monkeypatch)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["completed_tasks"] == 1
     # The replay buffer is kept only when the next task starts from it (reset_buffer=False).
@@ -106,11 +112,7 @@ def test_resume_without_restored_generators_would_differ(
     """The test above is sensitive: skipping the random-state restore changes the matrix."""
     model, stream, modules, _ = build("ppo-ewc")
     full = clrl.train(model, stream, modules, logdir=tmp_path / "full", eval_episodes=2)
-    with monkeypatch.context() as patch:
-        interrupt_at(patch, 1)
-        model, stream, modules, _ = build("ppo-ewc")
-        with pytest.raises(Interrupted):
-            clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2)
+    stop_after_first_task(tmp_path / "run", "ppo-ewc", monkeypatch)
     monkeypatch.setattr(clrl.checkpoint, "set_rng_state", lambda model, state: None)
     model, stream, modules, _ = build("ppo-ewc")
     resumed = clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, resume=True)
@@ -486,11 +488,7 @@ def test_fifty_task_stream_keeps_module_state_bounded() -> None:
 def test_a_missing_replay_buffer_or_a_garbage_parameter_file_stops_the_resume_with_its_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with monkeypatch.context() as patch:
-        interrupt_at(patch, 1)
-        model, stream, modules, kwargs = build("sac-shared-buffer")
-        with pytest.raises(Interrupted):
-            clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, **kwargs)
+    stop_after_first_task(tmp_path / "run", "sac-shared-buffer", monkeypatch)
     folder = tmp_path / "run" / "checkpoints"
     (buffer,) = folder.glob("*.replay_buffer.npz")
     kept = buffer.read_bytes()
@@ -508,3 +506,28 @@ def test_a_missing_replay_buffer_or_a_garbage_parameter_file_stops_the_resume_wi
     model, stream, modules, kwargs = build("sac-shared-buffer")
     with pytest.raises(clrl.CheckpointError, match="cannot read the SB3 model: UnpicklingError"):
         clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, resume=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"matrix": [[1.0]]}, "field 'matrix' must be numbers of shape (4, 3)"),
+        ({"completed_tasks": "1"}, "bad completed_tasks '1'"),
+        ({"completed_tasks": 3}, "bad completed_tasks 3"),
+        ({"steps": [0, "x"]}, "field 'steps' must be at most 4 increasing step counts"),
+        (
+            {"matrix": [[1.0, 1.0, 1.0], [None, 1.0, 1.0], [None] * 3, [None] * 3]},
+            "lacks rows of the 1 completed",
+        ),
+    ],
+)
+def test_a_damaged_results_file_stops_the_resume_naming_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: dict[str, Any], message: str
+) -> None:
+    stop_after_first_task(tmp_path / "run", "ppo-ewc", monkeypatch)
+    path = tmp_path / "run" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **damage}))
+    model, stream, modules, kwargs = build("ppo-ewc")
+    with pytest.raises(clrl.CheckpointError, match=re.escape(message)):
+        clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, resume=True, **kwargs)
+    assert model.num_timesteps == 0  # refused before anything trained

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import clrl
 from clrl import ConfigError, metrics, write_report
 from clrl.cli import main
 from clrl.reports import _points, collect
@@ -168,3 +170,27 @@ def test_cli_report(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "report of 12 runs" in out and "warning" in out
     assert (runs / "r" / "report.md").is_file()
     assert main(["report", str(runs / "nothing")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"matrix": [[1.0]]}, "field 'matrix' must be numbers of shape (4, 3)"),
+        ({"matrix": [["a", 1, 2]] * 4}, "field 'matrix' must be numbers of shape (4, 3)"),
+        ({"task_names": 5}, "field 'task_names' must be a list"),
+        ({"steps": ["a"]}, "field 'steps' must be at most 4 increasing step counts"),
+        ({"curves": [{"step": 1, "task": 7, "returns": [1, 2, 3]}]}, "field 'curves' holds a damaged entry"),
+        ({"random_returns": [1.0]}, "field 'random_returns' must be numbers of shape (3,)"),
+        ({"metrics": {"acc": "high"}}, "field 'metrics' must map names to numbers"),
+    ],
+)
+def test_a_results_file_of_the_wrong_shape_or_types_is_named_and_left_out(
+    runs: Path, damage: dict[str, Any], message: str
+) -> None:
+    path = runs / "toy" / "ppo-ewc" / "seed0" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **damage}))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        clrl.TrainResult.from_json(path)
+    report = write_report(runs, runs / "out")
+    assert report.n_runs == 11  # the damaged run is left out, and said to be
+    assert any(message in w and "ppo-ewc/seed0" in w for w in report.warnings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rewrite_zip
+from conftest import TINY_RUN, rewrite_zip
 
 import clrl
 from clrl import cli
@@ -243,3 +244,32 @@ def test_a_resume_under_another_thread_count_is_recorded(tmp_path: Path) -> None
     finally:
         torch.set_num_threads(threads)
     assert resumed.config["torch_threads"] == threads and resumed.config["resumed_torch_threads"] == [2]
+
+
+def test_two_runs_launched_at_once_on_one_directory_never_mix(tmp_path: Path) -> None:
+    """Two `clrl run`s with different settings, started together on one run directory: one trains, the
+    other stops with one line (the lock's holder, or the finished run it must not overwrite), and the
+    results are wholly the winner's."""
+    command = [sys.executable, "-m", "clrl.cli", "run", "cartpole-flip"]
+    for trial in range(2):
+        logdir = tmp_path / f"trial{trial}"
+        launches = [
+            subprocess.Popen(
+                [*command, "--logdir", str(logdir), *TINY_RUN, "batch_size=32", f"learning_rate={rate}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for rate in (0.001, 0.002)
+        ]
+        outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in launches]
+        codes = sorted(code for code, _ in outcomes)
+        assert codes == [0, 2], outcomes
+        winner = 0.001 if outcomes[0][0] == 0 else 0.002
+        loser = next(err for code, err in outcomes if code == 2)
+        assert "in use by another clrl process" in loser or "already holds a run" in loser, loser
+        assert len(loser.strip().splitlines()) == 1
+        (results,) = logdir.rglob("results.json")
+        saved = json.loads(results.read_text())
+        assert saved["config"]["hyperparameters"]["learning_rate"] == winner
+        assert saved["completed_tasks"] == len(saved["task_names"])

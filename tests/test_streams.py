@@ -131,7 +131,7 @@ def test_steps_override_scales_per_task_budgets() -> None:
             'name = "s"\nsteps_per_task = 0\n[[tasks]]\nname = "a"\nenv_id = "CartPole-v1"',
             "steps_per_task must be",
         ),
-        ('name = "s"\n[[tasks]]\nname = "a"\nenv_id = "CartPole-v1"\nsteps = -3', "steps must be a positive"),
+        ('name = "s"\n[[tasks]]\nname = "a"\nenv_id = "CartPole-v1"\nsteps = -3', "steps must be an integer"),
         ('name = "s"\ntask_id = "maybe"\n[[tasks]]\nname = "a"\nenv_id = "CartPole-v1"', "task_id must be"),
         ('name = "s"', "has no tasks"),
         ('[[tasks]]\nname = "a"\nenv_id = "CartPole-v1"', "missing required key 'name'"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import clrl
 from clrl import ConfigError, RunSpec, grid, load_sweep, sweep
 from clrl.cli import main
 from clrl.experiment import run_experiment
@@ -128,6 +129,58 @@ def test_bad_sweep_files(tmp_path: Path, text: str, message: str) -> None:
         load_sweep(path)
 
 
+BASE = 'streams = ["cartpole-flip"]\nalgos = ["ppo"]\nmethods = ["finetune"]\nseeds = [0]\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('eval_freq = "often"', "eval_freq must be a positive number of steps or None, got 'often'"),
+        ("eval_episodes = 0", "eval_episodes must be a positive integer, got 0"),
+        ("device = 5", "device must be a string, got 5"),
+        ('device = "gpu7"', "device 'gpu7' is not a torch device"),
+        ('steps = "many"', "steps must be an integer or None"),
+        ("steps = 100000000000000000", "steps_per_task must be an integer in"),
+        ("[hyperparameters.ppo]\ngamma = 2.0", "hyperparameter gamma must be a discount in"),
+        ("[hyperparameters.ppo]\nlearning_rate = nan", "learning_rate must be a finite number"),
+    ],
+)
+def test_every_field_of_a_sweep_file_is_checked_before_any_run_starts(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text(BASE + text)
+    runs, _ = load_sweep(path)
+    with pytest.raises((ConfigError, clrl.StreamError), match=message):
+        sweep(runs, tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("logdir = 5", "logdir must be a string, got 5"),
+        (
+            'streams = [5]\nalgos = ["ppo"]\nmethods = ["finetune"]\nseeds = [0]',
+            "streams must be a list of names",
+        ),
+        (
+            BASE + "[hyperparameters.sac]\nlearning_starts = 10",
+            r"\[hyperparameters\] for sac, which no grid runs",
+        ),
+        (BASE + "[method_args.ewc]\nstrength = 1.0", r"\[method_args\] for ewc, which no grid runs"),
+        (BASE + "hyperparameters = 5", "hyperparameters must be tables"),
+    ],
+)
+def test_a_sweep_file_field_of_the_wrong_type_or_an_unused_table_is_refused_when_read(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text(text if "streams" in text else BASE + text)
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(path)
+
+
 def test_bad_runs_fail_before_anything_starts(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown method"):
         sweep([tiny(), tiny(method="ewk")], tmp_path, progress=False)
@@ -157,10 +210,10 @@ def test_process_pool_runs_equal_runs_by_hand_and_relaunch_skips(tmp_path: Path)
 
 
 def test_a_failed_run_is_reported_and_the_others_finish(tmp_path: Path) -> None:
-    bad = tiny(seed=1, hyperparameters={"n_steps": 0})
+    bad = tiny(seed=1, hyperparameters={"n_stepz": 3})  # a name only SB3's constructor refuses, in the run
     result = sweep([tiny(seed=0), bad, tiny(seed=2)], tmp_path, workers=2, progress=False, log=lambda _: None)
     assert [o.status for o in result.outcomes] == ["done", "failed", "done"]
-    assert "n_steps" in (result.outcomes[1].error or "")
+    assert "n_stepz" in (result.outcomes[1].error or "")
     assert result.count("failed") == 1 and result.failed[0].spec == bad
     # A finished directory with other settings is not touched: it fails without starting.
     other = tiny(seed=0, eval_episodes=2)
@@ -261,7 +314,10 @@ def test_cli_sweep_dry_run_report_and_exit_status(tmp_path: Path, capsys: pytest
     assert (tmp_path / "report" / "report.md").is_file()
     assert main(["sweep", *common, "--methods", "finetune", "--method-arg", "strength=3"]) == 2
     assert "no method of the sweep takes" in capsys.readouterr().err
-    assert main(["sweep", *common, "--methods", "finetune", "--hp", "n_steps=0", "--seeds", "4"]) == 1
+    assert main(["sweep", *common, "--methods", "finetune", "--hp", "n_steps=0", "--seeds", "4"]) == 2
+    assert "n_steps must be a positive integer, got 0" in capsys.readouterr().err  # up front: nothing ran
+    assert not (tmp_path / "cartpole-flip" / "ppo-finetune" / "seed4").exists()
+    assert main(["sweep", *common, "--methods", "finetune", "--hp", "n_stepz=3", "--seeds", "4"]) == 1
     assert "failed" in capsys.readouterr().out
 
 
