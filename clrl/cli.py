@@ -16,7 +16,7 @@ import torch
 
 from clrl import metrics
 from clrl.algorithms import ALGORITHMS
-from clrl.errors import ClrlError, ConfigError, TrainingError
+from clrl.errors import ClrlError, ConfigError, NumericalError, TrainingError
 from clrl.experiment import BASELINES, METHODS, RunSpec, completed_tasks, run_experiment
 from clrl.imports import ENVIRONMENT_VARIABLE, allow_imports
 from clrl.modules.base import check_positive_int
@@ -369,8 +369,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             _report(ns.runs_dir, ns.out)
     except TrainingError as exc:
         print(f"clrl: error: {exc}", file=sys.stderr)
-        if ns.command == "run":
-            print("clrl: rerun the same command with --resume to continue", file=sys.stderr)
+        if ns.command == "run" and isinstance(exc, NumericalError):
+            # Same seed, same settings, same divergence: resuming cannot help.
+            print(
+                "clrl: --resume would repeat it; change the settings and rerun with --overwrite",
+                file=sys.stderr,
+            )
+        elif ns.command == "run":
+            print(
+                "clrl: if the cause is gone, rerun the same command with --resume to continue",
+                file=sys.stderr,
+            )
         return 1
     except ClrlError as exc:
         print(f"clrl: error: {exc}", file=sys.stderr)

@@ -77,7 +77,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "clip_range": (_positive, "a positive number"),
     "clip_range_vf": (_optional(_positive), "a positive number or None"),
     "target_kl": (_optional(_positive), "a positive number or None"),
-    "max_grad_norm": (_positive, "a positive number"),
+    "max_grad_norm": (_optional(_positive), "a positive number or None (sb3-contrib: no clipping)"),
     "vf_coef": (_non_negative, "a number >= 0"),
     "ent_coef": (_ent_coef, "a number >= 0 (SAC: or 'auto', 'auto_<positive number>')"),
     "target_policy_noise": (_non_negative, "a number >= 0"),

@@ -483,12 +483,16 @@ class _Run:
         except ClrlError:
             raise
         except Exception as exc:
+            # A loss that diverged often surfaces as another error (a distribution refusing NaN logits):
+            # name the divergence, which resuming would repeat, rather than the symptom.
+            check_finite(self.model, self.stream.tasks[i].name, i)
             kept = (
                 f"; the {i} task(s) completed before it are kept in {str(self.root)!r}" if self.root else ""
             )
+            first, *rest = str(exc).splitlines() or [""]
             raise TrainingError(
                 f"task {self.stream.tasks[i].name!r} (index {i}) failed during {what}: "
-                f"{type(exc).__name__}: {exc}{kept}"
+                f"{type(exc).__name__}: {first[:300]}{' ...' if rest or len(first) > 300 else ''}{kept}"
             ) from exc
 
     def _checkpoint_path(self, i: int) -> Path:

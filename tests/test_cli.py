@@ -255,3 +255,41 @@ def test_failed_task_exits_1_naming_the_task(
     err = capsys.readouterr().err
     assert "task 'normal' (index 0) failed during training: RuntimeError: simulator crashed" in err
     assert "--resume" in err
+
+
+def test_a_diverged_run_names_the_divergence_and_does_not_advise_resuming(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "run",
+        "cartpole-flip",
+        "--logdir",
+        str(tmp_path),
+        *TINY_RUN,
+        "batch_size=32",
+        "learning_rate=1e30",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2, err
+    assert "became NaN or infinite while training task 'normal'" in err[0]
+    assert "--resume would repeat it" in err[1]
+
+
+def test_a_failure_with_a_long_message_is_one_line_that_advises_resuming(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clrl.runner import _Run
+
+    def failing(self: _Run, *args: object) -> None:
+        raise ValueError("the environment's server went away\n" + "tensor([nan, nan])\n" * 60)
+
+    monkeypatch.setattr(_Run, "_learn", failing)
+    assert main(["run", "cartpole-flip", "--logdir", str(tmp_path), *TINY_RUN]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2, err
+    assert err[0].endswith(
+        "ValueError: the environment's server went away ...; the 0 task(s) completed before it are kept in "
+        + repr(str(tmp_path / "cartpole-flip" / "ppo-finetune" / "seed0"))
+    )
+    assert "rerun the same command with --resume" in err[1]
