@@ -33,23 +33,32 @@ class RunLogger:
     Args:
         logdir: The run directory.
         model: The SB3 model; its logger is replaced by one writing TensorBoard (and stdout when the model
-            is verbose) to ``logdir`` until :meth:`close` gives the model its own logger back.
+            is verbose) to ``logdir`` until :meth:`close` gives the model its own logger back. ``None``:
+            only clrl's scalars are written (SB3's go elsewhere).
         purge_step: For a resumed run: TensorBoard hides the events of earlier event files in ``logdir``
             at this global step or later (those a killed run wrote after its last checkpoint).
     """
 
-    def __init__(self, logdir: str | Path, model: BaseAlgorithm, purge_step: int | None = None) -> None:
+    def __init__(
+        self, logdir: str | Path, model: BaseAlgorithm | None, purge_step: int | None = None
+    ) -> None:
         self.logdir = Path(logdir)
         self.model = model
+        if (
+            model is None
+        ):  # clrl's own scalars only (the single-task baseline: SB3's go to each task's folder)
+            self.sb3_logger: Logger | None = None
+            self.writer: SummaryWriter = SummaryWriter(str(self.logdir), purge_step=purge_step)
+            return
         self._previous = (model.__dict__.get("_logger"), model._custom_logger)
         formats = ["tensorboard", "stdout"] if model.verbose >= 1 else ["tensorboard"]
-        self.sb3_logger: Logger = configure(str(self.logdir), formats)
+        self.sb3_logger = configure(str(self.logdir), formats)
         model.set_logger(self.sb3_logger)
         tb = next(f for f in self.sb3_logger.output_formats if isinstance(f, TensorBoardOutputFormat))
         if purge_step is not None:
             tb.writer.close()
             tb.writer = SummaryWriter(str(self.logdir), purge_step=purge_step)
-        self.writer: SummaryWriter = tb.writer
+        self.writer = tb.writer
 
     def eval_row(
         self, step: int, task_names: Sequence[str], row: Sequence[float] | np.ndarray, metric: str = "return"
@@ -85,6 +94,9 @@ class RunLogger:
 
     def close(self) -> None:
         """Flush and close the event file, and give the model back the logger it had."""
+        if self.model is None or self.sb3_logger is None:
+            self.writer.close()
+            return
         self.sb3_logger.close()
         previous, custom = self._previous
         if previous is not None:

@@ -31,7 +31,6 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
-from torch.utils.tensorboard import SummaryWriter
 
 from clrl import checkpoint, metrics
 from clrl.boundaries import check_fit, check_modules, training_task
@@ -47,7 +46,7 @@ from clrl.checks import (
 )
 from clrl.errors import CheckpointError, ClrlError, ConfigError, TrainingError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
-from clrl.logger import RunLogger, log_eval_row
+from clrl.logger import RunLogger
 from clrl.modules.base import ContinualModule
 from clrl.results import (
     TrainResult,
@@ -203,130 +202,35 @@ def train_single_task(
     scalars of each task go to ``logdir/<task>/``; ``eval/<task>/return`` to ``logdir``, at the cumulative
     step count.
 
+    It runs through the same loop as :func:`train` (results.json, TensorBoard, HParams, resume), with a
+    new model per task built just before it trains.
+
     Args:
         make_model: Builds and seeds a new model on task ``i``'s environment, e.g.
-            ``lambda i: PPO("MlpPolicy", stream.make_vec_env(i, n_envs=4, seed=0), seed=0)``.
+            ``lambda i: PPO("MlpPolicy", stream.make_vec_env(i, n_envs=4, seed=0), seed=0)``. Called once
+            per task, and once more for task 0 first (not on a resume): that untrained model is the one
+            row 0 evaluates.
         stream: The task stream.
         logdir, seed, eval_episodes, eval_freq, overwrite, progress_bar: As in :func:`train` (``seed`` seeds
             the evaluation episodes; the models are seeded by ``make_model``).
         resume: Skip the tasks ``logdir``'s ``results.json`` records as done (each task's model is
             independent of the others, so nothing else needs restoring).
     """
-    check_seed(seed, len(stream))
-    stream.validate()
-    check_eval_freq(eval_freq)
-    root, lock = prepare_logdir(logdir, overwrite, resume)
-    try:
-        return _train_single_task(
-            make_model, stream, root, seed, eval_episodes, eval_freq, resume, progress_bar
-        )
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _train_single_task(
-    make_model: Callable[[int], BaseAlgorithm],
-    stream: TaskStream,
-    root: Path | None,
-    seed: int,
-    eval_episodes: int,
-    eval_freq: int | None,
-    resume: bool,
-    progress_bar: bool,
-) -> TrainResult:
-    n = len(stream)
-    previous = read_previous(root) if resume else None
-    start = previous[1] if previous else 0
-    evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
-    result = previous[0] if previous else None
-    if result is None:
-        result = TrainResult(np.full((n + 1, n), np.nan), {}, stream.task_names, [0], [], {}, root)
-    bar = _progress(progress_bar, sum(stream.steps(i) for i in range(start, n)))
-    writer = SummaryWriter(str(root), purge_step=result.steps[-1] + 1 if previous else None) if root else None
-    start_time = time.perf_counter() - result.timings.get("total", 0.0)
-    eval_seconds = result.timings.get("evaluation", 0.0)
-
-    def log_row(step: int, row: np.ndarray) -> None:
-        if writer:
-            log_eval_row(writer, step, stream.task_names, row, stream.metric)
-
-    def evaluate(model: BaseAlgorithm) -> np.ndarray:
-        nonlocal eval_seconds
-        begin = time.perf_counter()
-        try:
-            return evaluator(model)
-        finally:
-            eval_seconds += time.perf_counter() - begin
-
-    try:
-        if result.random_returns is None:
-            result.random_returns = evaluator.random_returns()
-        for i in range(start, n):
-            task = stream.tasks[i]
-            model = make_model(i)
-            check_model(model, stream)
-            if previous:
-                check_same_run(
-                    result.config, run_config(model, stream, "single-task", seed, eval_episodes, [])
-                )
-            offset = result.steps[-1]
-
-            def record(step: int, task_index: int, row: np.ndarray, offset: int = offset) -> None:
-                result.curves.append((offset + step, task_index, row.tolist()))
-                log_row(offset + step, row)
-
-            if i == 0:
-                result.config = run_config(model, stream, "single-task", seed, eval_episodes, [])
-                result.matrix[0] = evaluate(model)
-                log_row(0, result.matrix[0])
-            callbacks: list[BaseCallback] = []
-            if bar:
-                callbacks.append(_ProgressCallback(bar, i, stream))
-            periodic = None
-            if eval_freq:
-                periodic = ContinualEvalCallback(
-                    stream,
-                    eval_freq=eval_freq,
-                    end_step=stream.steps(i),  # the task's last step is evaluated below, after the update
-                    on_evaluation=record,
-                    log=False,
-                    evaluator=evaluator,
-                    task=i,
-                )
-                callbacks.append(periodic)
-            # A resumed task hides what its killed attempt logged (its model's steps restart at 0).
-            purge = 0 if previous and i == start else None
-            task_logger = RunLogger(inside(root, task.name), model, purge_step=purge) if root else None
-            try:
-                model.learn(stream.steps(i), callback=CallbackList(callbacks))
-            finally:
-                if task_logger:
-                    task_logger.close()
-                if periodic is not None:
-                    eval_seconds += periodic.seconds
-            result.matrix[i + 1] = evaluate(model)
-            result.steps.append(offset + model.num_timesteps)
-            log_row(result.steps[-1], result.matrix[i + 1])
-            result.metrics = {"acc": float(result.reference[: i + 1].mean())}
-            result.timings = {"total": time.perf_counter() - start_time, "evaluation": eval_seconds}
-            if root:
-                write_summary(root, result, i + 1)
-    finally:
-        evaluator.close()
-        if writer:
-            writer.close()
-        if bar:
-            bar.close()
-    return result
+    run = _Run(
+        None, stream, [], logdir, seed, eval_episodes, eval_freq, overwrite, "single-task", resume,
+        fresh_model=make_model,
+    )  # fmt: skip
+    return run.run(lambda i: None, reset_buffer=False, checkpoints=False, progress_bar=progress_bar)
 
 
 class _Run:
-    """One sequential run; :func:`train` and :func:`train_multitask` differ only in the env per task."""
+    """One run over a stream, task after task: :func:`train` and :func:`train_multitask` differ only in the
+    env per task; :func:`train_single_task` gives a fresh model per task (``fresh_model``), whose SB3
+    scalars go to ``<run>/<task>/`` and whose steps are counted on from the previous task's."""
 
     def __init__(
         self,
-        model: BaseAlgorithm,
+        model: BaseAlgorithm | None,
         stream: TaskStream,
         modules: list[ContinualModule],
         logdir: str | Path | None,
@@ -336,24 +240,36 @@ class _Run:
         overwrite: bool,
         method: str,
         resume: bool = False,
+        fresh_model: Callable[[int], BaseAlgorithm] | None = None,
     ) -> None:
+        """``model`` is the model that learns every task; with ``fresh_model`` instead (``model=None``), the
+        first task this call trains gets ``fresh_model(i)``, built once the run directory is taken."""
         check_eval_freq(eval_freq)
         check_eval_episodes(eval_episodes)
         check_seed(seed, len(stream))
         stream.validate()
-        check_model(model, stream)
-        self.model, self.stream, self.modules = model, stream, modules
-        self.seed, self.eval_freq = seed, eval_freq
+        if model is not None:
+            check_model(model, stream)
+        self.stream, self.modules = stream, modules
+        self.seed, self.eval_freq, self.eval_episodes = seed, eval_freq, eval_episodes
+        self.fresh_model = fresh_model
+        self.offset = 0
+        """Steps of the tasks before the current model's first (a fresh model per task counts from 0)."""
         self.root, self._lock = prepare_logdir(logdir, overwrite, resume)
         try:
-            self.config = run_config(model, stream, method, seed, eval_episodes, modules)
             self.previous = read_previous(self.root) if resume else None
             self.resume = resume
             self.start = self.previous[1] if self.previous else 0
             """Index of the first task this call trains (the tasks before it are restored)."""
+            self.evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
+            if model is None:
+                assert fresh_model is not None
+                model = fresh_model(self.start)  # task 0: the untrained model row 0 evaluates
+                check_model(model, stream)
+            self.model = model
+            self.config = run_config(model, stream, method, seed, eval_episodes, modules)
             if self.previous:
                 check_same_run(self.previous[0].config, self.config)
-            self.evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
         except BaseException:
             self.release()
             raise
@@ -379,6 +295,7 @@ class _Run:
     def record_curve(self, step: int, task_index: int, row: np.ndarray) -> None:
         """Keep and log an evaluation made during training."""
         assert self.result is not None
+        step += self.offset
         self.result.curves.append((step, task_index, row.tolist()))
         if self.logger:
             self.logger.eval_row(step, self.stream.task_names, row, self.stream.metric)
@@ -396,7 +313,10 @@ class _Run:
         if first > 0:
             assert self.previous is not None
             self.result = result = self.previous[0]
-            self._restore(first, reset_buffer)
+            if self.fresh_model is None:
+                self._restore(first, reset_buffer)
+            else:  # a fresh model per task restores nothing; its steps count on from the last task's
+                self.offset = result.steps[first]
             elapsed = result.timings.get("total", 0.0)
             self.eval_seconds = result.timings.get("evaluation", 0.0)
             result.config["resumed"] = [
@@ -409,13 +329,15 @@ class _Run:
                 torch.get_num_threads(),
             ]
         else:
-            model.set_random_seed(self.seed)
+            if self.fresh_model is None:  # fresh models are seeded by their factory
+                model.set_random_seed(self.seed)
             self.result = result = TrainResult(
                 np.full((n + 1, n), np.nan), {}, stream.task_names, [], [], self.config, self.root
             )
         # A resumed run hides the events its killed predecessor wrote after the last kept row.
         purge = (result.steps[first] + 1 if first > 0 else 0) if self.resume else None
-        self.logger = logger = RunLogger(self.root, model, purge_step=purge) if self.root else None
+        sb3_model = None if self.fresh_model else model  # fresh models log SB3's scalars per task
+        self.logger = logger = RunLogger(self.root, sb3_model, purge_step=purge) if self.root else None
         bar = _progress(progress_bar, sum(stream.steps(i) for i in range(first, n)))
         start = time.perf_counter() - elapsed
         try:
@@ -429,6 +351,8 @@ class _Run:
                 if self.root:
                     write_summary(self.root, result, 0)
             for i in range(first, n):
+                if self.fresh_model is not None and (i != first or first == 0):  # a resumed one is built
+                    model = self._fresh(i)
                 env = env_for_task(i)
                 if env is not None:
                     replaced = model.get_env()
@@ -440,19 +364,21 @@ class _Run:
                 check_finite(model, self.stream.tasks[i].name, i)
                 with self._failing(i, "the evaluation after training"):
                     result.matrix[i + 1] = self.evaluate(current_task=i)
-                result.steps.append(model.num_timesteps)
+                step = self.offset + model.num_timesteps
+                result.steps.append(step)
                 result.module_stats.append(
                     {m.name: {"state_bytes": m.state_bytes(), **m.log_scalars()} for m in self.modules}
                 )
-                result.metrics = metrics.summary(result.matrix[: i + 2, : i + 1])
+                if self.fresh_model is not None:  # the rows are not a sequence: only their diagonal counts
+                    result.metrics = {"acc": float(result.reference[: i + 1].mean())}
+                else:
+                    result.metrics = metrics.summary(result.matrix[: i + 2, : i + 1])
                 if reference is not None:
                     result.metrics.update(reference_metrics(result, reference, i + 1))
                 result.timings = {"total": time.perf_counter() - start, "evaluation": self.eval_seconds}
                 if logger:
-                    logger.eval_row(
-                        model.num_timesteps, stream.task_names, result.matrix[i + 1], stream.metric
-                    )
-                    logger.task_end(model.num_timesteps, i, stream.task_names, result.matrix, result.metrics)
+                    logger.eval_row(step, stream.task_names, result.matrix[i + 1], stream.metric)
+                    logger.task_end(step, i, stream.task_names, result.matrix, result.metrics)
                 if self.root:
                     if checkpoints:
                         # The next task starts from this buffer unless it empties it: keep it for a resume.
@@ -474,6 +400,15 @@ class _Run:
                 bar.close()
             self.release()
         return result
+
+    def _fresh(self, i: int) -> BaseAlgorithm:
+        """Task ``i``'s own new model (the single-task baseline), built just before it trains (task 0's
+        too: the run's first model is the untrained one row 0 evaluates), checked as that one was."""
+        assert self.fresh_model is not None and self.result is not None
+        model = self.fresh_model(i)
+        check_model(model, self.stream)
+        self.model, self.offset = model, self.result.steps[-1]
+        return model
 
     @contextlib.contextmanager
     def _failing(self, i: int, what: str) -> Iterator[None]:
@@ -574,10 +509,18 @@ class _Run:
                 task=i,
             )
             callbacks.append(periodic)
+        # A fresh model's SB3 scalars go to the task's folder (a resumed task hides what its killed attempt
+        # logged there: its steps restart at 0).
+        task_logger = None
+        if self.fresh_model is not None and self.root is not None:
+            purge = 0 if self.resume and i == self.start else None
+            task_logger = RunLogger(inside(self.root, task.name), model, purge_step=purge)
         try:
             with training_task(model, self.modules, i, task.name, self.stream.steps(i)):
                 model.learn(self.stream.steps(i), callback=CallbackList(callbacks), reset_num_timesteps=False)
         finally:
+            if task_logger is not None:
+                task_logger.close()
             if periodic is not None:
                 self.eval_seconds += periodic.seconds
             if learning_starts is not None:

@@ -161,7 +161,9 @@ def test_single_task_baseline_trains_a_fresh_model_per_task(
         return model
 
     result = clrl.train_single_task(make, tiny_stream, logdir=tmp_path / "st", eval_episodes=2)
-    assert len(built) == 2 and all(m.num_timesteps == 128 for m in built)
+    # Task 0's model is built twice: the untrained one row 0 evaluates, and the one that trains.
+    assert len(built) == 3 and built[0].num_timesteps == 0
+    assert all(m.num_timesteps == 128 for m in built[1:])
     assert result.reference.tolist() == [result.matrix[1, 0], result.matrix[2, 1]]
     assert result.metrics == {"acc": pytest.approx((result.matrix[1, 0] + result.matrix[2, 1]) / 2)}
     assert (tmp_path / "st" / "normal").is_dir() and (tmp_path / "st" / "flipped").is_dir()
