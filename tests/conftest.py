@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from clrl import Task, TaskStream, WrapperSpec
 
 torch.set_num_threads(1)
+
+DEVICE = os.environ.get("CLRL_TEST_DEVICE", "cpu")
+"""Device of the tests' models: ``CLRL_TEST_DEVICE=cuda pytest ...`` runs them on a GPU (default: the CPU)."""
 
 TINY_RUN = ["--steps", "64", "--eval-episodes", "1", "--no-progress", "--hp", "n_envs=1", "n_steps=32"]
 """``clrl run`` options of a run of seconds (with PPO)."""
@@ -111,7 +115,9 @@ def make_model(algo: str, seed: int = 0, **overrides: Any) -> tuple[BaseAlgorith
     cls, stream_fn, kwargs = ALGO_SETUPS[algo]
     stream = stream_fn()
     policy = "MlpLstmPolicy" if cls is RecurrentPPO else "MlpPolicy"
-    model = cls(policy, stream.make_vec_env(0, seed=seed), seed=seed, device="cpu", **{**kwargs, **overrides})
+    model = cls(
+        policy, stream.make_vec_env(0, seed=seed), seed=seed, device=DEVICE, **{**kwargs, **overrides}
+    )
     return model, stream
 
 
@@ -125,7 +131,7 @@ def tiny_ppo(stream: TaskStream, task_index: int = 0, seed: int = 0) -> PPO:
         n_epochs=2,
         policy_kwargs={"net_arch": [16]},
         seed=seed,
-        device="cpu",
+        device=DEVICE,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, pendulum_stream
+from conftest import DEVICE, make_model, pendulum_stream
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
@@ -134,7 +134,7 @@ def test_chunked_learn_inside_training_task_is_one_task_for_packnet_ewc_and_mult
         n_epochs=1,
         policy_kwargs={"net_arch": [16], "n_tasks": len(stream)},
         seed=0,
-        device="cpu",
+        device=DEVICE,
     )
     packnet, ewc, heads = clrl.PackNet(prune=0.5, retrain=0.25), clrl.EWC(samples=32), clrl.MultiHead()
     modules = [packnet, ewc, heads]
@@ -211,7 +211,7 @@ def test_objects_a_module_patches_pickle_and_deep_copy_while_attached() -> None:
 # ------------------------------------------------------------------ 8. refuse early
 def test_ewc_on_gsde_is_refused_before_the_first_step() -> None:
     stream = pendulum_stream()
-    model = PPO("MlpPolicy", stream.make_vec_env(0), use_sde=True, n_steps=32, batch_size=32, device="cpu")
+    model = PPO("MlpPolicy", stream.make_vec_env(0), use_sde=True, n_steps=32, batch_size=32, device=DEVICE)
     with pytest.raises(clrl.ConfigError, match="gSDE"):
         clrl.train(model, stream, [clrl.EWC()], eval_episodes=1)
     assert model.num_timesteps == 0
@@ -306,7 +306,7 @@ def test_continual_eval_callback_scores_what_the_return_matrix_scores(tmp_path: 
         n_epochs=1,
         policy_kwargs={"net_arch": [16], "n_tasks": 2},
         seed=0,
-        device="cpu",
+        device=DEVICE,
     )
     model.set_logger(configure(str(tmp_path), ["csv"]))
     heads = clrl.MultiHead()
@@ -351,7 +351,7 @@ def test_train_keeps_subprocvecenv_and_closes_every_env_it_replaces() -> None:
         n_steps=32,
         batch_size=32,
         n_epochs=1,
-        device="cpu",
+        device=DEVICE,
     )
     assert _children() == before + 2
     clrl.train(model, stream, eval_episodes=1)
@@ -385,7 +385,7 @@ def test_every_module_refuses_a_model_it_cannot_work_with_before_anything_runs(
     if algo == "ppo-sde":
         stream = pendulum_stream()
         model = PPO(
-            "MlpPolicy", stream.make_vec_env(0), use_sde=True, n_steps=32, batch_size=32, device="cpu"
+            "MlpPolicy", stream.make_vec_env(0), use_sde=True, n_steps=32, batch_size=32, device=DEVICE
         )
     else:
         model, stream = make_model(algo)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALGO_SETUPS, make_model
+from conftest import ALGO_SETUPS, DEVICE, make_model
 
 import clrl
 
@@ -20,7 +20,7 @@ def test_module_state_survives_save_and_load(tmp_path: Path, algo: str) -> None:
     path = clrl.save(model, tmp_path / "ckpt", [module], {"stream": stream.name})
     assert path.name == "ckpt.zip"
 
-    loaded, modules = clrl.load(path, device="cpu")
+    loaded, modules = clrl.load(path, device=DEVICE)
     assert type(loaded) is type(model)
     (restored,) = modules
     assert isinstance(restored, clrl.L2)
@@ -37,7 +37,7 @@ def test_loaded_module_keeps_regularising(tmp_path: Path) -> None:
     module = clrl.L2(strength=1e4)
     model.learn(64, callback=module)
     path = clrl.save(model, tmp_path / "ckpt", [module])
-    loaded, (restored,) = clrl.load(path, env=stream.make_vec_env(1), device="cpu")
+    loaded, (restored,) = clrl.load(path, env=stream.make_vec_env(1), device=DEVICE)
     anchor = {n: t.clone() for n, t in restored.anchor.items()}  # type: ignore[attr-defined]
     loaded.learn(256, callback=restored, reset_num_timesteps=False)
     params = dict(loaded.policy.named_parameters())
@@ -48,7 +48,7 @@ def test_loaded_module_keeps_regularising(tmp_path: Path) -> None:
 def test_checkpoint_is_still_a_plain_sb3_model(tmp_path: Path) -> None:
     model, _ = make_model("ppo")
     path = clrl.save(model, tmp_path / "ckpt.zip", [clrl.L2()])
-    plain = type(model).load(path, device="cpu")
+    plain = type(model).load(path, device=DEVICE)
     for a, b in zip(plain.policy.parameters(), model.policy.parameters(), strict=True):
         assert torch.equal(a, b)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN
+from conftest import DEVICE, TINY_RUN
 
 import clrl
 from clrl.cli import main
@@ -150,7 +150,7 @@ def test_presets_cover_the_builtin_streams() -> None:
     ):
         for algo in algos:
             assert preset(name, algo), (name, algo)
-            model = make_model(algo, make_stream(name), seed=0, device="cpu")
+            model = make_model(algo, make_stream(name), seed=0, device=DEVICE)
             assert model.seed == 0
     assert preset("unknown-stream", "ppo") == {}
 
@@ -161,7 +161,7 @@ def test_activation_is_named_in_hyperparameters(tmp_path: Path) -> None:
     run = tmp_path / "cartpole-flip" / "ppo-finetune" / "seed0"
     results = json.loads((run / "results.json").read_text())
     assert results["config"]["policy_kwargs"] == {"net_arch": [8], "activation_fn": "ReLU"}
-    model, _ = clrl.load(sorted((run / "checkpoints").glob("*.zip"))[-1], device="cpu")
+    model, _ = clrl.load(sorted((run / "checkpoints").glob("*.zip"))[-1], device=DEVICE)
     layers = list(model.policy.mlp_extractor.modules())
     assert sum(isinstance(m, torch.nn.ReLU) for m in layers) == 2  # policy and value network
     assert not any(isinstance(m, torch.nn.Tanh) for m in layers)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import cartpole_stream, make_model
+from conftest import DEVICE, cartpole_stream, make_model
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from test_modules import params_of
@@ -229,7 +229,7 @@ def test_one_pass_of_the_copies_serves_prefetch_steps(algo: str, monkeypatch: py
 
 def test_hidden_task_id_is_accepted() -> None:
     stream = cartpole_stream(task_id="hidden")
-    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device=DEVICE)
     result = clrl.train(model, stream, [clrl.CLSER()], seed=0, eval_episodes=1)
     assert result.matrix.shape[1] == 2 and np.isfinite(result.matrix).all()
 
@@ -250,6 +250,6 @@ def test_bad_arguments() -> None:
 
 
 def test_refuses_gsde() -> None:
-    model = PPO("MlpPolicy", "Pendulum-v1", use_sde=True, n_steps=32, batch_size=32, device="cpu")
+    model = PPO("MlpPolicy", "Pendulum-v1", use_sde=True, n_steps=32, batch_size=32, device=DEVICE)
     with pytest.raises(clrl.ConfigError, match="gSDE"):
         model.learn(32, callback=clrl.CLSER())

@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 import pytest
 import torch
-from conftest import ALGO_SETUPS, cartpole_stream, make_model
+from conftest import ALGO_SETUPS, DEVICE, cartpole_stream, make_model
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from test_modules import params_of
@@ -195,7 +195,7 @@ def test_state_survives_save_and_load(tmp_path: Path) -> None:
 def test_hidden_task_id_is_accepted() -> None:
     stream = cartpole_stream(task_id="hidden")
     model = PPO(
-        "MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, policy_kwargs=EXTRACTOR, device="cpu"
+        "MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, policy_kwargs=EXTRACTOR, device=DEVICE
     )
     result = clrl.train(model, stream, [small_dualnet()], seed=0, eval_episodes=1)
     assert result.matrix.shape == (3, 2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ALGO_SETUPS
+from conftest import ALGO_SETUPS, DEVICE
 from stable_baselines3 import PPO
 
 import clrl
@@ -28,7 +28,7 @@ def build(policy: str, module: Callable[[], clrl.ContinualModule]) -> tuple[PPO,
         policy_class,  # type: ignore[arg-type]
         stream.make_vec_env(0, seed=0),
         seed=0,
-        device="cpu",
+        device=DEVICE,
         **{**kwargs, "policy_kwargs": policy_kwargs},
     )
     modules = [module()]
@@ -52,14 +52,14 @@ def test_exported_policy_loaded_by_plain_sb3_scores_the_return_matrix_row(case: 
     evaluated = evaluator(model, modules, current_task=1)
     for task in range(len(stream)):
         path = clrl.export_policy(model, modules, tmp_path / f"task{task}", task=task)
-        loaded = PPO.load(path, device="cpu")
+        loaded = PPO.load(path, device=DEVICE)
         assert evaluator(loaded)[task] == evaluated[task], (case, task)
     assert evaluator(model, modules, current_task=1).tolist() == evaluated.tolist()  # model left as it was
     # The export matters: the trained model alone (a plain load of clrl.save) is another policy.
     if case != "multihead":  # (routing by the observation's id gives the same head on the task's own states)
-        exported = PPO.load(tmp_path / "task0.zip", device="cpu")
+        exported = PPO.load(tmp_path / "task0.zip", device=DEVICE)
         clrl.save(model, tmp_path / "trained", modules)
-        trained = PPO.load(tmp_path / "trained.zip", device="cpu")
+        trained = PPO.load(tmp_path / "trained.zip", device=DEVICE)
         assert not np.allclose(probabilities(trained), probabilities(exported))
 
 
@@ -73,9 +73,9 @@ def probabilities(model: PPO) -> np.ndarray:
 def test_a_saved_routed_policy_routes_by_observation_and_an_exported_one_does_not(tmp_path: Path) -> None:
     model, _stream, modules = build("multihead", clrl.MultiHead)
     path = clrl.export_policy(model, modules, tmp_path / "head0", task=0)
-    loaded = PPO.load(path, device="cpu")
+    loaded = PPO.load(path, device=DEVICE)
     assert loaded.policy.router.forced == 0
     clrl.save(model, tmp_path / "trained", modules)
-    assert PPO.load(tmp_path / "trained.zip", device="cpu").policy.router.forced is None
+    assert PPO.load(tmp_path / "trained.zip", device=DEVICE).policy.router.forced is None
     with pytest.raises(clrl.ConfigError, match="no task 5"):
         clrl.export_policy(model, modules, tmp_path / "bad", task=5)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import DEVICE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -232,7 +233,7 @@ def test_any_hyperparameter_values_build_a_model_or_raise_config_error(
     names = sorted(n for n in RANGES if n in inspect.signature(clrl.get_algorithm(algo).__init__).parameters)
     hp = data.draw(st.dictionaries(st.sampled_from(names), scalars, max_size=3))
     try:
-        model = make_model(algo, stream, seed=0, overrides=hp, device="cpu")
+        model = make_model(algo, stream, seed=0, overrides=hp, device=DEVICE)
     except clrl.ConfigError as exc:
         assert str(exc)
     else:
@@ -332,7 +333,7 @@ def saved_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stable_baselines3 import PPO
 
     stream = clrl.make_stream("cartpole-flip", steps_per_task=64)
-    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, n_epochs=1, device="cpu")
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, n_epochs=1, device=DEVICE)
     model.learn(64)
     return clrl.save(model, tmp_path_factory.mktemp("ckpt") / "m", [clrl.L2()])
 
@@ -385,7 +386,7 @@ def test_any_checkpoint_entry_restores_or_raises_checkpoint_error(
         clrl.make_stream("cartpole-flip").make_vec_env(0),
         n_steps=32,
         batch_size=32,
-        device="cpu",
+        device=DEVICE,
     )
     for action in (lambda: checkpoint.restore(damaged, fresh, [clrl.L2()]), lambda: clrl.load(damaged)):
         try:

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from conftest import cartpole_stream
+from conftest import DEVICE, cartpole_stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stable_baselines3 import PPO, SAC
@@ -50,11 +50,11 @@ def test_any_value_is_accepted_only_inside_its_range(name: str, value: Any) -> N
 
 def test_the_users_own_model_is_checked_by_train_before_it_trains() -> None:
     stream = cartpole_stream()
-    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, gamma=2.0, device="cpu")
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, gamma=2.0, device=DEVICE)
     with pytest.raises(clrl.ConfigError, match=r"the model's gamma must be a discount in \[0, 1\], got 2.0"):
         clrl.train(model, stream, [clrl.L2()])
     assert model.num_timesteps == 0
-    ppo = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, n_epochs=0, device="cpu")
+    ppo = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, n_epochs=0, device=DEVICE)
     with pytest.raises(clrl.ConfigError, match="the model's n_epochs must be a positive integer"):
         clrl.train(ppo, stream)
 
@@ -63,7 +63,7 @@ def test_a_sac_model_with_auto_entropy_passes_the_models_check() -> None:
     from conftest import pendulum_stream
 
     stream = pendulum_stream()
-    model = SAC("MlpPolicy", stream.make_vec_env(0), buffer_size=100, learning_starts=10, device="cpu")
+    model = SAC("MlpPolicy", stream.make_vec_env(0), buffer_size=100, learning_starts=10, device=DEVICE)
     clrl.checks.check_model(model, stream)
 
 

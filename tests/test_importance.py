@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, pendulum_stream
+from conftest import DEVICE, make_model, pendulum_stream
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -99,7 +99,7 @@ def test_gaussian_fisher_matches_monte_carlo_scores() -> None:
         n_epochs=2,
         policy_kwargs={"net_arch": [8], "log_std_init": -0.3},
         seed=0,
-        device="cpu",
+        device=DEVICE,
     )
     model.learn(64)
     states = collect_states(model, 3, np.random.default_rng(0))

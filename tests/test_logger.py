@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cartpole_stream, tiny_ppo
+from conftest import DEVICE, cartpole_stream, tiny_ppo
 from stable_baselines3 import PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -89,7 +89,7 @@ def test_hparams_are_written(run_dir: tuple[Path, clrl.TrainResult]) -> None:
 
 def test_model_gets_its_logger_back(run_dir: tuple[Path, clrl.TrainResult]) -> None:
     stream = cartpole_stream()
-    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, device="cpu")
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, device=DEVICE)
     clrl.train(model, stream, logdir=run_dir[0].parent / "again", eval_episodes=1, checkpoints=False)
     model.learn(32)  # would fail on a closed TensorBoard writer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALGO_SETUPS, make_model
+from conftest import ALGO_SETUPS, DEVICE, make_model
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 import clrl
@@ -202,7 +202,7 @@ def test_algorithms_without_an_optimizer_step_on_the_policy_warn(algo: str) -> N
     stream = cartpole_stream()
     cls = clrl.get_algorithm(algo)
     kwargs = {"n_steps": 32, "batch_size": 32} if algo == "trpo" else {"n_delta": 2}
-    model = cls("MlpPolicy", stream.make_vec_env(0), policy_kwargs={"net_arch": [8]}, device="cpu", **kwargs)
+    model = cls("MlpPolicy", stream.make_vec_env(0), policy_kwargs={"net_arch": [8]}, device=DEVICE, **kwargs)
     module = clrl.L2(networks="all")
     module.anchor = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
     with pytest.warns(UserWarning, match="without an optimiser step"):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ALGO_SETUPS, cartpole_stream
+from conftest import ALGO_SETUPS, DEVICE, cartpole_stream
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -23,7 +23,7 @@ def multihead_model(algo: str, stream: clrl.TaskStream | None = None, seed: int 
     kwargs = dict(hyper)
     policy_kwargs = {**kwargs.pop("policy_kwargs", {}), "n_tasks": len(stream)}
     return cls(
-        clrl.multihead_policy(cls), stream.make_vec_env(0, seed=seed), seed=seed, device="cpu",
+        clrl.multihead_policy(cls), stream.make_vec_env(0, seed=seed), seed=seed, device=DEVICE,
         policy_kwargs=policy_kwargs, **kwargs,
     )  # fmt: skip
 
@@ -106,7 +106,7 @@ def test_saved_model_loads_with_its_heads(tmp_path: Path, tiny_stream: clrl.Task
     clrl.train(model, tiny_stream, [module, clrl.EWC(strength=10.0, samples=32)], eval_episodes=2)
     clrl.save(model, tmp_path / "model.zip", [module])
     loaded, _ = clrl.load(tmp_path / "model.zip")
-    plain = PPO.load(tmp_path / "model.zip", device="cpu")  # SB3 alone reads it too
+    plain = PPO.load(tmp_path / "model.zip", device=DEVICE)  # SB3 alone reads it too
     for task in range(2):
         obs = task_obs(tiny_stream, task)
         torch.testing.assert_close(outputs(loaded, obs), outputs(model, obs), rtol=0, atol=0)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ALGO_SETUPS
+from conftest import ALGO_SETUPS, DEVICE
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -28,7 +28,7 @@ def pnc_model(algo: str, **overrides: Any) -> tuple[BaseAlgorithm, clrl.TaskStre
         clrl.progressive_policy(cls),
         stream.make_vec_env(0, seed=0),
         seed=0,
-        device="cpu",
+        device=DEVICE,
         policy_kwargs=policy_kwargs,
         **kwargs,
     )
@@ -158,14 +158,16 @@ def test_train_on_a_hidden_task_id() -> None:
         n_steps=32,
         batch_size=32,
         policy_kwargs={"n_tasks": 2, "net_arch": [16]},
-        device="cpu",
+        device=DEVICE,
     )
     result = clrl.train(model, hidden, [clrl.ProgressAndCompress(compress_steps=5)], eval_episodes=1)
     assert np.isfinite(result.matrix).all()
 
 
 def test_needs_a_two_column_progressive_policy() -> None:
-    plain = PPO("MlpPolicy", ALGO_SETUPS["ppo"][1]().make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    plain = PPO(
+        "MlpPolicy", ALGO_SETUPS["ppo"][1]().make_vec_env(0), n_steps=32, batch_size=32, device=DEVICE
+    )
     with pytest.raises(clrl.ConfigError, match="two-column progressive policy"):
         plain.learn(32, callback=clrl.ProgressAndCompress())
     three, _ = pnc_model("ppo", policy_kwargs={"net_arch": [16], "n_tasks": 3})

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ALGO_SETUPS
+from conftest import ALGO_SETUPS, DEVICE
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -23,7 +23,7 @@ def progressive_model(algo: str, stream: clrl.TaskStream | None = None) -> BaseA
     kwargs = dict(hyper)
     policy_kwargs = {**kwargs.pop("policy_kwargs", {}), "n_tasks": len(stream)}
     return cls(
-        clrl.progressive_policy(cls), stream.make_vec_env(0, seed=0), seed=0, device="cpu",
+        clrl.progressive_policy(cls), stream.make_vec_env(0, seed=0), seed=0, device=DEVICE,
         policy_kwargs=policy_kwargs, **kwargs,
     )  # fmt: skip
 
@@ -105,7 +105,7 @@ def test_saved_progressive_model_loads_with_every_column(
     assert result.matrix[2, 0] == result.matrix[1, 0]
     clrl.save(model, tmp_path / "model.zip", [module])
     loaded, _ = clrl.load(tmp_path / "model.zip")
-    plain = PPO.load(tmp_path / "model.zip", device="cpu")
+    plain = PPO.load(tmp_path / "model.zip", device=DEVICE)
     evaluator = clrl.Evaluator(tiny_stream, n_episodes=2, seed=clrl.runner.EVAL_SEED_OFFSET)
     np.testing.assert_array_equal(evaluator(loaded), result.matrix[-1])
     np.testing.assert_array_equal(evaluator(plain), result.matrix[-1])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALGO_SETUPS, cartpole_stream, make_model
+from conftest import ALGO_SETUPS, DEVICE, cartpole_stream, make_model
 from test_modules import learn_two_tasks, params_of
 
 import clrl
@@ -186,7 +186,7 @@ def test_state_survives_save_and_load(tmp_path: Path, module: str) -> None:
         model.set_env(stream.make_vec_env(i))
         model.learn(64, callback=original, reset_num_timesteps=False)
     path = clrl.save(model, tmp_path / "ckpt", [original])
-    loaded, (restored,) = clrl.load(path, env=stream.make_vec_env(1), device="cpu")
+    loaded, (restored,) = clrl.load(path, env=stream.make_vec_env(1), device=DEVICE)
     assert isinstance(restored, MODULES[module])
     assert restored.get_config() == original.get_config()
     for key in ("anchor", "importance"):
@@ -205,7 +205,7 @@ def test_checkpoints_of_clrl_train_hold_the_importances(tmp_path: Path) -> None:
     ewc = clrl.EWC(strength=10.0)
     clrl.train(model, stream, [ewc], logdir=tmp_path / "run", eval_episodes=1)
     first = sorted((tmp_path / "run" / "checkpoints").glob("task01-*.zip"))[0]
-    _, (restored,) = clrl.load(first, device="cpu")
+    _, (restored,) = clrl.load(first, device=DEVICE)
     assert isinstance(restored, clrl.EWC)
     assert len(restored.fishers) == 1
     for name, fisher in restored.fishers[0].items():
@@ -231,7 +231,7 @@ def test_scalars_are_logged_under_the_module_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize("module", list(MODULES))
 def test_ars_is_refused_or_warned(module: str) -> None:
     stream = cartpole_stream()
-    ars = clrl.get_algorithm("ars")("MlpPolicy", stream.make_vec_env(0), n_delta=2, device="cpu")
+    ars = clrl.get_algorithm("ars")("MlpPolicy", stream.make_vec_env(0), n_delta=2, device=DEVICE)
     if module == "si":  # SI needs no importance estimate, only its hooks, which ARS never runs
         with pytest.warns(UserWarning, match="without an optimiser step"):
             ars.learn(64, callback=MODULES[module]())
@@ -243,7 +243,7 @@ def test_ars_is_refused_or_warned(module: str) -> None:
 def test_trpo_warns_that_its_actor_is_out_of_reach() -> None:
     stream = cartpole_stream()
     trpo = clrl.get_algorithm("trpo")(
-        "MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu"
+        "MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device=DEVICE
     )
     with pytest.warns(UserWarning, match="without an optimiser step"):
         trpo.learn(64, callback=clrl.SI())

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ALGO_SETUPS, cartpole_stream, tiny_ppo
+from conftest import ALGO_SETUPS, DEVICE, cartpole_stream, tiny_ppo
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -65,7 +65,7 @@ def build(case: str) -> tuple[BaseAlgorithm, clrl.TaskStream, list[clrl.Continua
     algo, modules, kwargs = CASES[case]
     cls, make_stream, hyper = ALGO_SETUPS[algo]
     stream = three_tasks(make_stream)
-    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device="cpu", **hyper)
+    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
     return model, stream, modules(), kwargs
 
 
@@ -473,7 +473,7 @@ def test_fifty_task_stream_keeps_module_state_bounded() -> None:
     ]
     stream = clrl.TaskStream("fifty", tasks, steps_per_task=64, task_id="observed")
     cls, _, hyper = ALGO_SETUPS["dqn"]
-    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device="cpu", **hyper)
+    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
     online, replay = clrl.OnlineEWC(strength=1.0, samples=16), clrl.Replay(budget=300)
     result = clrl.train(model, stream, [online, replay], eval_episodes=1)
     assert np.isfinite(result.matrix).all()

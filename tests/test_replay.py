@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import ALGO_SETUPS, cartpole_stream, make_model, tiny_ppo
+from conftest import ALGO_SETUPS, DEVICE, cartpole_stream, make_model, tiny_ppo
 from stable_baselines3 import DQN
 from test_modules import learn_two_tasks, params_of
 
@@ -108,7 +108,7 @@ def test_replay_mixes_the_fraction_of_earlier_tasks_into_batches(algo: str) -> N
 
 def test_replay_batches_hold_exactly_the_fraction() -> None:
     stream = cartpole_stream(steps=200)
-    model = DQN("MlpPolicy", stream.make_vec_env(0, seed=0), learning_starts=10_000, seed=0, device="cpu")
+    model = DQN("MlpPolicy", stream.make_vec_env(0, seed=0), learning_starts=10_000, seed=0, device=DEVICE)
     replay = clrl.Replay(budget=1000, fraction=0.3)
     for i in range(2):
         model.set_env(stream.make_vec_env(i, seed=i))
@@ -163,7 +163,7 @@ class CounterEnv(gym.Env):
 
 
 def test_replay_keeps_dict_observations_dtypes_and_next_observations(tmp_path: Path) -> None:
-    model = DQN("MultiInputPolicy", CounterEnv(), learning_starts=20, batch_size=8, seed=0, device="cpu")
+    model = DQN("MultiInputPolicy", CounterEnv(), learning_starts=20, batch_size=8, seed=0, device=DEVICE)
     replay = clrl.Replay(budget=50, fraction=0.5)
     for _ in range(2):
         model.learn(60, callback=replay, reset_num_timesteps=False)
@@ -203,7 +203,7 @@ def test_replay_budget_holds_on_a_stream_of_twelve_tasks(tmp_path: Path) -> None
         buffer_size=100,
         policy_kwargs={"net_arch": [8]},
         seed=0,
-        device="cpu",
+        device=DEVICE,
     )
     replay = clrl.Replay(budget=100)
     result = clrl.train(model, stream, [replay], seed=0, eval_episodes=1, logdir=tmp_path / "run")
@@ -342,7 +342,7 @@ def test_agem_with_memory_of_the_current_task_only_equals_plain_sb3(algo: str) -
 def test_a_hidden_task_id_is_refused_unless_allowed(module: type[clrl.ContinualModule]) -> None:
     stream = cartpole_stream(task_id="hidden")
     cls, _, kwargs = ALGO_SETUPS["dqn" if module is clrl.Replay else "ppo"]
-    model = cls("MlpPolicy", stream.make_vec_env(0), seed=0, device="cpu", **kwargs)
+    model = cls("MlpPolicy", stream.make_vec_env(0), seed=0, device=DEVICE, **kwargs)
     with pytest.raises(clrl.ConfigError, match="task id"):
         clrl.train(model, stream, [module()], eval_episodes=1)
     result = clrl.train(model, stream, [module(budget=50, require_task_id=False)], eval_episodes=1)

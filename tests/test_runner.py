@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cartpole_stream, make_model, tiny_ppo
+from conftest import DEVICE, cartpole_stream, make_model, tiny_ppo
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -110,7 +110,7 @@ def test_model_with_other_spaces_is_refused(tiny_stream: clrl.TaskStream) -> Non
 
 
 def test_vec_normalize_is_refused(tiny_stream: clrl.TaskStream) -> None:
-    model = PPO("MlpPolicy", VecNormalize(tiny_stream.make_vec_env(0)), n_steps=32, device="cpu")
+    model = PPO("MlpPolicy", VecNormalize(tiny_stream.make_vec_env(0)), n_steps=32, device=DEVICE)
     with pytest.raises(clrl.ConfigError, match="VecNormalize"):
         clrl.train(model, tiny_stream)
 

@@ -14,7 +14,7 @@ import cloudpickle
 import numpy as np
 import pytest
 import torch
-from conftest import ALGO_SETUPS, make_model, rewrite_zip
+from conftest import ALGO_SETUPS, DEVICE, make_model, rewrite_zip
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -186,7 +186,7 @@ def test_a_garbage_parameter_file_is_one_checkpoint_error(tmp_path: Path, entry:
 
 def _dqn(seed: int = 0) -> DQN:
     cls, make_stream, kwargs = ALGO_SETUPS["dqn"]
-    return cls("MlpPolicy", make_stream().make_vec_env(0, seed=seed), seed=seed, device="cpu", **kwargs)
+    return cls("MlpPolicy", make_stream().make_vec_env(0, seed=seed), seed=seed, device=DEVICE, **kwargs)
 
 
 def test_a_replay_buffer_round_trips_as_arrays_and_damage_is_named(tmp_path: Path) -> None:

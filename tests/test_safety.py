@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, rewrite_zip
+from conftest import DEVICE, TINY_RUN, rewrite_zip
 
 import clrl
 from clrl import cli
@@ -80,7 +80,7 @@ def test_a_run_releases_its_directory_when_it_ends_or_fails(tmp_path: Path) -> N
     stream = clrl.TaskStream("s", [clrl.Task("a", "CartPole-v1")], steps_per_task=64)
     from stable_baselines3 import PPO
 
-    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device=DEVICE)
     clrl.train(model, stream, logdir=tmp_path / "run", eval_episodes=1)
     with pytest.raises(clrl.RunExistsError, match="already holds a run"):  # not "in use": it was released
         clrl.train(model, stream, logdir=tmp_path / "run", eval_episodes=1)
@@ -145,7 +145,7 @@ def test_a_checkpoint_naming_a_module_not_allowed_is_refused_unimported(tmp_path
     from stable_baselines3 import PPO
 
     stream = clrl.TaskStream("s", [clrl.Task("a", "CartPole-v1")], steps_per_task=64)
-    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device=DEVICE)
     path = clrl.save(model, tmp_path / "m", [clrl.L2()])
 
     def naming(qualname: str, config: dict) -> Path:
@@ -181,7 +181,7 @@ def test_a_logdir_or_report_folder_that_is_a_file_is_one_line_and_exit_2(
     stream = clrl.TaskStream("s", [clrl.Task("a", "CartPole-v1")], steps_per_task=64)
     from stable_baselines3 import PPO
 
-    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device=DEVICE)
     clrl.train(model, stream, logdir=runs / "s" / "ppo-finetune" / "seed0", eval_episodes=1)
     assert cli.main(["report", str(runs), "--out", str(a_file)]) == 2
     assert capsys.readouterr().err.strip() == f"clrl: error: report folder '{a_file}' is a file, not a folder"
@@ -208,7 +208,7 @@ def test_results_json_gets_the_mode_of_any_other_file_and_a_resume_sweeps_tempor
     stream = clrl.TaskStream(
         "s", [clrl.Task("a", "CartPole-v1"), clrl.Task("b", "CartPole-v1")], steps_per_task=64
     )
-    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu")
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device=DEVICE)
     run = tmp_path / "run"
     clrl.train(model, stream, logdir=run, eval_episodes=1)
     other = tmp_path / "other"
@@ -230,7 +230,7 @@ def test_a_resume_under_another_thread_count_is_recorded(tmp_path: Path) -> None
     stream = clrl.TaskStream("s", tasks, steps_per_task=64)
 
     def model() -> PPO:
-        return PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device="cpu", seed=0)
+        return PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device=DEVICE, seed=0)
 
     run = tmp_path / "run"
     clrl.train(model(), stream, logdir=run, eval_episodes=1)
