@@ -22,7 +22,7 @@ from clrl.imports import ENVIRONMENT_VARIABLE, allow_imports
 from clrl.modules.base import check_positive_int
 from clrl.results import TrainResult
 from clrl.runner import VEC_ENVS
-from clrl.streams import builtin_streams, load_stream, make_stream
+from clrl.streams import builtin_streams, make_stream, missing_extra
 from clrl.sweeps import LOG_FILE, common_method_args, grid, load_sweep, sweep
 from clrl.zoo import zoo_file, zoo_hyperparameters
 
@@ -146,8 +146,11 @@ def _build_parser() -> argparse.ArgumentParser:
 def _list() -> None:
     print("streams:")
     for name, path in builtin_streams().items():
-        stream = load_stream(path)
-        print(f"  {name:<20} {len(stream)} tasks, task id {stream.task_id:<8}  {stream.description}")
+        data = tomllib.loads(path.read_text(encoding="utf-8"))  # clrl's own files: read, not built
+        install = missing_extra(data.get("extra"))
+        tasks, task_id = len(data["tasks"]), data.get("task_id", "hidden")
+        note = f"  [not installed: {install}]" if install else ""
+        print(f"  {name:<20} {tasks} tasks, task id {task_id:<8}  {data.get('description', '')}{note}")
     print("algorithms:\n  " + ", ".join(ALGORITHMS))
     print("methods:\n  " + ", ".join([*METHODS, *BASELINES]))
     print("  (modules combine with '+', e.g. multihead+ewc)")

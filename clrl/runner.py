@@ -48,6 +48,7 @@ from clrl.errors import CheckpointError, ClrlError, ConfigError, TrainingError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.logger import RunLogger
 from clrl.modules.base import ContinualModule
+from clrl.progress import progress
 from clrl.results import (
     TrainResult,
     check_same_run,
@@ -548,8 +549,4 @@ class _ProgressCallback(BaseCallback):
 
 
 def _progress(enabled: bool, total: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="step", dynamic_ncols=True)
+    return progress(enabled, total, "step")

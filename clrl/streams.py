@@ -24,6 +24,7 @@ Built-in streams live in the repository's ``envs/`` folder and ship inside the p
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -76,7 +77,24 @@ def check_name(value: Any, what: str) -> str:
     return value
 
 
-_STREAM_KEYS = {"name", "description", "steps_per_task", "task_id", "tasks", "metric"}
+_STREAM_KEYS = {"name", "description", "steps_per_task", "task_id", "tasks", "metric", "extra"}
+
+EXTRAS = {"box2d": "Box2D", "mujoco": "mujoco", "minigrid": "minigrid", "metaworld": "metaworld"}
+"""clrl's extras a stream may need, and the module each installs (how clrl tells whether it is there)."""
+
+
+def missing_extra(extra: str | None) -> str | None:
+    """The ``pip install`` that brings ``extra`` if it is not installed (``None``: nothing is missing)."""
+    if extra is None:
+        return None
+    try:
+        if importlib.util.find_spec(EXTRAS[extra]) is not None:
+            return None
+    except (ImportError, ValueError):  # a broken or blocked install counts as missing
+        pass
+    return f'pip install "clrl[{extra}]"'
+
+
 _TASK_KEYS = {"name", "env_id", "make_kwargs", "attributes", "wrappers", "steps"}
 _WRAPPER_KEYS = {"name", "kwargs"}
 
@@ -253,6 +271,9 @@ class TaskStream:
         task_id: ``"observed"`` appends a one-hot task vector to every observation; ``"hidden"`` does not
             (task-agnostic setting).
         description: One line for ``clrl list``.
+        extra: The clrl extra its environments need (one of :data:`EXTRAS`), if any: a stream file naming
+            one is refused with the ``pip install`` that brings it when it is missing, before anything of
+            it is imported.
         metric: What fills the return matrix: ``"return"`` (the episode return) or the name of a number the
             environments report in ``info``; an episode then scores the largest value it reported, so a
             success flag counts an episode that succeeded at any step (Meta-World's success rate).
@@ -272,9 +293,14 @@ class TaskStream:
     task_id: TaskIdMode = "hidden"
     description: str = ""
     metric: str = "return"
+    extra: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
+        if self.extra is not None and self.extra not in EXTRAS:
+            raise StreamError(
+                f"stream {self.name!r}: extra must be one of {', '.join(EXTRAS)}, got {self.extra!r}"
+            )
         check_name(self.name, "stream name")
         where = f"stream {self.name!r}"
         if not self.tasks:
@@ -389,6 +415,7 @@ class TaskStream:
         return {
             "name": self.name,
             "description": self.description,
+            **({} if self.extra is None else {"extra": self.extra}),
             "steps_per_task": self.steps_per_task,
             "task_id": self.task_id,
             **({} if self.metric == "return" else {"metric": self.metric}),
@@ -514,6 +541,12 @@ def stream_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> TaskStr
     if "name" not in data:
         raise StreamError(f"{where}: missing required key 'name'")
     name = _expect(name, str, where, "name")
+    extra = data.get("extra")
+    if extra is not None and extra not in EXTRAS:
+        raise StreamError(f"{where}: extra must be one of {', '.join(EXTRAS)}, got {extra!r}")
+    install = missing_extra(extra)
+    if install is not None:
+        raise StreamError(f"{where} needs the {extra} extra: {install}")
     tasks = _expect(data.get("tasks", []), list, where, "tasks")
     return TaskStream(
         name=name,
@@ -522,6 +555,7 @@ def stream_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> TaskStr
         task_id=data.get("task_id", "hidden"),
         description=_expect(data.get("description", ""), str, where, "description"),
         metric=_expect(data.get("metric", "return"), str, where, "metric"),
+        extra=extra,
     )
 
 

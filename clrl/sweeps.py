@@ -59,6 +59,7 @@ from typing import Any, Literal
 from clrl import _worker
 from clrl.errors import ConfigError
 from clrl.experiment import BASELINES, RunSpec, completed_tasks, make_modules
+from clrl.progress import progress
 from clrl.streams import TaskStream
 
 if sys.version_info >= (3, 11):
@@ -618,11 +619,7 @@ def _read_spec(run_dir: Path) -> RunSpec | None:
 
 
 def _bar(enabled: bool, total: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="run", desc="sweep", dynamic_ncols=True)
+    return progress(enabled, total, "run", "sweep")
 
 
 def _postfix(bar: Any, running: set[int], outcomes: dict[int, RunOutcome]) -> None:

@@ -293,3 +293,87 @@ def test_a_failure_with_a_long_message_is_one_line_that_advises_resuming(
         + repr(str(tmp_path / "cartpole-flip" / "ppo-finetune" / "seed0"))
     )
     assert "rerun the same command with --resume" in err[1]
+
+
+BASE_INSTALL = """
+import sys
+from importlib.abc import MetaPathFinder
+
+BLOCKED = {"minigrid", "metaworld", "Box2D", "mujoco", "sb3_contrib", "ray", "rl_zoo3"}
+
+
+class Missing(MetaPathFinder):  # as if only `pip install clrl` had run: the extras' packages are absent
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+
+sys.meta_path.insert(0, Missing())
+from clrl.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_list_and_an_extras_stream_on_the_base_install(tmp_path: Path) -> None:
+    script = tmp_path / "base.py"
+    script.write_text(BASE_INSTALL)
+    listed = subprocess.run(
+        [sys.executable, str(script), "list"], capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    minigrid = next(line for line in lines if line.strip().startswith("minigrid"))
+    assert minigrid.endswith('[not installed: pip install "clrl[minigrid]"]')
+    assert "not installed" not in next(line for line in lines if line.strip().startswith("cartpole-flip"))
+    assert "algorithms:" in lines and "methods:" in lines
+    run = subprocess.run(
+        [sys.executable, str(script), "run", "minigrid", "--logdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert (
+        run.stderr.strip()
+        == "clrl: error: stream 'minigrid' needs the minigrid extra: pip install \"clrl[minigrid]\""
+    )
+
+
+def test_progress_to_a_file_is_plain_lines(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [*(sys.executable, "-m", "clrl.cli", "run", "cartpole-flip", "--logdir", str(tmp_path))]
+        + [arg for arg in TINY_RUN if arg != "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("clrl: task ")]
+    assert lines[0] == "clrl: task 1/4 normal: 0/256 steps (0%)"
+    assert lines[-1].startswith("clrl: task 4/4 long-pole-flipped: 256/256 steps (100%)")
+
+
+def test_plain_progress_lines_estimate_from_the_current_parts_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from clrl import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    file = io.StringIO()
+    bar = progress.PlainProgress(100, "step", interval=0.0, file=file)
+    bar.set_description("task 1/2 a")
+    clock[0] = 100.0
+    bar.update(20)  # a slow first task: 0.2 steps/s
+    bar.set_description("task 2/2 b")
+    clock[0] = 110.0
+    bar.update(40)  # the second task's rate, 4 steps/s, is the estimate's: 40 steps left, 10 s
+    assert file.getvalue().splitlines() == [
+        "clrl: task 1/2 a: 0/100 steps (0%)",
+        "clrl: task 1/2 a: 20/100 steps (20%), about 6:40 left",
+        "clrl: task 2/2 b: 20/100 steps (20%)",
+        "clrl: task 2/2 b: 60/100 steps (60%), about 0:10 left",
+    ]
