@@ -95,6 +95,21 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="print SB3's training logs")
 
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: fine-tuning forgets, a continual method does not, side by side (about 3 min)",
+        description="Learn cartpole-flip (normal, swapped, long-pole, long-pole swapped CartPole) twice with "
+        "PPO: fine-tuning, then a continual method (default: multihead), and print both return matrices and "
+        "what each kept of the first tasks. A finished demo prints its results again at once.",
+    )
+    demo.add_argument("--method", default="multihead", help="the continual method (default: multihead)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of both runs (default: 0)")
+    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"steps per task (default: {DEMO_STEPS})")
+    demo.add_argument("--full", action="store_true", help="the stream's own budget (50,000 steps per task)")
+    demo.add_argument("--logdir", default="runs/demo", help="root of the two runs (default: runs/demo)")
+    demo.add_argument("--overwrite", action="store_true", help="train both afresh")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     sw = sub.add_parser(
         "sweep",
         help="run a grid of streams x algorithms x methods x seeds, several runs at a time",
@@ -200,6 +215,42 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
         torch.set_num_threads(threads)
 
 
+DEMO_STREAM = "cartpole-flip"
+DEMO_STEPS = 25_000
+"""Steps per task of ``clrl demo``: every task is learned, and fine-tuning's forgetting is plain, on seeds
+0, 1 and 2 (README, Set-up)."""
+
+
+def _demo(ns: argparse.Namespace) -> None:
+    steps = None if ns.full else ns.steps
+    specs = [RunSpec(DEMO_STREAM, method=m, seed=ns.seed, steps=steps) for m in ("finetune", ns.method)]
+    for spec in specs:
+        spec.check()
+    run = argparse.Namespace(
+        logdir=ns.logdir, overwrite=ns.overwrite, resume=not ns.overwrite, no_progress=ns.no_progress,
+        verbose=False,
+    )  # fmt: skip
+    finetune, method = (_run_specs(run, [spec])[0] for spec in specs)
+    print(demo_summary(finetune, method, ns.method, ns.logdir))
+
+
+def demo_summary(finetune: TrainResult, method: TrainResult, name: str, logdir: str) -> str:
+    """What fine-tuning and ``name`` kept of the tasks before the last, in one line each."""
+
+    def kept(result: TrainResult) -> str:
+        final, best = result.matrix[-1, :-1], result.reference[:-1]
+        return (
+            f"{final.mean():.0f} of the {best.mean():.0f} they reached "
+            f"(forgetting {result.metrics['forgetting']:.1f}, ACC {result.metrics['acc']:.1f})"
+        )
+
+    return (
+        f"clrl: on the first {len(finetune.task_names) - 1} tasks after the last one, mean return:\n"
+        f"  finetune  {kept(finetune)}\n  {name:<9} {kept(method)}\n"
+        f"clrl: both side by side in TensorBoard: tensorboard --logdir {logdir}"
+    )
+
+
 def _run_specs(ns: argparse.Namespace, specs: list[RunSpec]) -> list[TrainResult]:
     results = []
     for spec in specs:
@@ -214,7 +265,7 @@ def _run_specs(ns: argparse.Namespace, specs: list[RunSpec]) -> list[TrainResult
             verbose=ns.verbose,
             log=lambda line: print(line, flush=True),
         )
-        print(format_result(result), flush=True)
+        print(f"{result}\n", flush=True)
         results.append(result)
     if len(results) > 1:
         print(format_seeds(results))
@@ -310,24 +361,6 @@ def _resume_point(run_dir: Path, n_tasks: int) -> str:
     return f"resuming after task {done} of {n_tasks}"
 
 
-def format_matrix(result: TrainResult) -> str:
-    """The return matrix as an aligned text table."""
-    names = result.task_names
-    width = max(10, *(len(n) + 2 for n in names))
-    labels = ["untrained", *(f"{i}. {name}" for i, name in enumerate(names, start=1))]
-    label_width = max(len(label) for label in labels) + 2
-    lines = ["after \\ on".ljust(label_width) + "".join(n.rjust(width) for n in names)]
-    for label, row in zip(labels, result.matrix, strict=True):
-        lines.append(label.ljust(label_width) + "".join(f"{v:{width}.1f}" for v in row))
-    return "\n".join(lines)
-
-
-def format_result(result: TrainResult) -> str:
-    """The matrix and metrics of one run."""
-    line = "  ".join(f"{key} {value:.3g}" for key, value in result.metrics.items())
-    return f"{format_matrix(result)}\n{line}\n"
-
-
 def format_seeds(results: Sequence[TrainResult]) -> str:
     """Mean and 95% bootstrap confidence interval of each metric over seeds."""
     lines = [f"over {len(results)} seeds (mean [95% CI]):"]
@@ -366,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _list()
         elif ns.command == "run":
             _run(ns)
+        elif ns.command == "demo":
+            _demo(ns)
         elif ns.command == "sweep":
             return _sweep(ns)
         else:

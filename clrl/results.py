@@ -124,6 +124,22 @@ class TrainResult:
             module_stats=module_stats,
         )
 
+    def table(self) -> str:
+        """The return matrix as an aligned text table: a row per training stage, a column per task."""
+        names = self.task_names
+        width = max(10, *(len(n) + 2 for n in names))
+        labels = ["untrained", *(f"{i}. {name}" for i, name in enumerate(names, start=1))]
+        label_width = max(len(label) for label in labels) + 2
+        lines = ["after \\ on".ljust(label_width) + "".join(n.rjust(width) for n in names)]
+        for label, row in zip(labels, self.matrix, strict=True):
+            lines.append(label.ljust(label_width) + "".join(f"{v:{width}.1f}" for v in row))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        """The matrix table and the metrics, rounded (what ``clrl run`` prints): ``print(result)``."""
+        line = "  ".join(f"{key} {value:.3g}" for key, value in self.metrics.items())
+        return f"{self.table()}\n{line}"
+
     @property
     def reference(self) -> np.ndarray:
         """Return on each task right after training it, ``R[j + 1, j]`` (the single-task references when

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICE, TINY_RUN
@@ -187,13 +188,12 @@ def test_matrix_table_keeps_long_task_names_whole() -> None:
     import numpy as np
 
     from clrl import TrainResult
-    from clrl.cli import format_matrix
 
-    table = format_matrix(
-        TrainResult(np.arange(6.0).reshape(3, 2), {}, ["a", "a-very-long-task-name"], [0, 1, 2])
-    )
+    table = TrainResult(np.arange(6.0).reshape(3, 2), {}, ["a", "a-very-long-task-name"], [0, 1, 2]).table()
     lines = table.splitlines()
     assert lines[2].split() == ["1.", "a", "2.0", "3.0"]
+    noisy = TrainResult(np.arange(6.0).reshape(3, 2), {"acc": 50.199999999999996}, ["a", "b"], [0, 1, 2])
+    assert str(noisy).splitlines()[-1] == "acc 50.2"  # print(result): the table, metrics rounded
     assert lines[3].split() == ["2.", "a-very-long-task-name", "4.0", "5.0"]
 
 
@@ -377,3 +377,24 @@ def test_plain_progress_lines_estimate_from_the_current_parts_rate(monkeypatch: 
         "clrl: task 2/2 b: 20/100 steps (20%)",
         "clrl: task 2/2 b: 60/100 steps (60%), about 0:10 left",
     ]
+
+
+def test_demo_runs_finetuning_and_a_method_side_by_side_and_a_rerun_prints_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["demo", "--steps", "256", "--logdir", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for method in ("finetune", "multihead"):
+        results = json.loads(
+            (tmp_path / "cartpole-flip" / f"ppo-{method}" / "seed0" / "results.json").read_text()
+        )
+        assert results["completed_tasks"] == 4 and results["steps"][-1] >= 4 * 256
+        line = next(x for x in out.splitlines() if x.strip().startswith(method))
+        kept = np.mean(results["matrix"][-1][:-1])
+        assert f"{kept:.0f} of the" in line and f"forgetting {results['metrics']['forgetting']:.1f}" in line
+    assert out.count("after \\ on") == 2
+    before = (tmp_path / "cartpole-flip" / "ppo-multihead" / "seed0" / "results.json").read_bytes()
+    assert main(args) == 0  # finished: shown again, nothing retrained
+    assert "all 4 tasks were completed: nothing to train" in capsys.readouterr().out
+    assert (tmp_path / "cartpole-flip" / "ppo-multihead" / "seed0" / "results.json").read_bytes() == before

@@ -40,7 +40,7 @@ def test_readme_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         exec(compile(textwrap.dedent(block), str(README), "exec"), namespace)
     assert namespace["result"].matrix.shape == (5, 4)
     assert np.isfinite(namespace["result"].matrix).all()
-    assert isinstance(namespace["modules"][0], clrl.L2)
+    assert isinstance(namespace["modules"][0], clrl.EWC)
     assert (tmp_path / "model.zip").is_file()
     assert namespace["ewc"].tasks_seen == 4  # two learn calls per task inside clrl.training_task
     assert isinstance(namespace["deployed"], ShortRolloutPPO)
