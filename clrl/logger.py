@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat, con
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-_CELL_W, _CELL_H, _MARGIN = 64, 24, 56
+_CELL_W, _CELL_H, _MARGIN = 84, 24, 100
 # Anchor colours of matplotlib's viridis map, interpolated linearly.
 _VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)
 
@@ -66,6 +67,22 @@ class RunLogger:
         """Log ``eval/<task>/<metric>`` for every task at global step ``step``."""
         log_eval_row(self.writer, step, task_names, row, metric)
 
+    def layout(self, task_names: Sequence[str], metric: str = "return") -> None:
+        """TensorBoard's Custom Scalars layout: one chart per task of its evaluations, across every run in
+        the logdir (a task's forgetting, method against method), and one per continual metric."""
+        evaluations = {
+            name: ["Multiline", [rf"^eval/{re.escape(name)}/{re.escape(metric)}$"]] for name in task_names
+        }
+        by_task = {name: ["Multiline", [rf"^by_task/eval/{re.escape(name)}/return$"]] for name in task_names}
+        metrics = {key: ["Multiline", [rf"^cl/{key}$"]] for key in ("acc", "bwt", "fwt", "forgetting")}
+        self.writer.add_custom_scalars(
+            {
+                f"evaluation ({metric}) per task": evaluations,
+                "evaluation after each task": by_task,
+                "continual metrics": metrics,
+            }
+        )
+
     def task_end(
         self,
         step: int,
@@ -74,21 +91,37 @@ class RunLogger:
         matrix: np.ndarray,
         metrics: Mapping[str, float],
     ) -> None:
-        """Log ``cl/<metric>``, ``cl/task``, and the return matrix so far (heatmap and table)."""
+        """Log ``cl/<metric>``, ``cl/task``, and the return matrix so far (heatmap and table).
+
+        The metrics and the boundary evaluations are also logged against the number of tasks learned
+        (``by_task/cl/<metric>``, ``by_task/eval/<task>/return``; 0 is the untrained row), so that runs
+        with other budgets line up task by task.
+        """
         self.writer.add_scalar("cl/task", task_index, step)
         for key, value in metrics.items():
             if math.isfinite(value):
                 self.writer.add_scalar(f"cl/{key}", value, step)
-        self.writer.add_image("cl/return_matrix", render_matrix(matrix), step, dataformats="HWC")
+                self.writer.add_scalar(f"by_task/cl/{key}", value, task_index + 1)
+        for row in (0, task_index + 1) if task_index == 0 else (task_index + 1,):
+            for name, value in zip(task_names, matrix[row], strict=True):
+                self.writer.add_scalar(f"by_task/eval/{name}/return", float(value), row)
+        image = render_matrix(matrix, task_names)
+        self.writer.add_image("cl/return_matrix", image, step, dataformats="HWC")
         self.writer.add_text("cl/return_matrix", matrix_markdown(matrix, task_names), step)
         self.writer.flush()
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Write the HParams summary, linking hyperparameters to the final ``cl/*`` metrics."""
+        """Write the run's HParams session: its hyperparameters and its final ``cl/*`` metrics.
+
+        No run writes an experiment configuration (TensorBoard would take one run's, arbitrarily, and show
+        only its columns): TensorBoard then builds it from every session in the logdir, the union of their
+        hyperparameters, those that differ between runs (``method``, a module's strength) first.
+        """
         clean = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()}
         metric_tags = {f"cl/{k}": v for k, v in metrics.items() if math.isfinite(v)}
+        _, session_start, session_end = hparams_summary(clean, metric_tags)
         file_writer = self.writer._get_file_writer()
-        for summary in hparams_summary(clean, metric_tags):
+        for summary in (session_start, session_end):
             file_writer.add_summary(summary)
         self.writer.flush()
 
@@ -138,23 +171,28 @@ def _colour(t: float) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
-def render_matrix(matrix: np.ndarray) -> np.ndarray:
+def render_matrix(matrix: np.ndarray, task_names: Sequence[str] | None = None) -> np.ndarray:
     """The return matrix as an RGB heatmap (uint8, HWC) with each cell's value written in it.
 
-    Rows are training stages (``0`` untrained, ``i`` after task ``i``), columns the evaluated tasks; cells
-    not yet measured are grey.
+    Rows are training stages (untrained, then after each task), columns the evaluated tasks, both labelled
+    with the task names when given (cut to 12 characters; else ``task j``); cells not yet measured are
+    grey.
     """
     rows, cols = matrix.shape
+    names = (
+        [_label(n) for n in task_names] if task_names is not None else [f"task {j + 1}" for j in range(cols)]
+    )
+    row_labels = ["untrained", *(f"{i}. {n}" for i, n in enumerate(names, start=1))][:rows]
     finite = matrix[np.isfinite(matrix)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     span = hi - lo or 1.0
     image = Image.new("RGB", (_MARGIN + cols * _CELL_W, _CELL_H + rows * _CELL_H), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     for j in range(cols):
-        draw.text((_MARGIN + j * _CELL_W + 4, 6), f"task {j + 1}", fill=(0, 0, 0))
+        draw.text((_MARGIN + j * _CELL_W + 4, 6), names[j], fill=(0, 0, 0))
     for i in range(rows):
         y = _CELL_H + i * _CELL_H
-        draw.text((4, y + 6), "init" if i == 0 else f"after {i}", fill=(0, 0, 0))
+        draw.text((4, y + 6), row_labels[i], fill=(0, 0, 0))
         for j in range(cols):
             x = _MARGIN + j * _CELL_W
             value = matrix[i, j]
@@ -165,6 +203,10 @@ def render_matrix(matrix: np.ndarray) -> np.ndarray:
             draw.rectangle((x, y, x + _CELL_W - 1, y + _CELL_H - 1), fill=_colour(t))
             draw.text((x + 4, y + 6), f"{value:.1f}", fill=(0, 0, 0) if t > 0.6 else (255, 255, 255))
     return np.asarray(image)
+
+
+def _label(name: str, width: int = 12) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def _read_umask() -> int:

@@ -339,6 +339,8 @@ class _Run:
         purge = (result.steps[first] + 1 if first > 0 else 0) if self.resume else None
         sb3_model = None if self.fresh_model else model  # fresh models log SB3's scalars per task
         self.logger = logger = RunLogger(self.root, sb3_model, purge_step=purge) if self.root else None
+        if logger and first == 0:
+            logger.layout(stream.task_names, stream.metric)
         bar = _progress(progress_bar, sum(stream.steps(i) for i in range(first, n)))
         start = time.perf_counter() - elapsed
         try:

@@ -166,6 +166,8 @@ class StreamCallback(BaseCallback):
         config["schedule"] = "StreamCallback"
         self.result = TrainResult(np.full((n + 1, n), np.nan), {}, stream.task_names, [], [], config, root)
         self._logger = RunLogger(root, model) if root else None
+        if self._logger:
+            self._logger.layout(stream.task_names, stream.metric)
         self._learning_starts = getattr(model, "learning_starts", None)
         model.set_random_seed(self.seed)
         self._env = _TaskVecEnv(self._task_env(0))
