@@ -45,7 +45,7 @@ from clrl.modules import (
     progressive_policy,
 )
 from clrl.presets import hyperparameters, make_model, preset
-from clrl.results import TrainResult
+from clrl.results import TrainResult, reference_mismatch, run_config
 from clrl.runner import VEC_ENVS, train, train_multitask, train_single_task
 from clrl.streams import TaskStream, make_stream
 
@@ -326,17 +326,21 @@ def run_experiment(
     if spec.method == "multitask":
         return train_multitask(factory(0), stream, **common)
     modules = make_modules(spec.method, spec.method_args)
+    model = factory(0)
     reference = None
     reference_dir = dataclasses.replace(spec, method="single-task").run_dir(logdir, stream.name)
     if (reference_dir / "results.json").is_file():
-        log(f"clrl: normalising by the single-task run in {reference_dir}")
         reference = TrainResult.from_json(reference_dir / "results.json")
-        if completed_tasks(reference_dir) != len(stream) or reference.task_names != stream.task_names:
-            log("clrl: that single-task run is unfinished or of other tasks; not normalising")
+        ours = run_config(model, stream, spec.method, spec.seed, spec.eval_episodes, modules)
+        problem = reference_mismatch(reference, ours)
+        if problem is None:
+            log(f"clrl: normalising by the single-task run in {reference_dir}")
+        else:
+            log(f"clrl: not normalising by the single-task run in {reference_dir}: {problem}")
             reference = None
     vec_env_cls = VEC_ENVS[spec.vec_env]
     return train(
-        factory(0),
+        model,
         stream,
         modules,
         method=spec.method,

@@ -283,14 +283,44 @@ SAME_RUN_KEYS = (
 )
 
 
-def check_same_run(saved: dict[str, Any], ours: dict[str, Any]) -> None:
-    """Refuse to resume a run whose stream, algorithm, method, seed or settings differ from this call's."""
-    differ = [
+REFERENCE_KEYS = ("stream_spec", "algorithm", "seed", "n_envs", "eval_episodes", "hyperparameters")
+"""What a single-task reference run must share with the run it normalises (the policy and the modules
+differ by design)."""
+
+
+def _differing(saved: dict[str, Any], ours: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    return [
         key
-        for key in SAME_RUN_KEYS
+        for key in keys
         if json.dumps(to_jsonable(saved.get(key)), sort_keys=True)
         != json.dumps(to_jsonable(ours.get(key)), sort_keys=True)
     ]
+
+
+def reference_mismatch(reference: TrainResult, ours: dict[str, Any]) -> str | None:
+    """Why ``reference`` cannot normalise the run of configuration ``ours`` (``None``: it can): it must be a
+    finished single-task run of the same stream (tasks and steps per task), algorithm, seed, environments,
+    evaluation episodes and hyperparameters."""
+    if reference.config.get("method") != "single-task":
+        return f"it is a {reference.config.get('method')!r} run, not a single-task one"
+    if not np.isfinite(reference.reference).all():
+        return "it is unfinished"
+    differ = _differing(reference.config, ours, REFERENCE_KEYS)
+    if not differ:
+        return None
+
+    def show(value: Any) -> str:
+        text = json.dumps(to_jsonable(value), sort_keys=True)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return "it differs in " + "; ".join(
+        f"{k} ({show(reference.config.get(k))} against {show(ours.get(k))})" for k in differ
+    )
+
+
+def check_same_run(saved: dict[str, Any], ours: dict[str, Any]) -> None:
+    """Refuse to resume a run whose stream, algorithm, method, seed or settings differ from this call's."""
+    differ = _differing(saved, ours, SAME_RUN_KEYS)
     if differ:
         details = "; ".join(f"{k}: run has {saved.get(k)!r}, this call {ours.get(k)!r}" for k in differ)
         raise CheckpointError(

@@ -54,6 +54,7 @@ from clrl.results import (
     check_same_run,
     read_previous,
     reference_metrics,
+    reference_mismatch,
     run_config,
     run_hparams,
     write_summary,
@@ -114,7 +115,9 @@ def train(
             at once when the run is complete.
         progress_bar: Show a progress bar over tasks and steps.
         method: Name of the method in ``results.json`` (default: the modules' names, or ``"finetune"``).
-        reference: A :func:`train_single_task` result on the same stream. Adds the metrics of the matrix
+        reference: A finished :func:`train_single_task` result of the same stream (tasks and steps per
+            task), algorithm, seed, environments, evaluation episodes and hyperparameters (else a
+            ``ConfigError`` says which differ). Adds the metrics of the matrix
             normalised between a random policy (0) and the single-task returns (1) as ``<metric>_norm``, and,
             when both runs have ``eval_freq`` curves, Continual World's forward transfer as ``fwt_cw``.
         vec_env_cls: ``DummyVecEnv`` or ``SubprocVecEnv`` for the tasks' training environments (one process
@@ -143,6 +146,10 @@ def train(
     elif vec_env_cls not in VEC_ENVS.values():
         raise ConfigError(f"vec_env_cls must be DummyVecEnv or SubprocVecEnv, got {vec_env_cls!r}")
     run = _Run(model, stream, modules, logdir, seed, eval_episodes, eval_freq, overwrite, method, resume)
+    problem = None if reference is None else reference_mismatch(reference, run.config)
+    if problem is not None:
+        run.release()
+        raise ConfigError(f"the reference run cannot normalise this run: {problem}")
     return run.run(
         lambda i: stream.make_vec_env(i, n_envs=model.n_envs, seed=seed + 1000 * i, vec_env_cls=vec_env_cls),
         reset_buffer=reset_buffer,

@@ -222,3 +222,36 @@ def test_results_json_reads_back(tmp_path: Path, tiny_stream: clrl.TaskStream) -
     np.testing.assert_array_equal(again.random_returns, result.random_returns)
     with pytest.raises(clrl.ConfigError, match="cannot read"):
         clrl.TrainResult.from_json(tmp_path / "missing.json")
+
+
+def test_a_reference_run_of_other_settings_is_refused_naming_what_differs(tmp_path: Path) -> None:
+    stream = cartpole_stream(steps=128)
+    single = clrl.train_single_task(lambda i: tiny_ppo(stream, i), stream, eval_episodes=1)
+    longer = cartpole_stream(steps=256)
+    with pytest.raises(clrl.ConfigError, match=r"cannot normalise this run: it differs in stream_spec"):
+        clrl.train(tiny_ppo(longer), longer, [clrl.L2()], eval_episodes=1, reference=single)
+    with pytest.raises(
+        clrl.ConfigError, match=r"differs in seed \(0 against 1\); eval_episodes \(1 against 2\)"
+    ):
+        clrl.train(tiny_ppo(stream), stream, eval_episodes=2, seed=1, reference=single)
+    continual = clrl.train(tiny_ppo(stream), stream, eval_episodes=1)
+    with pytest.raises(clrl.ConfigError, match="it is a 'finetune' run, not a single-task one"):
+        clrl.train(tiny_ppo(stream), stream, eval_episodes=1, reference=continual)
+    matched = clrl.train(tiny_ppo(stream), stream, [clrl.L2()], eval_episodes=1, reference=single)
+    assert "acc_norm" in matched.metrics
+
+
+def test_the_cli_says_why_it_does_not_normalise_by_a_mismatched_single_task_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import TINY_RUN
+
+    from clrl.cli import main
+
+    common = ["--logdir", str(tmp_path), *TINY_RUN, "batch_size=32"]
+    assert main(["run", "cartpole-flip", "--method", "single-task", *common]) == 0
+    assert main(["run", "cartpole-flip", "--method", "l2", *common, "--steps", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "not normalising by the single-task run in" in out and "it differs in stream_spec" in out
+    results = json.loads((tmp_path / "cartpole-flip" / "ppo-l2" / "seed0" / "results.json").read_text())
+    assert "acc_norm" not in results["metrics"]
