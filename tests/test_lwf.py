@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from conftest import DEVICE, cartpole_stream, make_model
+from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from test_modules import params_of
 
@@ -100,3 +101,15 @@ def test_bad_arguments() -> None:
         clrl.LwF(batch_size=0)
     with pytest.raises(clrl.ConfigError, match="networks"):
         clrl.LwF(networks="critic")  # type: ignore[arg-type]
+
+
+def test_a_policy_routed_by_task_is_refused_before_training() -> None:
+    """multihead+lwf: the teacher would distil the new task's untrained head (Li & Hoiem distil the old)."""
+    stream = cartpole_stream()
+    policy = clrl.multihead_policy(PPO)
+    model = PPO(
+        policy, stream.make_vec_env(0), n_steps=32, batch_size=32, policy_kwargs={"n_tasks": 2}, device=DEVICE
+    )
+    with pytest.raises(clrl.ConfigError, match="LwF with such a policy is not supported"):
+        clrl.train(model, stream, [clrl.LwF()], eval_episodes=1)
+    assert model.num_timesteps == 0

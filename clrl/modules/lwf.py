@@ -23,6 +23,7 @@ from clrl.modules.distill import (
     rollout_rows,
 )
 from clrl.modules.memory import Rows
+from clrl.modules.multihead import task_router
 
 
 class LwF(ContinualModule):
@@ -46,6 +47,8 @@ class LwF(ContinualModule):
     Relative to the paper: Li & Hoiem train a new head for each new task and distil the old heads' recorded
     responses with temperature 2; a shared-output RL policy has no separate heads, so the teacher's
     outputs on the new task's states are the targets, at temperature 1 (the KL of the policies themselves).
+    A multi-head or progressive policy (``multihead+lwf``) is refused: its teacher would route the new
+    task's states to the new task's untrained head, and distilling the old heads is not implemented.
 
     Paper: Li & Hoiem 2016, "Learning without Forgetting" (ECCV; TPAMI 2017).
 
@@ -79,8 +82,16 @@ class LwF(ContinualModule):
 
     # ------------------------------------------------------------------------------------ task boundaries
     def check_model(self, model: BaseAlgorithm) -> None:
-        """Refuse an algorithm or policy whose outputs are not defined (before anything trains)."""
+        """Refuse an algorithm or policy whose outputs are not defined, and a policy routed by task (before
+        anything trains)."""
         check_distillable(model, "LwF")
+        if task_router(model) is not None:
+            # The teacher would route the new task's states to the new task's head or column, which never
+            # trained: the paper distils the old heads, which this module does not implement.
+            raise ConfigError(
+                "LwF distils the policy's output on the new task's states, which a multi-head or progressive "
+                "policy routes to the new task's untrained head; LwF with such a policy is not supported"
+            )
 
     def on_task_start(self, task: TaskInfo) -> None:
         """Materialise a loaded teacher, seed the state sampling."""
