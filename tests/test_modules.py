@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from conftest import ALGO_SETUPS, DEVICE, make_model
@@ -14,9 +16,12 @@ from clrl.modules.base import ContinualModule, ParamGroup
 ALGOS = list(ALGO_SETUPS)
 
 
-def learn_two_tasks(algo: str, callback: ContinualModule | list[ContinualModule] | None) -> BaseAlgorithm:
-    """The user's own loop: one learn per task, the module passed as callback."""
-    model, stream = make_model(algo)
+def learn_two_tasks(
+    algo: str, callback: ContinualModule | list[ContinualModule] | None, **overrides: Any
+) -> BaseAlgorithm:
+    """The user's own loop: one learn per task, the module passed as callback (``overrides``: the model's
+    hyperparameters)."""
+    model, stream = make_model(algo, **overrides)
     for i in range(len(stream)):
         model.set_env(stream.make_vec_env(i, seed=10 + i))
         model.learn(stream.steps(i), callback=callback, reset_num_timesteps=False)
