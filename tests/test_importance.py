@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICE, make_model, pendulum_stream
+from conftest import DEVICE, cartpole_stream, make_model, pendulum_stream
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+import clrl
 from clrl.algorithms import policy_parameters
 from clrl.errors import ConfigError
 from clrl.modules.importance import StateBatch, collect_states, fisher_diagonal, mas_importance
@@ -234,3 +235,20 @@ def test_empty_buffer_is_a_clear_error() -> None:
     model, _ = make_model("dqn")
     with pytest.raises(ConfigError, match="no states"):
         collect_states(model, 10, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("module", [clrl.EWC, clrl.MAS])
+def test_importance_estimates_leave_a_shared_extractors_parameters_on_the_optimiser(module: type) -> None:
+    """A features extractor shared under three names (SB3's default) kept new parameter objects after the
+    per-sample Jacobians, which no optimiser held: ewc+dualnet and mas+dualnet then failed at task 2."""
+    stream = cartpole_stream()
+    kwargs = {"features_extractor_class": clrl.DualNetExtractor}
+    model = PPO(
+        "MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, policy_kwargs=kwargs, device=DEVICE
+    )
+    held = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
+    regulariser = module()
+    with clrl.training_task(model, [regulariser], 0):
+        model.learn(64, callback=regulariser)
+    assert regulariser.tasks_seen == 1
+    assert {id(p) for p in model.policy.parameters()} <= held

@@ -335,9 +335,31 @@ def _jacobians(
     if chunk_size is None:
         n_params = sum(p.numel() for p in params.values())
         chunk_size = max(1, 2**24 // max(1, 8 * n_params))  # ~64 MB of Jacobians for <= 8 outputs
-    for start in range(0, len(states), chunk_size):
-        jac, out = per_sample(detached, states.as_dict(start, start + chunk_size))
-        yield {k: {n[len("policy.") :]: j for n, j in v.items()} for k, v in jac.items()}, out
+    originals = _parameter_slots(model.policy)
+    try:
+        for start in range(0, len(states), chunk_size):
+            jac, out = per_sample(detached, states.as_dict(start, start + chunk_size))
+            yield {k: {n[len("policy.") :]: j for n, j in v.items()} for k, v in jac.items()}, out
+    finally:
+        _restore_parameter_slots(originals)
+
+
+def _parameter_slots(policy: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
+    """Every ``(module, name, parameter)`` of ``policy``, shared modules under each of their names."""
+    return [
+        (module, name, param)
+        for _, module in policy.named_modules(remove_duplicate=False)
+        for name, param in module.named_parameters(recurse=False)
+    ]
+
+
+def _restore_parameter_slots(slots: list[tuple[nn.Module, str, nn.Parameter]]) -> None:
+    """Put back any parameter object that ``functional_call`` left swapped: with a module shared under
+    several names (SB3's ``features_extractor``, ``pi_features_extractor`` and ``vf_features_extractor``),
+    torch's restore can leave new parameter objects in place, which the optimisers do not hold."""
+    for module, name, param in slots:
+        if module._parameters.get(name) is not param:
+            module._parameters[name] = param
 
 
 def _kind_of(kind_key: str) -> Kind:
