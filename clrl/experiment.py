@@ -330,9 +330,13 @@ def run_experiment(
     reference = None
     reference_dir = dataclasses.replace(spec, method="single-task").run_dir(logdir, stream.name)
     if (reference_dir / "results.json").is_file():
-        reference = TrainResult.from_json(reference_dir / "results.json")
-        ours = run_config(model, stream, spec.method, spec.seed, spec.eval_episodes, modules)
-        problem = reference_mismatch(reference, ours)
+        try:
+            reference = TrainResult.from_json(reference_dir / "results.json")
+        except ConfigError as exc:
+            problem: str | None = str(exc)
+        else:
+            ours = run_config(model, stream, spec.method, spec.seed, spec.eval_episodes, modules)
+            problem = reference_mismatch(reference, ours)
         if problem is None:
             log(f"clrl: normalising by the single-task run in {reference_dir}")
         else:

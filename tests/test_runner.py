@@ -255,3 +255,18 @@ def test_the_cli_says_why_it_does_not_normalise_by_a_mismatched_single_task_run(
     assert "not normalising by the single-task run in" in out and "it differs in stream_spec" in out
     results = json.loads((tmp_path / "cartpole-flip" / "ppo-l2" / "seed0" / "results.json").read_text())
     assert "acc_norm" not in results["metrics"]
+
+
+def test_a_damaged_single_task_run_beside_a_run_is_named_and_not_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import TINY_RUN
+
+    from clrl.cli import main
+
+    single = tmp_path / "cartpole-flip" / "ppo-single-task" / "seed0"
+    single.mkdir(parents=True)
+    (single / "results.json").write_text('{"matrix": [[1.0]]}')
+    assert main(["run", "cartpole-flip", "--method", "l2", "--logdir", str(tmp_path), *TINY_RUN]) == 0
+    out = capsys.readouterr().out
+    assert "not normalising by the single-task run in" in out and "field 'task_names' is missing" in out
