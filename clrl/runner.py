@@ -417,6 +417,9 @@ class _Run:
         assert self.fresh_model is not None and self.result is not None
         model = self.fresh_model(i)
         check_model(model, self.stream)
+        previous = self.model.get_env()
+        if previous is not None and previous is not model.get_env():
+            previous.close()  # the previous task's model is done with its environments
         self.model, self.offset = model, self.result.steps[-1]
         return model
 
