@@ -17,28 +17,30 @@ from typing import Any
 from clrl.errors import ConfigError
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _integer(value: Any) -> bool:
+def is_integer(value: Any) -> bool:
+    """An int, not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _probability(value: Any) -> bool:
-    return _number(value) and 0 <= value <= 1
+    return is_number(value) and 0 <= value <= 1
 
 
 def _positive(value: Any) -> bool:
-    return _number(value) and value > 0
+    return is_number(value) and value > 0
 
 
 def _non_negative(value: Any) -> bool:
-    return _number(value) and value >= 0
+    return is_number(value) and value >= 0
 
 
 def _count(value: Any) -> bool:
-    return _integer(value) and value >= 1
+    return is_integer(value) and value >= 1
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -86,17 +88,17 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (_count, "a positive integer"),
     "n_epochs": (_count, "a positive integer"),
     "buffer_size": (_count, "a positive integer"),
-    "learning_starts": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "learning_starts": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     "train_freq": (_train_freq, "a positive integer or [positive integer, 'step' | 'episode']"),
     "gradient_steps": (lambda v: _count(v) or v == -1, "a positive integer or -1"),
     "target_update_interval": (_count, "a positive integer"),
     "policy_delay": (_count, "a positive integer"),
     "n_envs": (_count, "a positive integer"),
-    "sde_sample_freq": (lambda v: _integer(v) and v >= -1, "an integer >= -1"),
+    "sde_sample_freq": (lambda v: is_integer(v) and v >= -1, "an integer >= -1"),
     "stats_window_size": (_count, "a positive integer"),
     "n_quantiles": (_count, "a positive integer"),
     "n_critics": (_count, "a positive integer"),
-    "top_quantiles_to_drop_per_net": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "top_quantiles_to_drop_per_net": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
 }
 """Hyperparameter name -> (check, what it must be), from SB3's and sb3-contrib's documentation."""
 

@@ -23,6 +23,7 @@ from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule, LinearSchedule
 
 from clrl.errors import CheckpointError
+from clrl.hyperparameters import is_number
 from clrl.imports import import_allowed
 
 TAG = "__clrl__"
@@ -160,7 +161,7 @@ def _decode_space(value: dict[str, Any], kind: str, bases: tuple[type, ...]) -> 
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+    if not is_number(value) or not np.isfinite(value):
         raise CheckpointError(f"{value!r} is not a finite number")
     return value
 

@@ -21,6 +21,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from clrl import metrics
 from clrl.errors import CheckpointError, ConfigError
+from clrl.hyperparameters import is_integer, is_number
 from clrl.logger import to_jsonable, write_json_atomic
 from clrl.modules.base import ContinualModule
 from clrl.streams import TaskStream
@@ -86,13 +87,13 @@ class TrainResult:
         n = len(names)
         matrix = _numbers(_field(data, "matrix", list), "matrix", (n + 1, n))
         steps = _field(data, "steps", list)
-        if len(steps) > n + 1 or not all(_is_int(s) and s >= 0 for s in steps) or steps != sorted(steps):
+        if len(steps) > n + 1 or not all(is_integer(s) and s >= 0 for s in steps) or steps != sorted(steps):
             raise _Damaged(f"field 'steps' must be at most {n + 1} increasing step counts, got {steps!r}")
         curves = []
         for curve in _field(data, "curves", list):
             if (
                 not isinstance(curve, dict)
-                or not _is_int(curve.get("step"))
+                or not is_integer(curve.get("step"))
                 or curve.get("task") not in range(n)
             ):
                 raise _Damaged(f"field 'curves' holds a damaged entry {curve!r}")
@@ -100,11 +101,11 @@ class TrainResult:
                 (curve["step"], curve["task"], _numbers(curve.get("returns"), "curves", (n,)).tolist())
             )
         metrics_ = _field(data, "metrics", dict)
-        if not all(isinstance(k, str) and (v is None or _is_number(v)) for k, v in metrics_.items()):
+        if not all(isinstance(k, str) and (v is None or is_number(v)) for k, v in metrics_.items()):
             raise _Damaged("field 'metrics' must map names to numbers")
         random_returns = data.get("random_returns")
         timings = data.get("timings", {})
-        if not isinstance(timings, dict) or not all(_is_number(v) for v in timings.values()):
+        if not isinstance(timings, dict) or not all(is_number(v) for v in timings.values()):
             raise _Damaged("field 'timings' must map names to seconds")
         module_stats = data.get("module_stats", [])
         if not isinstance(module_stats, list) or not all(isinstance(m, dict) for m in module_stats):
@@ -167,14 +168,6 @@ class _Damaged(ValueError):
     """A field of a ``results.json`` of the wrong type or shape."""
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _field(data: dict[str, Any], name: str, kind: type) -> Any:
     if name not in data:
         raise _Damaged(f"field {name!r} is missing")
@@ -188,7 +181,7 @@ def _numbers(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
 
     def valid(item: Any, depth: int) -> bool:
         if depth == len(shape):
-            return item is None or _is_number(item)
+            return item is None or is_number(item)
         return isinstance(item, list) and len(item) == shape[depth] and all(valid(i, depth + 1) for i in item)
 
     if not valid(value, 0):
@@ -261,7 +254,7 @@ def read_previous(root: Path | None) -> tuple[TrainResult, int] | None:
         result = TrainResult.from_json(path)
     except (OSError, ValueError, AttributeError, ConfigError) as exc:
         raise CheckpointError(f"cannot resume from {str(path)!r}: {exc}") from exc
-    if not _is_int(completed) or not 0 <= completed < len(result.steps):
+    if not is_integer(completed) or not 0 <= completed < len(result.steps):
         raise CheckpointError(f"cannot resume from {str(path)!r}: bad completed_tasks {completed!r}")
     if not np.isfinite(result.matrix[: completed + 1]).all():
         raise CheckpointError(

@@ -348,7 +348,7 @@ class _Run:
         self.logger = logger = RunLogger(self.root, sb3_model, purge_step=purge) if self.root else None
         if logger and first == 0:
             logger.layout(stream.task_names, stream.metric)
-        bar = _progress(progress_bar, sum(stream.steps(i) for i in range(first, n)))
+        bar = progress(progress_bar, sum(stream.steps(i) for i in range(first, n)), "step")
         start = time.perf_counter() - elapsed
         try:
             if first == 0:
@@ -558,7 +558,3 @@ class _ProgressCallback(BaseCallback):
         self.bar.update(done - self.done)
         self.done = done
         return True
-
-
-def _progress(enabled: bool, total: int) -> Any:
-    return progress(enabled, total, "step")

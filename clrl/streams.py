@@ -40,7 +40,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from clrl import wrappers as clrl_wrappers
 from clrl._data import data_dir
 from clrl.errors import StreamError
-from clrl.hyperparameters import check_finite_numbers
+from clrl.hyperparameters import check_finite_numbers, is_number
 from clrl.imports import import_allowed
 
 if sys.version_info >= (3, 11):
@@ -246,7 +246,7 @@ class Task:
                 raise StreamError(
                     f"task {self.name!r}: {env_name}.{key} is a method, not a settable attribute"
                 )
-            if _is_number(current) and not _is_number(value):
+            if is_number(current) and not is_number(value):
                 raise StreamError(
                     f"task {self.name!r}: {env_name}.{key} is a number, got {type(value).__name__} {value!r}"
                 )
@@ -457,10 +457,6 @@ class _MultiTaskFactory:
 def _describe(exc: Exception) -> str:
     """An exception's message, with its type unless it is the usual ValueError or TypeError."""
     return str(exc) if isinstance(exc, ValueError | TypeError) else f"{type(exc).__name__}: {exc}"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_steps(value: Any, where: str) -> None:

@@ -59,7 +59,7 @@ from typing import Any, Literal
 from clrl import _worker
 from clrl.errors import ConfigError
 from clrl.experiment import BASELINES, RunSpec, completed_tasks, make_modules
-from clrl.progress import progress
+from clrl.progress import progress as make_progress
 from clrl.streams import TaskStream
 
 if sys.version_info >= (3, 11):
@@ -560,7 +560,7 @@ def sweep(
             )
         else:
             queue.append(index)
-    bar = _bar(progress, len(jobs))
+    bar = make_progress(progress, len(jobs), "run", "sweep")
 
     def report(index: int) -> None:
         outcome = outcomes[index]
@@ -616,10 +616,6 @@ def _read_spec(run_dir: Path) -> RunSpec | None:
         return RunSpec.from_dict(json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8")))
     except (OSError, ValueError, ConfigError):
         return None
-
-
-def _bar(enabled: bool, total: int) -> Any:
-    return progress(enabled, total, "run", "sweep")
 
 
 def _postfix(bar: Any, running: set[int], outcomes: dict[int, RunOutcome]) -> None:
