@@ -21,8 +21,8 @@ from clrl.presets import make_model, preset
 class Args:
     stream: str = "cartpole-flip"  # built-in stream name or a stream file
     algo: str = "ppo"  # ppo, a2c, dqn, sac, td3 (and sb3-contrib's when installed)
-    method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si, replay, clear, agem, packnet,
-    #                           multihead, progressive, lwf, clser, pnc, dualnet
+    method: str = "finetune"  # finetune, l2, ewc, online-ewc, mas, si, replay, clear, behaviour-cloning,
+    #                           clonex, agem, packnet, multihead, progressive, lwf, clser, pnc, dualnet
     strength: float = 1000.0  # penalty coefficient of the penalty modules (l2 ... si)
     steps: int | None = None  # steps per task (default: the stream's)
     seed: int = 0
@@ -70,6 +70,8 @@ def main() -> None:
     others = {  # default hyperparameters
         "replay": clrl.Replay,
         "clear": clrl.CLEAR,
+        "behaviour-cloning": clrl.BehaviourCloning,
+        "clonex": clrl.ClonEx,
         "agem": clrl.AGEM,
         "packnet": clrl.PackNet,
         "multihead": clrl.MultiHead,

@@ -1,7 +1,8 @@
 """Training time and memory of the replay modules against plain SB3, as ratios measured in one run.
 
-    python benchmarks/replay_overhead.py --algo ppo --steps 4096 --repeats 6     # CLEAR, A-GEM
+    python benchmarks/replay_overhead.py --algo ppo --steps 4096 --repeats 6     # CLEAR, cloning, A-GEM
     python benchmarks/replay_overhead.py --algo dqn --steps 4096 --repeats 6     # Replay, A-GEM
+    python benchmarks/replay_overhead.py --algo sac --stream pendulum-flip --steps 2000 --repeats 4  # ClonEx
     python benchmarks/replay_overhead.py --algo dqn --skip-time --memory-tasks 12
 
 Time: the same protocol as ``regularisation_overhead.py`` (the user's own ``set_env`` + ``learn`` loop over
@@ -23,10 +24,20 @@ import clrl
 from clrl.presets import make_model
 
 CONFIGURATIONS: dict[str, dict[str, Factory]] = {
-    "ppo": {"plain": None, "clear": lambda: clrl.CLEAR(), "agem": lambda: clrl.AGEM()},
+    "ppo": {
+        "plain": None,
+        "clear": lambda: clrl.CLEAR(),
+        "behaviour-cloning": lambda: clrl.BehaviourCloning(),
+        "agem": lambda: clrl.AGEM(),
+    },
     "a2c": {"plain": None, "clear": lambda: clrl.CLEAR(), "agem": lambda: clrl.AGEM()},
     "dqn": {"plain": None, "replay": lambda: clrl.Replay(), "agem": lambda: clrl.AGEM()},
-    "sac": {"plain": None, "replay": lambda: clrl.Replay(), "agem": lambda: clrl.AGEM()},
+    "sac": {
+        "plain": None,
+        "replay": lambda: clrl.Replay(),
+        "clonex": lambda: clrl.ClonEx(exploration_steps=200),
+        "agem": lambda: clrl.AGEM(),
+    },
 }
 
 

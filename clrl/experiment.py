@@ -31,6 +31,8 @@ from clrl.modules import (
     L2,
     MAS,
     SI,
+    BehaviourCloning,
+    ClonEx,
     ContinualModule,
     DualNet,
     DualNetExtractor,
@@ -41,10 +43,11 @@ from clrl.modules import (
     ProgressAndCompress,
     ProgressiveColumns,
     Replay,
+    ResetOptimizer,
     multihead_policy,
     progressive_policy,
 )
-from clrl.presets import hyperparameters, make_model, preset
+from clrl.presets import hyperparameters, make_model, module_defaults, preset
 from clrl.results import TrainResult, reference_mismatch, run_config
 from clrl.runner import VEC_ENVS, train, train_multitask, train_single_task
 from clrl.streams import TaskStream, make_stream
@@ -58,6 +61,8 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "si": SI,
     "replay": Replay,
     "clear": CLEAR,
+    "behaviour-cloning": BehaviourCloning,
+    "clonex": ClonEx,
     "agem": AGEM,
     "packnet": PackNet,
     "multihead": MultiHead,
@@ -66,6 +71,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "clser": CLSER,
     "pnc": ProgressAndCompress,
     "dualnet": DualNet,
+    "reset-optimizer": ResetOptimizer,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")
@@ -103,8 +109,11 @@ def method_parts(method: str) -> list[str]:
     return parts
 
 
-def make_modules(method: str, args: dict[str, Any]) -> list[ContinualModule]:
+def make_modules(method: str, args: dict[str, Any], algo: str | None = None) -> list[ContinualModule]:
     """The modules of ``method``; each entry of ``args`` goes to every module whose constructor takes it.
+
+    With ``algo``, each module first gets the defaults ``agents/presets/modules.toml`` gives it for that
+    algorithm's family (:func:`clrl.presets.module_defaults`), which ``args`` override.
 
     Raises:
         ConfigError: Unknown method, an argument no module takes, or a bad value.
@@ -113,20 +122,29 @@ def make_modules(method: str, args: dict[str, Any]) -> list[ContinualModule]:
         if args:
             raise ConfigError(f"baseline {method!r} takes no module arguments")
         return []
-    classes = [cls for cls in map(METHODS.__getitem__, method_parts(method)) if cls is not None]
-    if not classes:
+    parts = [(part, cls) for part in method_parts(method) if (cls := METHODS[part]) is not None]
+    if not parts:
         if args:
             raise ConfigError(f"method {method!r} takes no module arguments")
         return []
-    accepted = {cls: set(inspect.signature(cls.__init__).parameters) - {"self"} for cls in classes}
+    accepted = {cls: set(inspect.signature(cls.__init__).parameters) - {"self"} for _, cls in parts}
     unknown = sorted(k for k in args if not any(k in names for names in accepted.values()))
     if unknown:
         raise ConfigError(
             f"bad module argument for {method}: {', '.join(unknown)} is not an argument of "
-            + ", ".join(cls.__name__ for cls in classes)
+            + ", ".join(cls.__name__ for _, cls in parts)
         )
     try:
-        return [cls(**{k: v for k, v in args.items() if k in accepted[cls]}) for cls in classes]
+        return [
+            cls(
+                **{
+                    k: v
+                    for k, v in {**(module_defaults(part, algo) if algo else {}), **args}.items()
+                    if k in accepted[cls]
+                }
+            )
+            for part, cls in parts
+        ]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad module argument for {method}: {exc}") from exc
 
@@ -233,7 +251,7 @@ class RunSpec:
         method_parts(self.method)
         stream = _validated_stream(self.stream, self.steps)
         check_seed(self.seed, len(stream))
-        make_modules(self.method, self.method_args)
+        make_modules(self.method, self.method_args, self.algo)
         hp = policy_hyperparameters(self.method, self.algo, stream, self.hyperparameters)
         hyperparameters(stream.name, self.algo, hp)
         return stream
@@ -325,7 +343,7 @@ def run_experiment(
         return train_single_task(factory, stream, **common)
     if spec.method == "multitask":
         return train_multitask(factory(0), stream, **common)
-    modules = make_modules(spec.method, spec.method_args)
+    modules = make_modules(spec.method, spec.method_args, spec.algo)
     model = factory(0)
     reference = None
     reference_dir = dataclasses.replace(spec, method="single-task").run_dir(logdir, stream.name)

@@ -73,6 +73,24 @@ def forgetting(matrix: ArrayLike) -> float:
     return float(np.mean([r[1:n, j].max() - r[n, j] for j in range(n - 1)]))
 
 
+def forgetting_cw(matrix: ArrayLike) -> float:
+    """Continual World's forgetting: ``1/T Σ_j (R[j+1, j] - R[T, j])``, the return a task had at the end of
+    its own training minus its final return, averaged over every task (the last one's is 0).
+
+    Unlike :func:`forgetting` (Chaudhry's, from the best return a task ever had), a task that improved
+    after its own training and then lost the gain does not count as forgotten; on ``T - 1`` tasks with a
+    successor it is ``-(T - 1)/T · BWT``.
+
+    Paper: Wołczyk et al. 2021, "Continual World: A Robotic Benchmark For Continual Reinforcement
+    Learning", NeurIPS (Sec. 3, forgetting).
+    """
+    r = _check(matrix)
+    n = r.shape[1]
+    if n < 2:
+        return float("nan")
+    return float(np.mean([r[j + 1, j] - r[n, j] for j in range(n)]))
+
+
 def normalize(matrix: ArrayLike, low: ArrayLike, high: ArrayLike) -> NDArray[np.float64]:
     """Per-task normalised scores ``(R[:, j] - low[j]) / (high[j] - low[j])``.
 
@@ -111,12 +129,13 @@ def auc_forward_transfer(curve: ArrayLike, reference_curve: ArrayLike) -> float:
 
 
 def summary(matrix: ArrayLike) -> dict[str, float]:
-    """ACC, BWT, FWT and forgetting of one return matrix."""
+    """ACC, BWT, FWT, forgetting (Chaudhry's) and Continual World's forgetting of one return matrix."""
     return {
         "acc": average_return(matrix),
         "bwt": backward_transfer(matrix),
         "fwt": forward_transfer(matrix),
         "forgetting": forgetting(matrix),
+        "forgetting_cw": forgetting_cw(matrix),
     }
 
 

@@ -20,7 +20,10 @@ import sys
 from typing import Any
 
 import torch
+from stable_baselines3 import DQN
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from clrl._data import data_dir
 from clrl.algorithms import get_algorithm
@@ -43,6 +46,29 @@ def preset(stream_name: str, algorithm: str) -> dict[str, Any]:
             if algorithm.lower() in table:
                 return dict(table[algorithm.lower()])
     return {}
+
+
+def algorithm_family(algorithm: str) -> str | None:
+    """The family whose module defaults ``algorithm`` uses: ``"on-policy"`` (PPO, A2C, RecurrentPPO, TRPO),
+    ``"q-learning"`` (DQN, QR-DQN), ``"off-policy"`` (SAC, TD3, TQC, CrossQ, DDPG), ``None`` for others
+    (ARS)."""
+    cls = get_algorithm(algorithm)
+    if issubclass(cls, OnPolicyAlgorithm):
+        return "on-policy"
+    if not issubclass(cls, OffPolicyAlgorithm):
+        return None
+    return "q-learning" if issubclass(cls, DQN) or cls.__name__ == "QRDQN" else "off-policy"
+
+
+def module_defaults(method: str, algorithm: str) -> dict[str, Any]:
+    """The hyperparameters ``agents/presets/modules.toml`` gives module ``method`` (one name, as on the
+    command line) for ``algorithm``'s family; empty when it gives none."""
+    family = algorithm_family(algorithm)
+    path = data_dir("_presets") / "modules.toml"
+    if family is None or not path.is_file():
+        return {}
+    table = tomllib.loads(path.read_text(encoding="utf-8"))
+    return dict(table.get(family, {}).get(method, {}))
 
 
 def hyperparameters(

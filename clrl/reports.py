@@ -36,8 +36,8 @@ from clrl.checks import make_directory
 from clrl.errors import ConfigError
 from clrl.results import TrainResult, reference_metrics
 
-RAW = ("acc", "bwt", "fwt", "forgetting")
-NORMALISED = ("acc_norm", "bwt_norm", "fwt_norm", "forgetting_norm")
+RAW = ("acc", "bwt", "fwt", "forgetting", "forgetting_cw")
+NORMALISED = ("acc_norm", "bwt_norm", "fwt_norm", "forgetting_norm", "forgetting_cw_norm")
 REFERENCE_METHODS = ("finetune", "multitask", "single-task")
 """Rows put first in every table, as references for the others."""
 _TITLES = {
@@ -45,10 +45,12 @@ _TITLES = {
     "bwt": "BWT",
     "fwt": "FWT",
     "forgetting": "forgetting",
+    "forgetting_cw": "forgetting (CW)",
     "acc_norm": "ACC norm",
     "bwt_norm": "BWT norm",
     "fwt_norm": "FWT norm",
     "forgetting_norm": "forgetting norm",
+    "forgetting_cw_norm": "forgetting (CW) norm",
 }
 
 

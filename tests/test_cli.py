@@ -37,6 +37,8 @@ def test_list_names_streams_algorithms_and_methods(capsys: pytest.CaptureFixture
         "l2",
         "replay",
         "clear",
+        "behaviour-cloning",
+        "clonex",
         "agem",
         "packnet",
         "pendulum-physics",
@@ -200,11 +202,18 @@ def test_matrix_table_keeps_long_task_names_whole() -> None:
 def test_replay_methods_run_by_name_and_refuse_a_hidden_task_id(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    clear = ["--method", "clear", "--method-arg", "budget=100", "--logdir", str(tmp_path), *TINY]
-    assert main(["run", "cartpole-flip", *clear]) == 0
+    cloning = ["--method", "behaviour-cloning", "--method-arg", "budget=100", "--logdir", str(tmp_path)]
+    assert main(["run", "cartpole-flip", *cloning, *TINY]) == 0
+    run = tmp_path / "cartpole-flip" / "ppo-behaviour-cloning" / "seed0"
+    assert (
+        json.loads((run / "results.json").read_text())["module_stats"][-1]["behaviour-cloning"]["states"]
+        == 100
+    )
+    clear = ["--method", "clear", "--method-arg", "budget=100", "unroll_length=8", "--logdir", str(tmp_path)]
+    assert main(["run", "cartpole-flip", *clear, *TINY]) == 0
     results = json.loads((tmp_path / "cartpole-flip" / "ppo-clear" / "seed0" / "results.json").read_text())
-    assert results["module_stats"][-1]["clear"]["states"] == 100
-    assert main(["run", "cartpole-physics", *clear]) == 2
+    assert results["module_stats"][-1]["clear"]["steps"] == 96  # 12 segments of 8 of the budget's 100
+    assert main(["run", "cartpole-physics", *clear, *TINY]) == 2
     assert "hides the task id" in capsys.readouterr().err
 
 

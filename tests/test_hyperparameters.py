@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -12,7 +13,10 @@ from hypothesis import strategies as st
 from stable_baselines3 import PPO, SAC
 
 import clrl
+from clrl._data import data_dir
+from clrl.experiment import METHODS, make_modules
 from clrl.hyperparameters import RANGES, check_hyperparameters
+from clrl.presets import tomllib
 from clrl.streams import MAX_STEPS
 
 
@@ -101,3 +105,43 @@ def test_a_stream_file_with_a_nan_attribute_is_refused_when_read() -> None:
                 "tasks": [{"name": "a", "env_id": "CartPole-v1", "attributes": {"length": float("nan")}}],
             }
         )
+
+
+# ------------------------------------------------------------------------------------------ module defaults
+@pytest.mark.parametrize(
+    ("method", "args", "algo", "attribute", "expected"),
+    [
+        ("ewc", {}, "sac", "strength", 20_000.0),  # Continual World's λ = 1e4 in clrl's convention
+        ("ewc", {}, "td3", "strength", 20_000.0),
+        ("ewc", {}, "ppo", "strength", 1000.0),
+        ("ewc", {"strength": 5.0}, "sac", "strength", 5.0),  # what the user says wins
+        ("l2", {}, "sac", "strength", 200_000.0),
+        ("l2", {}, "a2c", "strength", 0.01),
+        ("l2", {}, None, "strength", 1.0),  # without an algorithm: the constructor's default
+        ("ewc", {}, "dqn", "strength", 1000.0),  # no q-learning defaults: the constructor's
+        ("packnet", {}, "sac", "retrain", 0.1),
+        ("packnet", {}, "ppo", "retrain", 0.2),
+        ("agem", {}, "sac", "networks", "all"),
+    ],
+)
+def test_clrl_run_uses_module_defaults_per_algorithm_family(
+    method: str, args: dict[str, Any], algo: str | None, attribute: str, expected: Any
+) -> None:
+    (module,) = make_modules(method, args, algo)
+    assert getattr(module, attribute) == expected
+
+
+def test_module_defaults_reach_each_part_of_a_combination() -> None:
+    _, ewc = make_modules("multihead+ewc", {}, "sac")
+    assert isinstance(ewc, clrl.EWC) and ewc.strength == 20_000.0
+
+
+def test_every_module_default_names_a_method_and_its_arguments() -> None:
+    table = tomllib.loads((data_dir("_presets") / "modules.toml").read_text(encoding="utf-8"))
+    assert set(table) <= {"on-policy", "off-policy", "q-learning"}
+    for family, methods in table.items():
+        for method, values in methods.items():
+            cls = METHODS[method]
+            assert cls is not None, (family, method)
+            assert set(values) <= set(inspect.signature(cls.__init__).parameters), (family, method)
+            cls(**values)  # and the values are valid

@@ -46,10 +46,26 @@ def test_forgetting_is_negative_when_a_task_improves_later() -> None:
     assert metrics.backward_transfer(r) == pytest.approx(2.0)
 
 
+def test_continual_world_forgetting_by_hand() -> None:
+    # From the end of each task's own training: task 0: 100 - 80 = 20; task 1: 200 - 150 = 50; task 2:
+    # 300 - 300 = 0; over all three tasks: 70 / 3. Chaudhry's counts task 1's best (200) the same here.
+    assert metrics.forgetting_cw(R) == pytest.approx(70 / 3)
+    # A task that improved after its own training and then lost the gain: Chaudhry's counts the loss from
+    # the best (60 - 10 = 50), Continual World's from the end of its own training (20 - 10 = 10), over 2.
+    r = np.array([[0.0, 0.0, 0.0], [20.0, 0.0, 0.0], [60.0, 5.0, 0.0], [10.0, 5.0, 7.0]])
+    assert metrics.forgetting(r) == pytest.approx((50 + 0) / 2)
+    assert metrics.forgetting_cw(r) == pytest.approx((10 + 0 + 0) / 3)
+
+
 def test_single_task_metrics_need_two_tasks() -> None:
     r = np.array([[1.0], [3.0]])
     assert metrics.average_return(r) == 3.0
-    for fn in (metrics.backward_transfer, metrics.forward_transfer, metrics.forgetting):
+    for fn in (
+        metrics.backward_transfer,
+        metrics.forward_transfer,
+        metrics.forgetting,
+        metrics.forgetting_cw,
+    ):
         assert math.isnan(fn(r))
 
 
@@ -59,6 +75,7 @@ def test_summary_keys() -> None:
         "bwt": pytest.approx(-35.0),
         "fwt": pytest.approx(20.0),
         "forgetting": pytest.approx(35.0),
+        "forgetting_cw": pytest.approx(70 / 3),
     }
 
 

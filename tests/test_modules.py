@@ -212,3 +212,26 @@ def test_algorithms_without_an_optimizer_step_on_the_policy_warn(algo: str) -> N
     module.anchor = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
     with pytest.warns(UserWarning, match="without an optimiser step"):
         model.learn(64, callback=module)
+
+
+# ------------------------------------------------------------------------------------------ ResetOptimizer
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_reset_optimizer_clears_every_optimiser_at_each_later_task(algo: str) -> None:
+    model, stream = make_model(algo)
+    reset = clrl.ResetOptimizer()
+    model.learn(stream.steps(0), callback=reset)
+    assert all(len(opt.state) > 0 for opt in optimizers(model).values())  # Adam has moments now
+    model.set_env(stream.make_vec_env(1, seed=11))
+    with clrl.training_task(model, [reset], 1, "second"):
+        assert all(len(opt.state) == 0 for opt in optimizers(model).values())
+        model.learn(stream.steps(1), reset_num_timesteps=False)
+    assert reset.resets == 1 and all(len(opt.state) > 0 for opt in optimizers(model).values())
+
+
+def test_reset_optimizer_changes_nothing_on_the_first_task() -> None:
+    plain, stream = make_model("sac")
+    plain.learn(stream.steps(0))
+    model, _ = make_model("sac")
+    model.learn(stream.steps(0), callback=clrl.ResetOptimizer())
+    for (name, a), b in zip(params_of(model).items(), params_of(plain).values(), strict=True):
+        assert torch.equal(a, b), name

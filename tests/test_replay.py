@@ -1,4 +1,5 @@
-"""Replay, CLEAR and A-GEM: reservoirs, budgets, mixing, behaviour cloning, projection, state, errors."""
+"""Replay, behaviour cloning, CLEAR and A-GEM: reservoirs, budgets, mixing, cloning, V-trace, projection,
+state, errors."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from test_modules import learn_two_tasks, params_of
 import clrl
 from clrl import Task, TaskStream
 from clrl.modules.agem import project_gradient
-from clrl.modules.distill import distillation_losses, network_outputs
+from clrl.modules.clear import vtrace
+from clrl.modules.distill import action_log_likelihood, distillation_losses, network_outputs
 from clrl.modules.memory import Reservoir, TaskMemory
 
 OFF_POLICY = ["dqn", "sac", "td3", "qrdqn", "tqc", "crossq"]
@@ -224,21 +226,22 @@ def test_replay_is_reproducible() -> None:
         assert torch.equal(first[name], second[name]), name
 
 
-# ------------------------------------------------------------------------------------------ CLEAR
-@pytest.mark.parametrize("algo", ON_POLICY)
-def test_clear_weights_zero_equal_plain_sb3(algo: str) -> None:
+# ------------------------------------------------------------------------------------------ behaviour cloning
+@pytest.mark.parametrize("algo", [*ON_POLICY, "sac", "td3", "dqn"])
+def test_behaviour_cloning_weights_zero_equal_plain_sb3(algo: str) -> None:
     plain = params_of(learn_two_tasks(algo, None))
-    clear = params_of(learn_two_tasks(algo, clrl.CLEAR(budget=100, policy_coef=0.0, value_coef=0.0)))
+    module = clrl.BehaviourCloning(budget=100, policy_coef=0.0, value_coef=0.0)
+    cloned = params_of(learn_two_tasks(algo, module))
     for name in plain:
-        assert torch.equal(plain[name], clear[name]), name
+        assert torch.equal(plain[name], cloned[name]), name
 
 
 @pytest.mark.parametrize("algo", ON_POLICY)
-def test_clear_loss_is_zero_while_the_policy_is_unchanged(algo: str) -> None:
+def test_behaviour_cloning_loss_is_zero_while_the_policy_is_unchanged(algo: str) -> None:
     model, stream = make_model(algo)
-    clear = clrl.CLEAR(budget=100)
-    model.learn(stream.steps(0), callback=clear)
-    rows, old = clear.memory.sample_outputs(model, 64, np.random.default_rng(1))
+    module = clrl.BehaviourCloning(budget=100)
+    model.learn(stream.steps(0), callback=module)
+    rows, old = module.memory.sample_outputs(model, 64, np.random.default_rng(1))
     with torch.no_grad():
         losses = distillation_losses(model, old, network_outputs(model, rows, ("actor", "critic")))
     assert set(losses) == {"actor", "critic"}
@@ -251,22 +254,169 @@ def test_clear_loss_is_zero_while_the_policy_is_unchanged(algo: str) -> None:
     assert float(moved["actor"]) > 1e-4 and float(moved["critic"]) > 1e-4
 
 
-@pytest.mark.parametrize("algo", ON_POLICY)
-def test_clear_keeps_the_old_policy_on_replayed_states(algo: str) -> None:
-    def kl_after_second_task(clear: clrl.CLEAR) -> float:
+@pytest.mark.parametrize("algo", [*ON_POLICY, "sac"])
+def test_behaviour_cloning_keeps_the_old_policy_on_replayed_states(algo: str) -> None:
+    def kl_after_second_task(module: clrl.BehaviourCloning) -> float:
         model, stream = make_model(algo, learning_rate=0.01)  # a policy that moves within 128 steps
         for i in range(2):
             model.set_env(stream.make_vec_env(i, seed=10 + i))
-            model.learn(stream.steps(i), callback=clear, reset_num_timesteps=False)
-        rows = clear.memory.tasks[0].rows()
+            model.learn(stream.steps(i), callback=module, reset_num_timesteps=False)
+        rows = module.memory.tasks[0].rows()
         old = {k[4:]: torch.as_tensor(v) for k, v in rows.items() if k.startswith("out.")}
         with torch.no_grad():
             return float(distillation_losses(model, old, network_outputs(model, rows, ("actor",)))["actor"])
 
-    free = kl_after_second_task(clrl.CLEAR(budget=200, policy_coef=0.0, value_coef=0.0))
-    cloned = kl_after_second_task(clrl.CLEAR(budget=200, policy_coef=100.0, batch_size=64))
+    free = kl_after_second_task(clrl.BehaviourCloning(budget=200, policy_coef=0.0, value_coef=0.0))
+    cloned = kl_after_second_task(clrl.BehaviourCloning(budget=200, policy_coef=100.0, batch_size=64))
     assert free > 0
     assert cloned < 0.5 * free
+
+
+@pytest.mark.parametrize(
+    ("networks", "stepped"),
+    [("all", {"actor.optimizer", "critic.optimizer"}), ("actor", {"actor.optimizer"})],
+)
+def test_behaviour_cloning_reaches_the_optimisers_of_its_networks(networks: str, stepped: set[str]) -> None:
+    seen: set[str] = set()
+
+    class Counted(clrl.BehaviourCloning):
+        def extra_loss(self, group: Any) -> torch.Tensor | None:
+            seen.add(group.optimizer_name)
+            return super().extra_loss(group)
+
+    learn_two_tasks("sac", Counted(budget=100, networks=networks))  # type: ignore[arg-type]
+    assert seen == stepped
+
+
+# ------------------------------------------------------------------------------------------ CLEAR
+def test_vtrace_matches_a_hand_computed_segment() -> None:
+    # L = 2: r = (1, 2), γ = 0.9, V = (0.5, 1.0), V(x_2) = 2, π/μ = (0.5, 2) so ρ = c = (0.5, 1).
+    # δ_1 = 1·(2 + 0.9·2 - 1) = 2.8, v_1 = 1 + 2.8 = 3.8; δ_0 = 0.5·(1 + 0.9·1 - 0.5) = 0.7,
+    # v_0 = 0.5 + 0.7 + 0.9·0.5·(3.8 - 1) = 2.46; A_0 = 0.5·(1 + 0.9·3.8 - 0.5) = 1.96, A_1 = 2.8.
+    targets, advantages = vtrace(
+        torch.log(torch.tensor([[0.5, 2.0]])),
+        torch.tensor([[0.9, 0.9]]),
+        torch.tensor([[1.0, 2.0]]),
+        torch.tensor([[0.5, 1.0]]),
+        torch.tensor([2.0]),
+    )
+    assert targets.tolist()[0] == pytest.approx([2.46, 3.8])
+    assert advantages.tolist()[0] == pytest.approx([1.96, 2.8])
+    # The episode ends after step 0 (discount 0 there): nothing of step 1 flows back into v_0.
+    targets, _ = vtrace(
+        torch.zeros(1, 2),
+        torch.tensor([[0.0, 0.9]]),
+        torch.tensor([[1.0, 2.0]]),
+        torch.tensor([[0.5, 1.0]]),
+        torch.tensor([2.0]),
+    )
+    assert targets.tolist()[0] == pytest.approx([1.0, 3.8])
+
+
+def test_vtrace_on_policy_is_the_bootstrapped_n_step_return() -> None:
+    torch.manual_seed(0)
+    rewards, values, bootstrap = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3)
+    discounts = torch.full((3, 5), 0.95)
+    targets, _ = vtrace(torch.zeros(3, 5), discounts, rewards, values, bootstrap)
+    expected = bootstrap.clone()
+    for t in range(4, -1, -1):
+        expected = rewards[:, t] + 0.95 * expected
+        assert torch.allclose(targets[:, t], expected, atol=1e-5)
+
+
+def test_vtrace_equals_the_papers_recursion_on_random_segments() -> None:
+    torch.manual_seed(1)
+    n, length = 4, 7
+    log_rhos, rewards, values = torch.randn(n, length), torch.randn(n, length), torch.randn(n, length)
+    discounts = 0.9 * (torch.rand(n, length) > 0.2).float()  # some episodes end inside the segments
+    bootstrap = torch.randn(n)
+    targets, advantages = vtrace(log_rhos, discounts, rewards, values, bootstrap, rho_bar=1.0, c_bar=0.8)
+    rho, c = log_rhos.exp().clamp(max=1.0), log_rhos.exp().clamp(max=0.8)
+    after, v_next = bootstrap.clone(), bootstrap.clone()  # v_{t+1} and V(x_{t+1})
+    for t in range(length - 1, -1, -1):  # v_t = V_t + ρ_t δ_t + γ_t c_t (v_{t+1} - V_{t+1})
+        delta = rewards[:, t] + discounts[:, t] * v_next - values[:, t]
+        expected = values[:, t] + rho[:, t] * delta + discounts[:, t] * c[:, t] * (after - v_next)
+        advantage = rho[:, t] * (rewards[:, t] + discounts[:, t] * after - values[:, t])
+        assert torch.allclose(targets[:, t], expected, atol=1e-5)
+        assert torch.allclose(advantages[:, t], advantage, atol=1e-5)
+        after, v_next = expected, values[:, t]
+
+
+@pytest.mark.parametrize("algo", ON_POLICY)
+def test_clear_with_ratio_zero_equals_plain_sb3(algo: str) -> None:
+    plain = params_of(learn_two_tasks(algo, None))
+    clear = params_of(learn_two_tasks(algo, clrl.CLEAR(budget=100, replay_ratio=0.0)))
+    for name in plain:
+        assert torch.equal(plain[name], clear[name]), name
+
+
+@pytest.mark.parametrize("algo", ON_POLICY)
+def test_clear_stores_what_the_behaviour_policy_did_when_it_acted(algo: str) -> None:
+    model, stream = make_model(algo)
+    clear = clrl.CLEAR(budget="all", unroll_length=8)
+    rollouts: list[dict[str, np.ndarray]] = []
+
+    class Keep(clrl.ContinualModule):  # SB3's own record of each rollout, taken when it ends
+        def _on_rollout_end(self) -> None:
+            buffer: Any = self.model.rollout_buffer
+            rollouts.append(
+                {
+                    "log_prob": buffer.log_probs.copy(),
+                    "reward": buffer.rewards.copy(),
+                    "first": buffer.episode_starts.copy(),
+                    "value": buffer.values.copy(),
+                }
+            )
+
+    model.learn(stream.steps(0), callback=[clear, Keep()])
+    steps = {k: np.concatenate([r[k] for r in rollouts]) for k in rollouts[0]}  # (time, envs)
+    segments = clear.memory.tasks[0].rows()
+    n_envs = model.n_envs
+    behaviour = {
+        k[3:]: torch.as_tensor(v.reshape(-1, *v.shape[2:]))
+        for k, v in segments.items()
+        if k.startswith("mu.")
+    }
+    actions = torch.as_tensor(segments["action"].reshape(-1, segments["action"].shape[-1]))
+    log_mu = action_log_likelihood(model, behaviour, actions).view(len(segments["reward"]), 9).numpy()
+    # Segment k of env e holds steps 8k .. 8k + 8 of that env (the last one for the bootstrap).
+    for row in range(len(segments["reward"])):
+        k, e = divmod(row, n_envs)
+        span = slice(8 * k, 8 * k + 9)
+        assert np.array_equal(segments["reward"][row], steps["reward"][span, e])
+        assert np.array_equal(segments["first"][row], steps["first"][span, e])
+        assert np.allclose(segments["value"][row], steps["value"][span, e])
+        if "logits" in behaviour:  # categorical: exactly SB3's log-probability at acting time
+            assert np.allclose(log_mu[row], steps["log_prob"][span, e], atol=1e-5)
+    assert len(segments["reward"]) == n_envs * ((len(steps["reward"]) - 1) // 8)
+
+
+def test_clear_keeps_the_old_policy_on_replayed_trajectories() -> None:
+    def kl_after_second_task(clear: clrl.CLEAR) -> float:
+        model, stream = make_model("ppo", learning_rate=0.01)
+        for i in range(2):
+            model.set_env(stream.make_vec_env(i, seed=10 + i))
+            model.learn(stream.steps(i), callback=clear, reset_num_timesteps=False)
+        rows = {k: v.reshape(-1, *v.shape[2:]) for k, v in clear.memory.tasks[0].rows().items()}
+        old = {k[3:]: torch.as_tensor(v) for k, v in rows.items() if k.startswith("mu.")}
+        with torch.no_grad():
+            return float(distillation_losses(model, old, network_outputs(model, rows, ("actor",)))["actor"])
+
+    # Without cloning, V-trace alone; with a strong cloning weight the policy stays near the behaviour.
+    free = kl_after_second_task(
+        clrl.CLEAR(budget=400, unroll_length=8, policy_cloning=0.0, value_cloning=0.0)
+    )
+    cloned = kl_after_second_task(clrl.CLEAR(budget=400, unroll_length=8, policy_cloning=100.0))
+    assert free > 0
+    assert cloned < 0.5 * free
+
+
+def test_clear_replays_the_current_task_from_its_second_rollout() -> None:
+    model, stream = make_model("ppo")
+    clear = clrl.CLEAR(budget=200, unroll_length=8)
+    model.learn(stream.steps(0), callback=clear)
+    assert clear.log_scalars()["rho"] > 0  # updates of the first task replayed its earlier rollouts
+    assert clear.replayed_segments() == max(1, round(model.batch_size / 8))
 
 
 def test_clear_needs_an_on_policy_algorithm() -> None:
@@ -338,7 +488,7 @@ def test_agem_with_memory_of_the_current_task_only_equals_plain_sb3(algo: str) -
 
 
 # ------------------------------------------------------------------------------------------ shared
-@pytest.mark.parametrize("module", [clrl.Replay, clrl.CLEAR, clrl.AGEM])
+@pytest.mark.parametrize("module", [clrl.Replay, clrl.CLEAR, clrl.BehaviourCloning, clrl.AGEM])
 def test_a_hidden_task_id_is_refused_unless_allowed(module: type[clrl.ContinualModule]) -> None:
     stream = cartpole_stream(task_id="hidden")
     cls, _, kwargs = ALGO_SETUPS["dqn" if module is clrl.Replay else "ppo"]
@@ -357,9 +507,16 @@ def test_a_hidden_task_id_is_refused_unless_allowed(module: type[clrl.ContinualM
         (clrl.Replay, {"budget": "some"}),
         (clrl.Replay, {"fraction": 1.5}),
         (clrl.Replay, {"fraction": -0.1}),
+        (clrl.BehaviourCloning, {"budget": 0}),
+        (clrl.BehaviourCloning, {"batch_size": 0}),
+        (clrl.BehaviourCloning, {"policy_coef": -1.0}),
+        (clrl.BehaviourCloning, {"networks": "critic"}),
         (clrl.CLEAR, {"budget": 0}),
-        (clrl.CLEAR, {"batch_size": 0}),
-        (clrl.CLEAR, {"policy_coef": -1.0}),
+        (clrl.CLEAR, {"replay_ratio": 1.0}),
+        (clrl.CLEAR, {"replay_ratio": -0.1}),
+        (clrl.CLEAR, {"replay_ratio": "half"}),
+        (clrl.CLEAR, {"unroll_length": 0}),
+        (clrl.CLEAR, {"policy_cloning": -1.0}),
         (clrl.AGEM, {"budget": 2.5}),
         (clrl.AGEM, {"networks": "critic"}),
     ],
@@ -375,7 +532,7 @@ def test_replay_needs_an_off_policy_algorithm() -> None:
         tiny_ppo(stream).learn(64, callback=clrl.Replay())
 
 
-@pytest.mark.parametrize("module", [clrl.CLEAR, clrl.AGEM])
+@pytest.mark.parametrize("module", [clrl.CLEAR, clrl.BehaviourCloning, clrl.AGEM])
 def test_memories_survive_save_and_load(module: type[clrl.ContinualModule], tmp_path: Path) -> None:
     model = learn_two_tasks("ppo", original := module(budget=80))
     path = clrl.save(model, tmp_path / "m.zip", [original])
@@ -390,7 +547,8 @@ def test_memories_survive_save_and_load(module: type[clrl.ContinualModule], tmp_
 def test_cli_methods_include_the_replay_family() -> None:
     from clrl.cli import METHODS
 
-    assert {"replay": clrl.Replay, "clear": clrl.CLEAR, "agem": clrl.AGEM}.items() <= METHODS.items()
+    family = {"replay": clrl.Replay, "clear": clrl.CLEAR, "behaviour-cloning": clrl.BehaviourCloning}
+    assert {**family, "clonex": clrl.ClonEx, "agem": clrl.AGEM}.items() <= METHODS.items()
     assert set(ALGO_SETUPS) >= set(OFF_POLICY) | set(ON_POLICY)
 
 

@@ -2,7 +2,9 @@
 
 from clrl.modules.agem import AGEM
 from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, add_to_grad
+from clrl.modules.behaviour_cloning import BehaviourCloning
 from clrl.modules.clear import CLEAR
+from clrl.modules.clonex import ClonEx
 from clrl.modules.clser import CLSER
 from clrl.modules.dualnet import DualNet, DualNetExtractor
 from clrl.modules.ewc import EWC
@@ -30,6 +32,7 @@ from clrl.modules.progressive import (
     progressive_policy,
 )
 from clrl.modules.replay import Replay
+from clrl.modules.reset_optimizer import ResetOptimizer
 from clrl.modules.si import SI
 
 __all__ = [
@@ -40,6 +43,8 @@ __all__ = [
     "L2",
     "MAS",
     "SI",
+    "BehaviourCloning",
+    "ClonEx",
     "ContinualModule",
     "DualNet",
     "DualNetExtractor",
@@ -61,6 +66,7 @@ __all__ = [
     "ProgressiveTD3Policy",
     "QuadraticPenalty",
     "Replay",
+    "ResetOptimizer",
     "TaskInfo",
     "add_to_grad",
     "multihead_policy",
