@@ -2,7 +2,7 @@
 
     python benchmarks/replay_overhead.py --algo ppo --steps 4096 --repeats 6     # CLEAR, cloning, A-GEM
     python benchmarks/replay_overhead.py --algo dqn --steps 4096 --repeats 6     # Replay, A-GEM
-    python benchmarks/replay_overhead.py --algo sac --stream pendulum-flip --steps 2000 --repeats 4  # ClonEx
+    python benchmarks/replay_overhead.py --algo sac --stream pendulum-flip --steps 2000 --only clonex
     python benchmarks/replay_overhead.py --algo dqn --skip-time --memory-tasks 12
 
 Time: the same protocol as ``regularisation_overhead.py`` (the user's own ``set_env`` + ``learn`` loop over
@@ -69,10 +69,19 @@ def main() -> None:
     parser.add_argument("--memory-tasks", type=int, default=0, help="tasks of the memory part (0: skip)")
     parser.add_argument("--budget", type=int, default=10_000, help="Replay budget of the memory part")
     parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="configurations to time besides plain")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    configurations = CONFIGURATIONS[args.algo]
+    if args.only:
+        unknown = sorted(set(args.only) - set(configurations))
+        if unknown:
+            parser.error(
+                f"no configuration {', '.join(unknown)} for {args.algo}: {', '.join(configurations)}"
+            )
+        configurations = {k: v for k, v in configurations.items() if k == "plain" or k in args.only}
     if not args.skip_time:
-        time_modules(args, CONFIGURATIONS[args.algo])
+        time_modules(args, configurations)
     if args.memory_tasks:
         memory(args)
 

@@ -3,6 +3,7 @@ RecurrentPPO."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -24,6 +25,12 @@ from clrl.modules.distill import (
 )
 from clrl.modules.importance import _EvalMode
 from clrl.modules.memory import Budget, MemoryModule, Rows, TaskMemory, check_budget
+
+
+@functools.lru_cache(maxsize=8)
+def _strictly_lower(length: int, device: torch.device) -> torch.Tensor:
+    """The mask of ``k < t`` in a ``(t, k)`` matrix of side ``length``."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril(-1)
 
 
 def vtrace(
@@ -64,11 +71,10 @@ def vtrace(
         deltas = rhos * (rewards + discounts * next_values - values)
         # v_t - V(x_t) = Σ_{k>=t} (Π_{t<=i<k} γ_i c_i) δ_k, all at once: traces[n, t, k] is that product
         # (1 at k = t, 0 for k < t); a cumulative product along k of γ_i c_i masked to i >= t.
-        length = values.shape[1]
-        upper = torch.ones(length, length, dtype=torch.bool, device=values.device).triu()
-        decay = (discounts * cs)[:, None, :].expand(-1, length, -1).masked_fill(~upper, 1.0)
+        lower = _strictly_lower(values.shape[1], values.device)
+        decay = (discounts * cs)[:, None, :].expand(-1, values.shape[1], -1).masked_fill(lower, 1.0)
         shifted = torch.cat([torch.ones_like(decay[..., :1]), decay[..., :-1]], dim=2)
-        traces = shifted.cumprod(dim=2).masked_fill(~upper, 0.0)
+        traces = shifted.cumprod(dim=2).masked_fill(lower, 0.0)
         targets = values + (traces * deltas[:, None, :]).sum(dim=2)
         next_targets = torch.cat([targets[:, 1:], bootstrap[:, None]], dim=1)
         advantages = rhos * (rewards + discounts * next_targets - values)
@@ -92,9 +98,8 @@ def _entropy(model: BaseAlgorithm, outputs: dict[str, torch.Tensor]) -> torch.Te
     return total
 
 
-def _steps(rows: Rows, steps: int) -> Rows:
-    """Rows of segments ``(n, L + 1, ...)`` as rows of steps ``(n * (L + 1), ...)``."""
-    return {k: v.reshape(len(v) * steps, *v.shape[2:]) for k, v in rows.items()}
+_PREFETCH = 32
+"""Updates whose replayed segments are drawn at once."""
 
 
 class CLEAR(MemoryModule):
@@ -182,7 +187,9 @@ class CLEAR(MemoryModule):
         self.c_bar = check_non_negative(c_bar, "CLEAR c_bar")
         self.memory = TaskMemory("all" if budget == "all" else max(1, budget // self.unroll_length))
         self._pending: Rows | None = None  # the steps of the current task not yet in a segment, time-major
-        self._last: dict[str, float] = {}
+        self._prefetched: dict[str, torch.Tensor] | None = None  # drawn segments of the next updates
+        self._cursor = 0
+        self._last: dict[str, torch.Tensor] = {}
 
     def check_model(self, model: BaseAlgorithm) -> None:
         """Refuse an off-policy algorithm or a policy whose distribution is not defined here."""
@@ -198,6 +205,7 @@ class CLEAR(MemoryModule):
         """Open the task's reservoir and seed the generators; segments never span two tasks."""
         self.open_task(task)
         self._pending = None
+        self._prefetched = None
         self._last = {}
 
     # ---------------------------------------------------------------------------------- recording
@@ -214,7 +222,10 @@ class CLEAR(MemoryModule):
         rows = rollout_rows(model)
         with torch.no_grad(), _EvalMode(model.policy):
             behaviour = network_outputs(model, rows, ("actor",))
+            actions = torch.as_tensor(rows["action"], device=model.device)
+            log_mu = action_log_likelihood(model, behaviour, actions)
         rows.update({f"mu.{k}": v.float().cpu().numpy() for k, v in behaviour.items()})
+        rows["log_mu"] = log_mu.float().cpu().numpy()
         rows["value"] = buffer.values.reshape(-1).astype(np.float32)
         rows["reward"] = buffer.rewards.reshape(-1).astype(np.float32)
         rows["first"] = buffer.episode_starts.reshape(-1).astype(np.float32)
@@ -232,6 +243,7 @@ class CLEAR(MemoryModule):
                 for k, v in timed.items()
             }
             self.memory.record(segments, self._rng)
+            self._prefetched = None  # later draws see the new segments
         self._pending = {k: v[count * length :].copy() for k, v in timed.items()}
 
     # ---------------------------------------------------------------------------------- the update
@@ -251,29 +263,41 @@ class CLEAR(MemoryModule):
         replayed = self.new_samples() * self.replay_ratio / (1 - self.replay_ratio)
         return max(1, round(replayed / self.unroll_length))
 
+    def _draw(self, count: int) -> dict[str, torch.Tensor]:
+        """``count`` segments drawn uniformly from everything stored, as tensors on the model's device.
+
+        Segments for ``_PREFETCH`` updates are drawn and moved at once (the same distribution as drawing
+        them one update at a time); a rollout that stores new segments discards what is left."""
+        if self._prefetched is None or self._cursor == _PREFETCH:
+            rows = self.memory.sample_with_current(count * _PREFETCH, self._sample_rng)
+            device = self.sb3_model.device
+            self._prefetched = {k: torch.as_tensor(v, device=device) for k, v in rows.items()}
+            self._cursor = 0
+        start = self._cursor * count
+        self._cursor += 1
+        return {k: v[start : start + count] for k, v in self._prefetched.items()}
+
     def extra_loss(self, group: ParamGroup) -> torch.Tensor | None:
         """CLEAR's loss on a batch of replayed segments (``None`` while nothing is stored)."""
         if len(self.memory) == 0:
             return None
         model: Any = self.sb3_model
         count, length = self.replayed_segments(), self.unroll_length
-        segments = self.memory.sample_with_current(count, self._sample_rng)
-        rows = _steps(segments, length + 1)
+        segments = self._draw(count)
+        acted = {
+            k: v[:, :length].reshape(count * length, *v.shape[2:])
+            for k, v in segments.items()
+            if k.startswith("mu.") or k == "value"
+        }
+        rows: Any = {k: v.reshape(count * (length + 1), *v.shape[2:]) for k, v in segments.items()}
         new = network_outputs(model, rows, ("actor", "critic"))
-        device = model.device
-        behaviour = {k[3:]: torch.as_tensor(v, device=device) for k, v in rows.items() if k.startswith("mu.")}
-        actions = torch.as_tensor(rows["action"], device=device)
-        log_pi = action_log_likelihood(model, new, actions).view(count, length + 1)
-        log_mu = action_log_likelihood(model, behaviour, actions).view(count, length + 1)
+        log_pi = action_log_likelihood(model, new, rows["action"]).view(count, length + 1)[:, :length]
         value = new["value"].view(count, length + 1)
-
-        def field(name: str) -> torch.Tensor:
-            return torch.as_tensor(segments[name], device=device)
-
+        log_rhos = (log_pi - segments["log_mu"][:, :length]).detach()
         targets, advantages = vtrace(
-            (log_pi - log_mu)[:, :length].detach(),
-            model.gamma * (1.0 - field("first")[:, 1:]),
-            field("reward")[:, :length],
+            log_rhos,
+            model.gamma * (1.0 - segments["first"][:, 1:]),
+            segments["reward"][:, :length],
             value[:, :length].detach(),
             value[:, length].detach(),
             self.rho_bar,
@@ -281,19 +305,15 @@ class CLEAR(MemoryModule):
         )
         if getattr(model, "normalize_advantage", False) and advantages.numel() > 1:
             advantages = advantages / (advantages.std() + 1e-8)  # scaled, not centred: see the docstring
-        policy_loss = -(advantages * log_pi[:, :length]).mean()
+        policy_loss = -(advantages * log_pi).mean()
         value_loss = F.mse_loss(value[:, :length], targets)
-        acted = torch.zeros(count, length + 1, dtype=torch.bool, device=device)
-        acted[:, :length] = True
-        acted = acted.view(-1)
-        cloning = distillation_losses(
-            model,
-            {
-                **{k: v[acted] for k, v in behaviour.items()},
-                "value": field("value")[:, :length].reshape(-1, 1),
-            },
-            {k: v[acted] for k, v in new.items()},
-        )
+        now = {
+            k: v.view(count, length + 1, *v.shape[1:])[:, :length].reshape(count * length, *v.shape[1:])
+            for k, v in new.items()
+        }
+        old = {k[3:]: v for k, v in acted.items() if k.startswith("mu.")}
+        old["value"] = acted["value"].reshape(-1, 1)
+        cloning = distillation_losses(model, old, now)
         loss = (
             policy_loss
             + model.vf_coef * value_loss
@@ -301,22 +321,21 @@ class CLEAR(MemoryModule):
             + self.value_cloning * cloning["critic"]
         )
         if model.ent_coef:
-            loss = loss - model.ent_coef * _entropy(model, {k: v[acted] for k, v in new.items()}).mean()
+            loss = loss - model.ent_coef * _entropy(model, now).mean()
         self._last = {
-            "policy_loss": policy_loss.item(),
-            "value_loss": value_loss.item(),
-            "policy_cloning": cloning["actor"].item(),
-            "value_cloning": cloning["critic"].item(),
-            "rho": float((log_pi - log_mu)[:, :length].detach().exp().clamp(max=self.rho_bar).mean()),
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "policy_cloning": cloning["actor"].detach(),
+            "value_cloning": cloning["critic"].detach(),
+            "rho": log_rhos.exp().clamp(max=self.rho_bar).mean(),
         }
-        weight = count * length / self.new_samples()
-        return weight * loss
+        return (count * length / self.new_samples()) * loss
 
     def log_scalars(self) -> dict[str, float]:
         """The last replayed batch's ``policy_loss``, ``value_loss``, ``policy_cloning``, ``value_cloning``
         and mean truncated importance weight ``rho``; ``bytes`` and ``steps`` held in memory."""
         return {
-            **self._last,
+            **{k: float(v) for k, v in self._last.items()},
             "bytes": float(self.memory.nbytes),
             "steps": float(len(self.memory) * self.unroll_length),
         }
