@@ -356,7 +356,16 @@ def run_config(
 
 
 def run_hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's HParams columns: stream, algorithm, method, seed, ``modules`` (every module with its
+    settings in one string, so that TensorBoard, which shows the first five columns whose values differ
+    between runs, shows each run's own settings), ``algo/<name>`` and ``<Module>/<name>`` one by one."""
     flat: dict[str, Any] = {k: config[k] for k in ("stream", "algorithm", "method", "seed")}
+
+    def settings(module: dict[str, Any]) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in module["config"].items() if k != "verbose")
+        return f"{module['class']}({shown})"
+
+    flat["modules"] = " + ".join(settings(m) for m in config["modules"]) or "none"
     flat.update({f"algo/{k}": v for k, v in config["hyperparameters"].items()})
     for m in config["modules"]:
         for k, v in m["config"].items():

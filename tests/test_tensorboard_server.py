@@ -117,6 +117,13 @@ def test_hparams_compare_runs_of_different_methods_with_the_union_of_their_colum
     assert set(rows) == {"finetune", "l2", "ewc"}
     assert rows["l2"]["L2/strength"] == 0.5 and rows["ewc"]["EWC/strength"] == 3.0
     assert "L2/strength" not in rows["ewc"]
+    # TensorBoard shows the first five columns whose values differ: method and modules are among them, so
+    # every row shows its own module settings without ticking columns.
+    shown = [info["name"] for info in sorted(infos.values(), key=lambda i: not i.get("differs", False))][:5]
+    assert {"method", "modules"} <= set(shown)
+    assert rows["finetune"]["modules"] == "none"
+    assert rows["l2"]["modules"] == "L2(strength=0.5, networks=actor)"
+    assert rows["ewc"]["modules"].startswith("EWC(strength=3.0, samples=64")
 
 
 def test_tensorboard_serves_the_runs_scalars_and_return_matrix(served_run: Any) -> None:
