@@ -419,6 +419,36 @@ def test_clear_replays_the_current_task_from_its_second_rollout() -> None:
     assert clear.replayed_segments() == max(1, round(model.batch_size / 8))
 
 
+@pytest.mark.parametrize("behaviour", ["as-now", "far-off"])
+def test_clear_does_not_push_actions_the_policy_no_longer_takes(behaviour: str) -> None:
+    """Replayed steps whose actions the current policy all but never takes (ρ ≈ 0) give the policy no
+    gradient, whatever PPO's advantage normalisation: centring the advantages, or scaling them by their own
+    (weighted) spread, pushed those actions' log-probabilities down without bound and collapsed PPO."""
+    model, stream = make_model("ppo")
+    clear = clrl.CLEAR(budget=200, unroll_length=8, policy_cloning=0.0, value_cloning=0.0)
+    model.learn(stream.steps(0), callback=clear)
+    segments = {k: torch.as_tensor(v) for k, v in clear.memory.tasks[0].rows().items()}
+    with torch.no_grad():
+        rows = {k: v.reshape(-1, *v.shape[2:]) for k, v in segments.items()}
+        log_pi = action_log_likelihood(model, network_outputs(model, rows, ("actor",)), rows["action"])
+    # The behaviour policy as the current one (ρ = 1), or one that was certain of each action (ρ ≈ e^-30).
+    offset = 0.0 if behaviour == "as-now" else 30.0
+    segments["log_mu"] = log_pi.view(segments["log_mu"].shape) + offset
+    clear._prefetched, clear._cursor = None, 0
+    clear._draw = lambda count: {k: v[:count] for k, v in segments.items()}  # type: ignore[method-assign]
+    model.vf_coef = 0.0  # the policy term alone
+    model.policy.optimizer.zero_grad()
+    loss = clear.extra_loss(next(iter([None])))  # type: ignore[arg-type]
+    assert loss is not None
+    loss.backward()
+    actor = [p.grad for n, p in model.policy.named_parameters() if "value" not in n and p.grad is not None]
+    norm = float(torch.sqrt(sum(g.square().sum() for g in actor)))
+    if behaviour == "as-now":
+        assert norm > 1e-3
+    else:
+        assert norm < 1e-6
+
+
 def test_clear_needs_an_on_policy_algorithm() -> None:
     model, stream = make_model("dqn")
     with pytest.raises(clrl.ConfigError, match="on-policy"):

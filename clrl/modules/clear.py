@@ -130,12 +130,14 @@ class CLEAR(MemoryModule):
     Differences from the paper, for SB3's on-policy algorithms: new data is learned with SB3's loss (PPO's
     clipped objective, A2C's), not with IMPALA's V-trace loss (IMPALA's actors lag the learner; SB3's do
     not); PPO's clipping applies to new data only, and with PPO's ``normalize_advantage`` (its default)
-    the replayed advantages are divided by their standard deviation per batch, as SB3 scales the new ones
-    (left raw, V-trace's advantages on returns far larger than 1 outweigh the new data after gradient
-    clipping), but not centred: the V-trace advantage carries the factor ``ρ_t``, which vanishes on actions
-    the current policy no longer takes, and subtracting the batch mean would keep pushing their
-    log-probability down without bound (measured: PPO on CartPole collapsed to a return of 9 within 20,000
-    steps, plain PPO reached 500); the
+    the replayed advantages are divided by the standard deviation, over the batch, of ``r_t + γ_t v_{t+1}
+    - V(x_t)`` (the advantage before its importance weight), as SB3 scales the new ones (left raw,
+    V-trace's advantages on returns far larger than 1 outweigh the new data after gradient clipping), but
+    not centred: the V-trace advantage carries the factor ``ρ_t``, which vanishes on actions the current
+    policy no longer takes, and subtracting the batch mean (or dividing by the spread of the weighted
+    advantages, which is near 0 when every ``ρ_t`` is) would keep pushing their log-probability down
+    without bound (measured with centring: PPO on CartPole collapsed to a return of 9 within 20,000 steps,
+    plain PPO reached 500); the
     memory is one reservoir per task with equal shares of ``budget`` (the paper's is one reservoir of all
     experience; with tasks of equal length the two hold the same mix in expectation); each update draws
     its own replayed segments, so PPO's epochs do not revisit them; RecurrentPPO replays each step with the
@@ -294,17 +296,16 @@ class CLEAR(MemoryModule):
         log_pi = action_log_likelihood(model, new, rows["action"]).view(count, length + 1)[:, :length]
         value = new["value"].view(count, length + 1)
         log_rhos = (log_pi - segments["log_mu"][:, :length]).detach()
+        discounts, rewards = model.gamma * (1.0 - segments["first"][:, 1:]), segments["reward"][:, :length]
+        values, bootstrap = value[:, :length].detach(), value[:, length].detach()
         targets, advantages = vtrace(
-            log_rhos,
-            model.gamma * (1.0 - segments["first"][:, 1:]),
-            segments["reward"][:, :length],
-            value[:, :length].detach(),
-            value[:, length].detach(),
-            self.rho_bar,
-            self.c_bar,
+            log_rhos, discounts, rewards, values, bootstrap, self.rho_bar, self.c_bar
         )
         if getattr(model, "normalize_advantage", False) and advantages.numel() > 1:
-            advantages = advantages / (advantages.std() + 1e-8)  # scaled, not centred: see the docstring
+            # Scaled by the spread of the advantages before their importance weights, not centred: see the
+            # docstring.
+            after = torch.cat([targets[:, 1:], bootstrap[:, None]], dim=1)
+            advantages = advantages / ((rewards + discounts * after - values).std() + 1e-8)
         policy_loss = -(advantages * log_pi).mean()
         value_loss = F.mse_loss(value[:, :length], targets)
         now = {
