@@ -75,6 +75,38 @@ def test_the_best_earlier_policy_acts_for_the_first_exploration_steps(
     assert "predict" not in model.policy.__dict__  # nothing left on the policy
 
 
+def test_the_best_earlier_policy_replaces_the_random_warm_up_of_clrl_train(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = three_pendulums()
+    model = SAC("MlpPolicy", stream.make_vec_env(0), learning_starts=50, batch_size=16, seed=0, device=DEVICE)
+    acted: list[tuple[int, int]] = []  # (task, the one-hot the actor saw) of every acting step inside learn
+    learning = {"task": -1}
+    original = type(model.policy)._predict
+
+    def spy(self: Any, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        if learning["task"] >= 0:
+            acted.append((learning["task"], int(observation[0, -3:].argmax())))
+        return original(self, observation, deterministic)
+
+    class Watch(clrl.ContinualModule):  # marks the steps of each task's training
+        def on_task_start(self, task: clrl.TaskInfo) -> None:
+            learning["task"] = task.index
+
+        def on_task_end(self, task: clrl.TaskInfo) -> None:
+            learning["task"] = -1
+
+    monkeypatch.setattr(type(model.policy), "_predict", spy)
+    clonex = Ranked([-100.0, -500.0], budget=100, exploration_steps=30)
+    result = clrl.train(model, stream, [clonex, Watch()], eval_episodes=1)
+    assert np.isfinite(result.matrix).all()
+    for task in (1, 2):  # clrl.train's warm-up (50 steps) happens again; task 0's policy acts for 30 of them
+        one_hots = [k for t, k in acted if t == task]
+        assert one_hots[:30] == [0] * 30  # the best earlier policy, not uniform actions
+        assert set(one_hots[30:]) == {task}  # then the policy itself, after the rest of the warm-up
+        assert len(one_hots) == stream.steps(task) - (50 - 30)  # the other 20 warm-up steps: uniform
+
+
 def test_the_earlier_policies_are_ranked_by_their_return_on_the_new_task() -> None:
     clonex = clrl.ClonEx(budget=100, exploration_steps=20, exploration_episodes=1)
     model = learn_two_tasks("sac", clonex)
@@ -83,7 +115,7 @@ def test_the_earlier_policies_are_ranked_by_their_return_on_the_new_task() -> No
     assert model.num_timesteps == 2 * 128  # the candidates' episodes are not counted as training steps
 
 
-def test_evaluation_sees_the_policy_itself_during_exploration() -> None:
+def test_evaluation_sees_the_policy_itself_during_exploration(tmp_path: Path) -> None:
     model, stream = make_model("sac")
     clonex = Ranked([0.0], budget=100, exploration_steps=10_000)
     model.learn(stream.steps(0), callback=clonex)
@@ -97,6 +129,9 @@ def test_evaluation_sees_the_policy_itself_during_exploration() -> None:
         exploring, _ = model.predict(obs, deterministic=True)
         as_zero, _ = model.predict(as_task(obs, 0, 2), deterministic=True)
         assert np.array_equal(exploring, as_zero) and not np.array_equal(exploring, itself)
+        model.save(tmp_path / "exploring.zip")  # SB3's save copies __dict__: the patch stays out of it
+        loaded = SAC.load(tmp_path / "exploring.zip", device=DEVICE)
+        assert "_sample_action" not in loaded.__dict__ and "predict" not in loaded.policy.__dict__
     assert "predict" not in model.policy.__dict__  # the task scope ended: the patch is gone
 
 

@@ -73,8 +73,11 @@ class ClonEx(BehaviourCloning):
     **Exploration.** When task ``t > 0`` starts, the policy acting as each earlier task ``k < t`` (the task
     one-hot of its observations replaced by ``k``'s) is run for ``exploration_episodes`` episodes on the new
     task's environment, and for the task's first ``exploration_steps`` steps the agent acts with the best of
-    them by mean return. SB3 draws its warm-up actions (``learning_starts``) only once, before the first
-    task; later tasks start acting with the current policy at once, and this is what ClonEx replaces.
+    them by mean return (sampling from it, as SB3 samples from its own policy). This replaces what the
+    agent would otherwise do then: SB3's uniform warm-up actions while ``num_timesteps < learning_starts``
+    (``clrl.train`` and :class:`clrl.StreamCallback` apply ``learning_starts`` again at every task, as
+    Continual World does; a loop of plain ``learn`` calls applies it once), and acting with the current
+    policy after it. Gradient updates still wait for ``learning_starts``.
 
     Differences from the paper: the candidates' episodes run on the training environment before the task's
     first step (they are not counted in the task's steps and not stored; the environment is reset after
@@ -193,7 +196,27 @@ class ClonEx(BehaviourCloning):
         ) -> Any:
             return predict(policy, as_task(observation, index, n_tasks), state, episode_start, deterministic)
 
-        self._undo = patch_attributes(policy, predict=explore)
+        # The warm-up too: SB3 draws uniform actions while num_timesteps < learning_starts (clrl.train and
+        # StreamCallback apply learning_starts again at every task); asked with 0, it acts with the policy.
+        model: Any = self.sb3_model
+        sample, excluded = model._sample_action, type(model)._excluded_save_params
+
+        def sample_action(learning_starts: int, *args: Any, **kwargs: Any) -> Any:
+            return sample(0, *args, **kwargs)
+
+        def excluded_save_params() -> list[str]:  # SB3's save copies __dict__: leave the patch out
+            return [*excluded(model), "_sample_action", "_excluded_save_params"]
+
+        undo_policy = patch_attributes(policy, predict=explore)
+        undo_model = patch_attributes(
+            model, _sample_action=sample_action, _excluded_save_params=excluded_save_params
+        )
+
+        def undo() -> None:
+            undo_model()
+            undo_policy()
+
+        self._undo = undo
 
     def _remove(self) -> None:
         if self._undo is not None:
