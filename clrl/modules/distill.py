@@ -1,4 +1,5 @@
-"""States of earlier tasks with what the networks output on them when those tasks ended (CLEAR, A-GEM).
+"""States of earlier tasks with what the networks output on them when those tasks ended (behaviour
+cloning, ClonEx, A-GEM).
 
 :class:`OutputMemory` keeps a reservoir of states per task (:mod:`clrl.modules.memory`), recorded while the
 task trains: on-policy from each completed rollout (observations, actions and, for RecurrentPPO, the LSTM
@@ -406,7 +407,8 @@ class OutputMemory(TaskMemory):
 
 
 class OutputReplay(MemoryModule):
-    """Base of CLEAR and A-GEM: an :class:`OutputMemory` filled during each task and completed at its end.
+    """Base of behaviour cloning and A-GEM: an :class:`OutputMemory` filled during each task and completed
+    at its end.
 
     Args:
         budget: States kept over all tasks (``"all"``: unbounded).

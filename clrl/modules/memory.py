@@ -244,7 +244,7 @@ class TaskMemory:
 
 
 class MemoryModule(ContinualModule):
-    """Base of the modules that keep data of earlier tasks (Replay, CLEAR, A-GEM).
+    """Base of the modules that keep data of earlier tasks (Replay, CLEAR, BehaviourCloning, ClonEx, A-GEM).
 
     Holds the :attr:`memory` under ``budget``, refuses streams that hide the task id (replayed data carries
     the rewards and dynamics of its own task: with the task id hidden, the networks would get two answers
@@ -257,7 +257,7 @@ class MemoryModule(ContinualModule):
     """
 
     memory_class: type[TaskMemory] = TaskMemory
-    """What :attr:`memory` is (CLEAR and A-GEM keep outputs with their states)."""
+    """What :attr:`memory` is (behaviour cloning and A-GEM keep outputs with their states)."""
 
     def __init__(self, budget: Budget, require_task_id: bool = True, verbose: int = 0) -> None:
         super().__init__(verbose)

@@ -283,12 +283,12 @@ class MultiHead(ContinualModule):
     The heads live in the policy: build the model with the algorithm's multi-head policy
     (:func:`multihead_policy`: ``PPO(clrl.MultiHeadActorCriticPolicy, env, policy_kwargs={"n_tasks": n})``,
     likewise ``MultiHeadDQNPolicy``, ``MultiHeadSACPolicy``, ``MultiHeadTD3Policy``). Each sample is routed to
-    the head of the task whose id its observation carries, so batches that mix tasks (replayed transitions
-    of :class:`Replay`, CLEAR's or A-GEM's stored states) use every sample's own head, and the evaluator's
-    episodes of task ``j`` use head ``j``. Only the trunk is shared: combine this module with a penalty
-    (``[clrl.MultiHead(), clrl.EWC()]``) or with replay to protect it. This module checks the setting (an
-    observed task id, one head per task) and lets you pick a head by hand: ``set_task(j)`` routes every
-    sample to head ``j`` until ``set_task`` names the task being trained again.
+    the head of the task whose id its observation carries, so batches that mix tasks (replayed transitions of
+    :class:`Replay`, CLEAR's segments, behaviour cloning's or A-GEM's stored states) use every sample's own
+    head, and the evaluator's episodes of task ``j`` use head ``j``. Only the trunk is shared: combine this
+    module with a penalty (``[clrl.MultiHead(), clrl.EWC()]``) or with replay to protect it. This module
+    checks the setting (an observed task id, one head per task) and lets you pick a head by hand:
+    ``set_task(j)`` routes every sample to head ``j`` until ``set_task`` names the task being trained again.
 
     Paper: Wołczyk et al. 2021, "Continual World: A Robotic Benchmark For Continual Reinforcement Learning"
     (NeurIPS), multi-head setting; heads per task as in Li & Hoiem 2016 and Rusu et al. 2016.

@@ -69,7 +69,7 @@ class Replay(MemoryModule):
         if not isinstance(model, OffPolicyAlgorithm) or model.replay_buffer is None:
             raise ConfigError(
                 f"Replay needs an off-policy algorithm with a replay buffer (SAC, TD3, DQN, ...), got "
-                f"{type(model).__name__}; use CLEAR for on-policy algorithms"
+                f"{type(model).__name__}; use CLEAR or BehaviourCloning for on-policy algorithms"
             )
 
     def on_task_start(self, task: TaskInfo) -> None:
