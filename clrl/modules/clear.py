@@ -128,23 +128,22 @@ class CLEAR(MemoryModule):
     so SB3's gradient clipping treats it as one more term of the loss.
 
     Differences from the paper, for SB3's on-policy algorithms: new data is learned with SB3's loss (PPO's
-    clipped objective, A2C's), not with IMPALA's V-trace loss (IMPALA's actors lag the learner; SB3's do
-    not); PPO's clipping applies to new data only, and with PPO's ``normalize_advantage`` (its default)
-    the replayed advantages are divided by the standard deviation, over the batch, of ``r_t + γ_t v_{t+1}
-    - V(x_t)`` (the advantage before its importance weight), as SB3 scales the new ones (left raw,
-    V-trace's advantages on returns far larger than 1 outweigh the new data after gradient clipping), but
-    not centred: the V-trace advantage carries the factor ``ρ_t``, which vanishes on actions the current
-    policy no longer takes, and subtracting the batch mean (or dividing by the spread of the weighted
-    advantages, which is near 0 when every ``ρ_t`` is) would keep pushing their log-probability down
-    without bound (measured with centring: PPO on CartPole collapsed to a return of 9 within 20,000 steps,
-    plain PPO reached 500); the
-    memory is one reservoir per task with equal shares of ``budget`` (the paper's is one reservoir of all
-    experience; with tasks of equal length the two hold the same mix in expectation); each update draws
-    its own replayed segments, so PPO's epochs do not revisit them; RecurrentPPO replays each step with the
-    LSTM state it had when it acted (one step, gradient truncated there), not by running the LSTM over the
-    segment. Replay of rewards needs the task id in the observation when tasks disagree on the same
-    states; ``clrl.train`` refuses a hidden task id unless ``require_task_id=False`` (the paper's tasks are
-    told apart by their observations).
+    clipped objective, A2C's), not with IMPALA's V-trace loss (IMPALA's actors lag the learner; SB3's do not);
+    PPO's clipping applies to new data only, and with PPO's ``normalize_advantage`` (its default) the replayed
+    advantages are divided by the standard deviation, over the batch, of ``r_t + γ_t v_{t+1} - V(x_t)`` (the
+    advantage before its importance weight), as SB3 scales the new ones (left raw, V-trace's advantages on
+    returns far larger than 1 outweigh the new data after gradient clipping), but not centred: the V-trace
+    advantage carries the factor ``ρ_t``, which vanishes on actions the current policy no longer takes, and
+    subtracting the batch mean (or dividing by the spread of the weighted advantages, which is near 0 when
+    every ``ρ_t`` is) would keep pushing their log-probability down without bound (measured with centring: PPO
+    on CartPole collapsed to a return of 9 within 20,000 steps, plain PPO reached 500); the memory is one
+    reservoir per task with equal shares of ``budget`` (the paper's is one reservoir of all experience; with
+    tasks of equal length the two hold the same mix in expectation); each update draws its own replayed
+    segments (those of 32 updates at once, discarded when a rollout stores new ones), so PPO's epochs do not
+    revisit them; RecurrentPPO replays each step with the LSTM state it had when it acted (one step, gradient
+    truncated there), not by running the LSTM over the segment. Replay of rewards needs the task id in the
+    observation when tasks disagree on the same states; ``clrl.train`` refuses a hidden task id unless
+    ``require_task_id=False`` (the paper's tasks are told apart by their observations).
 
     Paper: Rolnick et al. 2019, "Experience Replay for Continual Learning" (NeurIPS), sections 3 and 4.
 
