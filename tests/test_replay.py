@@ -637,3 +637,31 @@ def test_agem_with_adam_can_step_along_the_memorys_gradient() -> None:
     along = [dot > 0.1 * scale for dot, scale in agem.step_dots]  # cosine above 0.1: clearly along g_ref
     assert any(along), "every Adam step kept off the memory's gradient"
     assert all(dot >= -1e-5 * max(scale, 1e-12) for dot, scale in agem.dots)  # while every gradient did
+
+
+@pytest.mark.parametrize("space", ["discrete", "multidiscrete", "multibinary", "box"])
+def test_action_entropy_equals_sb3s_distributions(space: str) -> None:
+    from stable_baselines3 import PPO
+
+    from clrl.modules.distill import action_entropy
+
+    spaces = {
+        "discrete": gym.spaces.Discrete(3),
+        "multidiscrete": gym.spaces.MultiDiscrete([2, 4]),
+        "multibinary": gym.spaces.MultiBinary(3),
+        "box": gym.spaces.Box(-1.0, 1.0, (2,)),
+    }
+
+    class Env(gym.Env):  # type: ignore[type-arg]
+        observation_space = gym.spaces.Box(-1.0, 1.0, (4,))
+        action_space = spaces[space]
+
+    model = PPO("MlpPolicy", Env(), n_steps=8, batch_size=8, seed=0, device=DEVICE)
+    with torch.no_grad():
+        for p in model.policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # distributions far from uniform
+        obs = torch.randn(16, 4, device=model.device)
+        rows = {"obs": obs.cpu().numpy(), "action": np.zeros((16, 1), dtype=np.float32)}
+        ours = action_entropy(model, network_outputs(model, rows, ("actor",)))
+        theirs = model.policy.get_distribution(obs).entropy()
+    assert torch.allclose(ours, theirs, atol=1e-5)

@@ -4,19 +4,18 @@ RecurrentPPO."""
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.distributions import BernoulliDistribution, MultiCategoricalDistribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from torch.nn import functional as F
 
 from clrl.errors import ConfigError
 from clrl.modules.base import ParamGroup, TaskInfo, check_non_negative, check_positive_int
 from clrl.modules.distill import (
+    action_entropy,
     action_log_likelihood,
     check_supported,
     distillation_losses,
@@ -79,23 +78,6 @@ def vtrace(
         next_targets = torch.cat([targets[:, 1:], bootstrap[:, None]], dim=1)
         advantages = rhos * (rewards + discounts * next_targets - values)
     return targets, advantages
-
-
-def _entropy(model: BaseAlgorithm, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Entropy of each action distribution in ``outputs`` (of :func:`network_outputs`), shape ``(n,)``."""
-    if "mean" in outputs:
-        return (outputs["log_std"] + 0.5 * (1.0 + math.log(2 * math.pi))).sum(1)
-    logits = outputs["logits"]
-    dist = getattr(model.policy, "action_dist", None)
-    if isinstance(dist, BernoulliDistribution):
-        p = torch.sigmoid(logits)
-        return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).sum(1)
-    sizes = list(dist.action_dims) if isinstance(dist, MultiCategoricalDistribution) else [logits.shape[1]]
-    total = torch.zeros(len(logits), device=logits.device)
-    for part in logits.split(sizes, dim=1):
-        log_p = F.log_softmax(part, dim=1)
-        total = total - (log_p.exp() * log_p).sum(1)
-    return total
 
 
 _PREFETCH = 32
@@ -321,7 +303,7 @@ class CLEAR(MemoryModule):
             + self.value_cloning * cloning["critic"]
         )
         if model.ent_coef:
-            loss = loss - model.ent_coef * _entropy(model, now).mean()
+            loss = loss - model.ent_coef * action_entropy(model, now).mean()
         self._last = {
             "policy_loss": policy_loss.detach(),
             "value_loss": value_loss.detach(),

@@ -19,6 +19,7 @@ mean squared error for deterministic actions, Q-values and values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,7 +40,7 @@ from torch.nn import functional as F
 
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
-from clrl.modules.importance import _EvalMode
+from clrl.modules.importance import _EvalMode, _split_categorical
 from clrl.modules.memory import Budget, MemoryModule, Rows, TaskMemory
 
 Part = Literal["actor", "critic"]
@@ -239,6 +240,28 @@ def frozen_copy(model: BaseAlgorithm) -> torch.nn.Module:
     return copy
 
 
+def categorical_sizes(model: BaseAlgorithm, logits: torch.Tensor) -> list[int]:
+    """The widths of the categorical distributions side by side in ``logits``: a multi-categorical policy's
+    ``action_dims``, else one distribution over every column."""
+    return _split_categorical(model) or [logits.shape[1]]
+
+
+def action_entropy(model: BaseAlgorithm, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Entropy of each action distribution in actor ``outputs`` (of :func:`network_outputs`: logits, or a
+    Gaussian's mean and log-std), shape ``(n,)``."""
+    if "mean" in outputs:
+        return (outputs["log_std"] + 0.5 * (1.0 + math.log(2 * math.pi))).sum(1)
+    logits = outputs["logits"]
+    if isinstance(getattr(model.policy, "action_dist", None), BernoulliDistribution):
+        p = torch.sigmoid(logits)
+        return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).sum(1)
+    total = torch.zeros(len(logits), device=logits.device)
+    for part in logits.split(categorical_sizes(model, logits), dim=1):
+        log_p = F.log_softmax(part, dim=1)
+        total = total - (log_p.exp() * log_p).sum(1)
+    return total
+
+
 def action_log_likelihood(
     model: BaseAlgorithm, outputs: dict[str, torch.Tensor], actions: torch.Tensor
 ) -> torch.Tensor:
@@ -257,11 +280,8 @@ def action_log_likelihood(
         logits = outputs["logits"]
         if isinstance(dist, BernoulliDistribution):
             return (actions * F.logsigmoid(logits) + (1 - actions) * F.logsigmoid(-logits)).sum(1)
-        sizes = (
-            list(dist.action_dims) if isinstance(dist, MultiCategoricalDistribution) else [logits.shape[1]]
-        )
         total = torch.zeros(len(logits), device=logits.device)
-        for k, part in enumerate(logits.split(sizes, dim=1)):
+        for k, part in enumerate(logits.split(categorical_sizes(model, logits), dim=1)):
             index = actions[:, k].long().unsqueeze(1)
             total = total + F.log_softmax(part, dim=1).gather(1, index).squeeze(1)
         return total
@@ -311,12 +331,10 @@ def distillation_losses(
             )
             losses["actor"] = kl.sum(1).mean()
         else:
-            splits = list(dist.action_dims) if isinstance(dist, MultiCategoricalDistribution) else None
+            sizes = categorical_sizes(model, new["logits"])
             total = torch.zeros((), device=new["logits"].device)
             for a, b in zip(
-                old["logits"].split(splits or [old["logits"].shape[1]], dim=1),
-                new["logits"].split(splits or [new["logits"].shape[1]], dim=1),
-                strict=True,
+                old["logits"].split(sizes, dim=1), new["logits"].split(sizes, dim=1), strict=True
             ):
                 log_p, log_q = F.log_softmax(a, dim=1), F.log_softmax(b, dim=1)
                 total = total + (log_p.exp() * (log_p - log_q)).sum(1).mean()
