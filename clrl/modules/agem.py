@@ -6,7 +6,6 @@ from typing import Literal
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from clrl.algorithms import Networks, check_networks, policy_parameters
 from clrl.errors import ConfigError
@@ -14,10 +13,10 @@ from clrl.modules.base import ParamGroup, TaskInfo
 from clrl.modules.distill import (
     OutputMemory,
     OutputReplay,
-    Part,
     StateRecorder,
     check_distillable,
     distillation_losses,
+    group_parts,
     network_outputs,
 )
 from clrl.modules.memory import Budget
@@ -134,20 +133,12 @@ class AGEM(StateRecorder, OutputReplay):
             return {}
         return policy_parameters(self.sb3_model, self.networks)
 
-    def _parts(self, group: ParamGroup) -> tuple[Part, ...]:
-        if group.optimizer_name.startswith("actor."):
-            return ("actor",)
-        if group.optimizer_name.startswith("critic."):
-            return ("critic",)
-        if isinstance(self.sb3_model, OnPolicyAlgorithm) and self.networks == "all":
-            return ("actor", "critic")
-        return ("actor",)
-
     def reference_gradient(self, group: ParamGroup) -> list[torch.Tensor]:
         """Gradient of the memory loss on a fresh batch of stored states, for ``group``'s parameters."""
         model = self.sb3_model
         rows, old = self.memory.sample_outputs(model, self.replay_batch_size(), self._sample_rng)
-        losses = distillation_losses(model, old, network_outputs(model, rows, self._parts(group)))
+        parts = group_parts(model, group.optimizer_name, self.networks)
+        losses = distillation_losses(model, old, network_outputs(model, rows, parts))
         loss = sum(losses.values())
         assert isinstance(loss, torch.Tensor)
         grads = torch.autograd.grad(loss, group.params, allow_unused=True)
