@@ -32,6 +32,34 @@ def _strictly_lower(length: int, device: torch.device) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril(-1)
 
 
+def _vtrace_terms(
+    log_rhos: torch.Tensor,
+    discounts: torch.Tensor,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    bootstrap: torch.Tensor,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`vtrace`'s targets ``v_t``, truncated weights ``ρ_t`` and unweighted advantages
+    ``r_t + γ_t v_{t+1} - V(x_t)``."""
+    with torch.no_grad():
+        ratios = log_rhos.exp()
+        rhos, cs = ratios.clamp(max=rho_bar), ratios.clamp(max=c_bar)
+        next_values = torch.cat([values[:, 1:], bootstrap[:, None]], dim=1)
+        deltas = rhos * (rewards + discounts * next_values - values)
+        # v_t - V(x_t) = Σ_{k>=t} (Π_{t<=i<k} γ_i c_i) δ_k, all at once: traces[n, t, k] is that product
+        # (1 at k = t, 0 for k < t); a cumulative product along k of γ_i c_i masked to i >= t.
+        lower = _strictly_lower(values.shape[1], values.device)
+        decay = (discounts * cs)[:, None, :].expand(-1, values.shape[1], -1).masked_fill(lower, 1.0)
+        shifted = torch.cat([torch.ones_like(decay[..., :1]), decay[..., :-1]], dim=2)
+        traces = shifted.cumprod(dim=2).masked_fill(lower, 0.0)
+        targets = values + (traces * deltas[:, None, :]).sum(dim=2)
+        next_targets = torch.cat([targets[:, 1:], bootstrap[:, None]], dim=1)
+        unweighted = rewards + discounts * next_targets - values
+    return targets, rhos, unweighted
+
+
 def vtrace(
     log_rhos: torch.Tensor,
     discounts: torch.Tensor,
@@ -63,21 +91,8 @@ def vtrace(
     Returns:
         ``(v, advantages)``, both of shape ``(n, L)``, without gradient.
     """
-    with torch.no_grad():
-        ratios = log_rhos.exp()
-        rhos, cs = ratios.clamp(max=rho_bar), ratios.clamp(max=c_bar)
-        next_values = torch.cat([values[:, 1:], bootstrap[:, None]], dim=1)
-        deltas = rhos * (rewards + discounts * next_values - values)
-        # v_t - V(x_t) = Σ_{k>=t} (Π_{t<=i<k} γ_i c_i) δ_k, all at once: traces[n, t, k] is that product
-        # (1 at k = t, 0 for k < t); a cumulative product along k of γ_i c_i masked to i >= t.
-        lower = _strictly_lower(values.shape[1], values.device)
-        decay = (discounts * cs)[:, None, :].expand(-1, values.shape[1], -1).masked_fill(lower, 1.0)
-        shifted = torch.cat([torch.ones_like(decay[..., :1]), decay[..., :-1]], dim=2)
-        traces = shifted.cumprod(dim=2).masked_fill(lower, 0.0)
-        targets = values + (traces * deltas[:, None, :]).sum(dim=2)
-        next_targets = torch.cat([targets[:, 1:], bootstrap[:, None]], dim=1)
-        advantages = rhos * (rewards + discounts * next_targets - values)
-    return targets, advantages
+    targets, rhos, unweighted = _vtrace_terms(log_rhos, discounts, rewards, values, bootstrap, rho_bar, c_bar)
+    return targets, rhos * unweighted
 
 
 _PREFETCH = 32
@@ -267,11 +282,6 @@ class CLEAR(MemoryModule):
         model: Any = self.sb3_model
         count, length = self.replayed_segments(), self.unroll_length
         segments = self._draw(count)
-        acted = {
-            k: v[:, :length].reshape(count * length, *v.shape[2:])
-            for k, v in segments.items()
-            if k.startswith("mu.") or k == "value"
-        }
         rows: Any = {k: v.reshape(count * (length + 1), *v.shape[2:]) for k, v in segments.items()}
         new = network_outputs(model, rows, ("actor", "critic"))
         log_pi = action_log_likelihood(model, new, rows["action"]).view(count, length + 1)[:, :length]
@@ -279,22 +289,26 @@ class CLEAR(MemoryModule):
         log_rhos = (log_pi - segments["log_mu"][:, :length]).detach()
         discounts, rewards = model.gamma * (1.0 - segments["first"][:, 1:]), segments["reward"][:, :length]
         values, bootstrap = value[:, :length].detach(), value[:, length].detach()
-        targets, advantages = vtrace(
+        targets, rhos, unweighted = _vtrace_terms(
             log_rhos, discounts, rewards, values, bootstrap, self.rho_bar, self.c_bar
         )
+        advantages = rhos * unweighted
         if getattr(model, "normalize_advantage", False) and advantages.numel() > 1:
             # Scaled by the spread of the advantages before their importance weights, not centred: see the
             # docstring.
-            after = torch.cat([targets[:, 1:], bootstrap[:, None]], dim=1)
-            advantages = advantages / ((rewards + discounts * after - values).std() + 1e-8)
+            advantages = advantages / (unweighted.std() + 1e-8)
         policy_loss = -(advantages * log_pi).mean()
         value_loss = F.mse_loss(value[:, :length], targets)
         now = {
             k: v.view(count, length + 1, *v.shape[1:])[:, :length].reshape(count * length, *v.shape[1:])
             for k, v in new.items()
         }
-        old = {k[3:]: v for k, v in acted.items() if k.startswith("mu.")}
-        old["value"] = acted["value"].reshape(-1, 1)
+        old = {  # the behaviour policy's outputs and value on the steps it acted
+            k[3:]: v[:, :length].reshape(count * length, *v.shape[2:])
+            for k, v in segments.items()
+            if k.startswith("mu.")
+        }
+        old["value"] = segments["value"][:, :length].reshape(-1, 1)
         cloning = distillation_losses(model, old, now)
         loss = (
             policy_loss
@@ -309,7 +323,7 @@ class CLEAR(MemoryModule):
             "value_loss": value_loss.detach(),
             "policy_cloning": cloning["actor"].detach(),
             "value_cloning": cloning["critic"].detach(),
-            "rho": log_rhos.exp().clamp(max=self.rho_bar).mean(),
+            "rho": rhos.mean(),
         }
         return (count * length / self.new_samples()) * loss
 
