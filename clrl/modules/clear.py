@@ -13,7 +13,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from torch.nn import functional as F
 
 from clrl.errors import ConfigError
-from clrl.modules.base import ParamGroup, TaskInfo, check_non_negative, check_positive_int
+from clrl.modules.base import ParamGroup, TaskInfo, check_fraction, check_non_negative, check_positive_int
 from clrl.modules.distill import (
     action_entropy,
     action_log_likelihood,
@@ -174,11 +174,9 @@ class CLEAR(MemoryModule):
         self.unroll_length = check_positive_int(unroll_length, "CLEAR unroll_length")
         budget = check_budget(budget, "CLEAR budget")
         super().__init__(budget, require_task_id, verbose)
-        if isinstance(replay_ratio, bool) or not isinstance(replay_ratio, int | float):
-            raise ConfigError(f"CLEAR replay_ratio must be a number in [0, 1), got {replay_ratio!r}")
-        if not 0 <= replay_ratio < 1:
-            raise ConfigError(f"CLEAR replay_ratio must be in [0, 1), got {replay_ratio!r}")
-        self.replay_ratio = float(replay_ratio)
+        self.replay_ratio = check_fraction(replay_ratio, "CLEAR replay_ratio")
+        if self.replay_ratio == 1:
+            raise ConfigError("CLEAR replay_ratio must be below 1 (1 would leave no new samples), got 1.0")
         self.policy_cloning = check_non_negative(policy_cloning, "CLEAR policy_cloning")
         self.value_cloning = check_non_negative(value_cloning, "CLEAR value_cloning")
         self.rho_bar = check_non_negative(rho_bar, "CLEAR rho_bar")
