@@ -26,12 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 import clrl
-from clrl.modules import ContinualModule, ImportancePenalty
+from clrl.modules import ImportancePenalty
 from clrl.presets import make_model
 
-Factory = Callable[[], ContinualModule] | None
+Factory = Callable[[], BaseCallback] | None
+"""Builds the module (or another callback: clrl.PlasticityMonitor) a configuration trains with."""
 
 # The strengths of the README's cartpole-flip table.
 MODULES: dict[str, Factory] = {

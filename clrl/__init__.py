@@ -12,7 +12,7 @@ whole stream inside one ``learn``, and :func:`export_policy` writes the evaluate
 zip. Importing clrl registers every built-in task as a Gymnasium id ``clrl/<stream>.<task>-v0``.
 """
 
-from clrl import metrics
+from clrl import metrics, plasticity
 from clrl.algorithms import ALGORITHMS, get_algorithm
 from clrl.boundaries import training_task
 from clrl.callbacks import ContinualCheckpointCallback, ContinualEvalCallback
@@ -39,9 +39,11 @@ from clrl.modules import (
     SI,
     BehaviourCloning,
     ClonEx,
+    ContinualBackprop,
     ContinualModule,
     DualNet,
     DualNetExtractor,
+    L2Init,
     LwF,
     MultiHead,
     MultiHeadActorCriticPolicy,
@@ -51,18 +53,23 @@ from clrl.modules import (
     OnlineEWC,
     PackNet,
     ParamGroup,
+    ParsevalRegularisation,
     ProgressAndCompress,
     ProgressiveActorCriticPolicy,
     ProgressiveColumns,
     ProgressiveDQNPolicy,
     ProgressiveSACPolicy,
     ProgressiveTD3Policy,
+    ReDo,
     Replay,
+    Reset,
     ResetOptimizer,
+    ShrinkAndPerturb,
     TaskInfo,
     multihead_policy,
     progressive_policy,
 )
+from clrl.plasticity import PlasticityMonitor
 from clrl.registration import register_streams
 from clrl.reports import write_report
 from clrl.results import TrainResult
@@ -89,12 +96,14 @@ __all__ = [
     "ClonEx",
     "ClrlError",
     "ConfigError",
+    "ContinualBackprop",
     "ContinualCheckpointCallback",
     "ContinualEvalCallback",
     "ContinualModule",
     "DualNet",
     "DualNetExtractor",
     "Evaluator",
+    "L2Init",
     "LwF",
     "MultiHead",
     "MultiHeadActorCriticPolicy",
@@ -105,16 +114,21 @@ __all__ = [
     "OnlineEWC",
     "PackNet",
     "ParamGroup",
+    "ParsevalRegularisation",
+    "PlasticityMonitor",
     "ProgressAndCompress",
     "ProgressiveActorCriticPolicy",
     "ProgressiveColumns",
     "ProgressiveDQNPolicy",
     "ProgressiveSACPolicy",
     "ProgressiveTD3Policy",
+    "ReDo",
     "Replay",
+    "Reset",
     "ResetOptimizer",
     "RunExistsError",
     "RunSpec",
+    "ShrinkAndPerturb",
     "StreamCallback",
     "StreamError",
     "SweepResult",
@@ -137,6 +151,7 @@ __all__ = [
     "make_stream",
     "metrics",
     "multihead_policy",
+    "plasticity",
     "progressive_policy",
     "run_experiment",
     "save",

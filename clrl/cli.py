@@ -81,6 +81,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="training envs in this process (dummy, default) or one process per env copy (subproc)",
     )
     run.add_argument(
+        "--no-plasticity",
+        action="store_true",
+        help="do not measure the networks' plasticity (dormant units, feature ranks, weight and gradient "
+        "norms: TensorBoard's plasticity/*)",
+    )
+    run.add_argument(
         "--threads",
         type=int,
         help="torch CPU threads (default: torch's, one per core); results depend on it, see README",
@@ -163,9 +169,10 @@ def _list() -> None:
     for name, path in builtin_streams().items():
         data = tomllib.loads(path.read_text(encoding="utf-8"))  # clrl's own files: read, not built
         install = missing_extra(data.get("extra"))
-        tasks, task_id = len(data["tasks"]), data.get("task_id", "hidden")
+        tasks, task_id, cycles = len(data["tasks"]), data.get("task_id", "hidden"), data.get("cycles", 1)
+        count = f"{tasks} tasks" if cycles == 1 else f"{tasks * cycles} tasks ({tasks} x {cycles} cycles)"
         note = f"  [not installed: {install}]" if install else ""
-        print(f"  {name:<20} {tasks} tasks, task id {task_id:<8}  {data.get('description', '')}{note}")
+        print(f"  {name:<20} {count}, task id {task_id:<8}  {data.get('description', '')}{note}")
     print("algorithms:\n  " + ", ".join(ALGORITHMS))
     print("methods:\n  " + ", ".join([*METHODS, *BASELINES]))
     print("  (modules combine with '+', e.g. multihead+ewc)")
@@ -199,6 +206,7 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
             method_args=_parse_assignments(ns.method_arg, "--method-arg"),
             device=ns.device,
             vec_env=ns.vec_env,
+            plasticity=not ns.no_plasticity,
         )
         for seed in ns.seeds
     ]

@@ -118,7 +118,9 @@ class Evaluator:
         self.seed = seed
         self.deterministic = deterministic
         n_envs = n_envs or min(n_episodes, 8)
-        self._envs: list[VecEnv] = [stream.make_vec_env(j, n_envs=n_envs) for j in range(len(stream))]
+        # A cyclic stream's visits are their first visit's task: one environment (and one set of episodes)
+        # per distinct task.
+        self._envs: list[VecEnv] = [stream.make_vec_env(j, n_envs=n_envs) for j in range(stream.cycle_length)]
 
     def __call__(
         self, model: BaseAlgorithm, modules: Sequence[ContinualModule] = (), current_task: int = 0
@@ -131,28 +133,33 @@ class Evaluator:
                 ``current_task``.
             current_task: The task being trained.
         """
-        row = np.zeros(len(self._envs))
+        row = np.zeros(len(self.stream))
+        distinct = len(self._envs)
+        # A later visit scores as its first one, on the same episodes, unless a module selects per task.
+        per_task = any(type(m).set_task is not ContinualModule.set_task for m in modules)
         with evaluated(modules, current_task) as select:
-            for j in range(len(self._envs)):
+            for j in range(len(row)):
+                if j >= distinct and not per_task:
+                    row[j] = row[j % distinct]
+                    continue
                 select(j)
                 row[j] = self._mean_return(j, model, self.deterministic)
         return row
 
     def random_returns(self) -> np.ndarray:
         """Mean return of a uniformly random policy on each task (the 0 of normalised scores)."""
-        return np.array(
-            [
-                self._mean_return(j, _RandomPolicy(env.action_space, self._task_seed(j)), deterministic=False)
-                for j, env in enumerate(self._envs)
-            ]
-        )
+        distinct = [
+            self._mean_return(j, _RandomPolicy(env.action_space, self._task_seed(j)), deterministic=False)
+            for j, env in enumerate(self._envs)
+        ]
+        return np.array([distinct[j % len(distinct)] for j in range(len(self.stream))])
 
     def _task_seed(self, j: int) -> int:
-        return self.seed + 1000 * j
+        return self.seed + 1000 * (j % len(self._envs))
 
     def _mean_return(self, j: int, policy: Any, deterministic: bool) -> float:
         """Mean return (or metric) of ``policy`` on task ``j``'s episodes, the same ones at every call."""
-        env = self._envs[j]
+        env = self._envs[j % len(self._envs)]
         env.seed(self._task_seed(j))
         tracker = None if self.metric == "return" else _InfoMetric(self.metric, env.num_envs)
         mean, _ = evaluate_policy(

@@ -33,17 +33,23 @@ from clrl.modules import (
     SI,
     BehaviourCloning,
     ClonEx,
+    ContinualBackprop,
     ContinualModule,
     DualNet,
     DualNetExtractor,
+    L2Init,
     LwF,
     MultiHead,
     OnlineEWC,
     PackNet,
+    ParsevalRegularisation,
     ProgressAndCompress,
     ProgressiveColumns,
+    ReDo,
     Replay,
+    Reset,
     ResetOptimizer,
+    ShrinkAndPerturb,
     multihead_policy,
     progressive_policy,
 )
@@ -72,6 +78,12 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "pnc": ProgressAndCompress,
     "dualnet": DualNet,
     "reset-optimizer": ResetOptimizer,
+    "redo": ReDo,
+    "shrink-and-perturb": ShrinkAndPerturb,
+    "l2-init": L2Init,
+    "reset": Reset,
+    "continual-backprop": ContinualBackprop,
+    "parseval": ParsevalRegularisation,
 }
 """Continual methods by command-line name (``None``: no module)."""
 BASELINES = ("multitask", "single-task")
@@ -198,6 +210,8 @@ class RunSpec:
         device: Torch device.
         vec_env: ``"dummy"`` (every environment copy in this process) or ``"subproc"`` (one process each,
             SB3's ``SubprocVecEnv``).
+        plasticity: Measure the networks' plasticity (:class:`clrl.PlasticityMonitor`); it does not change
+            training.
     """
 
     stream: str
@@ -211,6 +225,7 @@ class RunSpec:
     method_args: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     vec_env: str = "dummy"
+    plasticity: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algo", str(self.algo).lower())
@@ -264,6 +279,8 @@ class RunSpec:
         for name in ("hyperparameters", "method_args"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a table, got {getattr(self, name)!r}")
+        if not isinstance(self.plasticity, bool):
+            raise ConfigError(f"plasticity must be true or false, got {self.plasticity!r}")
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)):
             raise ConfigError(f"steps must be an integer or None, got {self.steps!r}")
         check_eval_episodes(self.eval_episodes)
@@ -342,7 +359,7 @@ def run_experiment(
     if spec.method == "single-task":
         return train_single_task(factory, stream, **common)
     if spec.method == "multitask":
-        return train_multitask(factory(0), stream, **common)
+        return train_multitask(factory(0), stream, plasticity=spec.plasticity, **common)
     modules = make_modules(spec.method, spec.method_args, spec.algo)
     model = factory(0)
     reference = None
@@ -368,5 +385,6 @@ def run_experiment(
         method=spec.method,
         reference=reference,
         vec_env_cls=vec_env_cls,
+        plasticity=spec.plasticity,
         **common,
     )

@@ -128,6 +128,78 @@ def auc_forward_transfer(curve: ArrayLike, reference_curve: ArrayLike) -> float:
     return (auc - auc_ref) / (1.0 - auc_ref)
 
 
+def visit_returns(matrix: ArrayLike, cycles: int) -> NDArray[np.float64]:
+    """Each visit's return right after it was trained, on a stream of ``cycles`` repetitions of its tasks.
+
+    Row ``k``, column ``j`` is ``R[i + 1, i]`` for ``i = k·L + j`` (``L = n_tasks / cycles`` tasks per
+    cycle): task ``j`` right after its ``(k+1)``-th visit. A network that keeps its plasticity learns a task
+    as well on a later visit as on the first; one that loses it, worse (Dohare et al. 2024, Nature, compare
+    the performance on each task of a long sequence with that on the first ones).
+    """
+    r = _check(matrix)
+    n = r.shape[1]
+    _check_cycles(n, cycles)
+    return np.array([r[i + 1, i] for i in range(n)]).reshape(cycles, n // cycles)
+
+
+def _check_cycles(n_tasks: int, cycles: int) -> None:
+    if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1 or n_tasks % cycles:
+        raise ValueError(f"{n_tasks} tasks are not a whole number of {cycles!r} cycles")
+
+
+def visit_gap(matrix: ArrayLike, cycles: int) -> float:
+    """How much worse a task is learned on its last visit than on its first, ``1/L Σ_j (V[C-1, j] -
+    V[0, j])`` with ``V`` = :func:`visit_returns`: negative values are lost plasticity (``nan`` for one
+    cycle)."""
+    visits = visit_returns(matrix, cycles)
+    return float((visits[-1] - visits[0]).mean()) if cycles > 1 else float("nan")
+
+
+def visit_curve_means(
+    curves: Sequence[tuple[int, int, Sequence[float]]], n_tasks: int, cycles: int
+) -> NDArray[np.float64]:
+    """The mean return on each visit's own task while that visit trained (the area under its training
+    curve over its length), shaped like :func:`visit_returns` (``nan`` where a visit has no point).
+
+    Args:
+        curves: ``(step, position being trained, returns on every task)``, as ``TrainResult.curves``
+            (``eval_freq`` evaluations).
+        n_tasks: Tasks of the stream (all visits).
+        cycles: Its cycles.
+    """
+    _check_cycles(n_tasks, cycles)
+    points: list[list[float]] = [[] for _ in range(n_tasks)]
+    for _, position, returns in curves:
+        points[position].append(float(returns[position]))
+    means = [float(np.mean(p)) if p else float("nan") for p in points]
+    return np.array(means).reshape(cycles, n_tasks // cycles)
+
+
+def cycle_summary(
+    matrix: ArrayLike, curves: Sequence[tuple[int, int, Sequence[float]]], per_cycle: int
+) -> dict[str, float]:
+    """The visit metrics of a cyclic stream's run so far, over its completed cycles (none before the
+    second): ``visit_gap`` (:func:`visit_gap`) and, with training curves, ``visit_curve_gap`` (the same
+    difference of :func:`visit_curve_means`, averaged over the tasks that have curves in both cycles).
+
+    Args:
+        matrix: The return matrix so far, ``(n + 1, n)`` for the ``n`` positions trained.
+        curves: ``TrainResult.curves``.
+        per_cycle: Tasks per cycle.
+    """
+    r = np.asarray(matrix, dtype=np.float64)
+    cycles = r.shape[1] // per_cycle
+    if cycles < 2:
+        return {}
+    n = cycles * per_cycle
+    out = {"visit_gap": visit_gap(r[: n + 1, :n], cycles)}
+    means = visit_curve_means([c for c in curves if c[1] < n], n, cycles)
+    gaps = means[-1] - means[0]
+    if np.isfinite(gaps).any():
+        out["visit_curve_gap"] = float(np.nanmean(gaps))
+    return out
+
+
 def summary(matrix: ArrayLike) -> dict[str, float]:
     """ACC, BWT, FWT, forgetting (Chaudhry's) and Continual World's forgetting of one return matrix."""
     return {

@@ -12,6 +12,9 @@ each metric. Unfinished runs are left out, with a warning. For every stream and 
 - ``heatmap-<method>.png``: the return matrix, mean over seeds;
 - ``curves-<method>.png``: the return on each task against environment steps, task boundaries marked
   (the forgetting curves; denser with ``eval_freq``);
+- ``plasticity-<method>.png``: the networks' plasticity statistics (:class:`clrl.PlasticityMonitor`:
+  dormant-unit ratio, effective rank of the last hidden layer, distance from the initial weights, gradient
+  norm) against environment steps, mean over seeds, task boundaries marked (runs that recorded them);
 - ``bars.png``: ACC and forgetting of every method with their confidence intervals.
 
 Every file is written through a temporary file and a rename, so a report is never half-written.
@@ -267,6 +270,11 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> Rep
                 f"![return matrix]({slug}/{heatmap.name}) ![forgetting curves]({slug}/{curves.name})",
                 "",
             ]
+            figure = _plasticity(group)
+            if figure is not None:
+                plots.append(figures / f"plasticity-{name}.png")
+                _save(plots[-1], figure)
+                lines += [f"![plasticity]({slug}/{plots[-1].name})", ""]
     if warnings:
         lines += ["## Left out", "", *(f"- {w}" for w in warnings), ""]
     markdown = out / "report.md"
@@ -414,6 +422,59 @@ def _curves(group: Group, metric: str) -> Any:
     )
     ax.legend(title="task", fontsize=8)
     ax.grid(alpha=0.3)
+    return fig
+
+
+PLASTICITY_PANELS = {
+    "dormant": "dormant units (share)",
+    "effective_rank": "effective rank, last hidden layer",
+    "weight_distance": "RMS distance from initial weights",
+    "grad_norm": "gradient norm",
+}
+"""The statistics ``plasticity-<method>.png`` plots, one panel each, a line per network."""
+
+
+def _plasticity_series(result: TrainResult, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and values of one statistic (``"<network>/<name>"``) over a run's measurements."""
+    by_step: dict[int, float] = {}
+    for record in result.plasticity:
+        value = record["values"].get(key)
+        if value is not None:
+            by_step[int(record["step"])] = float(value)  # a boundary's measurement replaces its step's
+    steps = np.array(sorted(by_step), dtype=float)
+    return steps, np.array([by_step[int(s)] for s in steps])
+
+
+def _plasticity(group: Group) -> Any:
+    """The plasticity figure of a group, or ``None`` when its runs recorded no measurements."""
+    first = group.runs[0].result
+    keys = {k for record in first.plasticity for k in record["values"]}
+    networks = sorted({k.split("/")[0] for k in keys if k.count("/") == 1})
+    if not networks or any(not run.result.plasticity for run in group.runs):
+        return None
+    fig = _figure(10.0, 6.0)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, (stat, title) in zip(axes, PLASTICITY_PANELS.items(), strict=True):
+        for network in networks:
+            key = f"{network}/{stat}"
+            grid, _ = _plasticity_series(first, key)
+            if len(grid) == 0:
+                continue
+            series = [_plasticity_series(run.result, key) for run in group.runs]
+            values = np.array([np.interp(grid, s, v) for s, v in series if len(s)])
+            ax.plot(grid, values.mean(axis=0), marker=".", label=network)
+        if group.method != "single-task":
+            for step in first.steps[1:-1]:
+                ax.axvline(step, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="network", fontsize=8)
+    for ax in axes[2:]:
+        ax.set_xlabel("environment steps")
+    fig.suptitle(
+        f"{group.stream} / {group.algorithm} / {group.method}: plasticity, mean of {len(group.runs)} seeds "
+        "(dashed: task boundaries)"
+    )
     return fig
 
 

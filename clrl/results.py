@@ -44,6 +44,8 @@ class TrainResult:
         random_returns: Mean return of a uniformly random policy on each task, on the evaluation episodes.
         module_stats: After each task, per module name: ``state_bytes`` (what the module holds: anchors,
             importances, memories) and its TensorBoard scalars (e.g. Replay's ``bytes/task<j>``).
+        plasticity: The measurements of :class:`clrl.PlasticityMonitor`, during training and at every task
+            boundary: ``{"step", "task" (the task that ended, or null), "values": {name: number}}``.
     """
 
     matrix: np.ndarray
@@ -56,6 +58,7 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
     random_returns: np.ndarray | None = None
     module_stats: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    plasticity: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainResult:
@@ -110,6 +113,9 @@ class TrainResult:
         module_stats = data.get("module_stats", [])
         if not isinstance(module_stats, list) or not all(isinstance(m, dict) for m in module_stats):
             raise _Damaged("field 'module_stats' must be a list of tables")
+        plasticity = data.get("plasticity", [])
+        if not isinstance(plasticity, list) or not all(_plasticity_record(r, n) for r in plasticity):
+            raise _Damaged("field 'plasticity' must be a list of {step, task, values} measurements")
         return cls(
             matrix=matrix,
             metrics={k: float("nan") if v is None else v for k, v in metrics_.items()},
@@ -123,6 +129,7 @@ class TrainResult:
             if random_returns is None
             else _numbers(random_returns, "random_returns", (n,)),
             module_stats=module_stats,
+            plasticity=plasticity,
         )
 
     def table(self) -> str:
@@ -160,8 +167,19 @@ class TrainResult:
             "timings": self.timings,
             "random_returns": self.random_returns,
             "module_stats": self.module_stats,
+            "plasticity": self.plasticity,
             "versions": versions(),
         }
+
+
+def _plasticity_record(record: Any, n_tasks: int) -> bool:
+    return (
+        isinstance(record, dict)
+        and is_integer(record.get("step"))
+        and (record.get("task") is None or record.get("task") in range(n_tasks))
+        and isinstance(record.get("values"), dict)
+        and all(isinstance(k, str) and (v is None or is_number(v)) for k, v in record["values"].items())
+    )
 
 
 class _Damaged(ValueError):

@@ -48,6 +48,7 @@ from clrl.errors import CheckpointError, ClrlError, ConfigError, TrainingError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.logger import RunLogger
 from clrl.modules.base import ContinualModule
+from clrl.plasticity import PlasticityMonitor, monitor_for
 from clrl.progress import progress
 from clrl.results import (
     TrainResult,
@@ -84,6 +85,7 @@ def train(
     method: str | None = None,
     reference: TrainResult | None = None,
     vec_env_cls: type[DummyVecEnv | SubprocVecEnv] | None = None,
+    plasticity: bool | PlasticityMonitor = True,
 ) -> TrainResult:
     """Learn ``stream`` task after task with ``model`` and the given continual modules.
 
@@ -123,6 +125,11 @@ def train(
         vec_env_cls: ``DummyVecEnv`` or ``SubprocVecEnv`` for the tasks' training environments (one process
             per environment copy); default: the kind the model was built on. Each environment the run
             replaces, the model's own first, is closed (its worker processes end).
+        plasticity: Measure the networks' plasticity (:class:`clrl.PlasticityMonitor`, its defaults for
+            ``True``, or the given one) during training and at every task boundary: TensorBoard's
+            ``plasticity/*`` scalars and ``results.json``'s ``plasticity``. Training is unchanged by it.
+            ``True`` skips policies the monitor cannot measure (recurrent ones, ARS); a given monitor
+            refuses them.
 
     Returns:
         The return matrix, metrics and run information.
@@ -145,7 +152,10 @@ def train(
         vec_env_cls = SubprocVecEnv if isinstance(model.get_env(), SubprocVecEnv) else DummyVecEnv
     elif vec_env_cls not in VEC_ENVS.values():
         raise ConfigError(f"vec_env_cls must be DummyVecEnv or SubprocVecEnv, got {vec_env_cls!r}")
-    run = _Run(model, stream, modules, logdir, seed, eval_episodes, eval_freq, overwrite, method, resume)
+    run = _Run(
+        model, stream, modules, logdir, seed, eval_episodes, eval_freq, overwrite, method, resume,
+        monitor=monitor_for(plasticity, model),
+    )  # fmt: skip
     problem = None if reference is None else reference_mismatch(reference, run.config)
     if problem is not None:
         run.release()
@@ -171,6 +181,7 @@ def train_multitask(
     overwrite: bool = False,
     resume: bool = False,
     progress_bar: bool = False,
+    plasticity: bool | PlasticityMonitor = True,
 ) -> TrainResult:
     """Multi-task baseline (the usual upper bound): train on all tasks at once, each episode a random task.
 
@@ -179,7 +190,10 @@ def train_multitask(
     a resumed multi-task run restarts its mixed environment at the task boundary, so its matrix can differ
     slightly from an uninterrupted one.
     """
-    run = _Run(model, stream, [], logdir, seed, eval_episodes, eval_freq, overwrite, "multitask", resume)
+    run = _Run(
+        model, stream, [], logdir, seed, eval_episodes, eval_freq, overwrite, "multitask", resume,
+        monitor=monitor_for(plasticity, model),
+    )  # fmt: skip
     env = stream.make_multitask_vec_env(n_envs=model.n_envs, seed=seed)
     return run.run(
         lambda i: env if i == run.start else None,
@@ -249,6 +263,7 @@ class _Run:
         method: str,
         resume: bool = False,
         fresh_model: Callable[[int], BaseAlgorithm] | None = None,
+        monitor: PlasticityMonitor | None = None,
     ) -> None:
         """``model`` is the model that learns every task; with ``fresh_model`` instead (``model=None``), the
         first task this call trains gets ``fresh_model(i)``, built once the run directory is taken."""
@@ -261,6 +276,7 @@ class _Run:
         self.stream, self.modules = stream, modules
         self.seed, self.eval_freq, self.eval_episodes = seed, eval_freq, eval_episodes
         self.fresh_model = fresh_model
+        self.monitor = monitor
         self.offset = 0
         """Steps of the tasks before the current model's first (a fresh model per task counts from 0)."""
         self.root, self._lock = prepare_logdir(logdir, overwrite, resume)
@@ -318,6 +334,8 @@ class _Run:
     ) -> TrainResult:
         model, stream, n, first = self.model, self.stream, len(self.stream), self.start
         elapsed = 0.0
+        if self.monitor is not None:
+            self.monitor.bind(model)  # the initial weights: a resumed model is still as built
         if first > 0:
             assert self.previous is not None
             self.result = result = self.previous[0]
@@ -342,6 +360,8 @@ class _Run:
             self.result = result = TrainResult(
                 np.full((n + 1, n), np.nan), {}, stream.task_names, [], [], self.config, self.root
             )
+        if self.monitor is not None:
+            self.monitor.records = result.plasticity  # measurements go straight into results.json
         # A resumed run hides the events its killed predecessor wrote after the last kept row.
         purge = (result.steps[first] + 1 if first > 0 else 0) if self.resume else None
         sb3_model = None if self.fresh_model else model  # fresh models log SB3's scalars per task
@@ -372,6 +392,8 @@ class _Run:
                 with self._failing(i, "training"):
                     self._learn(i, reset_buffer and i > 0, bar)
                 check_finite(model, self.stream.tasks[i].name, i)
+                if self.monitor is not None:
+                    self.monitor.measure(task=i)
                 with self._failing(i, "the evaluation after training"):
                     result.matrix[i + 1] = self.evaluate(current_task=i)
                 step = self.offset + model.num_timesteps
@@ -383,6 +405,8 @@ class _Run:
                     result.metrics = {"acc": float(result.reference[: i + 1].mean())}
                 else:
                     result.metrics = metrics.summary(result.matrix[: i + 2, : i + 1])
+                    done = result.matrix[: i + 2, : i + 1]
+                    result.metrics.update(metrics.cycle_summary(done, result.curves, stream.cycle_length))
                 if reference is not None:
                     result.metrics.update(reference_metrics(result, reference, i + 1))
                 result.timings = {"total": time.perf_counter() - start, "evaluation": self.eval_seconds}
@@ -507,6 +531,8 @@ class _Run:
             model.replay_buffer.reset()
             model.learning_starts = model.num_timesteps + model.learning_starts
         callbacks: list[BaseCallback] = list(self.modules)
+        if self.monitor is not None:
+            callbacks.append(self.monitor)
         if bar is not None:
             callbacks.append(_ProgressCallback(bar, i, self.stream))
         periodic = None

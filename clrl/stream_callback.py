@@ -22,6 +22,7 @@ from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
 from clrl.experiment import make_modules
 from clrl.logger import RunLogger
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
+from clrl.plasticity import PlasticityMonitor, monitor_for
 from clrl.results import TrainResult, run_config, run_hparams, write_summary
 from clrl.streams import TaskStream, make_stream
 
@@ -86,6 +87,9 @@ class StreamCallback(BaseCallback):
         reset_buffer: Off-policy: empty the replay buffer and repeat the warm-up at each new task.
         logdir: Run directory for ``results.json`` and TensorBoard; ``None`` writes nothing. It must not
             hold a run (use another directory, or delete it).
+        plasticity: Measure the networks' plasticity during training and at every task boundary, as
+            :func:`clrl.train` does (``True``: a default :class:`clrl.PlasticityMonitor` where the policy can
+            be measured; ``False``: none; or the monitor to use).
         verbose: Print each row of the return matrix when ``>= 1``.
     """
 
@@ -99,6 +103,7 @@ class StreamCallback(BaseCallback):
         seed: int = 0,
         reset_buffer: bool = True,
         logdir: str | Path | None = None,
+        plasticity: bool | PlasticityMonitor = True,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -123,6 +128,9 @@ class StreamCallback(BaseCallback):
         self.seed = seed
         self.reset_buffer = reset_buffer
         self.logdir = None if logdir is None else Path(logdir)
+        self.plasticity = plasticity
+        self.monitor: PlasticityMonitor | None = None
+        """The plasticity monitor of the running ``learn`` (``None`` before it, or when there is none)."""
         self.result: TrainResult | None = None
         """The return matrix and metrics so far (rows filled at each boundary)."""
         self._task = 0
@@ -149,6 +157,7 @@ class StreamCallback(BaseCallback):
         model, stream = self.model, self.stream
         check_fit(self.modules, stream, model)
         check_model(model, stream)
+        self.monitor = monitor_for(self.plasticity, model)
         root, self._lock = prepare_logdir(self.logdir, overwrite=False)
         try:
             self._start(root)
@@ -177,6 +186,10 @@ class StreamCallback(BaseCallback):
         self._begin(0)
         for module in self.modules:
             module.on_training_start(self.locals, self.globals)
+        if self.monitor is not None:
+            self.monitor.init_callback(model)
+            self.monitor.records = self.result.plasticity
+            self.monitor.on_training_start(self.locals, self.globals)
 
     def _on_step(self) -> bool:
         if self._finished:  # learn was given more steps than the stream has
@@ -198,6 +211,8 @@ class StreamCallback(BaseCallback):
         for module in self.modules:
             module.update_locals(self.locals)
             module.on_rollout_end()
+        if self.monitor is not None:
+            self.monitor.on_rollout_end()
         if isinstance(self.model, OnPolicyAlgorithm) and self.num_timesteps >= self._ends[self._task]:
             self._kept = copy.deepcopy(self.model.rollout_buffer)  # the next rollout start clears it
 
@@ -207,6 +222,8 @@ class StreamCallback(BaseCallback):
         try:
             for module in self.modules:
                 module.on_training_end()
+            if self.monitor is not None:
+                self.monitor.on_training_end()
             if self.result is not None and np.isnan(self.result.matrix[self._task + 1]).all():
                 # Learn ended after the task's last update (its buffer intact), or stopped at the first
                 # step of a rollout past the stream (the buffer cleared: the kept copy has the states).
@@ -261,6 +278,8 @@ class StreamCallback(BaseCallback):
         try:
             for module in self.modules:
                 module.end_task()
+            if self.monitor is not None:
+                self.monitor.measure(task=i)  # on the task's last states
         finally:
             if keep is not None:
                 model.rollout_buffer = fresh  # type: ignore[attr-defined]
@@ -288,6 +307,8 @@ class StreamCallback(BaseCallback):
         result.steps.append(step)
         if row > 0:
             result.metrics = metrics.summary(result.matrix[: row + 1, :row])
+            done = result.matrix[: row + 1, :row]
+            result.metrics.update(metrics.cycle_summary(done, result.curves, stream.cycle_length))
             result.module_stats.append(
                 {m.name: {"state_bytes": m.state_bytes(), **m.log_scalars()} for m in self.modules}
             )

@@ -19,6 +19,10 @@ A stream file is TOML::
     wrappers = [{ name = "PermuteActions", kwargs = { permutation = [1, 0] } }]
     steps = 80000                   # overrides steps_per_task for this task
 
+``cycles = 3`` (a top-level key) repeats the tasks three times over: ``normal``, ``flipped``, ``normal.2``,
+``flipped.2``, ``normal.3``, ``flipped.3`` (each visit observes its task's id), the repeated streams on
+which plasticity is measured.
+
 Built-in streams live in the repository's ``envs/`` folder and ship inside the package.
 """
 
@@ -77,7 +81,7 @@ def check_name(value: Any, what: str) -> str:
     return value
 
 
-_STREAM_KEYS = {"name", "description", "steps_per_task", "task_id", "tasks", "metric", "extra"}
+_STREAM_KEYS = {"name", "description", "steps_per_task", "task_id", "tasks", "metric", "extra", "cycles"}
 
 EXTRAS = {"box2d": "Box2D", "mujoco": "mujoco", "minigrid": "minigrid", "metaworld": "metaworld"}
 """clrl's extras a stream may need, and the module each installs (how clrl tells whether it is there)."""
@@ -277,6 +281,9 @@ class TaskStream:
         metric: What fills the return matrix: ``"return"`` (the episode return) or the name of a number the
             environments report in ``info``; an episode then scores the largest value it reported, so a
             success flag counts an episode that succeeded at any step (Meta-World's success rate).
+        cycles: How many times the stream's first ``len(tasks) // cycles`` tasks repeat in ``tasks``
+            (build cyclic streams with :func:`cycled`, or ``cycles = N`` in a stream file). A visit after
+            the first is named ``<task>.<k>`` and observes its task's id (an id per distinct task).
 
     Example:
         >>> from clrl import Task, TaskStream
@@ -294,6 +301,7 @@ class TaskStream:
     description: str = ""
     metric: str = "return"
     extra: str | None = None
+    cycles: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -320,9 +328,31 @@ class TaskStream:
             seen.add(task.name)
             if task.steps is not None:
                 _check_steps(task.steps, f"{where}, task {task.name!r}: steps")
+        _check_cycles(self.cycles, where)
+        if len(self.tasks) % self.cycles:
+            raise StreamError(
+                f"{where}: {len(self.tasks)} tasks are not {self.cycles} cycles of one sequence"
+            )
+        for index, task in enumerate(self.tasks[self.cycle_length :], start=self.cycle_length):
+            first = self.tasks[index % self.cycle_length]
+            expected = visit_name(first.name, index // self.cycle_length)
+            if replace(task, name=first.name) != first or task.name != expected:
+                raise StreamError(
+                    f"{where}: task {index} ({task.name!r}) must repeat task {first.name!r} as "
+                    f"{expected!r}: the tasks are {self.cycles} cycles"
+                )
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    @property
+    def cycle_length(self) -> int:
+        """Distinct tasks of one cycle (all of them when ``cycles`` is 1)."""
+        return len(self.tasks) // self.cycles
+
+    def visit(self, index: int) -> tuple[int, int]:
+        """``(task, cycle)`` of training position ``index``: its distinct task, and its visit (0: first)."""
+        return index % self.cycle_length, index // self.cycle_length
 
     @property
     def task_names(self) -> list[str]:
@@ -337,7 +367,7 @@ class TaskStream:
         """Build task ``index``'s environment, with the task id appended when it is observed."""
         env = self.tasks[index].make_env(render_mode)
         if self.task_id == "observed":
-            env = clrl_wrappers.AppendTaskId(env, index, len(self.tasks))
+            env = clrl_wrappers.AppendTaskId(env, index % self.cycle_length, self.cycle_length)
         return env
 
     def make_vec_env(
@@ -376,7 +406,7 @@ class TaskStream:
             StreamError: Naming the stream and the task that fails or differs.
         """
         reference: tuple[gym.Space[Any], gym.Space[Any]] | None = None
-        for index, task in enumerate(self.tasks):
+        for index, task in enumerate(self.tasks[: self.cycle_length]):  # later cycles repeat these
             try:
                 env = self.make_env(index)
             except StreamError as exc:
@@ -419,6 +449,7 @@ class TaskStream:
             "steps_per_task": self.steps_per_task,
             "task_id": self.task_id,
             **({} if self.metric == "return" else {"metric": self.metric}),
+            **({} if self.cycles == 1 else {"cycles": self.cycles}),
             "tasks": [
                 {
                     "name": t.name,
@@ -428,7 +459,7 @@ class TaskStream:
                     "wrappers": [{"name": w.name, "kwargs": dict(w.kwargs)} for w in t.wrappers],
                     **({} if t.steps is None else {"steps": t.steps}),
                 }
-                for t in self.tasks
+                for t in self.tasks[: self.cycle_length]
             ],
         }
 
@@ -457,6 +488,30 @@ class _MultiTaskFactory:
 def _describe(exc: Exception) -> str:
     """An exception's message, with its type unless it is the usual ValueError or TypeError."""
     return str(exc) if isinstance(exc, ValueError | TypeError) else f"{type(exc).__name__}: {exc}"
+
+
+def visit_name(name: str, cycle: int) -> str:
+    """The name of a task's visit in cycle ``cycle`` (0: the task's own name; then ``<name>.<cycle + 1>``)."""
+    return name if cycle == 0 else f"{name}.{cycle + 1}"
+
+
+MAX_CYCLES = 1000
+"""Most cycles a stream may declare."""
+
+
+def _check_cycles(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CYCLES:
+        raise StreamError(f"{where}: cycles must be an integer in [1, {MAX_CYCLES}], got {value!r}")
+
+
+def cycled(stream: TaskStream, cycles: int) -> TaskStream:
+    """``stream``'s tasks repeated ``cycles`` times (visits after the first named ``<task>.<k>``): the
+    repeated streams of plasticity experiments (CORA, COOM and MEAL repeat theirs)."""
+    where = f"stream {stream.name!r}"
+    _check_cycles(cycles, where)
+    first = stream.tasks[: stream.cycle_length]
+    tasks = [replace(t, name=visit_name(t.name, k)) for k in range(cycles) for t in first]
+    return replace(stream, tasks=tasks, cycles=cycles)
 
 
 def _check_steps(value: Any, where: str) -> None:
@@ -544,7 +599,9 @@ def stream_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> TaskStr
     if install is not None:
         raise StreamError(f"{where} needs the {extra} extra: {install}")
     tasks = _expect(data.get("tasks", []), list, where, "tasks")
-    return TaskStream(
+    cycles = data.get("cycles", 1)
+    _check_cycles(cycles, where)
+    stream = TaskStream(
         name=name,
         tasks=[_task_from_dict(t, f"{where}, task {k}") for k, t in enumerate(tasks)],
         steps_per_task=data.get("steps_per_task", 100_000),
@@ -553,6 +610,7 @@ def stream_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> TaskStr
         metric=_expect(data.get("metric", "return"), str, where, "metric"),
         extra=extra,
     )
+    return stream if cycles == 1 else cycled(stream, cycles)
 
 
 def load_stream(path: str | Path) -> TaskStream:

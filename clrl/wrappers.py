@@ -200,6 +200,52 @@ class AddObservationNoise(
         return np.clip(noisy, space.low, space.high).astype(space.dtype)
 
 
+class PermuteObservations(
+    gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym.utils.RecordConstructorArgs
+):
+    """Reorder (and optionally negate) the entries of a flat ``Box`` observation: the agent sees
+    ``sign[i] * obs[permutation[i]]``. A stream of tasks that differ only in this is the permuted-input
+    setting of plasticity studies (Dohare et al. 2024's permuted MNIST, in RL): every task must be learned
+    again from the same dynamics. The observation space bounds every entry by the largest bound of any
+    entry, whatever the permutation, so that every task of a stream has the same space.
+
+    Args:
+        env: An environment with a one-dimensional ``Box`` observation space.
+        permutation: A permutation of ``range(n)`` for ``n`` observation entries.
+        signs: ``+1`` or ``-1`` per entry (default: all ``+1``).
+    """
+
+    def __init__(
+        self, env: gym.Env[np.ndarray, Any], permutation: Sequence[int], signs: Sequence[int] | None = None
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(
+            self, permutation=list(permutation), signs=None if signs is None else list(signs)
+        )
+        gym.ObservationWrapper.__init__(self, env)
+        space = env.observation_space
+        if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+            raise ValueError(
+                f"PermuteObservations needs a one-dimensional Box observation space, got {space}"
+            )
+        n = space.shape[0]
+        perm = [int(i) for i in permutation]
+        if sorted(perm) != list(range(n)):
+            raise ValueError(f"permutation must be a permutation of range({n}), got {list(permutation)}")
+        sign = [1] * n if signs is None else [int(s) for s in signs]
+        if len(sign) != n or any(s not in (1, -1) for s in sign):
+            raise ValueError(f"signs must be {n} entries of 1 or -1, got {signs!r}")
+        self.permutation = np.array(perm)
+        self.signs = np.array(sign, dtype=space.dtype)
+        # One space for every permutation, so that the tasks of a stream share it: each entry within the
+        # largest bound of any entry.
+        bound = float(np.max(np.maximum(np.abs(space.low), np.abs(space.high))))
+        self.observation_space = spaces.Box(-bound, bound, shape=(n,), dtype=space.dtype)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        """Return the reordered, sign-flipped observation."""
+        return (observation[self.permutation] * self.signs).astype(self.observation_space.dtype)
+
+
 class AppendTaskId(gym.ObservationWrapper[Any, Any, Any], gym.utils.RecordConstructorArgs):
     """Expose the task identity: append a one-hot task vector to the observation.
 

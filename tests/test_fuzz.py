@@ -84,6 +84,7 @@ streams = st.fixed_dictionaries(
         "steps_per_task": st.integers(-5, 10**6) | values,
         "task_id": st.sampled_from(["observed", "hidden", "both"]) | values,
         "tasks": st.lists(tasks, max_size=3) | values,
+        "cycles": st.integers(-2, 1002) | values,
         "unknown": values,
     },
 )
@@ -310,6 +311,7 @@ RESULT = {
     "timings": {"total": 1.0},
     "random_returns": [0.5, 0.5],
     "module_stats": [],
+    "plasticity": [{"step": 10, "task": 0, "values": {"actor/dormant": 0.5}}],
     "completed_tasks": 2,
 }
 

@@ -120,3 +120,32 @@ def test_bootstrap_ci_of_one_value_and_of_nan() -> None:
     assert all(math.isnan(v) for v in metrics.bootstrap_ci([float("nan")]))
     with pytest.raises(ValueError):
         metrics.bootstrap_ci([1.0, 2.0], confidence=1.5)
+
+
+# ------------------------------------------------------------------------------------------------ visits
+CYCLIC = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0],
+        [10.0, 1.0, 10.0, 1.0],  # after a: 10
+        [5.0, 20.0, 5.0, 20.0],  # after b: 20
+        [8.0, 15.0, 8.0, 15.0],  # after a.2: 8
+        [4.0, 12.0, 4.0, 12.0],  # after b.2: 12
+    ]
+)
+
+
+def test_visit_returns_and_gap_by_hand() -> None:
+    np.testing.assert_array_equal(metrics.visit_returns(CYCLIC, 2), [[10, 20], [8, 12]])
+    assert metrics.visit_gap(CYCLIC, 2) == pytest.approx(((8 - 10) + (12 - 20)) / 2)  # -5
+    assert np.isnan(metrics.visit_gap(CYCLIC, 1))
+    with pytest.raises(ValueError, match="cycles"):
+        metrics.visit_returns(CYCLIC, 3)
+
+
+def test_visit_curve_means_and_cycle_summary_by_hand() -> None:
+    curves = [(50, 0, [4.0, 0, 0, 0]), (60, 0, [6.0, 0, 0, 0]), (250, 2, [0, 0, 2.0, 0])]
+    means = metrics.visit_curve_means(curves, 4, 2)
+    np.testing.assert_array_equal(means[:, 0], [5.0, 2.0])
+    assert np.isnan(means[0, 1]) and np.isnan(means[1, 1])
+    assert metrics.cycle_summary(CYCLIC, curves, 2) == {"visit_gap": -5.0, "visit_curve_gap": -3.0}
+    assert metrics.cycle_summary(CYCLIC[:3, :2], curves, 2) == {}  # one cycle done: nothing to compare

@@ -45,6 +45,7 @@ def test_readme_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert namespace["ewc"].tasks_seen == 4  # two learn calls per task inside clrl.training_task
     assert isinstance(namespace["deployed"], ShortRolloutPPO)
     assert np.isfinite(namespace["callback"].result.matrix).all()
+    assert namespace["monitor"].records[-1]["task"] == 0
 
 
 def _readme_commands() -> list[str]:

@@ -15,7 +15,7 @@ from PIL import Image
 import clrl
 from clrl import ConfigError, metrics, write_report
 from clrl.cli import main
-from clrl.reports import _points, collect
+from clrl.reports import _plasticity_series, _points, collect
 
 TASKS = ["a", "b", "c"]
 RANDOM = [10.0, 20.0, 30.0]
@@ -32,6 +32,7 @@ def write_run(
     completed: int = 3,
     curves: list[dict[str, Any]] | None = None,
     stream: str = "toy",
+    plasticity: list[dict[str, Any]] | None = None,
 ) -> Path:
     run = root / stream / f"ppo-{method}" / f"seed{seed}"
     run.mkdir(parents=True)
@@ -45,6 +46,7 @@ def write_run(
         "timings": {"total": total, "evaluation": evaluation},
         "random_returns": RANDOM,
         "completed_tasks": completed,
+        "plasticity": plasticity or [],
     }
     (run / "results.json").write_text(json.dumps(data))
     return run
@@ -152,6 +154,25 @@ def test_curves_merge_matrix_rows_and_eval_freq_points(tmp_path: Path) -> None:
     steps, values = _points(group.runs[0].result, 0)
     np.testing.assert_array_equal(steps, [0, 50, 100, 200, 250, 300])
     np.testing.assert_array_equal(values, [m[0, 0], 55.0, m[1, 0], m[2, 0], 7.0, m[3, 0]])
+
+
+def test_plasticity_is_plotted_when_the_runs_recorded_it(tmp_path: Path) -> None:
+    def record(step: int, task: int | None, dormant: float) -> dict[str, Any]:
+        values = {"actor/dormant": dormant, "actor/effective_rank": 3.0, "actor/policy_net.1/dormant": 0.5}
+        return {"step": step, "task": task, "values": values}
+
+    for seed in range(2):
+        records = [record(50, None, 0.1 + seed), record(100, 0, 0.2), record(150, None, 0.3 + seed)]
+        write_run(tmp_path, "finetune", seed, matrices(seed)["finetune"], plasticity=records)
+    write_run(tmp_path, "ewc", 0, matrices(0)["ewc"])  # recorded none: no plasticity figure
+    report = write_report(tmp_path)
+    names = {p.name for p in report.plots}
+    assert "plasticity-finetune.png" in names and "plasticity-ewc.png" not in names
+    assert "(toy-ppo/plasticity-finetune.png)" in report.markdown.read_text()
+    (group, _), _ = collect(tmp_path)
+    steps, values = _plasticity_series(group.runs[1].result, "actor/dormant")
+    np.testing.assert_array_equal(steps, [50, 100, 150])
+    np.testing.assert_array_equal(values, [1.1, 0.2, 1.3])
 
 
 def test_no_runs_and_bad_files(tmp_path: Path) -> None:

@@ -32,7 +32,17 @@ def test_one_learn_with_stream_callback_gives_clrl_trains_return_matrix(tmp_path
     np.testing.assert_array_equal(callback.result.matrix, reference.matrix)
     assert callback.result.steps == reference.steps == [0, 128, 256]
     assert len(ewc.fishers) == 2 and ewc.tasks_seen == 2
+    # Plasticity at each boundary, on the task's last states, as clrl.train measures it.
+    ours, theirs = callback.result.plasticity, reference.plasticity
+    assert (
+        [(r["step"], r["task"]) for r in ours]
+        == [(r["step"], r["task"]) for r in theirs]
+        == [(128, 0), (256, 1)]
+    )
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["values"] == pytest.approx(b["values"], rel=1e-6, abs=1e-9)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["plasticity"] == json.loads(json.dumps(ours))
     assert saved["completed_tasks"] == 2 and np.allclose(saved["matrix"], reference.matrix)
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
 

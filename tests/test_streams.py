@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cartpole_stream
 from gymnasium.utils.env_checker import check_env
 
 import clrl
@@ -183,3 +184,48 @@ def test_observed_task_id_needs_a_flat_or_dict_space() -> None:
     stream = TaskStream("s", [Task("lake", "FrozenLake-v1")], task_id="observed")
     with pytest.raises(StreamError, match="task 'lake': an observed task id needs"):
         stream.validate()
+
+
+# ------------------------------------------------------------------------------------------------ cycles
+def test_a_cycled_stream_repeats_its_tasks_under_visit_names_with_their_task_ids() -> None:
+    base = cartpole_stream()
+    stream = clrl.streams.cycled(base, 3)
+    assert stream.task_names == ["normal", "flipped", "normal.2", "flipped.2", "normal.3", "flipped.3"]
+    assert (len(stream), stream.cycle_length, stream.cycles) == (6, 2, 3)
+    assert [stream.visit(i) for i in (0, 3, 4)] == [(0, 0), (1, 1), (0, 2)]
+    first, third = stream.make_env(0), stream.make_env(4)
+    assert first.observation_space == third.observation_space == base.make_env(0).observation_space
+    np.testing.assert_array_equal(first.reset(seed=1)[0], third.reset(seed=1)[0])  # same task, same id
+    assert clrl.streams.stream_from_dict(stream.to_dict()) == stream
+    assert stream.to_dict()["cycles"] == 3 and len(stream.to_dict()["tasks"]) == 2
+    assert clrl.streams.with_steps(stream, 64).steps(5) == 64
+
+
+def test_cycles_in_a_stream_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'name = "s"\ncycles = 2\nsteps_per_task = 100\n[[tasks]]\nname = "a"\nenv_id = "CartPole-v1"\n'
+        '[[tasks]]\nname = "b"\nenv_id = "CartPole-v1"\nattributes = { length = 1.0 }\n'
+    )
+    stream = clrl.make_stream(path)
+    assert stream.task_names == ["a", "b", "a.2", "b.2"]
+    assert stream.tasks[3].attributes == {"length": 1.0}
+
+
+@pytest.mark.parametrize("cycles", [0, -1, True, "2", 1.5, 1001])
+def test_bad_cycles_are_refused_in_one_line(cycles: object) -> None:
+    data = {"name": "s", "cycles": cycles, "tasks": [{"name": "a", "env_id": "CartPole-v1"}]}
+    with pytest.raises(clrl.StreamError, match="cycles must be an integer") as caught:
+        clrl.streams.stream_from_dict(data)
+    assert "\n" not in str(caught.value)
+
+
+def test_tasks_that_are_not_cycles_are_refused() -> None:
+    a = clrl.Task("a", "CartPole-v1")
+    with pytest.raises(clrl.StreamError, match=r"must repeat task 'a' as 'a\.2'"):
+        clrl.TaskStream("s", [a, clrl.Task("b", "CartPole-v1")], cycles=2)
+    with pytest.raises(clrl.StreamError, match="not 2 cycles"):
+        clrl.TaskStream("s", [a, clrl.Task("a.2", "CartPole-v1"), clrl.Task("c", "CartPole-v1")], cycles=2)
+    different = clrl.Task("a.2", "CartPole-v1", attributes={"length": 2.0})
+    with pytest.raises(clrl.StreamError, match="must repeat"):
+        clrl.TaskStream("s", [a, different], cycles=2)

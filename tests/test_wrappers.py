@@ -91,3 +91,19 @@ def test_mirror_actions_reverses_pendulum_torque() -> None:
     np.testing.assert_array_equal(asymmetric.action(np.array([0.25], dtype=np.float32)), [0.75])
     with pytest.raises(ValueError, match="bounded Box"):
         MirrorActions(gym.make("CartPole-v1"))
+
+
+def test_permute_observations_reorders_and_negates_with_one_space_for_every_permutation() -> None:
+    from clrl.wrappers import PermuteObservations
+
+    plain = gym.make("CartPole-v1")
+    env = PermuteObservations(gym.make("CartPole-v1"), permutation=[2, 0, 3, 1], signs=[1, -1, 1, -1])
+    obs, _ = plain.reset(seed=3)
+    ours, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(ours, [obs[2], -obs[0], obs[3], -obs[1]])
+    other = PermuteObservations(gym.make("CartPole-v1"), permutation=[0, 1, 2, 3])
+    assert env.observation_space == other.observation_space
+    assert env.observation_space.contains(ours)
+    for bad in ({"permutation": [0, 0, 1, 2]}, {"permutation": [0, 1, 2, 3], "signs": [1, 2, 1, 1]}):
+        with pytest.raises(ValueError):
+            PermuteObservations(gym.make("CartPole-v1"), **bad)  # type: ignore[arg-type]

@@ -6,9 +6,11 @@ from clrl.modules.behaviour_cloning import BehaviourCloning
 from clrl.modules.clear import CLEAR
 from clrl.modules.clonex import ClonEx
 from clrl.modules.clser import CLSER
+from clrl.modules.continual_backprop import ContinualBackprop
 from clrl.modules.dualnet import DualNet, DualNetExtractor
 from clrl.modules.ewc import EWC
 from clrl.modules.l2 import L2
+from clrl.modules.l2_init import L2Init
 from clrl.modules.lwf import LwF
 from clrl.modules.mas import MAS
 from clrl.modules.multihead import (
@@ -21,6 +23,7 @@ from clrl.modules.multihead import (
 )
 from clrl.modules.online_ewc import OnlineEWC
 from clrl.modules.packnet import PackNet
+from clrl.modules.parseval import ParsevalRegularisation
 from clrl.modules.penalty import ImportancePenalty, QuadraticPenalty
 from clrl.modules.progress_compress import ProgressAndCompress
 from clrl.modules.progressive import (
@@ -31,8 +34,11 @@ from clrl.modules.progressive import (
     ProgressiveTD3Policy,
     progressive_policy,
 )
+from clrl.modules.redo import ReDo
 from clrl.modules.replay import Replay
+from clrl.modules.reset import Reset
 from clrl.modules.reset_optimizer import ResetOptimizer
+from clrl.modules.shrink_and_perturb import ShrinkAndPerturb
 from clrl.modules.si import SI
 
 __all__ = [
@@ -45,10 +51,12 @@ __all__ = [
     "SI",
     "BehaviourCloning",
     "ClonEx",
+    "ContinualBackprop",
     "ContinualModule",
     "DualNet",
     "DualNetExtractor",
     "ImportancePenalty",
+    "L2Init",
     "LwF",
     "MultiHead",
     "MultiHeadActorCriticPolicy",
@@ -58,6 +66,7 @@ __all__ = [
     "OnlineEWC",
     "PackNet",
     "ParamGroup",
+    "ParsevalRegularisation",
     "ProgressAndCompress",
     "ProgressiveActorCriticPolicy",
     "ProgressiveColumns",
@@ -65,8 +74,11 @@ __all__ = [
     "ProgressiveSACPolicy",
     "ProgressiveTD3Policy",
     "QuadraticPenalty",
+    "ReDo",
     "Replay",
+    "Reset",
     "ResetOptimizer",
+    "ShrinkAndPerturb",
     "TaskInfo",
     "add_to_grad",
     "multihead_policy",

@@ -1,0 +1,80 @@
+"""The README's plasticity table, from the finished runs of ``benchmarks/plasticity.toml``.
+
+    python benchmarks/plasticity_table.py [docs/plasticity/runs]
+
+Per method, over seeds (mean, and the range in brackets): the return of each visit's task right after it
+trained, averaged over the first cycle's visits and over the last cycle's (``visit_returns``); their
+difference (``visit_gap``, negative = learned worse later); the mean return while a visit trained, first
+against last cycle (``visit_curve_gap``, the area under the training curves); and the network's dormant
+share and effective rank of its last hidden layer at the end of the first and of the last task. Only runs
+that finished every task are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from clrl import make_stream, metrics
+
+
+def _cell(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "-"
+    mean, low, high = float(np.mean(values)), float(np.min(values)), float(np.max(values))
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _boundary(result: dict, key: str, task: int) -> float | None:
+    for record in result.get("plasticity", []):
+        if record.get("task") == task:
+            value = record["values"].get(key)
+            return None if value is None else float(value)
+    return None
+
+
+def main(root: Path) -> None:
+    rows: dict[str, dict[str, list[float]]] = {}
+    for path in sorted(root.glob("**/results.json")):
+        result = json.loads(path.read_text())
+        spec = json.loads((path.parent / "spec.json").read_text())
+        matrix = np.asarray(result["matrix"], dtype=float)
+        n = matrix.shape[1]
+        cycles = make_stream(spec["stream"]).cycles
+        if result.get("completed_tasks") != n or np.isnan(matrix).any():
+            continue
+        visits = metrics.visit_returns(matrix, cycles)
+        curves = [(c["step"], c["task"], c["returns"]) for c in result.get("curves", [])]
+        means = metrics.visit_curve_means(curves, n, cycles)
+        network = next(iter(result["plasticity"][0]["values"])).split("/")[0]
+        row = rows.setdefault(spec["method"], {})
+        row.setdefault("first", []).append(float(visits[0].mean()))
+        row.setdefault("last", []).append(float(visits[-1].mean()))
+        row.setdefault("gap", []).append(metrics.visit_gap(matrix, cycles))
+        row.setdefault("curve_first", []).append(float(np.nanmean(means[0])))
+        row.setdefault("curve_last", []).append(float(np.nanmean(means[-1])))
+        for stat in ("dormant", "effective_rank"):
+            for label, task in (("first", 0), ("last", n - 1)):
+                value = _boundary(result, f"{network}/{stat}", task)
+                if value is not None:
+                    row.setdefault(f"{stat}_{label}", []).append(value)
+    print(
+        "| method | seeds | return after a visit, 1st cycle | last cycle | visit_gap | "
+        "return while training, 1st cycle | last cycle | dormant, 1st task / last | "
+        "effective rank, 1st task / last |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for method, row in rows.items():
+        print(
+            f"| {method} | {len(row['gap'])} | {_cell(row['first'])} | {_cell(row['last'])} | "
+            f"{_cell(row['gap'])} | {_cell(row['curve_first'])} | {_cell(row['curve_last'])} | "
+            f"{_cell(row.get('dormant_first', []), 3)} / {_cell(row.get('dormant_last', []), 3)} | "
+            f"{_cell(row.get('effective_rank_first', []))} / {_cell(row.get('effective_rank_last', []))} |"
+        )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/plasticity/runs"))
