@@ -41,6 +41,7 @@ from torch import nn
 
 from clrl.algorithms import optimizers
 from clrl.errors import ConfigError
+from clrl.networks import LayerNormReLU, LayerNormTanh
 
 __all__ = [
     "ACTIVATIONS",
@@ -74,6 +75,8 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Tanh,
     nn.Hardtanh,
     nn.Sigmoid,
+    LayerNormReLU,
+    LayerNormTanh,
 )
 """Module types whose outputs are a network's hidden features (SB3 builds its MLPs from ``activation_fn``
 instances, so every hidden layer ends in one)."""

@@ -10,8 +10,9 @@ SB3 constructor arguments, plus ``policy`` (default ``"MlpPolicy"``) and ``n_env
     learning_rate = 0.001
     policy_kwargs = { net_arch = [64, 64], activation_fn = "relu" }
 
-``policy_kwargs.activation_fn`` may name its ``torch.nn`` class (``"ReLU"``, ``"Tanh"``, ...; any case), so
-that TOML files and ``clrl run --hp`` can set it.
+``policy_kwargs.activation_fn`` may name its ``torch.nn`` class (``"ReLU"``, ``"Tanh"``, ...; any case) or
+one of clrl's layer-normalised activations (``"layernorm-relu"``, ``"layernorm-tanh"``,
+:mod:`clrl.networks`), so that TOML files and ``clrl run --hp`` can set it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from clrl._data import data_dir
 from clrl.algorithms import get_algorithm
 from clrl.errors import ConfigError
 from clrl.hyperparameters import check_hyperparameters
+from clrl.networks import NORMALISED_ACTIVATIONS
 from clrl.streams import TaskStream
 
 if sys.version_info >= (3, 11):
@@ -86,15 +88,21 @@ def hyperparameters(
 
 
 def activation_class(name: str) -> type[torch.nn.Module]:
-    """The ``torch.nn`` activation class called ``name``, case-insensitively (``"relu"`` -> ``nn.ReLU``).
+    """The ``torch.nn`` activation class called ``name``, case-insensitively (``"relu"`` -> ``nn.ReLU``), or
+    one of :data:`clrl.networks.NORMALISED_ACTIVATIONS` (``"layernorm-relu"``).
 
     Raises:
         ConfigError: No activation of that name in ``torch.nn``.
     """
     names = [n for n in torch.nn.modules.activation.__all__ if n not in ("MultiheadAttention", "Threshold")]
-    found = {n.lower(): getattr(torch.nn, n) for n in names}.get(name.lower().replace("_", ""))
+    key = name.lower().replace("_", "")
+    normalised = {n.replace("-", ""): cls for n, cls in NORMALISED_ACTIVATIONS.items()}
+    found = {n.lower(): getattr(torch.nn, n) for n in names}.get(key) or normalised.get(key.replace("-", ""))
     if found is None:
-        raise ConfigError(f"activation_fn {name!r} is not an activation of torch.nn ({', '.join(names)})")
+        raise ConfigError(
+            f"activation_fn {name!r} is not an activation of torch.nn ({', '.join(names)}) or one of "
+            f"{', '.join(NORMALISED_ACTIVATIONS)}"
+        )
     return found
 
 
