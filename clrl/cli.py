@@ -166,13 +166,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _list() -> None:
     print("streams:")
-    for name, path in builtin_streams().items():
+    builtins = builtin_streams()
+    width = max(len(name) for name in builtins)
+    for name, path in builtins.items():
         data = tomllib.loads(path.read_text(encoding="utf-8"))  # clrl's own files: read, not built
         install = missing_extra(data.get("extra"))
         tasks, task_id, cycles = len(data["tasks"]), data.get("task_id", "hidden"), data.get("cycles", 1)
         count = f"{tasks} tasks" if cycles == 1 else f"{tasks * cycles} tasks ({tasks} x {cycles} cycles)"
         note = f"  [not installed: {install}]" if install else ""
-        print(f"  {name:<20} {count}, task id {task_id:<8}  {data.get('description', '')}{note}")
+        print(f"  {name:<{width}}  {count}, task id {task_id:<8}  {data.get('description', '')}{note}")
     print("algorithms:\n  " + ", ".join(ALGORITHMS))
     print("methods:\n  " + ", ".join([*METHODS, *BASELINES]))
     print("  (modules combine with '+', e.g. multihead+ewc)")

@@ -119,8 +119,10 @@ class Evaluator:
         self.deterministic = deterministic
         n_envs = n_envs or min(n_episodes, 8)
         # A cyclic stream's visits are their first visit's task: one environment (and one set of episodes)
-        # per distinct task.
-        self._envs: list[VecEnv] = [stream.make_vec_env(j, n_envs=n_envs) for j in range(stream.cycle_length)]
+        # per distinct task. A task whose attributes drift is evaluated in its setting at its last step.
+        self._envs: list[VecEnv] = [
+            stream.make_vec_env(j, n_envs=n_envs, at_step=stream.steps(j)) for j in range(stream.cycle_length)
+        ]
 
     def __call__(
         self, model: BaseAlgorithm, modules: Sequence[ContinualModule] = (), current_task: int = 0

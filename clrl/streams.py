@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -46,6 +46,7 @@ from clrl._data import data_dir
 from clrl.errors import StreamError
 from clrl.hyperparameters import check_finite_numbers, is_number
 from clrl.imports import import_allowed
+from clrl.schedules import Schedule, is_schedule, schedule_from_dict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,6 +116,29 @@ _DERIVED: dict[str, tuple[set[str], Callable[[Any], None]]] = {
 }
 
 
+def _with_schedules(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with every schedule table parsed into a :class:`Schedule`; the other values checked to be
+    finite numbers where they are numbers."""
+    out = {}
+    for key, value in values.items():
+        if is_schedule(value):
+            out[key] = schedule_from_dict(value, f"{where}.{key}")
+        elif isinstance(value, Schedule):
+            out[key] = value
+        else:
+            check_finite_numbers({key: value}, where, StreamError)
+            out[key] = value
+    return out
+
+
+def _value(value: Any, step: int, length: int | None) -> Any:
+    return value.value(step, length) if isinstance(value, Schedule) else value
+
+
+def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.to_dict() if isinstance(v, Schedule) else v for k, v in values.items()}
+
+
 @dataclass(frozen=True)
 class WrapperSpec:
     """A wrapper applied to a task's environment: a class of :mod:`clrl.wrappers`, ``gymnasium.wrappers``,
@@ -131,8 +155,23 @@ class WrapperSpec:
 
     def __post_init__(self) -> None:
         _expect(self.name, str, "wrapper", "name")
-        _expect(self.kwargs, Mapping, f"wrapper {self.name!r}", "kwargs")
-        check_finite_numbers(dict(self.kwargs), f"wrapper {self.name!r}: kwargs", StreamError)
+        where = f"wrapper {self.name!r}"
+        _expect(self.kwargs, Mapping, where, "kwargs")
+        kwargs = _with_schedules(self.kwargs, f"{where}: kwargs")
+        object.__setattr__(self, "kwargs", kwargs)
+        scheduled = [k for k, v in kwargs.items() if isinstance(v, Schedule)]
+        if scheduled:
+            allowed = getattr(self.wrapper_class(), "SCHEDULABLE", ())
+            for key in scheduled:
+                if key not in allowed:
+                    raise StreamError(
+                        f"{where}: kwargs.{key} cannot follow a schedule (this wrapper can change "
+                        f"{', '.join(allowed) or 'none of its arguments'} while it runs)"
+                    )
+
+    def kwargs_at(self, step: int, length: int | None) -> dict[str, Any]:
+        """The keyword arguments at step ``step`` of a task of ``length`` steps (schedules evaluated)."""
+        return {k: _value(v, step, length) for k, v in self.kwargs.items()}
 
     def wrapper_class(self) -> type[gym.Wrapper[Any, Any, Any, Any]]:
         """Return the wrapper class: ``module:Class`` from that module; a plain name from clrl's wrappers,
@@ -169,6 +208,10 @@ class Task:
             ``polemass_length``, ``total_mass``) are recomputed.
         wrappers: Wrappers applied in order after the attributes are set.
         steps: Training budget in environment steps; ``None`` takes the stream's ``steps_per_task``.
+
+    An attribute or a wrapper argument may be a :class:`clrl.schedules.Schedule` (in a stream file, a table
+    with a ``schedule`` key): the value then drifts with the task's environment steps while it trains
+    (:mod:`clrl.schedules`), and an evaluation uses its value at the task's last step.
     """
 
     name: str
@@ -187,7 +230,7 @@ class Task:
         for key in [*self.make_kwargs, *self.attributes]:
             _expect(key, str, where, "a make_kwargs or attributes key")
         check_finite_numbers(dict(self.make_kwargs), f"{where}: make_kwargs", StreamError)
-        check_finite_numbers(dict(self.attributes), f"{where}: attributes", StreamError)
+        object.__setattr__(self, "attributes", _with_schedules(self.attributes, f"{where}: attributes"))
         limit = self.make_kwargs.get("max_episode_steps")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise StreamError(
@@ -199,12 +242,38 @@ class Task:
         if self.steps is not None:
             _check_steps(self.steps, f"{where}: steps")
 
-    def make_env(self, render_mode: str | None = None) -> gym.Env[Any, Any]:
+    @property
+    def scheduled(self) -> bool:
+        """Whether an attribute or a wrapper argument of this task follows a schedule."""
+        values = [*self.attributes.values(), *(v for w in self.wrappers for v in w.kwargs.values())]
+        return any(isinstance(v, Schedule) for v in values)
+
+    def attributes_at(self, step: int, length: int | None) -> dict[str, Any]:
+        """The attributes at step ``step`` of the task (of ``length`` steps), schedules evaluated."""
+        return {k: _value(v, step, length) for k, v in self.attributes.items()}
+
+    def make_env(
+        self,
+        render_mode: str | None = None,
+        *,
+        at_step: int | None = None,
+        n_envs: int = 1,
+        length: int | None = None,
+    ) -> gym.Env[Any, Any]:
         """Build this task's environment (without the task id).
+
+        Args:
+            render_mode: Gymnasium's render mode.
+            at_step: Fix every schedule at this step of the task (``None``: the values drift with the
+                environment's steps, from step 0).
+            n_envs: Copies of the environment in its vectorised env: a copy's ``k``-th step is the task's
+                step ``k · n_envs`` (the copies step together).
+            length: The task's budget (the default end of a ``linear`` schedule); ``None`` takes ``steps``.
 
         Raises:
             StreamError: The env id is unknown, an attribute does not exist, or a wrapper fails to build.
         """
+        length = self.steps if length is None else length
         kwargs = dict(self.make_kwargs)
         if render_mode is not None:
             kwargs["render_mode"] = render_mode
@@ -224,22 +293,34 @@ class Task:
             raise StreamError(
                 f"task {self.name!r}: bad make_kwargs for {self.env_id!r}: {_describe(exc)}"
             ) from exc
+        start = 0 if at_step is None else at_step
+        built: list[tuple[gym.Wrapper[Any, Any, Any, Any], WrapperSpec]] = []
         try:
-            self._set_attributes(env.unwrapped)
+            self.set_attributes(env.unwrapped, self.attributes_at(start, length))
             for spec in self.wrappers:
                 cls = spec.wrapper_class()
                 try:
-                    env = cls(env, **spec.kwargs)
+                    env = cls(env, **spec.kwargs_at(start, length))
                 except Exception as exc:
                     raise StreamError(f"task {self.name!r}: wrapper {spec.name!r}: {_describe(exc)}") from exc
+                built.append((env, spec))
         except StreamError:
             env.close()
             raise
+        if at_step is None and self.scheduled:
+            env = Drift(env, self, built, n_envs, length)
         return env
 
-    def _set_attributes(self, base: Any) -> None:
+    def set_attributes(self, base: Any, values: Mapping[str, Any]) -> None:
+        """Set attribute ``values`` on the environment ``base`` (``env.unwrapped``), checking each, and
+        recompute the quantities derived from them.
+
+        Raises:
+            StreamError: An attribute that does not exist, is private or a method, or a value of the wrong
+                kind.
+        """
         env_name = type(base).__name__
-        for key, value in self.attributes.items():
+        for key, value in values.items():
             if key.startswith("_") or not hasattr(base, key):
                 raise StreamError(
                     f"task {self.name!r}: {env_name} has no attribute {key!r} "
@@ -256,12 +337,85 @@ class Task:
                 )
             setattr(base, key, value)
         derived = _DERIVED.get(env_name)
-        if derived is not None and derived[0] & self.attributes.keys():
+        if derived is not None and derived[0] & values.keys():
             derived[1](base)
 
     def budget(self, steps_per_task: int) -> int:
         """This task's training steps, given the stream's default."""
         return self.steps if self.steps is not None else steps_per_task
+
+
+class Drift(gym.Wrapper[Any, Any, Any, Any]):
+    """Apply a task's schedules as its environment steps: before every ``reset`` and ``step``, the
+    scheduled attributes are set on ``env.unwrapped`` and the scheduled wrapper arguments passed to their
+    wrappers' ``set_kwargs``, at the task's current step.
+
+    The task's step is ``offset + k · n_envs`` after this copy's ``k``-th step: the copies of a vectorised
+    env step together, so their steps add up to the model's. :meth:`set_drift_step` moves it (a loop that
+    builds the environment part-way through a task). ``Task.make_env`` adds this wrapper to a task with
+    schedules; the vectorised env reaches it with ``env_method("set_drift_step", step)``.
+
+    Args:
+        env: The task's environment, built at step 0.
+        task: The task whose schedules apply.
+        built: The wrappers of ``env`` with the specs they were built from, in order.
+        n_envs: Copies of the environment in its vectorised env.
+        length: The task's budget (the default end of a ``linear`` schedule).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        task: Task,
+        built: Sequence[tuple[gym.Wrapper[Any, Any, Any, Any], WrapperSpec]],
+        n_envs: int,
+        length: int | None,
+    ) -> None:
+        super().__init__(env)
+        self.task = task
+        self.n_envs = n_envs
+        self.budget = length
+        self.count = 0
+        """Steps this copy has taken."""
+        self.offset = 0
+        self._scheduled = {k for k, v in task.attributes.items() if isinstance(v, Schedule)}
+        self._wrappers = [
+            (wrapper, spec, [k for k, v in spec.kwargs.items() if isinstance(v, Schedule)])
+            for wrapper, spec in built
+        ]
+        self._last: list[dict[str, Any]] = [spec.kwargs_at(0, length) for _, spec in built]
+
+    def drift_step(self) -> int:
+        """The task's step the next ``step`` is taken at."""
+        return self.offset + self.count * self.n_envs
+
+    def set_drift_step(self, step: int) -> None:
+        """Make the next ``step`` the task's step ``step``."""
+        self.offset = int(step) - self.count * self.n_envs
+
+    def _apply(self) -> None:
+        step = self.drift_step()
+        values = self.task.attributes_at(step, self.budget)
+        self.task.set_attributes(self.env.unwrapped, {k: values[k] for k in self._scheduled})
+        for index, (wrapper, spec, keys) in enumerate(self._wrappers):
+            if not keys:
+                continue
+            kwargs = spec.kwargs_at(step, self.budget)
+            changed = {k: kwargs[k] for k in keys if kwargs[k] != self._last[index][k]}
+            if changed:
+                wrapper.set_kwargs(**changed)  # type: ignore[attr-defined]
+                self._last[index] = kwargs
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Apply the schedules, then reset."""
+        self._apply()
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Apply the schedules, then step."""
+        self._apply()
+        self.count += 1
+        return self.env.step(action)
 
 
 @dataclass(frozen=True)
@@ -363,9 +517,20 @@ class TaskStream:
         """Training budget of task ``index`` in environment steps."""
         return self.tasks[index].budget(self.steps_per_task)
 
-    def make_env(self, index: int, render_mode: str | None = None) -> gym.Env[Any, Any]:
-        """Build task ``index``'s environment, with the task id appended when it is observed."""
-        env = self.tasks[index].make_env(render_mode)
+    def make_env(
+        self, index: int, render_mode: str | None = None, *, at_step: int | None = None, n_envs: int = 1
+    ) -> gym.Env[Any, Any]:
+        """Build task ``index``'s environment, with the task id appended when it is observed.
+
+        Args:
+            index: The task's position in the stream.
+            render_mode: Gymnasium's render mode.
+            at_step: Fix the task's schedules at this step (``None``: they drift as it steps).
+            n_envs: Copies of the environment in its vectorised env (see :meth:`Task.make_env`).
+        """
+        env = self.tasks[index].make_env(
+            render_mode, at_step=at_step, n_envs=n_envs, length=self.steps(index)
+        )
         if self.task_id == "observed":
             env = clrl_wrappers.AppendTaskId(env, index % self.cycle_length, self.cycle_length)
         return env
@@ -376,6 +541,7 @@ class TaskStream:
         n_envs: int = 1,
         seed: int | None = None,
         vec_env_cls: type[DummyVecEnv | SubprocVecEnv] = DummyVecEnv,
+        at_step: int | None = None,
     ) -> VecEnv:
         """Build a vectorised, ``Monitor``-wrapped environment of task ``index`` for SB3.
 
@@ -384,10 +550,13 @@ class TaskStream:
             n_envs: Number of parallel copies.
             seed: Seed of the first copy's next reset (copy ``k`` gets ``seed + k``).
             vec_env_cls: ``DummyVecEnv`` or ``SubprocVecEnv``.
+            at_step: Fix the task's schedules at this step (``None``: they drift with the task's steps,
+                summed over the copies; the evaluator fixes them at the task's last step).
         """
         if not 0 <= index < len(self.tasks):
             raise IndexError(f"stream {self.name!r} has {len(self.tasks)} tasks, no task {index}")
-        return make_vec_env(_TaskFactory(self, index), n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
+        factory = _TaskFactory(self, index, n_envs, at_step)
+        return make_vec_env(factory, n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
 
     def make_multitask_vec_env(
         self,
@@ -430,6 +599,8 @@ class TaskStream:
                     f"stream {self.name!r}, task {task.name!r}: the metric {self.metric!r} is not a number "
                     f"in the environment's step info (got {info.get(self.metric)!r})"
                 )
+            if task.scheduled:  # the values later in the task must be accepted too
+                self._check_schedules(index)
             if reference is None:
                 reference = spaces
                 continue
@@ -439,6 +610,29 @@ class TaskStream:
                         f"stream {self.name!r}: task {task.name!r} has {kind} space {ours}, but task "
                         f"{self.tasks[0].name!r} has {first}; every task must share one {kind} space"
                     )
+
+    def _check_schedules(self, index: int) -> None:
+        """Build task ``index`` at its last step and wherever a schedule takes another kind of value."""
+        task, length = self.tasks[index], self.steps(index)
+        schedules = [v for v in task.attributes.values() if isinstance(v, Schedule)]
+        schedules += [v for w in task.wrappers for v in w.kwargs.values() if isinstance(v, Schedule)]
+        points = sorted({length, *(s for sch in schedules for s in sch.checkpoints(length))} - {0})
+        for step in points:
+            try:
+                env = self.make_env(index, at_step=step)
+            except StreamError as exc:
+                raise StreamError(f"stream {self.name!r}, at step {step} of its schedules: {exc}") from exc
+            try:
+                env.action_space.seed(0)
+                env.reset(seed=0)
+                env.step(env.action_space.sample())
+            except Exception as exc:
+                raise StreamError(
+                    f"stream {self.name!r}, task {task.name!r}: the environment fails at step {step} of its "
+                    f"schedules: {_describe(exc)}"
+                ) from exc
+            finally:
+                env.close()
 
     def to_dict(self) -> dict[str, Any]:
         """The stream as plain data (the inverse of :func:`stream_from_dict`)."""
@@ -455,8 +649,8 @@ class TaskStream:
                     "name": t.name,
                     "env_id": t.env_id,
                     "make_kwargs": dict(t.make_kwargs),
-                    "attributes": dict(t.attributes),
-                    "wrappers": [{"name": w.name, "kwargs": dict(w.kwargs)} for w in t.wrappers],
+                    "attributes": _plain(t.attributes),
+                    "wrappers": [{"name": w.name, "kwargs": _plain(w.kwargs)} for w in t.wrappers],
                     **({} if t.steps is None else {"steps": t.steps}),
                 }
                 for t in self.tasks[: self.cycle_length]
@@ -467,12 +661,14 @@ class TaskStream:
 class _TaskFactory:
     """A picklable environment factory (SubprocVecEnv sends it to worker processes)."""
 
-    def __init__(self, stream: TaskStream, index: int) -> None:
+    def __init__(self, stream: TaskStream, index: int, n_envs: int = 1, at_step: int | None = None) -> None:
         self.stream = stream
         self.index = index
+        self.n_envs = n_envs
+        self.at_step = at_step
 
     def __call__(self, **kwargs: Any) -> gym.Env[Any, Any]:
-        return self.stream.make_env(self.index, **kwargs)
+        return self.stream.make_env(self.index, at_step=self.at_step, n_envs=self.n_envs, **kwargs)
 
 
 class _MultiTaskFactory:
@@ -480,8 +676,10 @@ class _MultiTaskFactory:
         self.stream = stream
 
     def __call__(self, **kwargs: Any) -> gym.Env[Any, Any]:
+        # Every task at its schedules' last step: the multi-task baseline learns the settings evaluated.
+        stream = self.stream
         return clrl_wrappers.MultiTaskEnv(
-            [self.stream.make_env(i, **kwargs) for i in range(len(self.stream))]
+            [stream.make_env(i, at_step=stream.steps(i), **kwargs) for i in range(len(stream))]
         )
 
 
@@ -661,10 +859,22 @@ def make_stream(
 
 
 def with_steps(stream: TaskStream, steps_per_task: int) -> TaskStream:
-    """A copy of ``stream`` whose default budget is ``steps_per_task``; per-task budgets scale alike."""
+    """A copy of ``stream`` whose default budget is ``steps_per_task``; per-task budgets and the steps their
+    schedules name (:meth:`clrl.schedules.Schedule.scaled`) scale alike, so a shorter run drifts the same
+    way."""
     _check_steps(steps_per_task, f"stream {stream.name!r}: steps_per_task")
     factor = steps_per_task / stream.steps_per_task
-    tasks = [
-        t if t.steps is None else replace(t, steps=max(1, round(t.steps * factor))) for t in stream.tasks
-    ]
+    tasks = [_scaled(t, factor) for t in stream.tasks]
     return replace(stream, tasks=tasks, steps_per_task=steps_per_task)
+
+
+def _scaled(task: Task, factor: float) -> Task:
+    def scale(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v.scaled(factor) if isinstance(v, Schedule) else v for k, v in values.items()}
+
+    return replace(
+        task,
+        steps=None if task.steps is None else max(1, round(task.steps * factor)),
+        attributes=scale(task.attributes),
+        wrappers=tuple(replace(w, kwargs=scale(w.kwargs)) for w in task.wrappers),
+    )

@@ -7,7 +7,7 @@ any class of ``gymnasium.wrappers`` can be named the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, SupportsFloat
+from typing import Any, ClassVar, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -28,12 +28,20 @@ class PermuteActions(gym.ActionWrapper[Any, int, int], gym.utils.RecordConstruct
         1
     """
 
+    SCHEDULABLE: ClassVar[tuple[str, ...]] = ("permutation",)
+    """Arguments a stream's schedule may change while the environment runs (:meth:`set_kwargs`)."""
+
     def __init__(self, env: gym.Env[Any, int], permutation: Sequence[int]) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, permutation=list(permutation))
         gym.ActionWrapper.__init__(self, env)
         if not isinstance(env.action_space, spaces.Discrete):
             raise ValueError(f"PermuteActions needs a Discrete action space, got {env.action_space}")
-        n = int(env.action_space.n)
+        self.permutation: list[int] = []
+        self.set_kwargs(permutation=permutation)
+
+    def set_kwargs(self, permutation: Sequence[int]) -> None:
+        """Use another permutation from now on."""
+        n = int(self.env.action_space.n)  # type: ignore[attr-defined]
         perm = [int(a) for a in permutation]
         if sorted(perm) != list(range(n)):
             raise ValueError(f"permutation must be a permutation of range({n}), got {list(permutation)}")
@@ -81,9 +89,16 @@ class ScaleReward(gym.RewardWrapper[Any, Any], gym.utils.RecordConstructorArgs):
         scale: The factor (may be negative, to make a conflicting task).
     """
 
+    SCHEDULABLE: ClassVar[tuple[str, ...]] = ("scale",)
+    """Arguments a stream's schedule may change while the environment runs (:meth:`set_kwargs`)."""
+
     def __init__(self, env: gym.Env[Any, Any], scale: float) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, scale=scale)
         gym.RewardWrapper.__init__(self, env)
+        self.scale = float(scale)
+
+    def set_kwargs(self, scale: float) -> None:
+        """Use another factor from now on."""
         self.scale = float(scale)
 
     def reward(self, reward: SupportsFloat) -> float:
@@ -181,6 +196,9 @@ class AddObservationNoise(
         std: Standard deviation of the noise (>= 0).
     """
 
+    SCHEDULABLE: ClassVar[tuple[str, ...]] = ("std",)
+    """Arguments a stream's schedule may change while the environment runs (:meth:`set_kwargs`)."""
+
     def __init__(self, env: gym.Env[np.ndarray, Any], std: float) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, std=std)
         gym.ObservationWrapper.__init__(self, env)
@@ -188,6 +206,11 @@ class AddObservationNoise(
             raise ValueError(
                 f"AddObservationNoise needs a Box observation space, got {env.observation_space}"
             )
+        self.std = 0.0
+        self.set_kwargs(std=std)
+
+    def set_kwargs(self, std: float) -> None:
+        """Use another noise level from now on."""
         if std < 0:
             raise ValueError(f"std must be >= 0, got {std}")
         self.std = float(std)

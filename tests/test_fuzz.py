@@ -39,13 +39,47 @@ def keyed(keys: list[str]) -> st.SearchStrategy[str]:
     return st.sampled_from(keys) | st.text(max_size=8)
 
 
+schedule_keys = [
+    "from",
+    "to",
+    "start",
+    "end",
+    "values",
+    "at",
+    "every",
+    "mean",
+    "amplitude",
+    "period",
+    "phase",
+]
+schedules = st.fixed_dictionaries(
+    {
+        "schedule": st.sampled_from(["linear", "step", "sinusoid", "random-walk", "piecewise", "cubic"])
+        | values
+    },
+    optional={
+        key: st.integers(-3, 200)
+        | st.floats(allow_nan=True)
+        | st.lists(st.integers(-1, 100), max_size=3)
+        | values
+        for key in [*schedule_keys, "std", "low", "high", "seed", "points"]
+    },
+)
+"""A schedule table: the kinds and keys that mean something, with values of any kind."""
+scheduled = values | schedules
+
 wrappers = st.one_of(
     st.sampled_from(["PermuteActions", "TimeLimit", "NoSuchWrapper", "RescaleAction"]),
     st.fixed_dictionaries(
-        {"name": st.sampled_from(["PermuteActions", "TimeLimit", "ClipAction", "bogus"]) | values},
+        {
+            "name": st.sampled_from(["PermuteActions", "TimeLimit", "ClipAction", "ScaleReward", "bogus"])
+            | values
+        },
         optional={
             "kwargs": st.dictionaries(
-                keyed(["permutation", "max_episode_steps", "min_action", "max_action"]), values, max_size=2
+                keyed(["permutation", "max_episode_steps", "min_action", "max_action", "scale"]),
+                scheduled,
+                max_size=2,
             )
             | values,
             "extra": values,
@@ -67,7 +101,7 @@ tasks = st.fixed_dictionaries(
         | values,
         "attributes": st.dictionaries(
             keyed(["length", "masspole", "gravity", "g", "max_speed", "reset", "_np_random", "__class__"]),
-            values,
+            scheduled,
             max_size=2,
         )
         | values,

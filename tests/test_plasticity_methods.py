@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ALGO_SETUPS, DEVICE, make_model
 from stable_baselines3.common.base_class import BaseAlgorithm
-from test_reliability import Interrupted, interrupt_at, three_tasks
+from test_reliability import three_tasks, whole_and_resumed
 
 import clrl
 from clrl.algorithms import optimizers
@@ -379,11 +379,6 @@ def test_a_resumed_run_with_a_plasticity_method_ends_as_an_uninterrupted_one(
         modules = [factory()]  # type: ignore[operator]
         return clrl.train(model, stream, modules, logdir=logdir, eval_episodes=1, **kwargs)  # type: ignore[arg-type]
 
-    whole = run(tmp_path / "whole")
-    with monkeypatch.context() as patch:
-        interrupt_at(patch, 1)
-        with pytest.raises(Interrupted):
-            run(tmp_path / "part")
-    resumed = run(tmp_path / "part", resume=True)
+    whole, resumed = whole_and_resumed(tmp_path, monkeypatch, run)
     np.testing.assert_array_equal(resumed.matrix, whole.matrix)
     assert resumed.module_stats == whole.module_stats

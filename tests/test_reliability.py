@@ -52,6 +52,18 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, task: int) -> None:
     monkeypatch.setattr(_Run, "_learn", failing)
 
 
+def whole_and_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: Callable[..., clrl.TrainResult]
+) -> tuple[clrl.TrainResult, clrl.TrainResult]:
+    """``run(logdir)`` uninterrupted, and ``run(logdir, resume=True)`` after a crash when task 1 starts."""
+    whole = run(tmp_path / "whole")
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 1)
+        with pytest.raises(Interrupted):
+            run(tmp_path / "part")
+    return whole, run(tmp_path / "part", resume=True)
+
+
 CASES: dict[str, tuple[str, Callable[[], list[clrl.ContinualModule]], dict[str, Any]]] = {
     "ppo-ewc": ("ppo", lambda: [clrl.EWC(strength=10.0)], {}),
     "a2c-si": ("a2c", lambda: [clrl.SI(strength=1.0)], {}),
