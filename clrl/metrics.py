@@ -1,4 +1,6 @@
-"""Continual-learning metrics as pure functions of the return matrix.
+"""Continual-learning metrics as pure functions of the return matrix (and, for task-free streams, of
+evaluation curves over time: :func:`online_performance`, :func:`forgetting_over_time`, :func:`curve_area`;
+their final performance over the evaluation grid is :func:`average_return` of the last row).
 
 Every function takes ``R``, a float array of shape ``(n_tasks + 1, n_tasks)``: ``R[0, j]`` is the return of
 the untrained agent on task ``j``, ``R[i, j]`` (``i >= 1``) the return on task ``j`` after training on tasks
@@ -126,6 +128,70 @@ def auc_forward_transfer(curve: ArrayLike, reference_curve: ArrayLike) -> float:
     if auc_ref >= 1.0:
         raise ValueError("the reference curve is at 1 throughout: forward transfer is undefined")
     return (auc - auc_ref) / (1.0 - auc_ref)
+
+
+# ------------------------------------------------------------------ task-free streams: curves over time
+def _check_curve(steps: ArrayLike, returns: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    s = np.asarray(steps, dtype=np.float64)
+    r = np.asarray(returns, dtype=np.float64)
+    if r.ndim == 1:
+        r = r[:, None]
+    if s.ndim != 1 or r.ndim != 2 or s.size == 0 or r.shape[0] != s.size:
+        raise ValueError(
+            f"an evaluation curve is steps of shape (n,) and returns of shape (n, settings), got "
+            f"{s.shape} and {r.shape}"
+        )
+    if np.any(np.diff(s) <= 0):
+        raise ValueError("the evaluation steps must be increasing")
+    return s, r
+
+
+def online_performance(episode_returns: ArrayLike) -> float:
+    """The mean return of the episodes played while training, ``1/E Σ_e G_e``: how well the agent did on
+    the stream as it came, with no separate evaluation (``nan`` with no episode).
+
+    Paper: Normandin et al. 2021, "Sequoia: A Software Framework to Unify Continual Learning Research"
+    (online performance, its metric for RL settings), https://arxiv.org/abs/2108.01005
+    """
+    g = np.asarray(episode_returns, dtype=np.float64).reshape(-1)
+    return float(g.mean()) if g.size else float("nan")
+
+
+def forgetting_over_time(returns: ArrayLike) -> NDArray[np.float64]:
+    """For each evaluation point ``t`` and setting ``j``, the drop from the best return the setting ever
+    had, ``F[t, j] = max_{t' <= t} R[t', j] - R[t, j]`` (>= 0; 0 while a setting is at its best).
+
+    ``returns`` has a row per evaluation point along the stream and a column per evaluated setting (the
+    evaluation grid of a task-free stream; a return matrix's rows are such points too). This is
+    Chaudhry et al.'s forgetting, the best earlier score minus the current one, taken at every point
+    instead of only at the end.
+
+    Paper: Chaudhry et al. 2018, "Riemannian Walk for Incremental Learning" (forgetting measure), ECCV.
+    """
+    r = np.asarray(returns, dtype=np.float64)
+    if r.ndim != 2 or r.shape[0] == 0:
+        raise ValueError(f"returns have shape (points, settings), got {r.shape}")
+    return np.maximum.accumulate(r, axis=0) - r
+
+
+def curve_area(steps: ArrayLike, returns: ArrayLike) -> NDArray[np.float64]:
+    """The area under each setting's evaluation curve, per step: the trapezoidal
+    ``1/(s_n - s_1) ∫ R_j(s) ds`` over the evaluation steps ``s`` (the mean return over the stream,
+    weighted by time; a single point gives its return).
+
+    Args:
+        steps: Environment steps of the evaluations, increasing, shape ``(n,)``.
+        returns: Returns, shape ``(n,)`` or ``(n, settings)``.
+
+    Paper: the area under the performance curve, as Continual World's forward transfer uses it
+    (Wołczyk et al. 2021, NeurIPS), over the whole stream instead of one task.
+    """
+    s, r = _check_curve(steps, returns)
+    if s.size == 1:
+        return r[0].copy()
+    widths = np.diff(s)[:, None]
+    area = ((r[1:] + r[:-1]) / 2 * widths).sum(axis=0)
+    return area / (s[-1] - s[0])
 
 
 def visit_returns(matrix: ArrayLike, cycles: int) -> NDArray[np.float64]:

@@ -149,3 +149,28 @@ def test_visit_curve_means_and_cycle_summary_by_hand() -> None:
     assert np.isnan(means[0, 1]) and np.isnan(means[1, 1])
     assert metrics.cycle_summary(CYCLIC, curves, 2) == {"visit_gap": -5.0, "visit_curve_gap": -3.0}
     assert metrics.cycle_summary(CYCLIC[:3, :2], curves, 2) == {}  # one cycle done: nothing to compare
+
+
+def test_online_performance_is_the_mean_training_return() -> None:
+    assert metrics.online_performance([10.0, 20.0, 60.0]) == 30.0
+    assert math.isnan(metrics.online_performance([]))
+
+
+def test_forgetting_over_time_is_the_drop_from_the_best_so_far() -> None:
+    returns = np.array([[1.0, 5.0], [4.0, 3.0], [2.0, 6.0], [3.0, 1.0]])
+    expected = np.array([[0.0, 0.0], [0.0, 2.0], [2.0, 0.0], [1.0, 5.0]])
+    np.testing.assert_array_equal(metrics.forgetting_over_time(returns), expected)
+    matrix = np.array([[0.0, 0.0], [10.0, 1.0], [4.0, 9.0]])  # a return matrix's rows are points in time
+    assert metrics.forgetting_over_time(matrix)[-1, 0] == metrics.forgetting(matrix) == 6.0
+
+
+def test_curve_area_is_the_time_weighted_mean_by_trapezoids() -> None:
+    steps = [0, 10, 30]
+    returns = np.array([[0.0, 2.0], [10.0, 2.0], [20.0, 8.0]])
+    # setting 0: (0+10)/2*10 + (10+20)/2*20 = 50 + 300 = 350 over 30 steps; setting 1: 20 + 100 = 120 / 30
+    np.testing.assert_allclose(metrics.curve_area(steps, returns), [350 / 30, 4.0])
+    np.testing.assert_allclose(metrics.curve_area([5], [7.0]), [7.0])
+    with pytest.raises(ValueError, match="increasing"):
+        metrics.curve_area([0, 0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="shape"):
+        metrics.curve_area([0, 1], [1.0])
