@@ -24,10 +24,23 @@ def check_modules(modules: Sequence[ContinualModule]) -> list[ContinualModule]:
 
 
 def check_fit(modules: Sequence[ContinualModule], stream: Any, model: BaseAlgorithm) -> None:
-    """Let every module refuse the stream and the model it would train on, before anything runs."""
+    """Let every module refuse the stream and the model it would train on, before anything runs; a stream
+    that hides its boundaries refuses the modules that need them."""
     for module in modules:
+        if getattr(stream, "boundaries", "announced") == "hidden" and module.needs_boundaries():
+            raise ConfigError(
+                f"{type(module).__name__} needs task boundaries, which stream {stream.name!r} hides "
+                "(boundaries = 'hidden'); task-free modules: " + ", ".join(task_free_modules())
+            )
         module.check_stream(stream)
         module.check_model(model)
+
+
+def task_free_modules() -> list[str]:
+    """The command-line names of the modules that work without task boundaries (as built by default)."""
+    from clrl.experiment import METHODS  # the registry imports the modules, which import this module
+
+    return [name for name, cls in METHODS.items() if cls is not None and not cls().needs_boundaries()]
 
 
 def check_task_index(index: Any) -> int:

@@ -146,6 +146,11 @@ def train(
         raise ConfigError(
             f"the reference run has tasks {reference.task_names}, the stream {stream.task_names}"
         )
+    if stream.boundaries == "hidden":
+        raise ConfigError(
+            f"stream {stream.name!r} hides its task boundaries: clrl.train tells modules where each task "
+            "starts; learn it in one learn with clrl.StreamCallback"
+        )
     check_fit(modules, stream, model)
     method = method or ("+".join(m.name for m in modules) or "finetune")
     if vec_env_cls is None:

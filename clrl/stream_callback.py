@@ -76,6 +76,11 @@ class StreamCallback(BaseCallback):
     * ``learn`` may be given more steps than :attr:`total_steps` (RL Zoo's ``n_timesteps``): it stops at
       the first rollout that starts after the stream's last task is done.
     * No resume: a killed ``learn`` starts over.
+    * A stream that hides its boundaries (``boundaries = "hidden"``) is learned without telling the
+      modules: they begin one task (named after the stream, the stream's budget) at the first step and end
+      it after the last, ``reset_buffer`` does not apply, and each task's end is only an evaluation point
+      (a row of the return matrix, a plasticity measurement). Modules that need boundaries are refused
+      before anything trains.
 
     Args:
         stream: A :class:`clrl.TaskStream`, or the name or path of a stream file.
@@ -265,7 +270,12 @@ class StreamCallback(BaseCallback):
         model._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
 
     def _begin(self, i: int) -> None:
-        task = TaskInfo(i, self.stream.tasks[i].name, self.stream.steps(i))
+        if self.stream.boundaries == "hidden":
+            if i > 0:
+                return  # the modules are not told: one task spans the stream
+            task = TaskInfo(0, self.stream.name, self.total_steps)
+        else:
+            task = TaskInfo(i, self.stream.tasks[i].name, self.stream.steps(i))
         for module in self.modules:
             module.set_task(i)
             module.begin_task(self.model, task)
@@ -276,8 +286,9 @@ class StreamCallback(BaseCallback):
         if keep is not None:
             model.rollout_buffer = keep  # type: ignore[attr-defined]
         try:
-            for module in self.modules:
-                module.end_task()
+            if self.stream.boundaries != "hidden" or i == len(self.stream) - 1:
+                for module in self.modules:
+                    module.end_task()
             if self.monitor is not None:
                 self.monitor.measure(task=i)  # on the task's last states
         finally:
@@ -293,8 +304,10 @@ class StreamCallback(BaseCallback):
         assert self._env is not None
         self._use_env(self._env, self._env.switch(self._task_env(i + 1)))
         model = self.model
-        if self.reset_buffer and isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
-            model.replay_buffer.reset()
+        hidden = self.stream.boundaries == "hidden"
+        buffer = getattr(model, "replay_buffer", None)
+        if self.reset_buffer and not hidden and isinstance(model, OffPolicyAlgorithm) and buffer is not None:
+            buffer.reset()
             assert self._learning_starts is not None
             model.learning_starts = model.num_timesteps + self._learning_starts
         self._begin(i + 1)

@@ -54,6 +54,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TaskIdMode = Literal["observed", "hidden"]
+BoundaryMode = Literal["announced", "hidden"]
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_NAME_LENGTH = 100
 
@@ -82,7 +83,9 @@ def check_name(value: Any, what: str) -> str:
     return value
 
 
-_STREAM_KEYS = {"name", "description", "steps_per_task", "task_id", "tasks", "metric", "extra", "cycles"}
+_STREAM_KEYS = {
+    "name", "description", "steps_per_task", "task_id", "tasks", "metric", "extra", "cycles", "boundaries"
+}  # fmt: skip
 
 EXTRAS = {"box2d": "Box2D", "mujoco": "mujoco", "minigrid": "minigrid", "metaworld": "metaworld"}
 """clrl's extras a stream may need, and the module each installs (how clrl tells whether it is there)."""
@@ -435,6 +438,12 @@ class TaskStream:
         metric: What fills the return matrix: ``"return"`` (the episode return) or the name of a number the
             environments report in ``info``; an episode then scores the largest value it reported, so a
             success flag counts an episode that succeeded at any step (Meta-World's success rate).
+        boundaries: ``"announced"`` (default): modules are told where each task starts and ends.
+            ``"hidden"``: the stream is learned in one ``learn`` through :class:`clrl.StreamCallback`, the
+            modules see one task from its first step to its last, the replay buffer is kept across tasks,
+            and the tasks are only the points where the model is evaluated (a row of the return matrix
+            each). Only modules that work without boundaries are accepted
+            (:meth:`clrl.ContinualModule.needs_boundaries`); :func:`clrl.train` refuses such a stream.
         cycles: How many times the stream's first ``len(tasks) // cycles`` tasks repeat in ``tasks``
             (build cyclic streams with :func:`cycled`, or ``cycles = N`` in a stream file). A visit after
             the first is named ``<task>.<k>`` and observes its task's id (an id per distinct task).
@@ -456,6 +465,7 @@ class TaskStream:
     metric: str = "return"
     extra: str | None = None
     cycles: int = 1
+    boundaries: BoundaryMode = "announced"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -469,6 +479,8 @@ class TaskStream:
             raise StreamError(f"{where}: has no tasks")
         if self.task_id not in ("observed", "hidden"):
             raise StreamError(f"{where}: task_id must be 'observed' or 'hidden', got {self.task_id!r}")
+        if self.boundaries not in ("announced", "hidden"):
+            raise StreamError(f"{where}: boundaries must be 'announced' or 'hidden', got {self.boundaries!r}")
         _check_steps(self.steps_per_task, f"{where}: steps_per_task")
         if not isinstance(self.metric, str) or not _NAME.fullmatch(self.metric):
             raise StreamError(
@@ -644,6 +656,7 @@ class TaskStream:
             "task_id": self.task_id,
             **({} if self.metric == "return" else {"metric": self.metric}),
             **({} if self.cycles == 1 else {"cycles": self.cycles}),
+            **({} if self.boundaries == "announced" else {"boundaries": self.boundaries}),
             "tasks": [
                 {
                     "name": t.name,
@@ -807,6 +820,7 @@ def stream_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> TaskStr
         description=_expect(data.get("description", ""), str, where, "description"),
         metric=_expect(data.get("metric", "return"), str, where, "metric"),
         extra=extra,
+        boundaries=data.get("boundaries", "announced"),
     )
     return stream if cycles == 1 else cycled(stream, cycles)
 

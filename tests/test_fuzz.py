@@ -119,6 +119,7 @@ streams = st.fixed_dictionaries(
         "task_id": st.sampled_from(["observed", "hidden", "both"]) | values,
         "tasks": st.lists(tasks, max_size=3) | values,
         "cycles": st.integers(-2, 1002) | values,
+        "boundaries": st.sampled_from(["announced", "hidden", "never"]) | values,
         "unknown": values,
     },
 )

@@ -87,3 +87,64 @@ def test_every_builtin_task_is_a_gymnasium_id_that_builds_the_stream_task() -> N
         np.testing.assert_array_equal(obs, expected)  # the task id appended, as the stream says
         assert obs[-4 + index] == 1.0
     assert "clrl/cw10.hammer-v0" in gym.registry  # registered without importing Meta-World
+
+
+class _Events(clrl.ContinualModule):
+    """A task-free module that records the task events it receives."""
+
+    name = "events"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, int, str, int | None]] = []
+
+    def needs_boundaries(self) -> bool:
+        return False
+
+    def on_task_start(self, task: clrl.TaskInfo) -> None:
+        self.events.append(("start", task.index, task.name, task.steps))
+
+    def on_task_end(self, task: clrl.TaskInfo) -> None:
+        self.events.append(("end", task.index, task.name, task.steps))
+
+
+def _hidden(steps: int = 128) -> clrl.TaskStream:
+    import dataclasses
+
+    return dataclasses.replace(cartpole_stream(steps=steps, task_id="hidden"), boundaries="hidden")
+
+
+def test_a_stream_with_hidden_boundaries_tells_the_modules_nothing_between_tasks() -> None:
+    stream = _hidden()
+    events = _Events()
+    callback = clrl.StreamCallback(stream, [events], eval_episodes=1)
+    model = DQN("MlpPolicy", stream.make_vec_env(0), learning_starts=16, buffer_size=1000, seed=0)
+    model.learn(callback.total_steps, callback=callback)
+    assert events.events == [("start", 0, "tiny-cartpole", 256), ("end", 0, "tiny-cartpole", 256)]
+    assert callback.result is not None and callback.result.steps == [0, 128, 256]  # a row per task's end
+    assert not np.isnan(callback.result.matrix).any()
+    assert [r["task"] for r in callback.result.plasticity if r["task"] is not None] == [0, 1]
+    assert model.replay_buffer is not None and model.replay_buffer.size() == 256  # kept across tasks
+    assert model.learning_starts == 16
+
+
+def test_modules_that_need_boundaries_are_refused_on_a_stream_that_hides_them() -> None:
+    stream = _hidden()
+    model = ppo(stream.make_vec_env(0))
+    callback = clrl.StreamCallback(stream, [clrl.EWC()], eval_episodes=1)
+    with pytest.raises(clrl.ConfigError, match=r"EWC needs task boundaries.*task-free modules: clear, clser"):
+        model.learn(callback.total_steps, callback=callback)
+    assert model.num_timesteps == 0
+    with pytest.raises(clrl.ConfigError, match="hides its task boundaries"):
+        clrl.train(model, stream, [])
+    assert clrl.ShrinkAndPerturb(every=100).needs_boundaries() is False
+    assert clrl.ShrinkAndPerturb().needs_boundaries() is True
+
+
+def test_the_boundaries_key_of_a_stream_file() -> None:
+    stream = _hidden()
+    assert clrl.streams.stream_from_dict(stream.to_dict()).boundaries == "hidden"
+    assert "boundaries" not in cartpole_stream().to_dict()
+    data = {**stream.to_dict(), "boundaries": "sometimes"}
+    with pytest.raises(clrl.StreamError, match="boundaries must be 'announced' or 'hidden', got 'sometimes'"):
+        clrl.streams.stream_from_dict(data)

@@ -255,6 +255,15 @@ class ContinualModule(BaseCallback):
         """Called by ``clrl.train`` before training with the :class:`clrl.TaskStream`; raise
         :class:`clrl.ConfigError` if the module cannot work on it (default: accept every stream)."""
 
+    def needs_boundaries(self) -> bool:
+        """Whether the module needs to be told where tasks start and end to do anything (default: yes).
+
+        A stream that hides its boundaries (``boundaries = "hidden"``) shows a module one task from its
+        first step to its last; a module that acts only at task ends (EWC's Fisher, PackNet's pruning,
+        Replay's archive of earlier tasks) would then do nothing, so it is refused before training.
+        Task-free modules return ``False``."""
+        return True
+
     def check_model(self, model: BaseAlgorithm) -> None:
         """Raise :class:`clrl.ConfigError` if the module cannot work with ``model`` (its algorithm,
         policy or settings). Called before a task begins and by ``clrl.train`` before anything trains, so

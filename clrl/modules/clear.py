@@ -197,6 +197,11 @@ class CLEAR(MemoryModule):
         check_supported(model, "CLEAR")
         super().check_model(model)
 
+    def needs_boundaries(self) -> bool:
+        """Task-free: without boundaries the stream is one task, whose reservoir is replayed (the current
+        task's memory is part of every draw)."""
+        return False
+
     def on_task_start(self, task: TaskInfo) -> None:
         """Open the task's reservoir and seed the generators; segments never span two tasks."""
         self.open_task(task)

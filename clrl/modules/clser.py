@@ -153,6 +153,11 @@ class CLSER(StateRecorder, MemoryModule):
         check_distillable(model, "CLSER")
         super().check_model(model)
 
+    def needs_boundaries(self) -> bool:
+        """Task-free: the copies follow the weights at every step, and the reservoir draws from every row
+        held, the current task's included."""
+        return False
+
     def on_task_start(self, task: TaskInfo) -> None:
         """Build (or restore) the copies, open the task's reservoir, seed the draws."""
         model = self.sb3_model

@@ -98,6 +98,10 @@ class ContinualBackprop(ContinualModule):
         chosen = selected_networks(model, self.networks)
         return {n: p for net in chosen for n, p in network_parameters(model, net).items()}
 
+    def needs_boundaries(self) -> bool:
+        """Task-free: units are replaced after every optimiser step."""
+        return False
+
     def on_task_start(self, task: TaskInfo) -> None:
         """Find the replaceable layers; start their units' statistics (once: they go on across tasks)."""
         self._layers = self._replaceable()

@@ -33,6 +33,10 @@ class L2Init(QuadraticPenalty):
     def __init__(self, strength: float = 0.01, networks: Networks = "all", verbose: int = 0) -> None:
         super().__init__(strength, networks, verbose)
 
+    def needs_boundaries(self) -> bool:
+        """Task-free: the anchor is taken when the first task starts and never moves."""
+        return False
+
     def on_task_start(self, task: TaskInfo) -> None:
         """Take the parameters as the anchor when the first task starts (a restored anchor is kept)."""
         if not self.anchor:

@@ -57,6 +57,10 @@ class ParsevalRegularisation(ContinualModule):
         self.scale = check_positive(scale, "ParsevalRegularisation scale")
         self.networks: Networks = check_networks(networks)
 
+    def needs_boundaries(self) -> bool:
+        """Task-free: the penalty acts at every step."""
+        return False
+
     def regularised_weights(self) -> dict[str, torch.nn.Parameter]:
         """The regularised weight matrices, by parameter name relative to ``model.policy``."""
         model = self.sb3_model

@@ -63,6 +63,10 @@ class ReDo(ContinualModule):
         """Units recycled in the last round."""
         self._next = 0
 
+    def needs_boundaries(self) -> bool:
+        """Task-free: recycling runs on a schedule of steps."""
+        return False
+
     def _on_training_start(self) -> None:
         super()._on_training_start()
         self._next = next_multiple(self.sb3_model.num_timesteps, self.every)

@@ -170,6 +170,10 @@ class ScheduledSurgery(ContinualModule):
         """Change the network now."""
         raise NotImplementedError
 
+    def needs_boundaries(self) -> bool:
+        """Only without ``every`` (which changes the network at task starts)."""
+        return self.every is None
+
     def on_task_start(self, task: TaskInfo) -> None:
         """At the start of every task after the first (without ``every``): :meth:`operate`."""
         if self.every is None and self.tasks_seen > 0:
