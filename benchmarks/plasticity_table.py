@@ -6,7 +6,8 @@ Per method, over seeds (mean, and the range in brackets): the return of each vis
 trained, averaged over the first cycle's visits and over the last cycle's (``visit_returns``); their
 difference (``visit_gap``, negative = learned worse later); the mean return while a visit trained, first
 against last cycle (``visit_curve_gap``, the area under the training curves); and the network's dormant
-share and effective rank of its last hidden layer at the end of the first and of the last task. Only runs
+share, the effective rank of its last hidden layer and the root mean square of its weights at the end of
+the first and of the last task. Only runs
 that finished every task are counted.
 """
 
@@ -56,7 +57,7 @@ def main(root: Path) -> None:
         row.setdefault("gap", []).append(metrics.visit_gap(matrix, cycles))
         row.setdefault("curve_first", []).append(float(np.nanmean(means[0])))
         row.setdefault("curve_last", []).append(float(np.nanmean(means[-1])))
-        for stat in ("dormant", "effective_rank"):
+        for stat in ("dormant", "effective_rank", "weight_magnitude"):
             for label, task in (("first", 0), ("last", n - 1)):
                 value = _boundary(result, f"{network}/{stat}", task)
                 if value is not None:
@@ -64,15 +65,19 @@ def main(root: Path) -> None:
     print(
         "| method | seeds | return after a visit, 1st cycle | last cycle | visit_gap | "
         "return while training, 1st cycle | last cycle | dormant, 1st task / last | "
-        "effective rank, 1st task / last |"
+        "effective rank, 1st task / last | weight RMS, 1st task / last |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for method, row in rows.items():
+
+        def pair(stat: str, digits: int = 1, row: dict[str, list[float]] = row) -> str:
+            first, last = row.get(stat + "_first", []), row.get(stat + "_last", [])
+            return f"{_cell(first, digits)} / {_cell(last, digits)}"
+
         print(
             f"| {method} | {len(row['gap'])} | {_cell(row['first'])} | {_cell(row['last'])} | "
             f"{_cell(row['gap'])} | {_cell(row['curve_first'])} | {_cell(row['curve_last'])} | "
-            f"{_cell(row.get('dormant_first', []), 3)} / {_cell(row.get('dormant_last', []), 3)} | "
-            f"{_cell(row.get('effective_rank_first', []))} / {_cell(row.get('effective_rank_last', []))} |"
+            f"{pair('dormant', 3)} | {pair('effective_rank')} | {pair('weight_magnitude', 2)} |"
         )
 
 
