@@ -310,6 +310,38 @@ def completed_tasks(run_dir: str | Path) -> int | None:
     return done if isinstance(done, int) else None
 
 
+def _learn_without_boundaries(
+    spec: RunSpec,
+    stream: TaskStream,
+    model: Any,
+    modules: list[ContinualModule],
+    run_dir: Path,
+    overwrite: bool,
+    resume: bool,
+    progress_bar: bool,
+) -> TrainResult:
+    """A stream that hides its boundaries, in one ``learn`` with :class:`clrl.StreamCallback`: no
+    checkpoints, so ``resume`` returns a finished run and starts a half-finished one over."""
+    from clrl.stream_callback import StreamCallback  # it builds modules by name from this module
+
+    if spec.eval_freq is not None:
+        raise ConfigError(f"stream {stream.name!r} hides its boundaries: eval_freq is not supported on it")
+    if resume and completed_tasks(run_dir) == len(stream):
+        return TrainResult.from_json(run_dir / "results.json")
+    callback = StreamCallback(
+        stream,
+        modules,
+        eval_episodes=spec.eval_episodes,
+        seed=spec.seed,
+        logdir=run_dir,
+        plasticity=spec.plasticity,
+        overwrite=overwrite or resume,
+    )
+    model.learn(callback.total_steps, callback=callback, progress_bar=progress_bar)
+    assert callback.result is not None
+    return callback.result
+
+
 def run_experiment(
     spec: RunSpec,
     logdir: str | Path,
@@ -362,6 +394,9 @@ def run_experiment(
         return train_multitask(factory(0), stream, plasticity=spec.plasticity, **common)
     modules = make_modules(spec.method, spec.method_args, spec.algo)
     model = factory(0)
+    if stream.boundaries == "hidden":
+        flags = (overwrite, resume, progress_bar)
+        return _learn_without_boundaries(spec, stream, model, modules, run_dir, *flags)
     reference = None
     reference_dir = dataclasses.replace(spec, method="single-task").run_dir(logdir, stream.name)
     if (reference_dir / "results.json").is_file():

@@ -91,7 +91,8 @@ class StreamCallback(BaseCallback):
         seed: Seeds the task environments and the evaluation episodes (as in ``clrl.train``).
         reset_buffer: Off-policy: empty the replay buffer and repeat the warm-up at each new task.
         logdir: Run directory for ``results.json`` and TensorBoard; ``None`` writes nothing. It must not
-            hold a run (use another directory, or delete it).
+            hold a run (use another directory, or ``overwrite``).
+        overwrite: Replace a run ``logdir`` holds.
         plasticity: Measure the networks' plasticity during training and at every task boundary, as
             :func:`clrl.train` does (``True``: a default :class:`clrl.PlasticityMonitor` where the policy can
             be measured; ``False``: none; or the monitor to use).
@@ -109,6 +110,7 @@ class StreamCallback(BaseCallback):
         reset_buffer: bool = True,
         logdir: str | Path | None = None,
         plasticity: bool | PlasticityMonitor = True,
+        overwrite: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -133,6 +135,7 @@ class StreamCallback(BaseCallback):
         self.seed = seed
         self.reset_buffer = reset_buffer
         self.logdir = None if logdir is None else Path(logdir)
+        self.overwrite = overwrite
         self.plasticity = plasticity
         self.monitor: PlasticityMonitor | None = None
         """The plasticity monitor of the running ``learn`` (``None`` before it, or when there is none)."""
@@ -163,7 +166,7 @@ class StreamCallback(BaseCallback):
         check_fit(self.modules, stream, model)
         check_model(model, stream)
         self.monitor = monitor_for(self.plasticity, model)
-        root, self._lock = prepare_logdir(self.logdir, overwrite=False)
+        root, self._lock = prepare_logdir(self.logdir, overwrite=self.overwrite)
         try:
             self._start(root)
         except BaseException:

@@ -407,3 +407,20 @@ def test_demo_runs_finetuning_and_a_method_side_by_side_and_a_rerun_prints_at_on
     assert main(args) == 0  # finished: shown again, nothing retrained
     assert "all 4 tasks were completed: nothing to train" in capsys.readouterr().out
     assert (tmp_path / "cartpole-flip" / "ppo-multihead" / "seed0" / "results.json").read_bytes() == before
+
+
+def test_run_learns_a_stream_with_hidden_boundaries_in_one_learn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (clrl.streams.builtin_streams()["cartpole-drift"]).read_text(encoding="utf-8")
+    path = tmp_path / "hidden-drift.toml"
+    path.write_text(text.replace('name = "cartpole-drift"', 'name = "hidden-drift"\nboundaries = "hidden"'))
+    logdir = tmp_path / "runs"
+    args = ["run", str(path), "--method", "redo", "--logdir", str(logdir), *TINY_RUN]
+    assert main(args) == 0
+    saved = json.loads((logdir / "hidden-drift" / "ppo-redo" / "seed0" / "results.json").read_text())
+    assert saved["completed_tasks"] == 4 and saved["config"]["schedule"] == "StreamCallback"
+    assert main([*args, "--resume"]) == 0  # finished: returned as it is
+    capsys.readouterr()
+    assert main(["run", str(path), "--method", "ewc", "--logdir", str(logdir), *TINY_RUN]) == 2
+    assert "EWC needs task boundaries" in capsys.readouterr().err
