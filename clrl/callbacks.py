@@ -201,3 +201,43 @@ class ContinualCheckpointCallback(BaseCallback):
         if self.verbose >= 1:
             print(f"Saving model checkpoint to {path}")
         return path
+
+
+class EpisodeReturns(BaseCallback):
+    """Sum the returns of the training episodes that SB3's ``Monitor`` reports (``info["episode"]``), for
+    :func:`clrl.metrics.online_performance`; ``clrl.train`` and :class:`clrl.StreamCallback` record it in
+    ``results.json`` as ``online_performance`` (their mean) with ``training_episodes`` (their count).
+
+    Args:
+        total: Sum of the returns counted so far (a resumed run's).
+        count: Episodes counted so far.
+    """
+
+    def __init__(self, total: float = 0.0, count: int = 0) -> None:
+        super().__init__()
+        self.total = float(total)
+        self.count = int(count)
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, float]) -> EpisodeReturns:
+        """Continue the count a run's metrics hold (up to the rounding of their mean)."""
+        count = int(metrics.get("training_episodes", 0))
+        return cls(metrics.get("online_performance", 0.0) * count if count else 0.0, count)
+
+    def add(self, infos: Sequence[dict[str, object]]) -> None:
+        """Count the episodes that ended in one step of a vectorised env (its ``infos``)."""
+        for info in infos:
+            episode = info.get("episode")
+            if isinstance(episode, dict):
+                self.total += float(episode["r"])
+                self.count += 1
+
+    def _on_step(self) -> bool:
+        self.add(self.locals.get("infos", ()))
+        return True
+
+    def record(self, metrics: dict[str, float]) -> None:
+        """Put ``online_performance`` and ``training_episodes`` into ``metrics`` (none before an episode)."""
+        if self.count:
+            metrics["online_performance"] = self.total / self.count
+            metrics["training_episodes"] = float(self.count)

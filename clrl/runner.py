@@ -34,7 +34,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from clrl import checkpoint, metrics
 from clrl.boundaries import check_fit, check_modules, training_task
-from clrl.callbacks import ContinualEvalCallback
+from clrl.callbacks import ContinualEvalCallback, EpisodeReturns
 from clrl.checks import (
     check_eval_episodes,
     check_eval_freq,
@@ -282,6 +282,8 @@ class _Run:
         self.seed, self.eval_freq, self.eval_episodes = seed, eval_freq, eval_episodes
         self.fresh_model = fresh_model
         self.monitor = monitor
+        self.episodes = EpisodeReturns()
+        """The training episodes' returns (``online_performance``)."""
         self.offset = 0
         """Steps of the tasks before the current model's first (a fresh model per task counts from 0)."""
         self.root, self._lock = prepare_logdir(logdir, overwrite, resume)
@@ -341,9 +343,11 @@ class _Run:
         elapsed = 0.0
         if self.monitor is not None:
             self.monitor.bind(model)  # the initial weights: a resumed model is still as built
+        self.episodes = EpisodeReturns()
         if first > 0:
             assert self.previous is not None
             self.result = result = self.previous[0]
+            self.episodes = EpisodeReturns.from_metrics(result.metrics)
             if self.fresh_model is None:
                 self._restore(first, reset_buffer)
             else:  # a fresh model per task restores nothing; its steps count on from the last task's
@@ -412,6 +416,7 @@ class _Run:
                     result.metrics = metrics.summary(result.matrix[: i + 2, : i + 1])
                     done = result.matrix[: i + 2, : i + 1]
                     result.metrics.update(metrics.cycle_summary(done, result.curves, stream.cycle_length))
+                    self.episodes.record(result.metrics)
                 if reference is not None:
                     result.metrics.update(reference_metrics(result, reference, i + 1))
                 result.timings = {"total": time.perf_counter() - start, "evaluation": self.eval_seconds}
@@ -535,7 +540,7 @@ class _Run:
             assert model.replay_buffer is not None
             model.replay_buffer.reset()
             model.learning_starts = model.num_timesteps + model.learning_starts
-        callbacks: list[BaseCallback] = list(self.modules)
+        callbacks: list[BaseCallback] = [*self.modules, self.episodes]
         if self.monitor is not None:
             callbacks.append(self.monitor)
         if bar is not None:

@@ -16,6 +16,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from clrl import metrics
 from clrl.boundaries import check_fit, check_modules
+from clrl.callbacks import EpisodeReturns
 from clrl.checks import RunLock, check_model, check_seed, prepare_logdir
 from clrl.errors import ConfigError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
@@ -150,6 +151,7 @@ class StreamCallback(BaseCallback):
         self._logger: RunLogger | None = None
         self._lock: RunLock | None = None
         self._learning_starts: int | None = None
+        self._episodes = EpisodeReturns()
 
     @property
     def total_steps(self) -> int:
@@ -178,6 +180,7 @@ class StreamCallback(BaseCallback):
         start = model.num_timesteps
         self._ends = list(np.cumsum([stream.steps(i) for i in range(n)]) + start)
         self._evaluator = Evaluator(stream, self.eval_episodes, self.seed + EVAL_SEED_OFFSET)
+        self._episodes = EpisodeReturns()
         method = "+".join(m.name for m in self.modules) or "finetune"
         config = run_config(model, stream, method, self.seed, self.eval_episodes, self.modules)
         config["schedule"] = "StreamCallback"
@@ -202,6 +205,7 @@ class StreamCallback(BaseCallback):
     def _on_step(self) -> bool:
         if self._finished:  # learn was given more steps than the stream has
             return False
+        self._episodes.add(self.locals.get("infos", ()))
         for module in self.modules:
             module.update_locals(self.locals)
             if not module.on_step():
@@ -325,6 +329,7 @@ class StreamCallback(BaseCallback):
             result.metrics = metrics.summary(result.matrix[: row + 1, :row])
             done = result.matrix[: row + 1, :row]
             result.metrics.update(metrics.cycle_summary(done, result.curves, stream.cycle_length))
+            self._episodes.record(result.metrics)
             result.module_stats.append(
                 {m.name: {"state_bytes": m.state_bytes(), **m.log_scalars()} for m in self.modules}
             )

@@ -270,3 +270,13 @@ def test_a_damaged_single_task_run_beside_a_run_is_named_and_not_used(
     assert main(["run", "cartpole-flip", "--method", "l2", "--logdir", str(tmp_path), *TINY_RUN]) == 0
     out = capsys.readouterr().out
     assert "not normalising by the single-task run in" in out and "field 'task_names' is missing" in out
+
+
+def test_online_performance_is_the_mean_return_of_the_training_episodes() -> None:
+    stream = cartpole_stream(steps=128)
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, n_epochs=1, device=DEVICE)
+    result = clrl.train(model, stream, [], eval_episodes=1)
+    played = [float(e["r"]) for e in model.ep_info_buffer]  # SB3's own record: fewer than its 100 here
+    assert 0 < len(played) < 100
+    assert result.metrics["training_episodes"] == len(played)
+    assert result.metrics["online_performance"] == pytest.approx(np.mean(played))

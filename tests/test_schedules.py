@@ -215,6 +215,8 @@ def test_a_drifting_stream_trains_the_same_when_resumed(
 
     whole, resumed = whole_and_resumed(tmp_path, monkeypatch, run)
     np.testing.assert_array_equal(resumed.matrix, whole.matrix)
+    assert resumed.metrics["training_episodes"] == whole.metrics["training_episodes"] > 0
+    assert resumed.metrics["online_performance"] == pytest.approx(whole.metrics["online_performance"])
 
 
 def test_a_shorter_budget_drifts_the_same_way() -> None:
