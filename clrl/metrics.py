@@ -194,6 +194,35 @@ def curve_area(steps: ArrayLike, returns: ArrayLike) -> NDArray[np.float64]:
     return area / (s[-1] - s[0])
 
 
+def detection_delays(detections: Sequence[int], changes: Sequence[int], horizon: int) -> dict[str, float]:
+    """How a boundary detector did against the true change points: each change is found by the first
+    detection in ``[change, change + horizon)`` (its delay, the steps between them); every other
+    detection is a false alarm.
+
+    Returns:
+        ``mean_delay`` (over the changes found; ``nan`` if none), ``found`` (changes found), ``missed``
+        and ``false_alarms`` (counts).
+
+    Paper: the delay and false-alarm rate by which change-point tests are judged (Basseville & Nikiforov
+    1993, "Detection of Abrupt Changes", Sec. 1.4).
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    left = sorted(int(d) for d in detections)
+    delays = []
+    for change in sorted(int(c) for c in changes):
+        hit = next((d for d in left if change <= d < change + horizon), None)
+        if hit is not None:
+            delays.append(hit - change)
+            left.remove(hit)
+    return {
+        "mean_delay": float(np.mean(delays)) if delays else float("nan"),
+        "found": float(len(delays)),
+        "missed": float(len(changes) - len(delays)),
+        "false_alarms": float(len(left)),
+    }
+
+
 def visit_returns(matrix: ArrayLike, cycles: int) -> NDArray[np.float64]:
     """Each visit's return right after it was trained, on a stream of ``cycles`` repetitions of its tasks.
 

@@ -3,6 +3,7 @@
 from clrl.modules.agem import AGEM
 from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, add_to_grad
 from clrl.modules.behaviour_cloning import BehaviourCloning
+from clrl.modules.boundary_detector import BoundaryDetector
 from clrl.modules.clear import CLEAR
 from clrl.modules.clonex import ClonEx
 from clrl.modules.clser import CLSER
@@ -50,6 +51,7 @@ __all__ = [
     "MAS",
     "SI",
     "BehaviourCloning",
+    "BoundaryDetector",
     "ClonEx",
     "ContinualBackprop",
     "ContinualModule",

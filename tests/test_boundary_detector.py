@@ -1,0 +1,84 @@
+"""BoundaryDetector: the change-point test on synthetic signals with known change points, and the
+boundaries it gives to modules on a stream that hides them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import DEVICE
+from stable_baselines3 import PPO
+
+import clrl
+from clrl import metrics
+from clrl.modules.boundary_detector import ReturnDropTest
+from clrl.streams import stream_from_dict
+
+
+def test_detection_delays_by_hand() -> None:
+    report = metrics.detection_delays([105, 130, 420, 700], changes=[100, 400, 900], horizon=50)
+    assert report == {"mean_delay": 12.5, "found": 2.0, "missed": 1.0, "false_alarms": 2.0}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_test_finds_drops_soon_and_ignores_noise_and_learning(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    levels = [100.0] * 300 + [60.0] * 300 + [100.0] * 100 + [40.0] * 300  # drops at 300 and 700
+    noisy = np.array(levels) + rng.normal(0, 5, len(levels))
+    report = metrics.detection_delays(ReturnDropTest().scan(noisy), [300, 700], horizon=30)
+    assert report["found"] == 2 and report["false_alarms"] == 0 and report["mean_delay"] <= 10
+    learning = np.linspace(10, 200, 1000) + rng.normal(0, 5, 1000)  # a learning curve: rises only
+    assert ReturnDropTest().scan(learning) == []
+
+
+def test_bad_test_settings_are_refused() -> None:
+    with pytest.raises(clrl.ConfigError, match="warmup must be at least 2"):
+        ReturnDropTest(warmup=1)
+    with pytest.raises(clrl.ConfigError, match="threshold must be a finite number > 0"):
+        clrl.BoundaryDetector(threshold=0)
+    with pytest.raises(clrl.ConfigError, match="ContinualModule instances"):
+        clrl.BoundaryDetector(["ewc"])  # type: ignore[list-item]
+
+
+class _Tasks(clrl.ContinualModule):
+    """A module that needs boundaries and records the tasks it is told of."""
+
+    name = "tasks"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[str] = []
+
+    def on_task_start(self, task: clrl.TaskInfo) -> None:
+        self.started.append(task.name)
+
+
+def test_the_detector_gives_boundaries_to_modules_on_a_stream_that_hides_them() -> None:
+    """The reward falls tenfold at step 1,000 of 2,000, unannounced: the held module gets one boundary
+    soon after it, and none before."""
+    stream = stream_from_dict(
+        {
+            "name": "falling-reward",
+            "steps_per_task": 1000,
+            "boundaries": "hidden",
+            "tasks": [
+                {"name": "full", "env_id": "CartPole-v1"},
+                {
+                    "name": "tenth",
+                    "env_id": "CartPole-v1",
+                    "wrappers": [{"name": "ScaleReward", "kwargs": {"scale": 0.1}}],
+                },
+            ],
+        }
+    )
+    held = _Tasks()
+    with pytest.raises(clrl.ConfigError, match="needs task boundaries"):
+        model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=64, batch_size=64, n_epochs=1, device=DEVICE)
+        model.learn(2000, callback=clrl.StreamCallback(stream, [_Tasks()], eval_episodes=1))
+    detector = clrl.BoundaryDetector([held], warmup=10)
+    callback = clrl.StreamCallback(stream, [detector], eval_episodes=1, plasticity=False)
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=64, batch_size=64, n_epochs=1, device=DEVICE)
+    model.learn(callback.total_steps, callback=callback)
+    report = metrics.detection_delays(detector.detections, [1000], horizon=600)
+    assert report["found"] == 1 and report["false_alarms"] == 0, detector.detections
+    assert held.started == ["detected-0", "detected-1"] and held.tasks_seen == 2
+    assert detector.tasks_seen == 1  # the detector itself saw the stream as one task
