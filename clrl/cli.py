@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -432,6 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClrlError as exc:
         print(f"clrl: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (clrl list | head): stop quietly, as Unix tools do
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # Python's exit flush must not fail
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # disk full, read-only file system, ...: one line, not a traceback
         where = f": {exc.filename!r}" if exc.filename else ""
         kept = (

@@ -424,3 +424,16 @@ def test_run_learns_a_stream_with_hidden_boundaries_in_one_learn(
     capsys.readouterr()
     assert main(["run", str(path), "--method", "ewc", "--logdir", str(logdir), *TINY_RUN]) == 2
     assert "EWC needs task boundaries" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    """``clrl list | head -1``: the reader goes away; no error line, no traceback, status 141."""
+    import subprocess
+    import sys
+
+    code = "import sys; from clrl.cli import main; sys.exit(main(['list']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before anything is read
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
