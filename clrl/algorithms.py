@@ -1,9 +1,11 @@
-"""Access to SB3 algorithms: lookup by name, their optimisers, and which parameters form the policy."""
+"""Access to SB3 algorithms: lookup by name, their optimisers, which parameters form the policy, and the
+episodes their ``Monitor`` reports."""
 
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal
 
 import torch
 from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
@@ -110,3 +112,12 @@ def policy_parameters(model: BaseAlgorithm, networks: Networks = "actor") -> dic
         if isinstance(getattr(policy, head, None), torch.nn.Module):
             return {n: p for n, p in named.items() if n.startswith(head + ".")}
     raise ConfigError(f"cannot tell the actor of {type(policy).__name__}; use networks='all'")
+
+
+def finished_returns(infos: Iterable[Mapping[str, Any]]) -> Iterator[float]:
+    """The returns of the episodes that ended in one step of a vectorised env: the ``info["episode"]["r"]``
+    SB3's ``Monitor`` adds to its ``infos``."""
+    for info in infos:
+        episode = info.get("episode")
+        if isinstance(episode, dict):
+            yield float(episode["r"])

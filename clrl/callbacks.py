@@ -11,6 +11,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from clrl import checkpoint
+from clrl.algorithms import finished_returns
 from clrl.boundaries import check_modules, open_task_index
 from clrl.errors import ConfigError
 from clrl.evaluation import EVAL_SEED_OFFSET, Evaluator
@@ -226,11 +227,9 @@ class EpisodeReturns(BaseCallback):
 
     def add(self, infos: Sequence[dict[str, object]]) -> None:
         """Count the episodes that ended in one step of a vectorised env (its ``infos``)."""
-        for info in infos:
-            episode = info.get("episode")
-            if isinstance(episode, dict):
-                self.total += float(episode["r"])
-                self.count += 1
+        for value in finished_returns(infos):
+            self.total += value
+            self.count += 1
 
     def _on_step(self) -> bool:
         self.add(self.locals.get("infos", ()))

@@ -343,7 +343,6 @@ class _Run:
         elapsed = 0.0
         if self.monitor is not None:
             self.monitor.bind(model)  # the initial weights: a resumed model is still as built
-        self.episodes = EpisodeReturns()
         if first > 0:
             assert self.previous is not None
             self.result = result = self.previous[0]
@@ -413,8 +412,8 @@ class _Run:
                 if self.fresh_model is not None:  # the rows are not a sequence: only their diagonal counts
                     result.metrics = {"acc": float(result.reference[: i + 1].mean())}
                 else:
-                    result.metrics = metrics.summary(result.matrix[: i + 2, : i + 1])
                     done = result.matrix[: i + 2, : i + 1]
+                    result.metrics = metrics.summary(done)
                     result.metrics.update(metrics.cycle_summary(done, result.curves, stream.cycle_length))
                     self.episodes.record(result.metrics)
                 if reference is not None:

@@ -326,8 +326,8 @@ class StreamCallback(BaseCallback):
         result.matrix[row] = self._evaluator(self.model, self.modules, current_task=current)
         result.steps.append(step)
         if row > 0:
-            result.metrics = metrics.summary(result.matrix[: row + 1, :row])
             done = result.matrix[: row + 1, :row]
+            result.metrics = metrics.summary(done)
             result.metrics.update(metrics.cycle_summary(done, result.curves, stream.cycle_length))
             self._episodes.record(result.metrics)
             result.module_stats.append(

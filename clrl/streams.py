@@ -246,10 +246,10 @@ class Task:
             _check_steps(self.steps, f"{where}: steps")
 
     @property
-    def scheduled(self) -> bool:
-        """Whether an attribute or a wrapper argument of this task follows a schedule."""
+    def schedules(self) -> list[Schedule]:
+        """The schedules its attributes and wrapper arguments follow (none: the task does not drift)."""
         values = [*self.attributes.values(), *(v for w in self.wrappers for v in w.kwargs.values())]
-        return any(isinstance(v, Schedule) for v in values)
+        return [v for v in values if isinstance(v, Schedule)]
 
     def attributes_at(self, step: int, length: int | None) -> dict[str, Any]:
         """The attributes at step ``step`` of the task (of ``length`` steps), schedules evaluated."""
@@ -310,7 +310,7 @@ class Task:
         except StreamError:
             env.close()
             raise
-        if at_step is None and self.scheduled:
+        if at_step is None and self.schedules:
             env = Drift(env, self, built, n_envs, length)
         return env
 
@@ -381,12 +381,14 @@ class Drift(gym.Wrapper[Any, Any, Any, Any]):
         self.count = 0
         """Steps this copy has taken."""
         self.offset = 0
-        self._scheduled = {k for k, v in task.attributes.items() if isinstance(v, Schedule)}
-        self._wrappers = [
-            (wrapper, spec, [k for k, v in spec.kwargs.items() if isinstance(v, Schedule)])
-            for wrapper, spec in built
-        ]
-        self._last: list[dict[str, Any]] = [spec.kwargs_at(0, length) for _, spec in built]
+        self._attributes = {k: v for k, v in task.attributes.items() if isinstance(v, Schedule)}
+        self._wrappers: list[tuple[gym.Wrapper[Any, Any, Any, Any], dict[str, Schedule]]] = []
+        self._last: list[dict[str, Any]] = []  # each wrapper's scheduled arguments as last set
+        for wrapper, spec in built:
+            scheduled = {k: v for k, v in spec.kwargs.items() if isinstance(v, Schedule)}
+            if scheduled:
+                self._wrappers.append((wrapper, scheduled))
+                self._last.append({k: s.value(0, length) for k, s in scheduled.items()})
 
     def drift_step(self) -> int:
         """The task's step the next ``step`` is taken at."""
@@ -397,17 +399,14 @@ class Drift(gym.Wrapper[Any, Any, Any, Any]):
         self.offset = int(step) - self.count * self.n_envs
 
     def _apply(self) -> None:
-        step = self.drift_step()
-        values = self.task.attributes_at(step, self.budget)
-        self.task.set_attributes(self.env.unwrapped, {k: values[k] for k in self._scheduled})
-        for index, (wrapper, spec, keys) in enumerate(self._wrappers):
-            if not keys:
-                continue
-            kwargs = spec.kwargs_at(step, self.budget)
-            changed = {k: kwargs[k] for k in keys if kwargs[k] != self._last[index][k]}
+        step, budget = self.drift_step(), self.budget
+        values = {k: s.value(step, budget) for k, s in self._attributes.items()}
+        self.task.set_attributes(self.env.unwrapped, values)
+        for (wrapper, scheduled), last in zip(self._wrappers, self._last, strict=True):
+            changed = {k: v for k, s in scheduled.items() if (v := s.value(step, budget)) != last[k]}
             if changed:
                 wrapper.set_kwargs(**changed)  # type: ignore[attr-defined]
-                self._last[index] = kwargs
+                last.update(changed)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """Apply the schedules, then reset."""
@@ -588,31 +587,17 @@ class TaskStream:
         """
         reference: tuple[gym.Space[Any], gym.Space[Any]] | None = None
         for index, task in enumerate(self.tasks[: self.cycle_length]):  # later cycles repeat these
-            try:
-                env = self.make_env(index)
-            except StreamError as exc:
-                raise StreamError(f"stream {self.name!r}: {exc}") from exc
-            except ValueError as exc:  # AppendTaskId on an unsupported observation space
-                raise StreamError(f"stream {self.name!r}, task {task.name!r}: {exc}") from exc
-            spaces = (env.observation_space, env.action_space)
-            try:
-                env.action_space.seed(0)
-                env.reset(seed=0)
-                info = env.step(env.action_space.sample())[4]
-            except Exception as exc:
-                raise StreamError(
-                    f"stream {self.name!r}, task {task.name!r}: the environment fails to reset or step: "
-                    f"{_describe(exc)}"
-                ) from exc
-            finally:
-                env.close()
+            spaces, info = self._probe(index)
             if self.metric != "return" and not _is_info_number(info.get(self.metric)):
                 raise StreamError(
                     f"stream {self.name!r}, task {task.name!r}: the metric {self.metric!r} is not a number "
                     f"in the environment's step info (got {info.get(self.metric)!r})"
                 )
-            if task.scheduled:  # the values later in the task must be accepted too
-                self._check_schedules(index)
+            if task.schedules:  # the values later in the task must be accepted too
+                length = self.steps(index)
+                points = {length, *(step for sch in task.schedules for step in sch.checkpoints(length))}
+                for step in sorted(points - {0}):
+                    self._probe(index, at_step=step)
             if reference is None:
                 reference = spaces
                 continue
@@ -623,28 +608,35 @@ class TaskStream:
                         f"{self.tasks[0].name!r} has {first}; every task must share one {kind} space"
                     )
 
-    def _check_schedules(self, index: int) -> None:
-        """Build task ``index`` at its last step and wherever a schedule takes another kind of value."""
-        task, length = self.tasks[index], self.steps(index)
-        schedules = [v for v in task.attributes.values() if isinstance(v, Schedule)]
-        schedules += [v for w in task.wrappers for v in w.kwargs.values() if isinstance(v, Schedule)]
-        points = sorted({length, *(s for sch in schedules for s in sch.checkpoints(length))} - {0})
-        for step in points:
-            try:
-                env = self.make_env(index, at_step=step)
-            except StreamError as exc:
-                raise StreamError(f"stream {self.name!r}, at step {step} of its schedules: {exc}") from exc
-            try:
-                env.action_space.seed(0)
-                env.reset(seed=0)
-                env.step(env.action_space.sample())
-            except Exception as exc:
-                raise StreamError(
-                    f"stream {self.name!r}, task {task.name!r}: the environment fails at step {step} of its "
-                    f"schedules: {_describe(exc)}"
-                ) from exc
-            finally:
-                env.close()
+    def _probe(
+        self, index: int, at_step: int | None = None
+    ) -> tuple[tuple[gym.Space[Any], gym.Space[Any]], dict[str, Any]]:
+        """Build task ``index`` (its schedules at ``at_step``), reset it and take one random step; its
+        spaces and the step's info.
+
+        Raises:
+            StreamError: The task fails to build, reset or step, naming the stream, task and step.
+        """
+        task = self.tasks[index]
+        when = "" if at_step is None else f" at step {at_step} of its schedules"
+        try:
+            env = self.make_env(index, at_step=at_step)
+        except StreamError as exc:
+            raise StreamError(f"stream {self.name!r}{when}: {exc}") from exc
+        except ValueError as exc:  # AppendTaskId on an unsupported observation space
+            raise StreamError(f"stream {self.name!r}, task {task.name!r}{when}: {exc}") from exc
+        try:
+            env.action_space.seed(0)
+            env.reset(seed=0)
+            info = env.step(env.action_space.sample())[4]
+        except Exception as exc:
+            raise StreamError(
+                f"stream {self.name!r}, task {task.name!r}: the environment fails to reset or step{when}: "
+                f"{_describe(exc)}"
+            ) from exc
+        finally:
+            env.close()
+        return (env.observation_space, env.action_space), info
 
     def to_dict(self) -> dict[str, Any]:
         """The stream as plain data (the inverse of :func:`stream_from_dict`)."""

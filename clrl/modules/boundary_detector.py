@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from clrl.algorithms import finished_returns
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive, check_positive_int
 
@@ -182,9 +183,8 @@ class BoundaryDetector(ContinualModule):
             module.on_rollout_start()
 
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
-            episode = info.get("episode")
-            if isinstance(episode, dict) and self.test.update(float(episode["r"])):
+        for value in finished_returns(self.locals.get("infos", ())):
+            if self.test.update(value):
                 self._pending = True
         return all([module.on_step() for module in self.modules])
 
