@@ -138,9 +138,8 @@ class Schedule:
                 spec[key] = scale(spec[key])
         if "start" in spec and "end" in spec and spec["end"] <= spec["start"]:
             spec["end"] = spec["start"] + 1
-        for key in ("every",):
-            if key in spec:
-                spec[key] = scale(spec[key], 1)
+        if "every" in spec:
+            spec["every"] = scale(spec["every"], 1)
         if "period" in spec:
             spec["period"] = max(spec["period"] * factor, 1e-9)
         if "at" in spec:
