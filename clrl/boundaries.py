@@ -26,21 +26,40 @@ def check_modules(modules: Sequence[ContinualModule]) -> list[ContinualModule]:
 def check_fit(modules: Sequence[ContinualModule], stream: Any, model: BaseAlgorithm) -> None:
     """Let every module refuse the stream and the model it would train on, before anything runs; a stream
     that hides its boundaries refuses the modules that need them."""
+    check_stream_fit(modules, stream)
+    for module in modules:
+        module.check_model(model)
+
+
+def check_stream_fit(modules: Sequence[ContinualModule], stream: Any) -> None:
+    """The part of :func:`check_fit` that needs no model: a command checks it for every run before any
+    trains."""
     for module in modules:
         if getattr(stream, "boundaries", "announced") == "hidden" and module.needs_boundaries():
             raise ConfigError(
                 f"{type(module).__name__} needs task boundaries, which stream {stream.name!r} hides "
-                "(boundaries = 'hidden'); task-free modules: " + ", ".join(task_free_modules())
+                "(boundaries = 'hidden'); task-free modules: "
+                + ", ".join(task_free_modules())
+                + "; task-free when configured: "
+                + ", ".join(task_free_modules(configured=True))
             )
         module.check_stream(stream)
-        module.check_model(model)
 
 
-def task_free_modules() -> list[str]:
-    """The command-line names of the modules that work without task boundaries (as built by default)."""
+def task_free_modules(configured: bool = False) -> list[str]:
+    """The command-line names of the modules that work without task boundaries as built by default, or,
+    with ``configured``, those that do so when given their ``task_free_with`` argument, as
+    ``"name (argument)"``."""
     from clrl.experiment import METHODS  # the registry imports the modules, which import this module
 
-    return [name for name, cls in METHODS.items() if cls is not None and not cls().needs_boundaries()]
+    built = {name: cls() for name, cls in METHODS.items() if cls is not None}
+    if not configured:
+        return [name for name, module in built.items() if not module.needs_boundaries()]
+    return [
+        f"{name} ({module.task_free_with})"
+        for name, module in built.items()
+        if module.needs_boundaries() and module.task_free_with is not None
+    ]
 
 
 def check_task_index(index: Any) -> int:

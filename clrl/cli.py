@@ -213,6 +213,7 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
         )
         for seed in ns.seeds
     ]
+    specs = _smoke_specs(specs)
     for spec in specs:
         spec.check()  # every bad setting fails before any training
     if ns.threads is not None:
@@ -226,6 +227,36 @@ def _run(ns: argparse.Namespace) -> list[TrainResult]:
         torch.set_num_threads(threads)
 
 
+SMOKE_TEST_VARIABLE = "CLRL_SMOKE_TEST"
+SMOKE_TEST_STEPS = 256
+"""With ``CLRL_SMOKE_TEST=1`` in the environment, ``clrl run``, ``clrl demo`` and ``clrl sweep`` check that
+a command runs instead of measuring: ``SMOKE_TEST_STEPS`` steps per task, one evaluation episode, no
+evaluations during training, the first seed only (how the README's commands are tested; README, Set-up)."""
+
+
+def smoke_test() -> bool:
+    """Whether ``CLRL_SMOKE_TEST`` asks for a smoke test (set, and neither empty nor ``0``)."""
+    return os.environ.get(SMOKE_TEST_VARIABLE, "0") not in ("", "0")
+
+
+def _smoke_specs(specs: list[RunSpec]) -> list[RunSpec]:
+    """``specs`` shrunk to a smoke test (:data:`SMOKE_TEST_STEPS`) when ``CLRL_SMOKE_TEST`` asks for one."""
+    if not smoke_test():
+        return specs
+    print(
+        f"clrl: {SMOKE_TEST_VARIABLE} is set: {SMOKE_TEST_STEPS} steps per task, one evaluation episode, the "
+        "first seed only (a check that the command runs, not a result)",
+        file=sys.stderr,
+        flush=True,
+    )
+    first = min(spec.seed for spec in specs)
+    return [
+        dataclasses.replace(spec, steps=SMOKE_TEST_STEPS, eval_episodes=1, eval_freq=None)
+        for spec in specs
+        if spec.seed == first
+    ]
+
+
 DEMO_STREAM = "cartpole-flip"
 DEMO_STEPS = 25_000
 """Steps per task of ``clrl demo``: every task is learned, and fine-tuning's forgetting is plain, on seeds
@@ -235,6 +266,7 @@ DEMO_STEPS = 25_000
 def _demo(ns: argparse.Namespace) -> None:
     steps = None if ns.full else ns.steps
     specs = [RunSpec(DEMO_STREAM, method=m, seed=ns.seed, steps=steps) for m in ("finetune", ns.method)]
+    specs = _smoke_specs(specs)
     for spec in specs:
         spec.check()
     run = argparse.Namespace(
@@ -311,6 +343,7 @@ def _sweep(ns: argparse.Namespace) -> int:
         )
         for r in runs
     ]
+    runs = _smoke_specs(runs)
     logdir = ns.logdir or settings.get("logdir") or "runs"
     if ns.dry_run:
         for spec in runs:

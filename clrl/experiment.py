@@ -21,6 +21,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.utils import get_device
 
 from clrl.algorithms import ALGORITHMS, get_algorithm
+from clrl.boundaries import check_stream_fit
 from clrl.checks import check_eval_episodes, check_eval_freq, check_seed, inside
 from clrl.errors import ConfigError
 from clrl.modules import (
@@ -266,7 +267,7 @@ class RunSpec:
         method_parts(self.method)
         stream = _validated_stream(self.stream, self.steps)
         check_seed(self.seed, len(stream))
-        make_modules(self.method, self.method_args, self.algo)
+        check_stream_fit(make_modules(self.method, self.method_args, self.algo), stream)
         hp = policy_hyperparameters(self.method, self.algo, stream, self.hyperparameters)
         hyperparameters(stream.name, self.algo, hp)
         return stream

@@ -26,7 +26,7 @@ none, the top level is the one grid)::
     [[grid]]
     streams = ["cartpole-flip", "cartpole-physics"]
     algos = ["ppo"]
-    methods = ["finetune", "multitask", "single-task", "ewc", "clear"]
+    methods = ["finetune", "multitask", "single-task", "ewc", "clser"]
 
     [[grid]]
     streams = ["pendulum-flip"]

@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import clrl
 from clrl.runner import _Run
+from clrl.streams import with_steps
 
 
 def three_tasks(make: Callable[[], clrl.TaskStream]) -> clrl.TaskStream:
@@ -260,19 +261,25 @@ def test_single_task_baseline_resumes_by_skipping_done_tasks(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"seed": 1}, "seed"),
+        ({"seed": 1}, r"seed \(0 against 1\)"),
         ({"modules": [clrl.L2(strength=0.5)]}, "modules"),
         ({"modules": []}, "method"),
-        ({"eval_episodes": 3}, "eval_episodes"),
+        ({"eval_episodes": 3}, r"eval_episodes \(2 against 3\)"),
+        (
+            {"steps": 64},
+            r"settings \(the run's against this call's: stream_spec\.steps_per_task \(\d+ against 64\)\);",
+        ),
     ],
 )
 def test_resume_refuses_a_run_of_other_settings(
     tmp_path: Path, tiny_stream: clrl.TaskStream, change: dict[str, Any], message: str
 ) -> None:
+    """The refusal names the settings that differ, a stream's by the path to the entry that differs."""
     clrl.train(tiny_ppo(tiny_stream), tiny_stream, [clrl.L2()], logdir=tmp_path, eval_episodes=2)
+    stream = with_steps(tiny_stream, change.pop("steps")) if "steps" in change else tiny_stream
     kwargs: dict[str, Any] = {"modules": [clrl.L2()], "eval_episodes": 2, "seed": 0, **change}
     with pytest.raises(clrl.CheckpointError, match=message):
-        clrl.train(tiny_ppo(tiny_stream), tiny_stream, logdir=tmp_path, resume=True, **kwargs)
+        clrl.train(tiny_ppo(stream), stream, logdir=tmp_path, resume=True, **kwargs)
 
 
 def test_resume_refuses_another_algorithm(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
