@@ -419,6 +419,33 @@ def next_multiple(step: int, every: int) -> int:
     return (step // every + 1) * every
 
 
+class Periodic:
+    """When an action repeated every ``every`` environment steps is due: at the first check at or after
+    each multiple of ``every`` (``None``: never). The schedule depends on the global step alone, so a
+    resumed run acts at the steps an uninterrupted one does.
+
+    Args:
+        every: Environment steps between two actions, or ``None``.
+    """
+
+    def __init__(self, every: int | None) -> None:
+        self.every = every
+        self._next = 0
+
+    def start(self, step: int) -> None:
+        """Begin counting at ``step`` (a ``learn`` call's first): the action is next due at the next
+        multiple of ``every``."""
+        if self.every is not None:
+            self._next = next_multiple(step, self.every)
+
+    def due(self, step: int) -> bool:
+        """Whether the action is due at ``step``; if so, the next one is at the following multiple."""
+        if self.every is None or step < self._next:
+            return False
+        self._next = next_multiple(step, self.every)
+        return True
+
+
 class PlasticityMonitor(BaseCallback):
     """Measure the policy's plasticity statistics while it trains: an SB3 callback for any loop.
 
@@ -468,7 +495,7 @@ class PlasticityMonitor(BaseCallback):
         """CPU seconds spent measuring (``time.process_time``), for the overhead against training."""
         self._initial: dict[str, dict[str, torch.Tensor]] = {}
         self._for: Any = None  # id of the model the initial weights are of
-        self._next = 0
+        self._due = Periodic(self.interval)
         self._gradients: _GradientCapture | None = None
 
     @staticmethod
@@ -501,16 +528,15 @@ class PlasticityMonitor(BaseCallback):
             self.bind(self.model)
 
     def _on_training_start(self) -> None:
-        self._next = next_multiple(self.model.num_timesteps, self.interval)
+        self._due = Periodic(self.interval)
+        self._due.start(self.model.num_timesteps)
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        step = self.model.num_timesteps
-        if step < self._next:
+        if not self._due.due(self.model.num_timesteps):
             return
-        self._next = next_multiple(step, self.interval)
         record = self.measure()
         if record is not None:
             self._capture_gradients(record)

@@ -424,6 +424,10 @@ def test_run_learns_a_stream_with_hidden_boundaries_in_one_learn(
     capsys.readouterr()
     assert main(["run", str(path), "--method", "ewc", "--logdir", str(logdir), *TINY_RUN]) == 2
     assert "EWC needs task boundaries" in capsys.readouterr().err
+    scheduled = ["run", str(path), "--method", "online-ewc", "--logdir", str(logdir), *TINY_RUN]
+    assert main(scheduled) == 2  # online EWC consolidates at task ends unless told every=K
+    assert "online-ewc (every=K)" in capsys.readouterr().err
+    assert main([*scheduled, "--method-arg", "every=64", "samples=32"]) == 0
 
 
 def test_a_closed_pipe_ends_the_command_quietly() -> None:

@@ -232,6 +232,11 @@ class ContinualModule(BaseCallback):
     name: ClassVar[str] = "module"
     """Short name used in TensorBoard tags (``cl/<name>/...``) and on the command line."""
 
+    task_free_with: ClassVar[str | None] = None
+    """The constructor argument that makes a module task-free when its defaults need boundaries
+    (``"every=K"``: online EWC, MAS, SI, shrink-and-perturb, reset; ``"include_current=true"``: Replay), as
+    the refusal of a stream with hidden boundaries names it."""
+
     def __init__(self, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.tasks_seen = 0

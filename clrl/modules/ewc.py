@@ -87,7 +87,7 @@ class EWC(FisherPenalty):
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Store the task's Fisher and anchor, and combine all of them into one penalty."""
-        self.fishers.append(self.estimate(task))
+        self.fishers.append(self.estimate(task.index))
         self.anchors.append({n: p.detach().clone() for n, p in self.regularised().items()})
         self._combine()
 

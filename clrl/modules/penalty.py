@@ -27,6 +27,7 @@ from clrl.modules.base import (
     check_positive_int,
 )
 from clrl.modules.importance import StateBatch, collect_states, policy_outputs
+from clrl.plasticity import Periodic
 
 Tensors = dict[str, torch.Tensor]
 
@@ -71,15 +72,47 @@ class QuadraticPenalty(ContinualModule):
         verbose: SB3 callback verbosity.
     """
 
+    every: int | None = None
+    """Also consolidate every ``every`` environment steps (``None``: at task ends only). Online EWC, MAS
+    and SI take it as an argument; see :meth:`consolidate`."""
+
     def __init__(self, strength: float, networks: Networks = "actor", verbose: int = 0) -> None:
         super().__init__(verbose)
         self.strength = check_non_negative(strength, f"{type(self).__name__} strength")
         self.networks: Networks = check_networks(networks)
+        self.consolidations = 0
+        """Consolidations made on the ``every`` schedule (task ends not counted)."""
+        self._due = Periodic(None)
         self.anchor: Tensors = {}
         """Parameters the penalty pulls toward (EWC: the importance-weighted mean of its anchors)."""
         self.importance: Tensors = {}
         """Per-parameter weights ``w`` (not multiplied by the strength); empty for L2."""
         self._cache: dict[str, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = {}
+
+    # ---------------------------------------------------------------- consolidation
+    def needs_boundaries(self) -> bool:
+        """Task-free with ``every``: consolidation then runs on a schedule of steps."""
+        return self.every is None
+
+    def consolidate(self, *key: int) -> None:
+        """Do what the end of a task does (new importances, the current parameters as anchor); with
+        ``every``, also at the end of the first rollout at or after each multiple of ``every`` steps (on
+        the states just collected, before they are learned). ``key`` seeds the state draw (the task index,
+        then the step)."""
+        raise NotImplementedError
+
+    def begin_segment(self) -> None:
+        """Start what the next consolidation sums (at a task start, and after each scheduled one)."""
+
+    def _on_rollout_end(self) -> None:
+        model = self.sb3_model
+        if self._due.due(model.num_timesteps):
+            task = self.current_task
+            self.consolidate(task.index if task is not None else self.tasks_seen, model.num_timesteps)
+            self.begin_segment()
+            self.consolidations += 1
+            self.attach()  # new anchors and weights: the hooks' cached tensors are rebuilt
+        super()._on_rollout_end()
 
     # ---------------------------------------------------------------- penalty
     def regularised(self) -> dict[str, torch.nn.Parameter]:
@@ -175,6 +208,8 @@ class QuadraticPenalty(ContinualModule):
         if not all(same):
             self.load_state_dict(_move(self.state_dict(), device))
         super()._on_training_start()
+        self._due = Periodic(self.every)
+        self._due.start(self.sb3_model.num_timesteps)
 
 
 class ImportancePenalty(QuadraticPenalty):
@@ -207,13 +242,19 @@ class ImportancePenalty(QuadraticPenalty):
 
     def on_task_start(self, task: TaskInfo) -> None:
         """Note where the task's states start in the buffer."""
+        self.begin_segment()
+
+    def begin_segment(self) -> None:
+        """Note where the states of the next importance estimate start in the buffer."""
         self._start_timesteps = self.sb3_model.num_timesteps
 
-    def estimate(self, task: TaskInfo) -> Tensors:
-        """Importance of every regularised parameter on states of ``task`` (timed)."""
+    def estimate(self, *key: int) -> Tensors:
+        """Importance of every regularised parameter on states collected since the task started or the
+        last consolidation (timed); ``key`` (the task index, then the step of a scheduled consolidation)
+        seeds the draw of the states."""
         start = time.perf_counter()
         seed = self.sb3_model.seed if self.sb3_model.seed is not None else 0
-        rng = np.random.default_rng([seed, task.index])
+        rng = np.random.default_rng([seed, *key])
         states = collect_states(
             self.sb3_model, self.samples, rng, steps=self.sb3_model.num_timesteps - self._start_timesteps
         )

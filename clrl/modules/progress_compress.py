@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -92,6 +92,7 @@ class ProgressAndCompress(StateRecorder, OnlineEWC):
     """
 
     name = "pnc"
+    task_free_with: ClassVar[str | None] = None  # compression needs the task's end
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class ProgressAndCompress(StateRecorder, OnlineEWC):
         evaluate_with: Column = "knowledge_base",
         verbose: int = 0,
     ) -> None:
-        super().__init__(strength, gamma, samples, networks, temperature, verbose)
+        super().__init__(strength, gamma, samples, networks, temperature, verbose=verbose)
         self.compress_steps = check_positive_int(compress_steps, "ProgressAndCompress compress_steps")
         self.compress_lr = check_positive(compress_lr, "ProgressAndCompress compress_lr")
         self.batch_size = check_positive_int(batch_size, "ProgressAndCompress batch_size")

@@ -7,7 +7,7 @@ from typing import Any
 from clrl.algorithms import Networks, check_networks
 from clrl.modules.base import ContinualModule, check_non_negative, check_positive_int
 from clrl.modules.surgery import reinitialise_units, selected_networks
-from clrl.plasticity import capture_features, dormant_units, next_multiple, recent_batch
+from clrl.plasticity import Periodic, capture_features, dormant_units, recent_batch
 
 
 class ReDo(ContinualModule):
@@ -61,7 +61,7 @@ class ReDo(ContinualModule):
         """Units recycled so far."""
         self.last_recycled = 0
         """Units recycled in the last round."""
-        self._next = 0
+        self._due = Periodic(self.every)
 
     def needs_boundaries(self) -> bool:
         """Task-free: recycling runs on a schedule of steps."""
@@ -69,12 +69,11 @@ class ReDo(ContinualModule):
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
-        self._next = next_multiple(self.sb3_model.num_timesteps, self.every)
+        self._due = Periodic(self.every)
+        self._due.start(self.sb3_model.num_timesteps)
 
     def _on_rollout_end(self) -> None:
-        step = self.sb3_model.num_timesteps
-        if step >= self._next:
-            self._next = next_multiple(step, self.every)
+        if self._due.due(self.sb3_model.num_timesteps):
             self.recycle()
         super()._on_rollout_end()
 

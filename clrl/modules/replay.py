@@ -37,6 +37,14 @@ class Replay(MemoryModule):
     their own rewards and dynamics, so ``clrl.train`` refuses a stream that hides the task id unless
     ``require_task_id=False`` (in a user's own loop, make sure the observation tells the tasks apart).
 
+    **Task-free mode** (``include_current=True``): the replayed share is drawn from every reservoir, the
+    current task's included, as CLEAR draws from its one reservoir of all experience (Rolnick et al. 2019).
+    On a stream that hides its boundaries the whole stream is one task, so the memory is a uniform
+    sample of every transition since the first step, replayed beside SB3's buffer of the latest
+    ``buffer_size``; ``needs_boundaries()`` is then false. Such streams usually hide the task id too:
+    pass ``require_task_id=False`` as well, knowing that transitions from before a change carry the old
+    rewards and dynamics.
+
     Paper: Rolnick et al. 2019, "Experience Replay for Continual Learning" (NeurIPS); Wołczyk et al. 2021,
     "Continual World" (NeurIPS), perfect memory.
 
@@ -44,8 +52,11 @@ class Replay(MemoryModule):
         budget: Transitions kept over all tasks (``"all"``: every transition, unbounded).
         fraction: Share of each batch drawn from earlier tasks, in [0, 1]. 0 trains exactly as plain SB3.
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        include_current: Also replay the current task's reservoir (task-free mode, above).
         verbose: SB3 callback verbosity.
     """
+
+    task_free_with = "include_current=true"
 
     name = "replay"
 
@@ -54,14 +65,22 @@ class Replay(MemoryModule):
         budget: Budget = 100_000,
         fraction: float = 0.5,
         require_task_id: bool = True,
+        include_current: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__(budget, require_task_id, verbose)
         self.fraction = check_fraction(fraction, "Replay fraction")
+        if not isinstance(include_current, bool):
+            raise ConfigError(f"Replay include_current must be true or false, got {include_current!r}")
+        self.include_current = include_current
         self._buffer: ReplayBuffer | None = None
         self._unpatch: Callable[[], None] | None = None
         self.replayed = 0
         """Archived transitions mixed into batches during the current task."""
+
+    def needs_boundaries(self) -> bool:
+        """Task-free with ``include_current``: the current task's reservoir is then replayed."""
+        return not self.include_current
 
     # ---------------------------------------------------------------- task boundaries
     def check_model(self, model: BaseAlgorithm) -> None:
@@ -148,16 +167,19 @@ class Replay(MemoryModule):
         self.memory.record(rows, self._rng)
 
     # ---------------------------------------------------------------- sampling
-    def _earlier(self) -> list[int]:
-        return [i for i, r in enumerate(self.memory) if r is not self.memory.current and len(r)]
-
     def _sample(self, sample: Any, batch_size: int, env: VecNormalize | None) -> Any:
-        earlier = self._earlier()
-        n_old = round(self.fraction * batch_size) if earlier else 0
+        current = self.memory.current
+        earlier = [i for i, r in enumerate(self.memory) if r is not current and len(r)]
+        replays_current = self.include_current and current is not None and len(current) > 0
+        n_old = round(self.fraction * batch_size) if earlier or replays_current else 0
         if n_old == 0:
             return sample(batch_size, env)
         assert self._buffer is not None
-        old = self._to_samples(self.memory.sample(n_old, self._sample_rng, earlier), env)
+        if self.include_current:  # the current reservoir is still filling: drawn apart from the gathered ones
+            rows = self.memory.sample_with_current(n_old, self._sample_rng)
+        else:
+            rows = self.memory.sample(n_old, self._sample_rng, earlier)
+        old = self._to_samples(rows, env)
         self.replayed += n_old
         if n_old == batch_size:
             return old

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from clrl.algorithms import Networks
-from clrl.modules.base import ParamGroup, TaskInfo, add_to_grad, check_positive
+from clrl.modules.base import ParamGroup, TaskInfo, add_to_grad, check_positive, check_positive_int
 from clrl.modules.penalty import QuadraticPenalty, Tensors
 
 
@@ -22,6 +24,14 @@ class SI(QuadraticPenalty):
     clipped surrogate plus entropy and value terms, SAC's actor loss, DQN's TD loss), so ``Ω`` is in that
     loss's units; tune the strength per algorithm.
 
+    **Task-free mode** (``every``, clrl's, not the paper's, which consolidates at task ends): every ``every``
+    environment steps, at the end of the first rollout at or after each multiple (on the states just
+    collected, before they are learned), the module does what a task end does (the path integral since the
+    last consolidation folded into the importance, the current parameters the anchor and the start of the next
+    integral), so it works on a stream that hides its boundaries (``needs_boundaries()`` is then false).
+    Aljundi et al. 2019 ("Task-Free Continual Learning", CVPR) consolidate at plateaus of the loss instead;
+    :class:`clrl.BoundaryDetector` gives a module boundaries found in the training returns.
+
     Paper: Zenke, Poole & Ganguli 2017, "Continual Learning Through Synaptic Intelligence", ICML,
     https://arxiv.org/abs/1703.04200
 
@@ -29,16 +39,25 @@ class SI(QuadraticPenalty):
         strength: Penalty coefficient ``c`` (>= 0). At 0 training equals plain SB3 exactly.
         damping: ``ξ`` (> 0) in the denominator, bounding the importance of parameters that barely moved.
         networks: ``"actor"`` (default) or ``"all"``.
+        every: Also consolidate every ``every`` environment steps (task-free mode, above); ``None``
+            (default): at task ends only.
         verbose: SB3 callback verbosity.
     """
 
     name = "si"
+    task_free_with: ClassVar[str | None] = "every=K"
 
     def __init__(
-        self, strength: float = 1.0, damping: float = 0.1, networks: Networks = "actor", verbose: int = 0
+        self,
+        strength: float = 1.0,
+        damping: float = 0.1,
+        networks: Networks = "actor",
+        every: int | None = None,
+        verbose: int = 0,
     ) -> None:
         super().__init__(strength, networks, verbose)
         self.damping = check_positive(damping, "SI damping")
+        self.every = None if every is None else check_positive_int(every, "SI every")
         self.omega: Tensors = {}
         """The path integral of the current task."""
         self._start: Tensors = {}
@@ -51,6 +70,10 @@ class SI(QuadraticPenalty):
         return self.regularised()
 
     def on_task_start(self, task: TaskInfo) -> None:
+        """Start a new path integral at the current parameters."""
+        self.begin_segment()
+
+    def begin_segment(self) -> None:
         """Start a new path integral at the current parameters."""
         params = self.regularised()
         self._start = {n: p.detach().clone() for n, p in params.items()}
@@ -98,6 +121,11 @@ class SI(QuadraticPenalty):
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Fold the path integral into the importance; the current parameters become the anchor."""
+        self.consolidate(task.index)
+
+    def consolidate(self, *key: int) -> None:
+        """Fold the path integral since the last consolidation (or the task start) into the importance;
+        the current parameters become the anchor."""
         params = self.regularised()
         for name, omega in self.omega.items():
             moved = (params[name].detach() - self._start[name]).square()

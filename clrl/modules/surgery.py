@@ -20,7 +20,7 @@ from torch import nn
 
 from clrl.algorithms import check_networks, optimizers
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
-from clrl.plasticity import hidden_layers, next_multiple, policy_networks, under
+from clrl.plasticity import Periodic, hidden_layers, policy_networks, under
 
 _ORTHO_GAINS = {
     "features_extractor": math.sqrt(2),
@@ -161,10 +161,12 @@ class ScheduledSurgery(ContinualModule):
         verbose: SB3 callback verbosity.
     """
 
+    task_free_with = "every=K"
+
     def __init__(self, every: int | None = None, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.every = None if every is None else check_positive_int(every, f"{type(self).__name__} every")
-        self._next = 0
+        self._due = Periodic(self.every)
 
     def operate(self) -> object:
         """Change the network now."""
@@ -181,10 +183,9 @@ class ScheduledSurgery(ContinualModule):
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
-        if self.every is not None:
-            self._next = next_multiple(self.sb3_model.num_timesteps, self.every)
+        self._due = Periodic(self.every)
+        self._due.start(self.sb3_model.num_timesteps)
 
     def _on_rollout_start(self) -> None:
-        if self.every is not None and self.sb3_model.num_timesteps >= self._next:
-            self._next = next_multiple(self.sb3_model.num_timesteps, self.every)
+        if self._due.due(self.sb3_model.num_timesteps):
             self.operate()
