@@ -42,6 +42,7 @@ def check_stream_fit(modules: Sequence[ContinualModule], stream: Any) -> None:
                 + ", ".join(task_free_modules())
                 + "; task-free when configured: "
                 + ", ".join(task_free_modules(configured=True))
+                + "; or boundaries from a change-point test: BoundaryDetector([module]) (detector+<name>)"
             )
         module.check_stream(stream)
 
@@ -52,7 +53,11 @@ def task_free_modules(configured: bool = False) -> list[str]:
     ``"name (argument)"``."""
     from clrl.experiment import METHODS  # the registry imports the modules, which import this module
 
-    built = {name: cls() for name, cls in METHODS.items() if cls is not None}
+    built: dict[str, ContinualModule] = {}
+    for name, cls in METHODS.items():
+        if cls is not None:
+            with contextlib.suppress(ConfigError):  # the detector without its extra (river)
+                built[name] = cls()
     if not configured:
         return [name for name, module in built.items() if not module.needs_boundaries()]
     return [

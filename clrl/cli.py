@@ -408,9 +408,10 @@ def _resume_point(run_dir: Path, n_tasks: int) -> str:
 def format_seeds(results: Sequence[TrainResult]) -> str:
     """Mean and 95% bootstrap confidence interval of each metric over seeds."""
     lines = [f"over {len(results)} seeds (mean [95% CI]):"]
+    width = max(map(len, results[0].metrics), default=0)
     for key in results[0].metrics:
         mean, lo, hi = metrics.bootstrap_ci([r.metrics[key] for r in results])
-        lines.append(f"  {key:<11} {mean:8.1f}  [{lo:.1f}, {hi:.1f}]")
+        lines.append(f"  {key:<{width}} {mean:8.1f}  [{lo:.1f}, {hi:.1f}]")
     return "\n".join(lines)
 
 

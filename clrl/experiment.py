@@ -33,6 +33,7 @@ from clrl.modules import (
     MAS,
     SI,
     BehaviourCloning,
+    BoundaryDetector,
     ClonEx,
     ContinualBackprop,
     ContinualModule,
@@ -85,8 +86,10 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "reset": Reset,
     "continual-backprop": ContinualBackprop,
     "parseval": ParsevalRegularisation,
+    "detector": BoundaryDetector,
 }
-"""Continual methods by command-line name (``None``: no module)."""
+"""Continual methods by command-line name (``None``: no module). ``detector`` holds the other modules of
+its combination (``detector+ewc``) and gives them the boundaries it detects on a stream that hides them."""
 BASELINES = ("multitask", "single-task")
 """Reference runs that are not a module: all tasks at once, and a fresh model per task."""
 
@@ -141,6 +144,7 @@ def make_modules(method: str, args: dict[str, Any], algo: str | None = None) -> 
             raise ConfigError(f"method {method!r} takes no module arguments")
         return []
     accepted = {cls: set(inspect.signature(cls.__init__).parameters) - {"self"} for _, cls in parts}
+    accepted.get(BoundaryDetector, set()).discard("modules")  # the combination's other modules
     unknown = sorted(k for k in args if not any(k in names for names in accepted.values()))
     if unknown:
         raise ConfigError(
@@ -148,7 +152,7 @@ def make_modules(method: str, args: dict[str, Any], algo: str | None = None) -> 
             + ", ".join(cls.__name__ for _, cls in parts)
         )
     try:
-        return [
+        modules = [
             cls(
                 **{
                     k: v
@@ -157,9 +161,14 @@ def make_modules(method: str, args: dict[str, Any], algo: str | None = None) -> 
                 }
             )
             for part, cls in parts
+            if cls is not BoundaryDetector
         ]
+        if any(cls is BoundaryDetector for _, cls in parts):
+            settings = {k: v for k, v in args.items() if k in accepted[BoundaryDetector]}
+            modules = [BoundaryDetector(modules, **settings)]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad module argument for {method}: {exc}") from exc
+    return modules
 
 
 def policy_hyperparameters(method: str, algo: str, stream: TaskStream, hp: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +276,13 @@ class RunSpec:
         method_parts(self.method)
         stream = _validated_stream(self.stream, self.steps)
         check_seed(self.seed, len(stream))
-        check_stream_fit(make_modules(self.method, self.method_args, self.algo), stream)
+        modules = make_modules(self.method, self.method_args, self.algo)
+        check_stream_fit(modules, stream)
+        if stream.boundaries != "hidden" and any(isinstance(m, BoundaryDetector) for m in modules):
+            raise ConfigError(  # on such a stream clrl.train checkpoints, and the held modules are not saved
+                f"the detector finds boundaries a stream hides; stream {stream.name!r} announces them "
+                "(add boundaries = 'hidden' to the stream file, or drop detector+)"
+            )
         hp = policy_hyperparameters(self.method, self.algo, stream, self.hyperparameters)
         hyperparameters(stream.name, self.algo, hp)
         return stream

@@ -428,6 +428,14 @@ def test_run_learns_a_stream_with_hidden_boundaries_in_one_learn(
     assert main(scheduled) == 2  # online EWC consolidates at task ends unless told every=K
     assert "online-ewc (every=K)" in capsys.readouterr().err
     assert main([*scheduled, "--method-arg", "every=64", "samples=32"]) == 0
+    detected = ["run", str(path), "--method", "detector+ewc", "--logdir", str(logdir), *TINY_RUN]
+    assert main([*detected, "--method-arg", "warmup=3", "samples=32"]) == 0
+    saved = json.loads((logdir / "hidden-drift" / "ppo-detector+ewc" / "seed0" / "results.json").read_text())
+    assert saved["config"]["modules"][0]["config"]["modules"][0]["class"] == "EWC"
+    capsys.readouterr()
+    announced = ["run", "cartpole-flip", "--method", "detector+ewc", "--logdir", str(logdir), *TINY_RUN]
+    assert main(announced) == 2
+    assert "the detector finds boundaries a stream hides" in capsys.readouterr().err
 
 
 def test_a_closed_pipe_ends_the_command_quietly() -> None:
@@ -441,3 +449,16 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
     proc.stdout.close()  # before anything is read
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_the_summary_over_seeds_aligns_every_metric() -> None:
+    from types import SimpleNamespace
+
+    from clrl.cli import format_seeds
+
+    runs = [
+        SimpleNamespace(metrics={"acc": 1.0 + i, "forgetting_cw": 2.0, "online_performance": 30.0})
+        for i in range(3)
+    ]
+    lines = format_seeds(runs).splitlines()[1:]  # type: ignore[arg-type]
+    assert len(lines) == 3 and len({line.index("[") for line in lines}) == 1
