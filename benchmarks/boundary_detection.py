@@ -1,7 +1,11 @@
 """How soon BoundaryDetector finds the unannounced action swaps of cartpole-flip-unannounced, and how often
 it raises a false alarm (README "Task streams", hidden boundaries).
 
-    python benchmarks/boundary_detection.py [--seeds 0 1 2] [--steps-per-task 25000]
+    python benchmarks/boundary_detection.py [--seeds 0 1 2] [--steps-per-task 25000] [--signal value-error]
+    python benchmarks/boundary_detection.py --reward-change [--seeds 0 1 2]
+
+``--reward-change``: instead, CartPole whose reward is multiplied by 0.1 or by 10 at step 1,000 of 2,000
+(PPO with 64-step rollouts), each signal on each: which changes each signal finds.
 
 PPO (the cartpole preset) learns the stream in one ``learn`` with its boundaries hidden; the detector holds
 no module, so training is plain fine-tuning and only the detections are recorded. The true change points
@@ -26,7 +30,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps-per-task", type=int, default=25000)
     parser.add_argument("--horizon", type=int, default=10000, help="steps within which a detection counts")
+    parser.add_argument("--signal", choices=("return", "value-error"), default="return")
+    parser.add_argument("--reward-change", action="store_true", help="the reward-scale streams instead")
     args = parser.parse_args()
+    if args.reward_change:
+        reward_change(args.seeds)
+        return
     stream = dataclasses.replace(
         clrl.make_stream("cartpole-flip-unannounced", steps_per_task=args.steps_per_task), boundaries="hidden"
     )
@@ -40,7 +49,7 @@ def main() -> None:
     print(f"true change points: {changes}")
     reports = []
     for seed in args.seeds:
-        detector = clrl.BoundaryDetector([])
+        detector = clrl.BoundaryDetector([], signal=args.signal)
         callback = clrl.StreamCallback(stream, [detector], eval_episodes=5, seed=seed, plasticity=False)
         model = make_model("ppo", stream, seed)
         model.learn(callback.total_steps, callback=callback)
@@ -51,6 +60,37 @@ def main() -> None:
         values = np.array([r[key] for r in reports])
         low, mid, high = np.nanmin(values), np.nanmedian(values), np.nanmax(values)
         print(f"{key}: median {mid:.1f}, range [{low:.1f}, {high:.1f}]")
+
+
+def reward_change(seeds: list[int]) -> None:
+    """Each signal on CartPole whose reward is scaled by 0.1 or 10 at step 1,000 of 2,000."""
+    from stable_baselines3 import PPO
+
+    for scale in (0.1, 10.0):
+        scaled = {"name": "scaled", "env_id": "CartPole-v1"}
+        scaled["wrappers"] = [{"name": "ScaleReward", "kwargs": {"scale": scale}}]  # type: ignore[assignment]
+        stream = clrl.streams.stream_from_dict(
+            {
+                "name": "changing-reward",
+                "steps_per_task": 1000,
+                "boundaries": "hidden",
+                "tasks": [{"name": "full", "env_id": "CartPole-v1"}, scaled],
+            }
+        )
+        for signal in ("return", "value-error"):
+            for seed in seeds:
+                detector = clrl.BoundaryDetector([], signal=signal)
+                callback = clrl.StreamCallback(
+                    stream, [detector], eval_episodes=1, seed=seed, plasticity=False
+                )
+                model = PPO(
+                    "MlpPolicy", stream.make_vec_env(0), n_steps=64, batch_size=64, n_epochs=1, seed=seed
+                )
+                model.learn(callback.total_steps, callback=callback)
+                report = metrics.detection_delays(detector.detections, [1000], horizon=600)
+                print(
+                    f"reward x{scale:g}, {signal}, seed {seed}: detections {detector.detections} -> {report}"
+                )
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import DEVICE
-from stable_baselines3 import PPO
+from stable_baselines3 import DQN, PPO
 
 import clrl
 from clrl import metrics
-from clrl.modules.boundary_detector import ReturnDropTest
+from clrl.modules.boundary_detector import ChangeTest
 from clrl.streams import stream_from_dict
 
 
@@ -24,15 +24,71 @@ def test_the_test_finds_drops_soon_and_ignores_noise_and_learning(seed: int) -> 
     rng = np.random.default_rng(seed)
     levels = [100.0] * 300 + [60.0] * 300 + [100.0] * 100 + [40.0] * 300  # drops at 300 and 700
     noisy = np.array(levels) + rng.normal(0, 5, len(levels))
-    report = metrics.detection_delays(ReturnDropTest().scan(noisy), [300, 700], horizon=30)
+    report = metrics.detection_delays(ChangeTest().scan(noisy), [300, 700], horizon=30)
     assert report["found"] == 2 and report["false_alarms"] == 0 and report["mean_delay"] <= 10
     learning = np.linspace(10, 200, 1000) + rng.normal(0, 5, 1000)  # a learning curve: rises only
-    assert ReturnDropTest().scan(learning) == []
+    assert ChangeTest().scan(learning) == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_upward_test_finds_rises_and_ignores_a_falling_error(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    levels = [10.0] * 300 + [30.0] * 300 + [10.0] * 100 + [40.0] * 300  # rises at 300 and 700
+    noisy = np.array(levels) + rng.normal(0, 1, len(levels))
+    report = metrics.detection_delays(ChangeTest(direction="up").scan(noisy), [300, 700], horizon=30)
+    assert report["found"] == 2 and report["false_alarms"] == 0 and report["mean_delay"] <= 10
+    critic = 200 * np.exp(-np.arange(1000) / 100) + rng.normal(0, 1, 1000)  # a critic learning: falls only
+    assert ChangeTest(direction="up").scan(critic) == []
+
+
+def _reward_change(scale: float) -> clrl.TaskStream:
+    """CartPole whose reward is multiplied by ``scale`` from step 1,000 of 2,000, unannounced."""
+    return stream_from_dict(
+        {
+            "name": "changing-reward",
+            "steps_per_task": 1000,
+            "boundaries": "hidden",
+            "tasks": [
+                {"name": "full", "env_id": "CartPole-v1"},
+                {
+                    "name": "scaled",
+                    "env_id": "CartPole-v1",
+                    "wrappers": [{"name": "ScaleReward", "kwargs": {"scale": scale}}],
+                },
+            ],
+        }
+    )
+
+
+def test_the_value_error_signal_finds_a_reward_rise_that_the_returns_cannot() -> None:
+    """The reward grows tenfold at step 1,000: the returns rise (no drop to detect), the critic's error on
+    the rollouts jumps."""
+    stream = _reward_change(10.0)
+    found = {}
+    for signal in ("return", "value-error"):
+        detector = clrl.BoundaryDetector([], signal=signal)
+        callback = clrl.StreamCallback(stream, [detector], eval_episodes=1, plasticity=False)
+        model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=64, batch_size=64, n_epochs=1, device=DEVICE)
+        model.learn(callback.total_steps, callback=callback)
+        found[signal] = metrics.detection_delays(detector.detections, [1000], horizon=600)
+    assert found["return"]["found"] == 0 and found["return"]["false_alarms"] == 0
+    assert found["value-error"]["found"] == 1 and found["value-error"]["false_alarms"] == 0, found
+    assert detector.get_config()["signal"] == "value-error" and detector.test.warmup == 5
+
+
+def test_the_value_error_signal_needs_an_on_policy_algorithm() -> None:
+    stream = _reward_change(10.0)
+    model = DQN("MlpPolicy", stream.make_vec_env(0), device=DEVICE)
+    callback = clrl.StreamCallback(stream, [clrl.BoundaryDetector([], signal="value-error")], eval_episodes=1)
+    with pytest.raises(clrl.ConfigError, match="signal='value-error' reads an on-policy rollout"):
+        model.learn(callback.total_steps, callback=callback)
+    with pytest.raises(clrl.ConfigError, match="signal must be 'return' or 'value-error'"):
+        clrl.BoundaryDetector([], signal="loss")  # type: ignore[arg-type]
 
 
 def test_bad_test_settings_are_refused() -> None:
     with pytest.raises(clrl.ConfigError, match="warmup must be at least 2"):
-        ReturnDropTest(warmup=1)
+        ChangeTest(warmup=1)
     with pytest.raises(clrl.ConfigError, match="threshold must be a finite number > 0"):
         clrl.BoundaryDetector(threshold=0)
     with pytest.raises(clrl.ConfigError, match="ContinualModule instances"):

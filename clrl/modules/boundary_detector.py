@@ -1,34 +1,39 @@
-"""BoundaryDetector: task boundaries from a change-point test on the training returns, for modules that
-need them on streams that hide them."""
+"""BoundaryDetector: task boundaries from a change-point test on a training signal (the episode returns, or
+the value function's error on each rollout), for modules that need them on streams that hide them."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from clrl.algorithms import finished_returns
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive, check_positive_int
 
+Direction = Literal["down", "up"]
+Signal = Literal["return", "value-error"]
 
-def _page_hinkley(delta: float, threshold: float, min_instances: int) -> Any:
+
+def _page_hinkley(delta: float, threshold: float, min_instances: int, mode: Direction) -> Any:
     try:
         from river.drift import PageHinkley
     except ImportError:
         raise ConfigError('BoundaryDetector needs the river package: pip install "clrl[drift]"') from None
-    return PageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, mode="down")
+    return PageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, mode=mode)
 
 
-class ReturnDropTest:
-    """The Page-Hinkley test for a drop in a sequence (river's ``PageHinkley``, ``mode="down"``), on the
+class ChangeTest:
+    """The Page-Hinkley test for a shift of a sequence in one direction (river's ``PageHinkley``), on the
     scale of the sequence: its first ``warmup`` values give the standard deviation ``σ``, and the test's
     allowed change ``δ`` and alarm threshold ``λ`` are ``delta · σ`` and ``threshold · σ``. After an alarm it
-    starts again with a new warm-up (a new task has a new scale). Rises, such as a learning curve's, raise no
-    alarm.
+    starts again with a new warm-up (a new task has a new scale). Shifts the other way raise no alarm: with
+    ``direction="down"`` (a drop of the returns) a learning curve's rise does not, with ``"up"`` (a rise of
+    the value error) a critic's falling error does not.
 
     Paper: Page 1954, "Continuous Inspection Schemes" (Biometrika); the implementation is river's
     (https://riverml.xyz), the scaling by the warm-up's deviation clrl's.
@@ -37,17 +42,23 @@ class ReturnDropTest:
         warmup: Values the scale is estimated on before the test runs (>= 2).
         delta: Allowed drift, in standard deviations (> 0).
         threshold: Alarm threshold, in standard deviations (> 0).
+        direction: ``"down"`` (default) or ``"up"``: the shift that raises an alarm.
     """
 
-    def __init__(self, warmup: int = 20, delta: float = 0.5, threshold: float = 20.0) -> None:
+    def __init__(
+        self, warmup: int = 20, delta: float = 0.5, threshold: float = 20.0, direction: Direction = "down"
+    ) -> None:
         self.warmup = check_positive_int(warmup, "warmup")
         if self.warmup < 2:
             raise ConfigError(f"warmup must be at least 2 values, got {warmup}")
         self.delta = check_positive(delta, "delta")
         self.threshold = check_positive(threshold, "threshold")
+        if direction not in ("down", "up"):
+            raise ConfigError(f"direction must be 'down' or 'up', got {direction!r}")
+        self.direction: Direction = direction
         self._seen: list[float] = []
         self._test: Any = None
-        _page_hinkley(1.0, 1.0, 1)  # refuse a missing river now, not at the first alarm
+        _page_hinkley(1.0, 1.0, 1, direction)  # refuse a missing river now, not at the first alarm
 
     def update(self, value: float) -> bool:
         """Feed one value; whether the test raises an alarm on it."""
@@ -56,7 +67,7 @@ class ReturnDropTest:
             if len(self._seen) < self.warmup:
                 return False
             scale = float(np.std(self._seen)) or 1.0
-            self._test = _page_hinkley(self.delta * scale, self.threshold * scale, 1)
+            self._test = _page_hinkley(self.delta * scale, self.threshold * scale, 1, self.direction)
             for seen in self._seen:
                 self._test.update(seen)
             return False
@@ -72,24 +83,35 @@ class ReturnDropTest:
 
 
 class BoundaryDetector(ContinualModule):
-    """Give modules that need task boundaries the boundaries a change-point test finds in the training
-    returns, on a stream that hides them (``boundaries = "hidden"``) or in any ``learn``.
+    """Give modules that need task boundaries the boundaries a change-point test finds in a training
+    signal, on a stream that hides them (``boundaries = "hidden"``) or in any ``learn``.
 
-    The detector holds the modules and passes every SB3 callback event on to them. Each finished training
-    episode's return (SB3's ``Monitor``) feeds :class:`ReturnDropTest`; an alarm ends the modules' task
-    and begins the next, at the end of the rollout it came in (before the update, so on-policy modules read
-    a whole rollout). The modules see tasks ``0, 1, ...`` named ``detected-<k>``. :attr:`detections` holds
-    the steps of the alarms (compare them to the stream's true boundaries with
-    :func:`clrl.metrics.detection_delays`). The detector is itself task-free.
+    The detector holds the modules and passes every SB3 callback event on to them. The signal feeds a
+    :class:`ChangeTest`:
 
-    Deviations: the signal is the episode return only (not the value or TD loss, nor the observations).
-    The modules inside are not saved by :func:`clrl.save`.
+    * ``signal="return"`` (default): each finished training episode's return (SB3's ``Monitor``), tested
+      for a drop. Any algorithm.
+    * ``signal="value-error"``: at the end of each rollout, the value function's mean squared error on it,
+      ``mean((R_t - V(s_t))²)`` with SB3's returns ``R_t`` (GAE's, computed before the callback runs),
+      tested for a rise: a change of rewards or dynamics makes the critic's predictions wrong, even when
+      the returns do not fall (a task that became easier). On-policy algorithms (PPO, A2C, RecurrentPPO),
+      whose rollout holds both.
+
+    An alarm ends the modules' task and begins the next, at the end of the rollout it came in (before the
+    update, so on-policy modules read a whole rollout). The modules see tasks ``0, 1, ...`` named
+    ``detected-<k>``. :attr:`detections` holds the steps of the alarms (compare them to the stream's true
+    boundaries with :func:`clrl.metrics.detection_delays`). The detector is itself task-free.
+
+    Deviations: no test on off-policy TD errors or on observation statistics. The modules inside are not
+    saved by :func:`clrl.save`.
 
     Args:
         modules: The modules to give boundaries to.
-        warmup: Episodes that set the test's scale after each boundary (>= 2).
-        delta: Allowed drift of the returns, in standard deviations of the warm-up.
+        warmup: Values that set the test's scale after each boundary (>= 2): episodes for ``"return"``
+            (default 20), rollouts for ``"value-error"`` (default 5).
+        delta: Allowed drift of the signal, in standard deviations of the warm-up.
         threshold: Alarm threshold, in standard deviations of the warm-up.
+        signal: ``"return"`` or ``"value-error"`` (above).
         verbose: SB3 callback verbosity.
     """
 
@@ -98,9 +120,10 @@ class BoundaryDetector(ContinualModule):
     def __init__(
         self,
         modules: Sequence[ContinualModule] = (),
-        warmup: int = 20,
+        warmup: int | None = None,
         delta: float = 0.5,
         threshold: float = 20.0,
+        signal: Signal = "return",
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -109,7 +132,12 @@ class BoundaryDetector(ContinualModule):
             raise ConfigError("BoundaryDetector takes ContinualModule instances")
         if any(isinstance(m, BoundaryDetector) for m in self.modules):
             raise ConfigError("BoundaryDetector cannot hold another BoundaryDetector")
-        self.test = ReturnDropTest(warmup, delta, threshold)
+        if signal not in ("return", "value-error"):
+            raise ConfigError(f"BoundaryDetector signal must be 'return' or 'value-error', got {signal!r}")
+        self.signal: Signal = signal
+        if warmup is None:
+            warmup = 20 if signal == "return" else 5
+        self.test = ChangeTest(warmup, delta, threshold, "down" if signal == "return" else "up")
         self.detections: list[int] = []
         """Environment steps at which a boundary was detected."""
         self._pending = False
@@ -124,10 +152,21 @@ class BoundaryDetector(ContinualModule):
         ``results.json``: a checkpoint cannot rebuild the held modules from it)."""
         held = [{"class": type(m).__name__, "config": m.get_config()} for m in self.modules]
         test = self.test
-        return {"modules": held, "warmup": test.warmup, "delta": test.delta, "threshold": test.threshold}
+        return {
+            "modules": held,
+            "warmup": test.warmup,
+            "delta": test.delta,
+            "threshold": test.threshold,
+            "signal": self.signal,
+        }
 
     def check_model(self, model: BaseAlgorithm) -> None:
-        """Every held module checks the model."""
+        """Refuse ``signal="value-error"`` off-policy; every held module checks the model."""
+        if self.signal == "value-error" and not isinstance(model, OnPolicyAlgorithm):
+            raise ConfigError(
+                f"BoundaryDetector signal='value-error' reads an on-policy rollout's returns and values; "
+                f"{type(model).__name__} has none: use signal='return'"
+            )
         for module in self.modules:
             module.check_model(model)
 
@@ -183,12 +222,20 @@ class BoundaryDetector(ContinualModule):
             module.on_rollout_start()
 
     def _on_step(self) -> bool:
-        for value in finished_returns(self.locals.get("infos", ())):
-            if self.test.update(value):
-                self._pending = True
+        if self.signal == "return":
+            for value in finished_returns(self.locals.get("infos", ())):
+                if self.test.update(value):
+                    self._pending = True
         return all([module.on_step() for module in self.modules])
 
+    def value_error(self) -> float:
+        """The value function's mean squared error on the rollout just collected (on-policy)."""
+        buffer: Any = self.sb3_model.rollout_buffer  # type: ignore[attr-defined]
+        return float(np.mean(np.square(buffer.returns - buffer.values)))
+
     def _on_rollout_end(self) -> None:
+        if self.signal == "value-error" and self.test.update(self.value_error()):
+            self._pending = True
         for module in self.modules:
             module.on_rollout_end()
         if self._pending:
