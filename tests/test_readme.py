@@ -103,7 +103,7 @@ def test_every_readme_shell_block_runs_as_written(line: int, commands: list[str]
             env=env,
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=1800,
         )
         assert done.returncode == 0, (
             f"README line {line}: {command}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
@@ -117,3 +117,21 @@ def test_the_readme_names_the_main_commands() -> None:
     commands = _readme_commands()
     assert "clrl demo" in commands and "clrl list" in commands
     assert len(commands) >= 10
+
+
+def test_the_readme_data_blocks_are_what_clrl_reads() -> None:
+    """The YAML block is agents/zoo/ppo.yml (which tests/test_zoo.py runs with the Zoo); the TOML blocks
+    are a stream file and a task's schedule keys that validate as written."""
+    import tomllib
+    import yaml
+
+    text = README.read_text()
+    (zoo,) = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    assert yaml.safe_load(zoo) == yaml.safe_load((README.parent / "agents" / "zoo" / "ppo.yml").read_text())
+    stream_file, schedules = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    stream = clrl.streams.stream_from_dict(tomllib.loads(stream_file))
+    stream.validate()
+    task = {"name": "drifting", "env_id": "CartPole-v1", **tomllib.loads(schedules)}
+    drifting = clrl.streams.stream_from_dict({"name": "drift", "steps_per_task": 10_000, "tasks": [task]})
+    drifting.validate()
+    assert drifting.tasks[0].schedules
