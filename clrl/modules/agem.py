@@ -78,7 +78,8 @@ class AGEM(StateRecorder, OutputReplay):
     cosine at most 2e-4). ``project="step"`` applies the projection to the step the
     optimiser actually took: after ``optimizer.step()``, a parameter change ``Δ`` with ``Δ · g_ref > 0`` is
     replaced by ``Δ - (Δ · g_ref / g_ref · g_ref) g_ref`` (Adam's moment estimates keep the unprojected
-    gradient). Whether that forgets less has not been measured over seeds yet.
+    gradient). It forgets more, not less (README, "Replay modules": DQN on two cartpole-flip tasks, 3
+    seeds, forgetting 211.8 against the gradient projection's 102.9 and fine-tuning's 410.8).
 
     Paper: Chaudhry et al. 2019, "Efficient Lifelong Learning with A-GEM" (ICLR).
 

@@ -127,9 +127,9 @@ class BoundaryDetector(ContinualModule):
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
+        if not isinstance(modules, list | tuple) or not all(isinstance(m, ContinualModule) for m in modules):
+            raise ConfigError(f"BoundaryDetector takes a list of ContinualModule instances, got {modules!r}")
         self.modules = list(modules)
-        if not all(isinstance(m, ContinualModule) for m in self.modules):
-            raise ConfigError("BoundaryDetector takes ContinualModule instances")
         if any(isinstance(m, BoundaryDetector) for m in self.modules):
             raise ConfigError("BoundaryDetector cannot hold another BoundaryDetector")
         if signal not in ("return", "value-error"):
