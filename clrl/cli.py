@@ -231,7 +231,7 @@ SMOKE_TEST_VARIABLE = "CLRL_SMOKE_TEST"
 SMOKE_TEST_STEPS = 256
 """With ``CLRL_SMOKE_TEST=1`` in the environment, ``clrl run``, ``clrl demo`` and ``clrl sweep`` check that
 a command runs instead of measuring: ``SMOKE_TEST_STEPS`` steps per task, one evaluation episode, no
-evaluations during training, the first seed only (how the README's commands are tested; README, Set-up)."""
+evaluations during training, the smallest seed only (how the README's commands are tested; README, Set-up)."""
 
 
 def smoke_test() -> bool:
@@ -245,7 +245,7 @@ def _smoke_specs(specs: list[RunSpec]) -> list[RunSpec]:
         return specs
     print(
         f"clrl: {SMOKE_TEST_VARIABLE} is set: {SMOKE_TEST_STEPS} steps per task, one evaluation episode, the "
-        "first seed only (a check that the command runs, not a result)",
+        "smallest seed only (a check that the command runs, not a result)",
         file=sys.stderr,
         flush=True,
     )

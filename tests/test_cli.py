@@ -462,3 +462,23 @@ def test_the_summary_over_seeds_aligns_every_metric() -> None:
     ]
     lines = format_seeds(runs).splitlines()[1:]  # type: ignore[arg-type]
     assert len(lines) == 3 and len({line.index("[") for line in lines}) == 1
+
+
+def test_the_smoke_test_variable_shrinks_a_run_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CLRL_SMOKE_TEST=1: 256 steps per task, one evaluation episode, no evaluations during training, the
+    smallest seed only; unset (or 0), the command's own budget."""
+    monkeypatch.setenv("CLRL_SMOKE_TEST", "1")
+    args = ["run", "cartpole-flip", "--seeds", "3", "1", "--eval-freq", "100", "--eval-episodes", "7"]
+    args += ["--logdir", str(tmp_path), "--no-progress", "--no-plasticity", "--hp", "n_envs=1", "n_steps=64"]
+    assert main(args) == 0
+    assert "CLRL_SMOKE_TEST is set: 256 steps per task" in capsys.readouterr().err
+    (run,) = (tmp_path / "cartpole-flip" / "ppo-finetune").iterdir()
+    assert run.name == "seed1"
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["config"]["stream_spec"]["steps_per_task"] == 256 and saved["config"]["eval_episodes"] == 1
+    assert saved["steps"] == [0, 256, 512, 768, 1024]  # no evaluation between task ends
+    monkeypatch.setenv("CLRL_SMOKE_TEST", "0")
+    assert main([*args, "--steps", "64", "--resume"]) == 2  # its own settings again: another run
+    assert "other settings" in capsys.readouterr().err

@@ -91,7 +91,7 @@ def _clrl() -> list[str]:
 def test_every_readme_shell_block_runs_as_written(line: int, commands: list[str], tmp_path: Path) -> None:
     """Each README block of ``clrl`` commands runs as written, in order, in a fresh directory (where the
     repository's ``benchmarks/`` is), under ``CLRL_SMOKE_TEST=1``, as the README says: 256 steps per task,
-    one evaluation episode, the first seed. Every command exits 0 and prints what it computed. Other
+    one evaluation episode, the smallest seed. Every command exits 0 and prints what it computed. Other
     commands (pip, pytest, tensorboard) are not run; a Ray line follows the same sweep on the process
     backend, so it finds every run finished (Ray itself: tests/test_sweep.py)."""
     (tmp_path / "benchmarks").symlink_to(README.parent / "benchmarks")
