@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +154,10 @@ def remove_temporary_files(root: Path) -> list[Path]:
 
 
 def prepare_logdir(
-    logdir: str | Path | None, overwrite: bool, resume: bool = False
+    logdir: str | Path | None, overwrite: bool, resume: bool = False, keep: Collection[str] = ()
 ) -> tuple[Path | None, RunLock | None]:
-    """Create and lock the run directory (:class:`RunLock`), and check it may be used.
+    """Create and lock the run directory (:class:`RunLock`), and check it may be used; files named in
+    ``keep`` are not the run's (a sweep's record and log of it): they neither count as a run nor go.
 
     Returns:
         The directory and its lock (release it when the run ends), or ``(None, None)`` without ``logdir``.
@@ -178,7 +180,7 @@ def prepare_logdir(
     lock = RunLock(root).acquire()
     try:
         remove_temporary_files(root)  # of a killed run: whatever wrote them is gone (we hold the lock)
-        held = [p for p in root.iterdir() if p.name not in RunLock.FILES]
+        held = [p for p in root.iterdir() if p.name not in RunLock.FILES and p.name not in keep]
         if held and not resume:
             if not overwrite:
                 raise RunExistsError(

@@ -326,6 +326,12 @@ def completed_tasks(run_dir: str | Path) -> int | None:
     return done if isinstance(done, int) else None
 
 
+SPEC_FILE = "spec.json"
+"""The run's :class:`RunSpec`, written by the sweep beside ``results.json``."""
+LOG_FILE = "sweep.log"
+"""The run's output (stdout and stderr) when a sweep runs it."""
+
+
 def _learn_without_boundaries(
     spec: RunSpec,
     stream: TaskStream,
@@ -353,6 +359,7 @@ def _learn_without_boundaries(
         plasticity=spec.plasticity,
         overwrite=overwrite or resume,
     )
+    callback._keep = (SPEC_FILE, LOG_FILE)  # a sweep's record of the run and its log, written before it
     model.learn(callback.total_steps, callback=callback, progress_bar=progress_bar)
     assert callback.result is not None
     return callback.result

@@ -137,6 +137,7 @@ class StreamCallback(BaseCallback):
         self.reset_buffer = reset_buffer
         self.logdir = None if logdir is None else Path(logdir)
         self.overwrite = overwrite
+        self._keep: tuple[str, ...] = ()  # files of logdir that are not the run's (a sweep's spec and log)
         self.plasticity = plasticity
         self.monitor: PlasticityMonitor | None = None
         """The plasticity monitor of the running ``learn`` (``None`` before it, or when there is none)."""
@@ -168,7 +169,7 @@ class StreamCallback(BaseCallback):
         check_fit(self.modules, stream, model)
         check_model(model, stream)
         self.monitor = monitor_for(self.plasticity, model)
-        root, self._lock = prepare_logdir(self.logdir, overwrite=self.overwrite)
+        root, self._lock = prepare_logdir(self.logdir, overwrite=self.overwrite, keep=self._keep)
         try:
             self._start(root)
         except BaseException:

@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 from clrl import _worker
 from clrl.errors import ConfigError
-from clrl.experiment import BASELINES, RunSpec, completed_tasks, make_modules
+from clrl.experiment import BASELINES, LOG_FILE, SPEC_FILE, RunSpec, completed_tasks, make_modules
 from clrl.progress import progress as make_progress
 from clrl.streams import TaskStream
 
@@ -68,10 +68,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 Status = Literal["done", "skipped", "failed"]
-SPEC_FILE = "spec.json"
-"""The run's :class:`RunSpec`, written by the sweep beside ``results.json``."""
-LOG_FILE = "sweep.log"
-"""The run's output (stdout and stderr) when a sweep runs it."""
 
 
 @dataclass

@@ -409,3 +409,21 @@ def test_a_sigkilled_sweep_driver_takes_its_runs_with_it(tmp_path: Path) -> None
     while time.monotonic() < deadline and _processes_mentioning(str(logdir)):
         time.sleep(0.1)
     assert _processes_mentioning(str(logdir)) == []  # the parent-death signal ended them
+
+
+def test_a_stream_with_hidden_boundaries_keeps_the_sweeps_record_and_log_and_relaunch_skips(
+    tmp_path: Path,
+) -> None:
+    """Such a run starts over when half-finished, but the sweep's spec.json and sweep.log, written before
+    it starts, are not the run's to remove (they were, so a relaunch could not recognise the finished run
+    and a failure's log was gone)."""
+    text = clrl.streams.builtin_streams()["cartpole-drift"].read_text(encoding="utf-8")
+    path = tmp_path / "hidden.toml"
+    path.write_text(text.replace('name = "cartpole-drift"', 'name = "hidden"\nboundaries = "hidden"'))
+    runs = [tiny(stream=str(path), steps=64)]
+    result = sweep(runs, tmp_path / "sweep", workers=1, progress=False, log=lambda _: None)
+    assert [o.status for o in result.outcomes] == ["done"], [o.error for o in result.outcomes]
+    run_dir = result.outcomes[0].run_dir
+    assert (run_dir / "spec.json").is_file() and "clrl:" in (run_dir / "sweep.log").read_text()
+    again = sweep(runs, tmp_path / "sweep", workers=1, progress=False, log=lambda _: None)
+    assert [o.status for o in again.outcomes] == ["skipped"]

@@ -65,8 +65,8 @@ def _recording_anchors(module: Any) -> list[tuple[int, dict[str, torch.Tensor]]]
 def test_a_scheduled_module_consolidates_every_k_steps_on_a_hidden_stream(name: str) -> None:
     """PPO's rollouts are 32 steps: rollouts end at 32, 64, ..., 256, so with every=64 the module
     consolidates at 64, 128, 192 and 256 (the end of the first rollout at or after each multiple), each time
-    with the parameters of that moment as its anchor, and once more at the stream's end (its only
-    boundary), after the last update."""
+    with the parameters of that moment as its anchor; the stream's end (its only boundary) comes at the
+    step of the last one, so it does not consolidate again."""
     stream = _hidden()
     module = SCHEDULED[name](strength=1.0, every=64)
     assert not module.needs_boundaries() and SCHEDULED[name]().needs_boundaries()
@@ -74,8 +74,8 @@ def test_a_scheduled_module_consolidates_every_k_steps_on_a_hidden_stream(name: 
     callback = clrl.StreamCallback(stream, [module], eval_episodes=1, plasticity=False)
     _ppo(stream).learn(callback.total_steps, callback=[callback, snapshots])
     assert module.consolidations == 4 and module.tasks_seen == 1
-    assert [step for step, _ in anchors] == [64, 128, 192, 256, 256]
-    for step, anchor in anchors[:4]:
+    assert [step for step, _ in anchors] == [64, 128, 192, 256]  # the end, at 256 too, adds nothing
+    for step, anchor in anchors:
         for n, a in anchor.items():
             assert torch.equal(a, snapshots.at[step][n]), (step, n)
     assert all(torch.isfinite(w).all() and (w >= 0).all() for w in module.importance.values())
@@ -170,3 +170,13 @@ def test_replay_without_include_current_replays_nothing_inside_one_task() -> Non
     assert replay.replayed == 0
     with pytest.raises(clrl.ConfigError, match="include_current"):
         clrl.Replay(include_current="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULED))
+def test_an_off_policy_stream_whose_end_falls_on_a_consolidation(name: str) -> None:
+    """DQN's rollouts of 4 steps end at 256, where every=64 consolidates: the end of the task then has no
+    new state and must not estimate on none (it raised 'holds no states of this task')."""
+    model, _ = make_model("dqn")
+    module = SCHEDULED[name](strength=1.0, every=64)
+    model.learn(256, callback=module)
+    assert module.consolidations == 4 and module.tasks_seen == 1

@@ -61,7 +61,7 @@ class MAS(ImportancePenalty):
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Add the task's importance; the current parameters become the anchor."""
-        self.consolidate(task.index)
+        self.end_of_task_consolidation(task)
 
     def consolidate(self, *key: int) -> None:
         """Add the importance on the states since the last consolidation (or the task start); the current

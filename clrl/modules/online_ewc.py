@@ -59,7 +59,7 @@ class OnlineEWC(FisherPenalty):
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Fold the task's Fisher into the running one; the current parameters become the anchor."""
-        self.consolidate(task.index)
+        self.end_of_task_consolidation(task)
 
     def consolidate(self, *key: int) -> None:
         """Fold the Fisher of the states since the last consolidation (or the task start) into the running

@@ -83,6 +83,7 @@ class QuadraticPenalty(ContinualModule):
         self.consolidations = 0
         """Consolidations made on the ``every`` schedule (task ends not counted)."""
         self._due = Periodic(None)
+        self._consolidated_at: int | None = None  # the step of the last scheduled consolidation
         self.anchor: Tensors = {}
         """Parameters the penalty pulls toward (EWC: the importance-weighted mean of its anchors)."""
         self.importance: Tensors = {}
@@ -104,6 +105,12 @@ class QuadraticPenalty(ContinualModule):
     def begin_segment(self) -> None:
         """Start what the next consolidation sums (at a task start, and after each scheduled one)."""
 
+    def end_of_task_consolidation(self, task: TaskInfo) -> None:
+        """:meth:`consolidate` at a task's end, unless a scheduled one was made at this very step (nothing
+        was collected since: off-policy there would be no state to estimate on)."""
+        if self._consolidated_at is None or self._consolidated_at != self.sb3_model.num_timesteps:
+            self.consolidate(task.index)
+
     def _on_rollout_end(self) -> None:
         model = self.sb3_model
         if self._due.due(model.num_timesteps):
@@ -111,6 +118,7 @@ class QuadraticPenalty(ContinualModule):
             self.consolidate(task.index if task is not None else self.tasks_seen, model.num_timesteps)
             self.begin_segment()
             self.consolidations += 1
+            self._consolidated_at = model.num_timesteps
             self.attach()  # new anchors and weights: the hooks' cached tensors are rebuilt
         super()._on_rollout_end()
 

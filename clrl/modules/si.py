@@ -121,7 +121,7 @@ class SI(QuadraticPenalty):
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Fold the path integral into the importance; the current parameters become the anchor."""
-        self.consolidate(task.index)
+        self.end_of_task_consolidation(task)
 
     def consolidate(self, *key: int) -> None:
         """Fold the path integral since the last consolidation (or the task start) into the importance;
