@@ -14,7 +14,7 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, Repla
 from stable_baselines3.common.vec_env import VecNormalize
 
 from clrl.errors import ConfigError
-from clrl.modules.base import TaskInfo, check_fraction, patch_attributes
+from clrl.modules.base import TaskInfo, check_bool, check_fraction, patch_attributes
 from clrl.modules.memory import Budget, MemoryModule, Rows
 
 
@@ -70,9 +70,7 @@ class Replay(MemoryModule):
     ) -> None:
         super().__init__(budget, require_task_id, verbose)
         self.fraction = check_fraction(fraction, "Replay fraction")
-        if not isinstance(include_current, bool):
-            raise ConfigError(f"Replay include_current must be true or false, got {include_current!r}")
-        self.include_current = include_current
+        self.include_current = check_bool(include_current, "Replay include_current")
         self._buffer: ReplayBuffer | None = None
         self._unpatch: Callable[[], None] | None = None
         self.replayed = 0
