@@ -107,8 +107,9 @@ class QuadraticPenalty(ContinualModule):
 
     def end_of_task_consolidation(self, task: TaskInfo) -> None:
         """:meth:`consolidate` at a task's end, unless a scheduled one was made at this very step (nothing
-        was collected since: off-policy there would be no state to estimate on)."""
-        if self._consolidated_at != self.sb3_model.num_timesteps:
+        was collected since: off-policy there would be no state to estimate on). Without a scheduled one
+        the model is not consulted, so a module driven by hand needs none."""
+        if self._consolidated_at is None or self._consolidated_at != self.sb3_model.num_timesteps:
             self.consolidate(task.index)
 
     def _on_rollout_end(self) -> None:
