@@ -45,6 +45,7 @@ from clrl.modules import (
     OnlineEWC,
     PackNet,
     ParsevalRegularisation,
+    PlasticityInjection,
     ProgressAndCompress,
     ProgressiveColumns,
     ReDo,
@@ -52,9 +53,11 @@ from clrl.modules import (
     Reset,
     ResetOptimizer,
     ShrinkAndPerturb,
+    injection_policy,
     multihead_policy,
     progressive_policy,
 )
+from clrl.modules.plasticity_injection import injections_needed
 from clrl.presets import hyperparameters, make_model, module_defaults, preset
 from clrl.results import TrainResult, reference_mismatch, run_config
 from clrl.runner import VEC_ENVS, train, train_multitask, train_single_task
@@ -86,6 +89,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "reset": Reset,
     "continual-backprop": ContinualBackprop,
     "parseval": ParsevalRegularisation,
+    "plasticity-injection": PlasticityInjection,
     "detector": BoundaryDetector,
 }
 """Continual methods by command-line name (``None``: no module). ``detector`` holds the other modules of
@@ -97,6 +101,7 @@ POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
     "multihead": multihead_policy,
     "progressive": progressive_policy,
     "pnc": progressive_policy,  # two columns: the knowledge base and the active column
+    "plasticity-injection": injection_policy,
 }
 """Methods that need their own policy class, and the function that names it for an algorithm."""
 EXTRACTOR_METHODS: dict[str, type[BaseFeaturesExtractor]] = {"dualnet": DualNetExtractor}
@@ -171,8 +176,11 @@ def make_modules(method: str, args: dict[str, Any], algo: str | None = None) -> 
     return modules
 
 
-def policy_hyperparameters(method: str, algo: str, stream: TaskStream, hp: dict[str, Any]) -> dict[str, Any]:
-    """``hp`` with the policy ``method`` needs (one head or column per task), the preset's network kept.
+def policy_hyperparameters(
+    method: str, algo: str, stream: TaskStream, hp: dict[str, Any], method_args: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``hp`` with the policy ``method`` needs (one head or column per task, or the injections
+    ``method_args``' schedule makes), the preset's network kept.
 
     Methods without a policy of their own return ``hp`` unchanged.
 
@@ -190,7 +198,10 @@ def policy_hyperparameters(method: str, algo: str, stream: TaskStream, hp: dict[
     out = {**hp}
     if needs:
         out["policy"] = POLICY_METHODS[needs[0]](get_algorithm(algo))
-        policy_kwargs["n_tasks"] = 2 if needs[0] == "pnc" else len(stream)
+        if needs[0] == "plasticity-injection":
+            policy_kwargs["injections"] = injections_needed(stream, (method_args or {}).get("every"))
+        else:
+            policy_kwargs["n_tasks"] = 2 if needs[0] == "pnc" else len(stream)
     if extractors:
         policy_kwargs.setdefault("features_extractor_class", extractors[0])
     out["policy_kwargs"] = policy_kwargs
@@ -283,7 +294,7 @@ class RunSpec:
                 f"the detector finds boundaries a stream hides; stream {stream.name!r} announces them "
                 "(add boundaries = 'hidden' to the stream file, or drop detector+)"
             )
-        hp = policy_hyperparameters(self.method, self.algo, stream, self.hyperparameters)
+        hp = policy_hyperparameters(self.method, self.algo, stream, self.hyperparameters, self.method_args)
         hyperparameters(stream.name, self.algo, hp)
         return stream
 
@@ -393,7 +404,7 @@ def run_experiment(
         ClrlError: Any bad setting (before training), or :class:`~clrl.TrainingError` for a failed task.
     """
     stream = spec.check()
-    hp = policy_hyperparameters(spec.method, spec.algo, stream, spec.hyperparameters)
+    hp = policy_hyperparameters(spec.method, spec.algo, stream, spec.hyperparameters, spec.method_args)
     if verbose:
         hp.setdefault("verbose", 1)
     run_dir = spec.run_dir(logdir, stream.name)

@@ -274,7 +274,7 @@ def hidden_layers(model: BaseAlgorithm) -> list[HiddenLayer]:
             parent = model.policy.get_submodule(parent_path) if parent_path else model.policy
             if (
                 isinstance(parent, nn.Sequential)
-                and parent_path == "actor.mu"
+                and (parent_path == "actor.mu" or parent_path.startswith("actor.mu."))  # injected copies
                 and index == str(len(parent) - 1)
             ):
                 break  # the tanh that squashes TD3's and DDPG's action is the output, not a hidden layer

@@ -26,6 +26,14 @@ from clrl.modules.online_ewc import OnlineEWC
 from clrl.modules.packnet import PackNet
 from clrl.modules.parseval import ParsevalRegularisation
 from clrl.modules.penalty import ImportancePenalty, QuadraticPenalty
+from clrl.modules.plasticity_injection import (
+    InjectionActorCriticPolicy,
+    InjectionDQNPolicy,
+    InjectionSACPolicy,
+    InjectionTD3Policy,
+    PlasticityInjection,
+    injection_policy,
+)
 from clrl.modules.progress_compress import ProgressAndCompress
 from clrl.modules.progressive import (
     ProgressiveActorCriticPolicy,
@@ -58,6 +66,10 @@ __all__ = [
     "DualNet",
     "DualNetExtractor",
     "ImportancePenalty",
+    "InjectionActorCriticPolicy",
+    "InjectionDQNPolicy",
+    "InjectionSACPolicy",
+    "InjectionTD3Policy",
     "L2Init",
     "LwF",
     "MultiHead",
@@ -69,6 +81,7 @@ __all__ = [
     "PackNet",
     "ParamGroup",
     "ParsevalRegularisation",
+    "PlasticityInjection",
     "ProgressAndCompress",
     "ProgressiveActorCriticPolicy",
     "ProgressiveColumns",
@@ -83,6 +96,7 @@ __all__ = [
     "ShrinkAndPerturb",
     "TaskInfo",
     "add_to_grad",
+    "injection_policy",
     "multihead_policy",
     "progressive_policy",
 ]

@@ -16,6 +16,7 @@ from clrl.modules.surgery import (
     network_linears,
     reset_optimizer_entries,
     selected_networks,
+    target_copy,
 )
 from clrl.plasticity import network_parameters, policy_networks
 
@@ -105,13 +106,7 @@ class Reset(ScheduledSurgery):
 
     def _copy_to_target(self, path: str, module: torch.nn.Linear) -> None:
         """Give the target network's copy of the layer at ``path`` the same weights."""
-        head, _, rest = path.partition(".")
-        try:
-            target = self.sb3_model.policy.get_submodule(
-                f"{head}_target.{rest}" if rest else f"{head}_target"
-            )
-        except AttributeError:
-            return
+        target = target_copy(self.sb3_model, path)
         if isinstance(target, torch.nn.Linear) and target.weight.shape == module.weight.shape:
             target.load_state_dict(module.state_dict())
 

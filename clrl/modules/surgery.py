@@ -104,6 +104,16 @@ def reinitialise_units(
         reset_optimizer_entries(model, layer.weight, units.unsqueeze(0).expand_as(layer.weight))
 
 
+def target_copy(model: BaseAlgorithm, path: str) -> nn.Module | None:
+    """The module of the policy's target network (SAC's and TD3's ``critic_target`` and ``actor_target``,
+    DQN's ``q_net_target``) that copies the one at ``path``, or ``None``."""
+    head, _, rest = path.partition(".")
+    try:
+        return model.policy.get_submodule(f"{head}_target.{rest}" if rest else f"{head}_target")
+    except AttributeError:
+        return None
+
+
 def selected_networks(model: BaseAlgorithm, networks: str) -> list[str]:
     """The networks of :func:`clrl.plasticity.policy_networks` that ``networks`` names: ``"actor"`` (what
     chooses actions: the actor, or DQN's Q-network) or ``"all"``.
