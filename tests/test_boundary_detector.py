@@ -82,8 +82,46 @@ def test_the_value_error_signal_needs_an_on_policy_algorithm() -> None:
     callback = clrl.StreamCallback(stream, [clrl.BoundaryDetector([], signal="value-error")], eval_episodes=1)
     with pytest.raises(clrl.ConfigError, match="signal='value-error' reads an on-policy rollout"):
         model.learn(callback.total_steps, callback=callback)
-    with pytest.raises(clrl.ConfigError, match="signal must be 'return' or 'value-error'"):
+    with pytest.raises(clrl.ConfigError, match="signal must be one of return, value-error, td-error"):
         clrl.BoundaryDetector([], signal="loss")  # type: ignore[arg-type]
+
+
+def test_the_td_error_signal_finds_a_reward_rise_off_policy() -> None:
+    """DQN on the tenfold reward rise at step 1,000: the TD loss SB3 records after each update jumps as the
+    new rewards enter the buffer; the returns rise (nothing to detect)."""
+    stream = _reward_change(10.0)
+    detector = clrl.BoundaryDetector([], signal="td-error")
+    callback = clrl.StreamCallback(stream, [detector], eval_episodes=1, plasticity=False)
+    model = DQN(
+        "MlpPolicy",
+        stream.make_vec_env(0),
+        learning_starts=100,
+        buffer_size=1000,
+        batch_size=32,
+        target_update_interval=100,
+        device=DEVICE,
+    )
+    model.learn(callback.total_steps, callback=callback)
+    found = metrics.detection_delays(detector.detections, [1000], horizon=600)
+    assert found["found"] == 1 and found["false_alarms"] == 0, found
+    assert detector.test.warmup == 10 and detector.get_config()["window"] == 25
+    state = detector.state_dict()
+    again = clrl.BoundaryDetector([], signal="td-error")
+    again.load_state_dict(state)
+    assert again.state_dict() == state
+    assert (
+        model._n_updates - 1 <= state["updates_read"] <= model._n_updates
+    )  # the last update: after the last read
+
+
+def test_the_td_error_signal_needs_an_off_policy_algorithm() -> None:
+    stream = _reward_change(10.0)
+    model = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=64, batch_size=64, device=DEVICE)
+    callback = clrl.StreamCallback(stream, [clrl.BoundaryDetector([], signal="td-error")], eval_episodes=1)
+    with pytest.raises(clrl.ConfigError, match="signal='td-error' reads an off-policy critic"):
+        model.learn(callback.total_steps, callback=callback)
+    with pytest.raises(clrl.ConfigError, match="window must be"):
+        clrl.BoundaryDetector([], signal="td-error", window=0)
 
 
 def test_bad_test_settings_are_refused() -> None:

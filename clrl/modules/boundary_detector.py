@@ -1,5 +1,6 @@
-"""BoundaryDetector: task boundaries from a change-point test on a training signal (the episode returns, or
-the value function's error on each rollout), for modules that need them on streams that hide them."""
+"""BoundaryDetector: task boundaries from a change-point test on a training signal (the episode returns,
+the value function's error on each rollout, or an off-policy critic's TD loss), for modules that need
+them on streams that hide them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from clrl.algorithms import finished_returns
@@ -16,7 +18,11 @@ from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive, check_positive_int
 
 Direction = Literal["down", "up"]
-Signal = Literal["return", "value-error"]
+Signal = Literal["return", "value-error", "td-error"]
+SIGNALS = ("return", "value-error", "td-error")
+_CRITIC_LOSSES = ("train/loss", "train/critic_loss")
+"""The keys under which SB3's off-policy algorithms record their critic's loss after each update: DQN's and
+QR-DQN's ``train/loss``, SAC's, TD3's, TQC's and CrossQ's ``train/critic_loss``."""
 
 
 def _page_hinkley(delta: float, threshold: float, min_instances: int, mode: Direction) -> Any:
@@ -96,22 +102,29 @@ class BoundaryDetector(ContinualModule):
       tested for a rise: a change of rewards or dynamics makes the critic's predictions wrong, even when
       the returns do not fall (a task that became easier). On-policy algorithms (PPO, A2C, RecurrentPPO),
       whose rollout holds both.
+    * ``signal="td-error"``: the TD loss of an off-policy critic, as SB3 records it after each update
+      (DQN's Huber loss of ``Q(s, a)`` against ``r + γ max Q_target(s', ·)``, SAC's and TD3's critic
+      loss; ``train/loss`` or ``train/critic_loss``), averaged over blocks of ``window`` updates, each
+      block one value of the test, tested for a rise. Off-policy algorithms (DQN, QR-DQN, SAC, TD3, TQC,
+      CrossQ). The loss is on batches sampled from the whole replay buffer, so a change shows as the new
+      transitions enter it: more slowly with a larger buffer.
 
     An alarm ends the modules' task and begins the next, at the end of the rollout it came in (before the
     update, so on-policy modules read a whole rollout). The modules see tasks ``0, 1, ...`` named
     ``detected-<k>``. :attr:`detections` holds the steps of the alarms (compare them to the stream's true
     boundaries with :func:`clrl.metrics.detection_delays`). The detector is itself task-free.
 
-    Deviations: no test on off-policy TD errors or on observation statistics. The modules inside are not
-    saved by :func:`clrl.save`.
+    Deviations: no test on observation statistics. The modules inside are not saved by :func:`clrl.save`.
 
     Args:
         modules: The modules to give boundaries to.
         warmup: Values that set the test's scale after each boundary (>= 2): episodes for ``"return"``
-            (default 20), rollouts for ``"value-error"`` (default 5).
+            (default 20), rollouts for ``"value-error"`` (default 5), blocks of updates for ``"td-error"``
+            (default 10).
         delta: Allowed drift of the signal, in standard deviations of the warm-up.
         threshold: Alarm threshold, in standard deviations of the warm-up.
-        signal: ``"return"`` or ``"value-error"`` (above).
+        signal: ``"return"``, ``"value-error"`` or ``"td-error"`` (above).
+        window: Updates averaged into one value of ``"td-error"`` (>= 1).
         verbose: SB3 callback verbosity.
     """
 
@@ -124,6 +137,7 @@ class BoundaryDetector(ContinualModule):
         delta: float = 0.5,
         threshold: float = 20.0,
         signal: Signal = "return",
+        window: int = 25,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -132,16 +146,19 @@ class BoundaryDetector(ContinualModule):
         self.modules = list(modules)
         if any(isinstance(m, BoundaryDetector) for m in self.modules):
             raise ConfigError("BoundaryDetector cannot hold another BoundaryDetector")
-        if signal not in ("return", "value-error"):
-            raise ConfigError(f"BoundaryDetector signal must be 'return' or 'value-error', got {signal!r}")
+        if signal not in SIGNALS:
+            raise ConfigError(f"BoundaryDetector signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
         self.signal: Signal = signal
+        self.window = check_positive_int(window, "BoundaryDetector window")
         if warmup is None:
-            warmup = 20 if signal == "return" else 5
+            warmup = {"return": 20, "value-error": 5, "td-error": 10}[signal]
         self.test = ChangeTest(warmup, delta, threshold, "down" if signal == "return" else "up")
         self.detections: list[int] = []
         """Environment steps at which a boundary was detected."""
         self._pending = False
         self._segment = 0
+        self._losses: list[float] = []
+        self._updates_read = 0
 
     def needs_boundaries(self) -> bool:
         """Task-free: it makes the boundaries."""
@@ -158,14 +175,21 @@ class BoundaryDetector(ContinualModule):
             "delta": test.delta,
             "threshold": test.threshold,
             "signal": self.signal,
+            "window": self.window,
         }
 
     def check_model(self, model: BaseAlgorithm) -> None:
-        """Refuse ``signal="value-error"`` off-policy; every held module checks the model."""
+        """Refuse ``signal="value-error"`` off-policy and ``"td-error"`` on-policy; every held module checks
+        the model."""
         if self.signal == "value-error" and not isinstance(model, OnPolicyAlgorithm):
             raise ConfigError(
                 f"BoundaryDetector signal='value-error' reads an on-policy rollout's returns and values; "
-                f"{type(model).__name__} has none: use signal='return'"
+                f"{type(model).__name__} has none: use signal='td-error' or 'return'"
+            )
+        if self.signal == "td-error" and not isinstance(model, OffPolicyAlgorithm):
+            raise ConfigError(
+                f"BoundaryDetector signal='td-error' reads an off-policy critic's TD loss; "
+                f"{type(model).__name__} has none: use signal='value-error' or 'return'"
             )
         for module in self.modules:
             module.check_model(model)
@@ -218,6 +242,8 @@ class BoundaryDetector(ContinualModule):
             module.on_training_start(self.locals, self.globals)
 
     def _on_rollout_start(self) -> None:
+        if self.signal == "td-error":
+            self._read_td_loss()
         for module in self.modules:
             module.on_rollout_start()
 
@@ -232,6 +258,25 @@ class BoundaryDetector(ContinualModule):
         """The value function's mean squared error on the rollout just collected (on-policy)."""
         buffer: Any = self.sb3_model.rollout_buffer  # type: ignore[attr-defined]
         return float(np.mean(np.square(buffer.returns - buffer.values)))
+
+    def _read_td_loss(self) -> None:
+        """Collect the critic loss SB3 recorded in the update since the last rollout (an off-policy
+        algorithm updates between rollouts, and its logger keeps the value until the next dump, which
+        happens inside the rollout); feed each full block's mean to the test."""
+        model = self.sb3_model
+        updates = int(getattr(model, "_n_updates", 0))
+        if updates == self._updates_read:
+            return  # no update since the last read (learning has not started)
+        self._updates_read = updates
+        values = model.logger.name_to_value
+        loss = next((values[k] for k in _CRITIC_LOSSES if k in values), None)
+        if loss is None:
+            return
+        self._losses.append(float(loss))
+        if len(self._losses) >= self.window:
+            if self.test.update(float(np.mean(self._losses))):
+                self._pending = True
+            self._losses = []
 
     def _on_rollout_end(self) -> None:
         if self.signal == "value-error" and self.test.update(self.value_error()):
@@ -258,9 +303,16 @@ class BoundaryDetector(ContinualModule):
 
     def state_dict(self) -> dict[str, Any]:
         """The detections (the held modules keep their own state)."""
-        return {"detections": list(self.detections), "segment": self._segment}
+        return {
+            "detections": list(self.detections),
+            "segment": self._segment,
+            "losses": list(self._losses),
+            "updates_read": self._updates_read,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.detections = [int(s) for s in state["detections"]]
         self._segment = int(state["segment"])
+        self._losses = [float(v) for v in state.get("losses", [])]
+        self._updates_read = int(state.get("updates_read", 0))
