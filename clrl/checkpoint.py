@@ -279,7 +279,7 @@ def load(
     modules = []
     for entry in payload["modules"]:
         cls = _import(entry["class"], ContinualModule)
-        module = cls(**entry["config"])
+        module = cls.from_config(entry["config"])  # type: ignore[attr-defined]
         module.load_state_dict(entry["state"])
         module.tasks_seen = entry["tasks_seen"]
         module.bind(model)

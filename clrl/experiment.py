@@ -290,7 +290,7 @@ class RunSpec:
         modules = make_modules(self.method, self.method_args, self.algo)
         check_stream_fit(modules, stream)
         if stream.boundaries != "hidden" and any(isinstance(m, BoundaryDetector) for m in modules):
-            raise ConfigError(  # on such a stream clrl.train checkpoints, and the held modules are not saved
+            raise ConfigError(  # its modules are told the boundaries already
                 f"the detector finds boundaries a stream hides; stream {stream.name!r} announces them "
                 "(add boundaries = 'hidden' to the stream file, or drop detector+)"
             )

@@ -3,8 +3,11 @@ boundaries it gives to modules on a stream that hides them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from conftest import DEVICE
 from stable_baselines3 import DQN, PPO
 
@@ -176,3 +179,33 @@ def test_the_detector_gives_boundaries_to_modules_on_a_stream_that_hides_them() 
     assert report["found"] == 1 and report["false_alarms"] == 0, detector.detections
     assert held.started == ["detected-0", "detected-1"] and held.tasks_seen == 2
     assert detector.tasks_seen == 1  # the detector itself saw the stream as one task
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+def test_a_saved_detector_keeps_its_held_modules(tmp_path: Path) -> None:
+    stream = _reward_change(10.0)
+    model = DQN("MlpPolicy", stream.make_vec_env(0), learning_starts=100, buffer_size=1000, device=DEVICE)
+    ewc = clrl.EWC(strength=3.0)
+    detector = clrl.BoundaryDetector([ewc], signal="td-error", window=5)
+    callback = clrl.StreamCallback(stream, [detector], eval_episodes=1, plasticity=False)
+    model.learn(callback.total_steps, callback=callback)
+    assert ewc.tasks_seen >= 1 and ewc.state_dict()
+    path = clrl.save(model, tmp_path / "model", [detector])
+    loaded, (again,) = clrl.load(path, device=DEVICE)
+    assert isinstance(again, clrl.BoundaryDetector) and again.get_config() == detector.get_config()
+    assert again.detections == detector.detections and again.window == 5
+    (held,) = again.modules
+    assert isinstance(held, clrl.EWC) and held.strength == 3.0 and held.tasks_seen == ewc.tasks_seen
+    assert _same(held.state_dict(), ewc.state_dict())
+    assert held.sb3_model is loaded
+    with pytest.raises(clrl.CheckpointError, match="subprocess"):
+        clrl.BoundaryDetector.from_config({"modules": [{"class": "subprocess:Popen", "config": {}}]})

@@ -339,6 +339,11 @@ class ContinualModule(BaseCallback):
         params = inspect.signature(type(self).__init__).parameters
         return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ContinualModule:
+        """The module :meth:`get_config` describes (what :func:`clrl.load` builds from a checkpoint)."""
+        return cls(**config)
+
     def bind(self, model: BaseAlgorithm) -> None:
         """Make ``model`` this module's model, outside ``learn``: to select tasks with :meth:`set_task` on a
         loaded model (:func:`clrl.load` does this), or to carry learned state over to another model on

@@ -114,7 +114,10 @@ class BoundaryDetector(ContinualModule):
     ``detected-<k>``. :attr:`detections` holds the steps of the alarms (compare them to the stream's true
     boundaries with :func:`clrl.metrics.detection_delays`). The detector is itself task-free.
 
-    Deviations: no test on observation statistics. The modules inside are not saved by :func:`clrl.save`.
+    :func:`clrl.save` keeps the held modules (their classes, configurations and state) with the detector's,
+    and :func:`clrl.load` rebuilds them (their classes imported only from allowed modules, as every module's).
+
+    Deviations: no test on observation statistics.
 
     Args:
         modules: The modules to give boundaries to.
@@ -160,14 +163,44 @@ class BoundaryDetector(ContinualModule):
         self._losses: list[float] = []
         self._updates_read = 0
 
+    def bind(self, model: BaseAlgorithm) -> None:
+        """Bind the detector and every held module to ``model``."""
+        super().bind(model)
+        for module in self.modules:
+            module.bind(model)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> BoundaryDetector:
+        """The detector :meth:`get_config` describes, its held modules rebuilt (each class imported only if
+        it is a :class:`clrl.ContinualModule` of an allowed module, see :func:`clrl.allow_imports`).
+
+        Raises:
+            CheckpointError: A held module's class is not allowed or cannot be imported.
+            ConfigError: A setting is bad.
+        """
+        from clrl.plain import import_class
+
+        settings = dict(config)
+        held = settings.pop("modules", [])
+        if not isinstance(held, list) or not all(isinstance(e, dict) and "class" in e for e in held):
+            raise ConfigError(f"BoundaryDetector: the held modules' record is damaged: {held!r}")
+        modules = [
+            import_class(e["class"], (ContinualModule,)).from_config(e.get("config", {}))  # type: ignore[attr-defined]
+            for e in held
+        ]
+        return cls(modules, **settings)
+
     def needs_boundaries(self) -> bool:
         """Task-free: it makes the boundaries."""
         return False
 
     def get_config(self) -> dict[str, Any]:
-        """The test's settings and each held module's class and configuration (a record, for
-        ``results.json``: a checkpoint cannot rebuild the held modules from it)."""
-        held = [{"class": type(m).__name__, "config": m.get_config()} for m in self.modules]
+        """The test's settings and each held module's class (``module:Class``) and configuration, from
+        which :meth:`from_config` rebuilds the detector."""
+        held = [
+            {"class": f"{type(m).__module__}:{type(m).__qualname__}", "config": m.get_config()}
+            for m in self.modules
+        ]
         test = self.test
         return {
             "modules": held,
@@ -302,8 +335,10 @@ class BoundaryDetector(ContinualModule):
         return {"detections": float(len(self.detections))}
 
     def state_dict(self) -> dict[str, Any]:
-        """The detections (the held modules keep their own state)."""
+        """The detections, the TD-loss block being collected and each held module's state (the change test
+        itself starts a new warm-up after loading)."""
         return {
+            "held": [{"tasks_seen": m.tasks_seen, "state": m.state_dict()} for m in self.modules],
             "detections": list(self.detections),
             "segment": self._segment,
             "losses": list(self._losses),
@@ -316,3 +351,9 @@ class BoundaryDetector(ContinualModule):
         self._segment = int(state["segment"])
         self._losses = [float(v) for v in state.get("losses", [])]
         self._updates_read = int(state.get("updates_read", 0))
+        held = state.get("held", [])
+        if held and len(held) != len(self.modules):
+            raise ConfigError(f"BoundaryDetector holds {len(self.modules)} modules, the state {len(held)}")
+        for module, entry in zip(self.modules, held, strict=False):
+            module.load_state_dict(entry["state"])
+            module.tasks_seen = int(entry["tasks_seen"])
