@@ -10,6 +10,7 @@ from clrl.modules.clser import CLSER
 from clrl.modules.continual_backprop import ContinualBackprop
 from clrl.modules.dualnet import DualNet, DualNetExtractor
 from clrl.modules.ewc import EWC
+from clrl.modules.gem import GEM
 from clrl.modules.l2 import L2
 from clrl.modules.l2_init import L2Init
 from clrl.modules.lwf import LwF
@@ -55,6 +56,7 @@ __all__ = [
     "CLEAR",
     "CLSER",
     "EWC",
+    "GEM",
     "L2",
     "MAS",
     "SI",

@@ -134,10 +134,11 @@ class AGEM(StateRecorder, OutputReplay):
             return {}
         return policy_parameters(self.sb3_model, self.networks)
 
-    def reference_gradient(self, group: ParamGroup) -> list[torch.Tensor]:
-        """Gradient of the memory loss on a fresh batch of stored states, for ``group``'s parameters."""
+    def reference_gradient(self, group: ParamGroup, tasks: list[int] | None = None) -> list[torch.Tensor]:
+        """Gradient of the memory loss on a fresh batch of stored states (of every earlier task, or of the
+        reservoirs at positions ``tasks``), for ``group``'s parameters."""
         model = self.sb3_model
-        rows, old = self.memory.sample_outputs(model, self.replay_batch_size(), self._sample_rng)
+        rows, old = self.memory.sample_outputs(model, self.replay_batch_size(), self._sample_rng, tasks)
         parts = group_parts(model, group.optimizer_name, self.networks)
         losses = distillation_losses(model, old, network_outputs(model, rows, parts))
         loss = sum(losses.values())

@@ -414,10 +414,11 @@ class OutputMemory(TaskMemory):
         ]
 
     def sample_outputs(
-        self, model: BaseAlgorithm, n: int, rng: np.random.Generator
+        self, model: BaseAlgorithm, n: int, rng: np.random.Generator, tasks: list[int] | None = None
     ) -> tuple[Rows, dict[str, torch.Tensor]]:
-        """``n`` states of earlier tasks (uniform over all held) and their stored outputs as tensors."""
-        rows = self.sample(n, rng, self.finished())
+        """``n`` states of earlier tasks (uniform over all held, or over the reservoirs at positions
+        ``tasks``) and their stored outputs as tensors."""
+        rows = self.sample(n, rng, self.finished() if tasks is None else tasks)
         old = {
             k[4:]: torch.as_tensor(v, device=model.device) for k, v in rows.items() if k.startswith("out.")
         }
