@@ -15,7 +15,13 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 import clrl
 from clrl.algorithms import policy_parameters
 from clrl.errors import ConfigError
-from clrl.modules.importance import StateBatch, collect_states, fisher_diagonal, mas_importance
+from clrl.modules.importance import (
+    StateBatch,
+    collect_states,
+    fisher_diagonal,
+    mas_importance,
+    scp_importance,
+)
 
 
 def trained(algo: str, steps: int = 128, **overrides: object) -> tuple[BaseAlgorithm, StateBatch]:
@@ -217,6 +223,33 @@ def test_mas_is_the_mean_absolute_gradient_of_the_output_norm(algo: str) -> None
         grads = torch.autograd.grad(y.square().sum(), list(params.values()))
         accumulate(want, {n: g.abs() for n, g in zip(params, grads, strict=True)}, 1 / len(states))
     assert_dicts_close(mas_importance(model, params, states), want, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac", "dqn"])
+def test_scp_is_the_mean_squared_gradient_of_the_sliced_mean_output(algo: str) -> None:
+    model, states = trained(algo, steps=64)
+    params = policy_parameters(model, "actor")
+    outputs = []
+    for i in range(len(states)):
+        obs = obs_of(states, i)
+        if algo == "ppo":
+            policy = model.policy
+            latent = policy.mlp_extractor.forward_actor(policy.extract_features(obs))  # type: ignore[operator]
+            outputs.append(policy.action_net(latent))  # type: ignore[operator]
+        elif algo == "sac":
+            mean, log_std, _ = model.actor.get_action_dist_params(obs)  # type: ignore[attr-defined]
+            outputs.append(torch.cat([mean, log_std], dim=1))
+        else:
+            outputs.append(model.q_net(obs))  # type: ignore[attr-defined]
+    mean_output = torch.cat(outputs).mean(0)
+    slices = torch.randn(
+        7, mean_output.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    slices = slices / slices.norm(dim=1, keepdim=True)
+    want: dict[str, torch.Tensor] = {}
+    for xi in slices:
+        accumulate(want, squared_grads(params, (xi.float() * mean_output).sum()), 1 / len(slices))
+    assert_dicts_close(scp_importance(model, params, states, slices), want, rtol=1e-4, atol=1e-8)
 
 
 def test_states_come_from_the_task_just_trained() -> None:

@@ -19,6 +19,7 @@ MODULES: dict[str, type[QuadraticPenalty]] = {
     "online_ewc": clrl.OnlineEWC,
     "mas": clrl.MAS,
     "si": clrl.SI,
+    "scp": clrl.SCP,
 }
 # Every module on a representative of each family; EWC and SI (the two mechanisms: importance at the end of
 # a task, and importance along the path) on every algorithm.
@@ -52,7 +53,7 @@ def weighted_distance_from_first_anchor(algo: str, module: QuadraticPenalty) -> 
 
 
 # Strengths that dominate the tiny tasks' losses (the importances differ in scale by method).
-STRONG = {"ewc": 1e6, "online_ewc": 1e6, "mas": 1e5, "si": 1e6}
+STRONG = {"ewc": 1e6, "online_ewc": 1e6, "mas": 1e5, "si": 1e6, "scp": 1e6}
 
 
 @pytest.mark.parametrize(("module", "algo"), CASES)

@@ -125,8 +125,9 @@ def test_a_hidden_stream_refuses_a_module_without_every_and_names_the_scheduled_
     callback = clrl.StreamCallback(stream, [clrl.OnlineEWC()], eval_episodes=1)
     with pytest.raises(
         clrl.ConfigError,
-        match=r"when configured: online-ewc \(every=K\), mas \(every=K\), si \(every=K\), "
-        r"replay \(include_current=true\), shrink",
+        match=r"when configured: online-ewc \(every=K\), mas \(every=K\), si \(every=K\), scp \(every=K\), "
+        r"replay \(include_current=true\), shrink-and-perturb \(every=K\), reset \(every=K\), "
+        r"plasticity-injection \(every=K\)",
     ):
         model.learn(callback.total_steps, callback=callback)
 

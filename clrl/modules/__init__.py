@@ -48,6 +48,7 @@ from clrl.modules.redo import ReDo
 from clrl.modules.replay import Replay
 from clrl.modules.reset import Reset
 from clrl.modules.reset_optimizer import ResetOptimizer
+from clrl.modules.scp import SCP
 from clrl.modules.shrink_and_perturb import ShrinkAndPerturb
 from clrl.modules.si import SI
 
@@ -59,6 +60,7 @@ __all__ = [
     "GEM",
     "L2",
     "MAS",
+    "SCP",
     "SI",
     "BehaviourCloning",
     "BoundaryDetector",

@@ -468,3 +468,40 @@ def mas_importance(
                 )  # (chunk, n_param): per-sample gradient of ||y||²
                 omega[name] += torch.as_tensor(grad).abs().sum(0).view_as(omega[name])
     return {n: o / len(states) for n, o in omega.items()}
+
+
+def scp_importance(
+    model: BaseAlgorithm,
+    params: dict[str, torch.nn.Parameter],
+    states: StateBatch,
+    slices: torch.Tensor | int,
+    networks: Networks = "actor",
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """SCP importance ``Γ_i = 1/L Σ_l (∂ ⟨ξ_l, ȳ⟩ / ∂θ_i)²`` with ``ȳ = 1/N Σ_s y(s)`` the mean of the raw
+    outputs (MAS's, concatenated) over ``states`` and ``ξ_l`` the unit rows of ``slices`` (``L × outputs``;
+    an ``int`` ``L`` draws them uniformly on the sphere with ``generator``): the sliced Cramér distance's
+    second-order term of the mean outputs along each slice."""
+    fn = policy_outputs(model, networks)
+    mean: dict[str, torch.Tensor] = {}
+    keys: list[str] = []
+    with _EvalMode(model.policy):
+        for jac, _ in _jacobians(model, params, states, fn, chunk_size):
+            keys = list(jac)  # the outputs in the order the policy gives them
+            for name in params:
+                total = torch.cat([jac[key][name].flatten(2) for key in keys], dim=1).sum(0)  # (outputs, n)
+                mean[name] = mean[name] + total if name in mean else total
+    n_outputs = next(iter(mean.values())).shape[0]
+    if isinstance(slices, int):
+        drawn = torch.randn(slices, n_outputs, generator=generator, dtype=torch.float64)
+        directions = drawn / drawn.norm(dim=1, keepdim=True)
+    else:
+        directions = slices
+    out: dict[str, torch.Tensor] = {}
+    for name, p in params.items():
+        jbar = mean[name] / len(states)
+        if directions.shape[1] != jbar.shape[0]:
+            raise ConfigError(f"slices have {directions.shape[1]} entries, the outputs {jbar.shape[0]}")
+        out[name] = (directions.to(jbar) @ jbar).square().mean(0).view_as(p).float()
+    return out
