@@ -82,7 +82,7 @@ from clrl.plasticity import PlasticityMonitor
 from clrl.registration import register_streams
 from clrl.reports import write_report
 from clrl.results import TrainResult
-from clrl.runner import train, train_multitask, train_single_task
+from clrl.runner import train, train_cumulative, train_multitask, train_single_task
 from clrl.stream_callback import StreamCallback
 from clrl.streams import Task, TaskStream, WrapperSpec, builtin_streams, load_stream, make_stream
 from clrl.sweeps import SweepResult, grid, load_sweep, sweep
@@ -176,6 +176,7 @@ __all__ = [
     "save_replay_buffer",
     "sweep",
     "train",
+    "train_cumulative",
     "train_multitask",
     "train_single_task",
     "training_task",

@@ -208,6 +208,39 @@ def train_multitask(
     )
 
 
+def train_cumulative(
+    model: BaseAlgorithm,
+    stream: TaskStream,
+    *,
+    logdir: str | Path | None = None,
+    seed: int = 0,
+    eval_episodes: int = 10,
+    eval_freq: int | None = None,
+    checkpoints: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress_bar: bool = False,
+    plasticity: bool | PlasticityMonitor = True,
+) -> TrainResult:
+    """Cumulative baseline (the continual-learning literature's "joint so far" bound): task ``i``'s budget
+    is spent on tasks ``0..i`` mixed, each episode a random one of them, by the same model throughout.
+
+    Row ``i + 1`` of the matrix is measured after task ``i``'s budget, as in a continual run; the replay
+    buffer is kept across tasks (it holds the mix). Arguments as in :func:`train`; a resumed run restarts
+    its mixed environment at the task boundary.
+    """
+    run = _Run(
+        model, stream, [], logdir, seed, eval_episodes, eval_freq, overwrite, "cumulative", resume,
+        monitor=monitor_for(plasticity, model),
+    )  # fmt: skip
+    return run.run(
+        lambda i: stream.make_multitask_vec_env(n_envs=model.n_envs, seed=seed + 1000 * i, tasks=i + 1),
+        reset_buffer=False,
+        checkpoints=checkpoints,
+        progress_bar=progress_bar,
+    )
+
+
 def train_single_task(
     make_model: Callable[[int], BaseAlgorithm],
     stream: TaskStream,

@@ -43,7 +43,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from clrl import wrappers as clrl_wrappers
 from clrl._data import data_dir
-from clrl.errors import StreamError
+from clrl.errors import ConfigError, StreamError
 from clrl.hyperparameters import check_finite_numbers, is_number
 from clrl.imports import import_allowed
 from clrl.schedules import Schedule, is_schedule, schedule_from_dict
@@ -574,9 +574,12 @@ class TaskStream:
         n_envs: int = 1,
         seed: int | None = None,
         vec_env_cls: type[DummyVecEnv | SubprocVecEnv] = DummyVecEnv,
+        tasks: int | None = None,
     ) -> VecEnv:
-        """Build a vectorised environment that draws one of the stream's tasks at every episode."""
-        return make_vec_env(_MultiTaskFactory(self), n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
+        """Build a vectorised environment that draws one of the stream's tasks (or of its first ``tasks``)
+        at every episode."""
+        factory = _MultiTaskFactory(self, len(self) if tasks is None else tasks)
+        return make_vec_env(factory, n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
 
     def validate(self) -> None:
         """Build every task once, reset it and take one random step, and check that all tasks share one
@@ -677,14 +680,17 @@ class _TaskFactory:
 
 
 class _MultiTaskFactory:
-    def __init__(self, stream: TaskStream) -> None:
+    def __init__(self, stream: TaskStream, tasks: int) -> None:
+        if not 1 <= tasks <= len(stream):
+            raise ConfigError(f"a multi-task environment of {tasks} tasks; the stream has {len(stream)}")
         self.stream = stream
+        self.tasks = tasks
 
     def __call__(self, **kwargs: Any) -> gym.Env[Any, Any]:
         # Every task at its schedules' last step: the multi-task baseline learns the settings evaluated.
         stream = self.stream
         return clrl_wrappers.MultiTaskEnv(
-            [stream.make_env(i, at_step=stream.steps(i), **kwargs) for i in range(len(stream))]
+            [stream.make_env(i, at_step=stream.steps(i), **kwargs) for i in range(self.tasks)]
         )
 
 

@@ -11,6 +11,7 @@ import torch
 from conftest import DEVICE, cartpole_stream, make_model, tiny_ppo
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.vec_env import VecNormalize
+from test_reliability import three_tasks
 
 import clrl
 
@@ -148,6 +149,46 @@ def test_multitask_baseline_sees_every_task(tmp_path: Path, tiny_stream: clrl.Ta
     assert result.config["method"] == "multitask"
     model.learn(256, callback=Probe(), reset_num_timesteps=False)
     assert seen == {0, 1}
+
+
+def test_cumulative_baseline_trains_each_task_on_the_tasks_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = three_tasks(cartpole_stream)
+    seen: dict[int, set[int]] = {}
+
+    class Probe(clrl.ContinualModule):
+        def _on_step(self) -> bool:
+            task = len(built) - 1
+            seen.setdefault(task, set()).update(
+                i["task_index"] for i in self.locals["infos"] if "task_index" in i
+            )
+            return True
+
+    built: list[int] = []
+    make = clrl.TaskStream.make_multitask_vec_env
+
+    def recording(self: clrl.TaskStream, *args: object, tasks: int | None = None, **kwargs: object) -> object:
+        built.append(len(self) if tasks is None else tasks)
+        env = make(self, *args, tasks=tasks, **kwargs)  # type: ignore[arg-type]
+        return env
+
+    monkeypatch.setattr(clrl.TaskStream, "make_multitask_vec_env", recording)
+    model = DQN("MlpPolicy", stream.make_vec_env(0), learning_starts=32, buffer_size=1000, device=DEVICE)
+    probe = Probe()
+    learn = model.learn
+
+    def learn_with_probe(*args: object, callback: object = None, **kwargs: object) -> object:
+        return learn(*args, callback=[c for c in (callback, probe) if c is not None], **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "learn", learn_with_probe)
+    result = clrl.train_cumulative(  # no checkpoints: the patched learn does not pickle
+        model, stream, logdir=tmp_path / "cumulative", eval_episodes=1, checkpoints=False
+    )
+    assert built == [1, 2, 3]  # task i on tasks 0..i
+    assert seen == {0: {0}, 1: {0, 1}, 2: {0, 1, 2}}
+    assert result.matrix.shape == (4, 3) and result.config["method"] == "cumulative"
+    assert model.replay_buffer is not None and model.replay_buffer.size() == 3 * stream.steps(0)  # kept
 
 
 def test_single_task_baseline_trains_a_fresh_model_per_task(
