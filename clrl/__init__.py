@@ -82,7 +82,7 @@ from clrl.plasticity import PlasticityMonitor
 from clrl.registration import register_streams
 from clrl.reports import write_report
 from clrl.results import TrainResult
-from clrl.runner import train, train_cumulative, train_multitask, train_single_task
+from clrl.runner import train, train_cumulative, train_ensemble, train_multitask, train_single_task
 from clrl.stream_callback import StreamCallback
 from clrl.streams import Task, TaskStream, WrapperSpec, builtin_streams, load_stream, make_stream
 from clrl.sweeps import SweepResult, grid, load_sweep, sweep
@@ -177,6 +177,7 @@ __all__ = [
     "sweep",
     "train",
     "train_cumulative",
+    "train_ensemble",
     "train_multitask",
     "train_single_task",
     "training_task",

@@ -62,7 +62,14 @@ from clrl.modules import (
 from clrl.modules.plasticity_injection import injections_needed
 from clrl.presets import hyperparameters, make_model, module_defaults, preset
 from clrl.results import TrainResult, reference_mismatch, run_config
-from clrl.runner import VEC_ENVS, train, train_cumulative, train_multitask, train_single_task
+from clrl.runner import (
+    VEC_ENVS,
+    train,
+    train_cumulative,
+    train_ensemble,
+    train_multitask,
+    train_single_task,
+)
 from clrl.streams import TaskStream, make_stream
 
 METHODS: dict[str, type[ContinualModule] | None] = {
@@ -98,9 +105,9 @@ METHODS: dict[str, type[ContinualModule] | None] = {
 }
 """Continual methods by command-line name (``None``: no module). ``detector`` holds the other modules of
 its combination (``detector+ewc``) and gives them the boundaries it detects on a stream that hides them."""
-BASELINES = ("multitask", "single-task", "cumulative")
-"""Reference runs that are not a module: all tasks at once, a fresh model per task, and each task's budget
-on the tasks so far mixed."""
+BASELINES = ("multitask", "single-task", "cumulative", "ensemble")
+"""Reference runs that are not a module: all tasks at once, a fresh model per task, each task's budget on
+the tasks so far mixed, and a fresh model per task each evaluating its own task."""
 
 POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
     "multihead": multihead_policy,
@@ -227,7 +234,7 @@ class RunSpec:
         stream: A built-in stream name or a stream file.
         algo: Algorithm name (``clrl list``).
         method: Continual method, ``+`` combination, or baseline (``multitask``, ``single-task``,
-            ``cumulative``).
+            ``cumulative``, ``ensemble``).
         seed: Seed of the model, the task environments and the evaluation episodes.
         steps: Training steps per task (``None``: the stream's).
         eval_episodes: Episodes per task at each evaluation.
@@ -430,6 +437,8 @@ def run_experiment(
 
     if spec.method == "single-task":
         return train_single_task(factory, stream, **common)
+    if spec.method == "ensemble":
+        return train_ensemble(factory, stream, **common)
     if spec.method == "multitask":
         return train_multitask(factory(0), stream, plasticity=spec.plasticity, **common)
     if spec.method == "cumulative":

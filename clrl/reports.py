@@ -41,7 +41,7 @@ from clrl.results import TrainResult, reference_metrics
 
 RAW = ("acc", "bwt", "fwt", "forgetting", "forgetting_cw")
 NORMALISED = ("acc_norm", "bwt_norm", "fwt_norm", "forgetting_norm", "forgetting_cw_norm")
-REFERENCE_METHODS = ("finetune", "multitask", "cumulative", "single-task")
+REFERENCE_METHODS = ("finetune", "multitask", "cumulative", "ensemble", "single-task")
 """Rows put first in every table, as references for the others."""
 _TITLES = {
     "acc": "ACC",

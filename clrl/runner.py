@@ -62,7 +62,16 @@ from clrl.results import (
 )
 from clrl.streams import TaskStream
 
-__all__ = ["EVAL_SEED_OFFSET", "VEC_ENVS", "TrainResult", "train", "train_multitask", "train_single_task"]
+__all__ = [
+    "EVAL_SEED_OFFSET",
+    "VEC_ENVS",
+    "TrainResult",
+    "train",
+    "train_cumulative",
+    "train_ensemble",
+    "train_multitask",
+    "train_single_task",
+]
 
 VEC_ENVS: dict[str, type[DummyVecEnv | SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 """The vectorised environments a run can train on, by name (``--vec-env``)."""
@@ -283,6 +292,35 @@ def train_single_task(
     return run.run(lambda i: None, reset_buffer=False, checkpoints=False, progress_bar=progress_bar)
 
 
+def train_ensemble(
+    make_model: Callable[[int], BaseAlgorithm],
+    stream: TaskStream,
+    *,
+    logdir: str | Path | None = None,
+    seed: int = 0,
+    eval_episodes: int = 10,
+    eval_freq: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress_bar: bool = False,
+) -> TrainResult:
+    """Ensemble baseline (the forgetting-free reference of the architectural methods): a fresh model per
+    task, as :func:`train_single_task`, each task evaluated with its own model.
+
+    Row ``i + 1`` of the matrix holds, for every task ``j <= i``, the return of task ``j``'s model (as
+    measured after its task: those models never change again), and for the tasks not yet trained the
+    return of task ``i``'s model; so nothing is forgotten by construction (``bwt`` and ``forgetting_cw``
+    are 0; Chaudhry's ``forgetting`` counts a return an earlier task's model had on a task before its own
+    training, so it can be above 0) and the metrics are a continual run's. Arguments as in
+    :func:`train_single_task`.
+    """
+    run = _Run(
+        None, stream, [], logdir, seed, eval_episodes, eval_freq, overwrite, "ensemble", resume,
+        fresh_model=make_model,
+    )  # fmt: skip
+    return run.run(lambda i: None, reset_buffer=False, checkpoints=False, progress_bar=progress_bar)
+
+
 class _Run:
     """One run over a stream, task after task: :func:`train` and :func:`train_multitask` differ only in the
     env per task; :func:`train_single_task` gives a fresh model per task (``fresh_model``), whose SB3
@@ -312,6 +350,7 @@ class _Run:
         if model is not None:
             check_model(model, stream)
         self.stream, self.modules = stream, modules
+        self.method = method
         self.seed, self.eval_freq, self.eval_episodes = seed, eval_freq, eval_episodes
         self.fresh_model = fresh_model
         self.monitor = monitor
@@ -436,13 +475,16 @@ class _Run:
                 if self.monitor is not None:
                     self.monitor.measure(task=i)
                 with self._failing(i, "the evaluation after training"):
-                    result.matrix[i + 1] = self.evaluate(current_task=i)
+                    row = self.evaluate(current_task=i)
+                    if self.method == "ensemble":  # the earlier tasks by their own models, as measured then
+                        row[:i] = [result.matrix[j + 1, j] for j in range(i)]
+                    result.matrix[i + 1] = row
                 step = self.offset + model.num_timesteps
                 result.steps.append(step)
                 result.module_stats.append(
                     {m.name: {"state_bytes": m.state_bytes(), **m.log_scalars()} for m in self.modules}
                 )
-                if self.fresh_model is not None:  # the rows are not a sequence: only their diagonal counts
+                if self.method == "single-task":  # the rows are not a sequence: only their diagonal counts
                     result.metrics = {"acc": float(result.reference[: i + 1].mean())}
                 else:
                     done = result.matrix[: i + 2, : i + 1]

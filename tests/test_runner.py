@@ -211,6 +211,24 @@ def test_single_task_baseline_trains_a_fresh_model_per_task(
     assert json.loads((tmp_path / "st" / "results.json").read_text())["config"]["method"] == "single-task"
 
 
+def test_ensemble_evaluates_each_task_with_its_own_model(tmp_path: Path) -> None:
+    stream = three_tasks(cartpole_stream)
+    single = clrl.train_single_task(
+        lambda i: tiny_ppo(stream, i), stream, logdir=tmp_path / "st", eval_episodes=2
+    )
+    ensemble = clrl.train_ensemble(
+        lambda i: tiny_ppo(stream, i), stream, logdir=tmp_path / "en", eval_episodes=2
+    )
+    s, e = single.matrix, ensemble.matrix
+    np.testing.assert_array_equal(e[0], s[0])
+    for i in range(len(stream)):
+        for j in range(len(stream)):
+            assert e[i + 1, j] == (s[j + 1, j] if j <= i else s[i + 1, j]), (i, j)  # own model, or the newest
+    assert ensemble.metrics["bwt"] == 0 and ensemble.metrics["forgetting_cw"] == 0
+    assert ensemble.metrics["acc"] == pytest.approx(single.metrics["acc"])
+    assert ensemble.config["method"] == "ensemble"
+
+
 def test_reference_metrics_by_hand() -> None:
     ours = clrl.TrainResult(
         matrix=np.array([[0.0, 0.0], [100.0, 10.0], [40.0, 60.0]]),
