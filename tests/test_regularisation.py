@@ -20,6 +20,7 @@ MODULES: dict[str, type[QuadraticPenalty]] = {
     "mas": clrl.MAS,
     "si": clrl.SI,
     "scp": clrl.SCP,
+    "rwalk": clrl.RWalk,
 }
 # Every module on a representative of each family; EWC and SI (the two mechanisms: importance at the end of
 # a task, and importance along the path) on every algorithm.
@@ -53,7 +54,7 @@ def weighted_distance_from_first_anchor(algo: str, module: QuadraticPenalty) -> 
 
 
 # Strengths that dominate the tiny tasks' losses (the importances differ in scale by method).
-STRONG = {"ewc": 1e6, "online_ewc": 1e6, "mas": 1e5, "si": 1e6, "scp": 1e6}
+STRONG = {"ewc": 1e6, "online_ewc": 1e6, "mas": 1e5, "si": 1e6, "scp": 1e6, "rwalk": 1e6}
 
 
 @pytest.mark.parametrize(("module", "algo"), CASES)
@@ -233,7 +234,7 @@ def test_scalars_are_logged_under_the_module_name(tmp_path: Path) -> None:
 def test_ars_is_refused_or_warned(module: str) -> None:
     stream = cartpole_stream()
     ars = clrl.get_algorithm("ars")("MlpPolicy", stream.make_vec_env(0), n_delta=2, device=DEVICE)
-    if module == "si":  # SI needs no importance estimate, only its hooks, which ARS never runs
+    if module in ("si", "rwalk"):  # path integrals need no importance estimate, only hooks ARS never runs
         with pytest.warns(UserWarning, match="without an optimiser step"):
             ars.learn(64, callback=MODULES[module]())
     else:
@@ -281,3 +282,33 @@ def test_hooks_are_removed_after_si(tmp_path: Path) -> None:
         assert "zero_grad" not in opt.__dict__
     for p in model.policy.parameters():
         assert not getattr(p, "_post_accumulate_grad_hooks", None)
+
+
+def test_rwalk_fisher_score_and_importance_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    module = clrl.RWalk(alpha=0.5, score_every=2)
+    monkeypatch.setattr(module, "regularised", lambda: {"w": p})
+    module.on_task_start(TaskInfo(0, "t0"))
+    group = ParamGroup("policy.optimizer", torch.optim.SGD([p], lr=0.1), ("w",), (p,))
+    g1, d1 = torch.tensor([1.0, 2.0]), torch.tensor([0.1, -0.2])
+    g2, d2 = torch.tensor([3.0, -1.0]), torch.tensor([-0.3, 0.1])
+    for g, d in ((g1, d1), (g2, d2)):
+        module._grads["w"].copy_(g)
+        module._before[group.optimizer_name] = [p.detach().clone()]
+        with torch.no_grad():
+            p.add_(d)
+        module.after_update(group)
+    fisher = 0.5 * g2.square() + 0.5 * g1.square()  # the first step sets F = g1²
+    torch.testing.assert_close(module.fisher["w"], fisher)
+    loss_change = -(g1 * d1) - (g2 * d2)
+    score = loss_change / (0.5 * fisher * (d1 + d2).square() + torch.finfo(torch.float32).eps)
+    torch.testing.assert_close(module.score["w"], score, rtol=1e-5, atol=1e-6)  # float32 steps
+    assert torch.equal(module.omega["w"], torch.zeros(2))  # the interval started again
+    module.on_task_end(TaskInfo(0, "t0"))
+    want = fisher / fisher.max() + score.clamp_min(0) / score.max()
+    torch.testing.assert_close(module.importance["w"], want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(module.anchor["w"], p.detach())
+    again = clrl.RWalk(alpha=0.5, score_every=2)
+    again.load_state_dict(module.state_dict())
+    torch.testing.assert_close(again.fisher["w"], fisher)
+    assert torch.equal(again.scores["w"], module.scores["w"])

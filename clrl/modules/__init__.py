@@ -48,6 +48,7 @@ from clrl.modules.redo import ReDo
 from clrl.modules.replay import Replay
 from clrl.modules.reset import Reset
 from clrl.modules.reset_optimizer import ResetOptimizer
+from clrl.modules.rwalk import RWalk
 from clrl.modules.scp import SCP
 from clrl.modules.shrink_and_perturb import ShrinkAndPerturb
 from clrl.modules.si import SI
@@ -93,6 +94,7 @@ __all__ = [
     "ProgressiveSACPolicy",
     "ProgressiveTD3Policy",
     "QuadraticPenalty",
+    "RWalk",
     "ReDo",
     "Replay",
     "Reset",
