@@ -665,3 +665,44 @@ def test_action_entropy_equals_sb3s_distributions(space: str) -> None:
         ours = action_entropy(model, network_outputs(model, rows, ("actor",)))
         theirs = model.policy.get_distribution(obs).entropy()
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- compression
+def test_a_float16_reservoir_halves_float_fields_and_reads_them_back_within_its_precision() -> None:
+    rng = np.random.default_rng(0)
+    rows = {
+        "obs": rng.normal(scale=3.0, size=(50, 4)).astype(np.float32),
+        "image": rng.integers(0, 255, size=(50, 2, 2), dtype=np.uint8),
+        "action": rng.integers(0, 3, size=(50,)),
+    }
+    plain, half = Reservoir(None), Reservoir(None, "float16")
+    plain.add(rows, np.random.default_rng(1))
+    half.add(rows, np.random.default_rng(1))
+    back = half.rows()
+    assert {k: v.dtype for k, v in back.items()} == {k: v.dtype for k, v in rows.items()}
+    np.testing.assert_allclose(back["obs"], rows["obs"], rtol=2**-11, atol=0)
+    assert np.array_equal(back["image"], rows["image"]) and np.array_equal(back["action"], rows["action"])
+    assert half.data["obs"].dtype == np.float16
+    assert half.nbytes == plain.nbytes - rows["obs"].nbytes // 2
+    again = Reservoir.from_state_dict(half.state_dict())
+    assert again.data["obs"].dtype == np.float16 and again.dtype == "float16"
+    assert all(np.array_equal(again.rows()[k], back[k]) for k in back)
+    memory = TaskMemory(100, "float16")
+    memory.start_task(0, np.random.default_rng(0))
+    memory.record(rows, np.random.default_rng(0))
+    memory.start_task(1, np.random.default_rng(0))
+    sample = memory.sample(8, np.random.default_rng(0), [0])
+    assert sample["obs"].dtype == np.float32 and memory.tasks[0].data["obs"].dtype == np.float16
+    with pytest.raises(clrl.ConfigError, match="memory_dtype must be one of float32, float16"):
+        clrl.Replay(memory_dtype="int8")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("module", "algo"), [(clrl.Replay, "dqn"), (clrl.BehaviourCloning, "ppo")])
+def test_a_half_precision_memory_holds_about_half_the_bytes(module: type, algo: str) -> None:
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        kept = module(budget=200, memory_dtype=dtype)
+        learn_two_tasks(algo, kept)
+        sizes[dtype] = kept.memory.nbytes
+        assert kept.get_config()["memory_dtype"] == dtype
+    assert sizes["float16"] < 0.6 * sizes["float32"], sizes

@@ -19,7 +19,7 @@ from clrl.modules.distill import (
     group_parts,
     network_outputs,
 )
-from clrl.modules.memory import Budget
+from clrl.modules.memory import Budget, MemoryDtype
 
 
 def project_gradient(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> bool:
@@ -92,6 +92,8 @@ class AGEM(StateRecorder, OutputReplay):
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
         project: ``"gradient"`` (default, the paper's rule on the gradient given to the optimiser) or
             ``"step"`` (the same rule on the parameter change the optimiser made; see above).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -105,9 +107,10 @@ class AGEM(StateRecorder, OutputReplay):
         networks: Networks = "all",
         require_task_id: bool = True,
         project: Literal["gradient", "step"] = "gradient",
+        memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
     ) -> None:
-        super().__init__(budget, batch_size, require_task_id, verbose)
+        super().__init__(budget, batch_size, require_task_id, verbose, memory_dtype)
         self.networks: Networks = check_networks(networks)
         if project not in ("gradient", "step"):
             raise ConfigError(f"AGEM project must be 'gradient' or 'step', got {project!r}")

@@ -16,7 +16,7 @@ from clrl.modules.distill import (
     group_parts,
     network_outputs,
 )
-from clrl.modules.memory import Budget
+from clrl.modules.memory import Budget, MemoryDtype
 
 
 class BehaviourCloning(StateRecorder, OutputReplay):
@@ -59,6 +59,8 @@ class BehaviourCloning(StateRecorder, OutputReplay):
         networks: ``"all"`` (default) clones the actor and the critics; ``"actor"`` the actor only (and
             PPO/A2C's shared optimiser then gets the policy term alone).
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -73,9 +75,10 @@ class BehaviourCloning(StateRecorder, OutputReplay):
         value_coef: float = 0.5,
         networks: Networks = "all",
         require_task_id: bool = True,
+        memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
     ) -> None:
-        super().__init__(budget, batch_size, require_task_id, verbose)
+        super().__init__(budget, batch_size, require_task_id, verbose, memory_dtype)
         who = type(self).__name__
         self.policy_coef = check_non_negative(policy_coef, f"{who} policy_coef")
         self.value_coef = check_non_negative(value_coef, f"{who} value_coef")

@@ -23,7 +23,7 @@ from clrl.modules.distill import (
     rollout_rows,
 )
 from clrl.modules.importance import _EvalMode
-from clrl.modules.memory import Budget, MemoryModule, Rows, TaskMemory, check_budget
+from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows, TaskMemory, check_budget
 
 
 @functools.lru_cache(maxsize=8)
@@ -154,6 +154,8 @@ class CLEAR(MemoryModule):
         rho_bar: V-trace's truncation of the importance weights (the paper's 1).
         c_bar: V-trace's truncation of the trace coefficients (the paper's 1).
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -169,11 +171,12 @@ class CLEAR(MemoryModule):
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
         require_task_id: bool = True,
+        memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
     ) -> None:
         self.unroll_length = check_positive_int(unroll_length, "CLEAR unroll_length")
         budget = check_budget(budget, "CLEAR budget")
-        super().__init__(budget, require_task_id, verbose)
+        super().__init__(budget, require_task_id, verbose, memory_dtype)
         self.replay_ratio = check_fraction(replay_ratio, "CLEAR replay_ratio")
         if self.replay_ratio == 1:
             raise ConfigError("CLEAR replay_ratio must be below 1 (1 would leave no new samples), got 1.0")

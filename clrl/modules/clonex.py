@@ -16,7 +16,7 @@ from clrl.algorithms import Networks
 from clrl.errors import ConfigError
 from clrl.modules.base import TaskInfo, check_positive_int, patch_attributes
 from clrl.modules.behaviour_cloning import BehaviourCloning
-from clrl.modules.memory import Budget
+from clrl.modules.memory import Budget, MemoryDtype
 
 
 def _task_id_size(env: VecEnv | None) -> int | None:
@@ -100,6 +100,8 @@ class ClonEx(BehaviourCloning):
             shorter tasks).
         exploration_episodes: Episodes each earlier policy is run on the new task to rank them.
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -115,9 +117,12 @@ class ClonEx(BehaviourCloning):
         exploration_steps: int = 10_000,
         exploration_episodes: int = 3,
         require_task_id: bool = True,
+        memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
     ) -> None:
-        super().__init__(budget, batch_size, policy_coef, value_coef, networks, require_task_id, verbose)
+        super().__init__(
+            budget, batch_size, policy_coef, value_coef, networks, require_task_id, memory_dtype, verbose
+        )
         if (
             isinstance(exploration_steps, bool)
             or not isinstance(exploration_steps, int)

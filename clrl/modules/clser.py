@@ -24,7 +24,7 @@ from clrl.modules.distill import (
     group_parts,
     network_outputs,
 )
-from clrl.modules.memory import Budget, MemoryModule, Rows, concat_rows
+from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows, concat_rows
 
 Copy = Literal["stable", "plastic", "working"]
 _COPIES = ("plastic", "stable")
@@ -98,6 +98,8 @@ class CLSER(StateRecorder, MemoryModule):
         evaluate_with: ``"stable"`` (default), ``"plastic"`` or ``"working"`` (the trained policy itself).
         prefetch: Optimiser steps served by one draw and one pass of the copies (>= 1; see above; 1, the
             default, is the paper's computation).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -115,9 +117,10 @@ class CLSER(StateRecorder, MemoryModule):
         networks: Networks = "all",
         evaluate_with: Copy = "stable",
         prefetch: int = 1,
+        memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
     ) -> None:
-        super().__init__(budget, require_task_id=False, verbose=verbose)
+        super().__init__(budget, require_task_id=False, verbose=verbose, memory_dtype=memory_dtype)
         self.strength = check_non_negative(strength, "CLSER strength")
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "CLSER batch_size")
         self.plastic_rate = check_fraction(plastic_rate, "CLSER plastic_rate")

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
 from clrl.modules.importance import _EvalMode, _split_categorical
-from clrl.modules.memory import Budget, MemoryModule, Rows, TaskMemory
+from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows, TaskMemory
 
 Part = Literal["actor", "critic"]
 _LSTM = ("lstm.h_pi", "lstm.c_pi", "lstm.h_vf", "lstm.c_vf")
@@ -403,7 +403,7 @@ class OutputMemory(TaskMemory):
             values = np.concatenate(chunks)
             array = np.zeros((capacity, *values.shape[1:]), dtype=np.float32)
             array[: len(values)] = values
-            reservoir.data[f"out.{key}"] = array
+            reservoir.set_field(f"out.{key}", array)
 
     def finished(self) -> list[int]:
         """Positions of the reservoirs whose outputs are stored (earlier tasks)."""
@@ -434,6 +434,8 @@ class OutputReplay(MemoryModule):
         batch_size: Memory states per update (default: the algorithm's ``batch_size``, or the rollout size
             for A2C).
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -441,9 +443,14 @@ class OutputReplay(MemoryModule):
     memory: OutputMemory
 
     def __init__(
-        self, budget: Budget, batch_size: int | None, require_task_id: bool = True, verbose: int = 0
+        self,
+        budget: Budget,
+        batch_size: int | None,
+        require_task_id: bool = True,
+        verbose: int = 0,
+        memory_dtype: MemoryDtype = "float32",
     ) -> None:
-        super().__init__(budget, require_task_id, verbose)
+        super().__init__(budget, require_task_id, verbose, memory_dtype)
         name = f"{type(self).__name__} batch_size"
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, name)
 

@@ -28,7 +28,7 @@ from clrl.modules.base import (
     check_positive_int,
 )
 from clrl.modules.distill import StateRecorder
-from clrl.modules.memory import Budget, MemoryModule, Rows
+from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows
 
 
 class DualNetExtractor(BaseFeaturesExtractor):
@@ -171,6 +171,8 @@ class DualNet(StateRecorder, MemoryModule):
         redundancy_weight: Weight ``w`` of the Barlow Twins off-diagonal (redundancy) term (>= 0).
         noise: Scale of the Gaussian noise of the augmentations, relative to each feature's spread (>= 0).
         mask_prob: Probability that an augmentation replaces an entry by its batch mean, in [0, 1].
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -187,9 +189,10 @@ class DualNet(StateRecorder, MemoryModule):
         redundancy_weight: float = 5e-3,
         noise: float = 0.1,
         mask_prob: float = 0.1,
+        memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
     ) -> None:
-        super().__init__(budget, require_task_id=False, verbose=verbose)
+        super().__init__(budget, require_task_id=False, verbose=verbose, memory_dtype=memory_dtype)
         self.ssl_every = check_positive_int(ssl_every, "DualNet ssl_every")
         zero = not isinstance(ssl_steps, bool) and ssl_steps == 0
         self.ssl_steps = 0 if zero else check_positive_int(ssl_steps, "DualNet ssl_steps (or 0)")

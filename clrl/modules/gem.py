@@ -11,7 +11,7 @@ from clrl.algorithms import Networks
 from clrl.errors import ConfigError
 from clrl.modules.agem import AGEM
 from clrl.modules.base import ParamGroup, check_non_negative
-from clrl.modules.memory import Budget
+from clrl.modules.memory import Budget, MemoryDtype
 
 
 def _nnls() -> Any:
@@ -89,6 +89,8 @@ class GEM(AGEM):
         networks: ``"all"`` (default) projects every optimiser's gradient (critics and value too);
             ``"actor"`` only what chooses actions.
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -101,9 +103,10 @@ class GEM(AGEM):
         margin: float = 0.0,
         networks: Networks = "all",
         require_task_id: bool = True,
+        memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
     ) -> None:
-        super().__init__(budget, batch_size, networks, require_task_id, "gradient", verbose)
+        super().__init__(budget, batch_size, networks, require_task_id, "gradient", memory_dtype, verbose)
         self.margin = check_non_negative(margin, "GEM margin")
         _nnls()  # refuse a missing SciPy now, not at the first conflicting step
 

@@ -22,6 +22,15 @@ from clrl.modules.base import ContinualModule, TaskInfo, check_bool
 
 Budget = int | Literal["all"]
 Rows = dict[str, np.ndarray]
+MemoryDtype = Literal["float32", "float16"]
+MEMORY_DTYPES = ("float32", "float16")
+
+
+def check_memory_dtype(dtype: Any, what: str) -> MemoryDtype:
+    """Return ``dtype`` (``"float32"`` or ``"float16"``), or raise :class:`ConfigError`."""
+    if dtype not in MEMORY_DTYPES:
+        raise ConfigError(f"{what} must be one of {', '.join(MEMORY_DTYPES)}, got {dtype!r}")
+    return dtype
 
 
 def check_budget(budget: Budget, what: str) -> Budget:
@@ -41,17 +50,44 @@ def concat_rows(parts: list[Rows]) -> Rows:
 class Reservoir:
     """A uniform random sample of at most ``capacity`` rows of everything added (``None``: keep all).
 
+    With ``dtype="float16"``, floating-point fields are stored at half precision (half the bytes; the
+    compressed memory of Hayes et al. 2019, "Memory Efficient Experience Replay for Streaming Learning",
+    ICRA, in its simplest form) and read back in their own dtype: each value then carries float16's
+    relative error (at most ``2⁻¹¹``) and values beyond ``±65504`` become infinite. Other fields (uint8
+    images, integer actions) are kept as they are.
+
     Args:
         capacity: Rows kept; ``None`` keeps every row (storage grows by doubling).
+        dtype: ``"float32"`` (default: every field as given) or ``"float16"``.
     """
 
-    def __init__(self, capacity: int | None) -> None:
+    def __init__(self, capacity: int | None, dtype: MemoryDtype = "float32") -> None:
         self.capacity = capacity
+        self.dtype: MemoryDtype = dtype
         self.seen = 0
         """Rows offered so far."""
         self.size = 0
         """Rows held."""
         self.data: Rows = {}
+        """The stored rows (compressed fields at half precision); :meth:`rows` reads them back."""
+        self.dtypes: dict[str, np.dtype[Any]] = {}
+        """Each field's dtype as given."""
+
+    def _stored(self, dtype: np.dtype[Any]) -> np.dtype[Any]:
+        compress = self.dtype == "float16" and np.issubdtype(dtype, np.floating)
+        return np.dtype(np.float16) if compress else dtype
+
+    def restore(self, rows: Rows) -> Rows:
+        """``rows`` of this reservoir's stored fields in their own dtypes."""
+        return {
+            k: v if v.dtype == self.dtypes.get(k, v.dtype) else v.astype(self.dtypes[k])
+            for k, v in rows.items()
+        }
+
+    def set_field(self, key: str, values: np.ndarray) -> None:
+        """Store a whole field (one row per slot, the held rows first), compressed like the others."""
+        self.dtypes[key] = values.dtype
+        self.data[key] = values.astype(self._stored(values.dtype), copy=False)
 
     def __len__(self) -> int:
         return self.size
@@ -59,7 +95,10 @@ class Reservoir:
     def _reserve(self, rows: Rows, needed: int) -> None:
         if not self.data:
             room = self.capacity if self.capacity is not None else max(needed, 1024)
-            self.data = {k: np.zeros((room, *v.shape[1:]), dtype=v.dtype) for k, v in rows.items()}
+            self.dtypes = {k: v.dtype for k, v in rows.items()}
+            self.data = {
+                k: np.zeros((room, *v.shape[1:]), dtype=self._stored(v.dtype)) for k, v in rows.items()
+            }
         if not set(rows) <= set(self.data):
             raise ValueError(f"rows have fields {sorted(rows)}, the reservoir {sorted(self.data)}")
         room = len(next(iter(self.data.values())))
@@ -104,7 +143,11 @@ class Reservoir:
         self.capacity = capacity
 
     def rows(self, index: np.ndarray | slice | None = None) -> Rows:
-        """The rows held (or those at ``index``)."""
+        """The rows held (or those at ``index``), in their own dtypes."""
+        return self.restore(self.stored_rows(index))
+
+    def stored_rows(self, index: np.ndarray | slice | None = None) -> Rows:
+        """The rows held (or those at ``index``) as stored."""
         index = slice(0, self.size) if index is None else index
         return {k: v[: self.size][index] for k, v in self.data.items()}
 
@@ -114,19 +157,27 @@ class Reservoir:
         return sum(v[: self.size].nbytes for v in self.data.values())
 
     def state_dict(self) -> dict[str, Any]:
-        """The rows held as tensors (dtypes kept), with the counters."""
+        """The rows held as tensors (as stored: compressed fields stay compressed), with the counters and
+        the fields' own dtypes."""
         return {
             "capacity": -1 if self.capacity is None else self.capacity,
             "seen": self.seen,
-            "data": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.rows().items()},
+            "dtype": self.dtype,
+            "dtypes": {k: str(v) for k, v in self.dtypes.items()},
+            "data": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.stored_rows().items()},
         }
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> Reservoir:
         """Rebuild a reservoir saved by :meth:`state_dict`."""
-        reservoir = cls(None if state["capacity"] < 0 else int(state["capacity"]))
+        dtype = check_memory_dtype(state.get("dtype", "float32"), "a saved memory's dtype")
+        reservoir = cls(None if state["capacity"] < 0 else int(state["capacity"]), dtype)
         reservoir.seen = int(state["seen"])
         reservoir.data = {k: v.numpy().copy() for k, v in state["data"].items()}
+        saved = state.get("dtypes", {})
+        reservoir.dtypes = {k: np.dtype(saved.get(k, str(v.dtype))) for k, v in reservoir.data.items()}
+        if not all(np.issubdtype(d, np.number) or d == np.bool_ for d in reservoir.dtypes.values()):
+            raise ConfigError(f"a saved memory names field dtypes that are not numbers: {saved!r}")
         reservoir.size = len(next(iter(reservoir.data.values()))) if reservoir.data else 0
         return reservoir
 
@@ -136,10 +187,12 @@ class TaskMemory:
 
     Args:
         budget: Rows held in all (``"all"``: every row of every task, no bound).
+        dtype: How the reservoirs store floating-point fields (:class:`Reservoir`).
     """
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budget: Budget, dtype: MemoryDtype = "float32") -> None:
         self.budget = budget
+        self.dtype: MemoryDtype = dtype
         self.tasks: list[Reservoir] = []
         """Reservoirs of the tasks, in the order they were started (the last may still be filling)."""
         self.task_ids: list[int] = []
@@ -159,7 +212,7 @@ class TaskMemory:
         if share is not None:
             for reservoir in self.tasks:
                 reservoir.shrink(share, rng)
-        self.tasks.append(Reservoir(share))
+        self.tasks.append(Reservoir(share, self.dtype))
         self.task_ids.append(task_id)
         self.current = self.tasks[-1]
         return self.current
@@ -194,7 +247,8 @@ class TaskMemory:
         if size == 0:
             raise ValueError("the memory is empty")
         index = rng.integers(0, size, size=n)
-        return {k: v[index] for k, v in pool.items()}
+        first = next(self.tasks[i] for i in positions if len(self.tasks[i]))
+        return first.restore({k: v[index] for k, v in pool.items()})
 
     def sample_with_current(self, n: int, rng: np.random.Generator) -> Rows:
         """``n`` rows drawn uniformly, with replacement, from every row held, those of the :attr:`current`
@@ -219,7 +273,7 @@ class TaskMemory:
         chosen = [self.tasks[i] for i in positions if len(self.tasks[i])]
         if not chosen:
             return {}
-        pool = {k: np.concatenate([r.rows()[k] for r in chosen]) for k in chosen[0].data}
+        pool = {k: np.concatenate([r.stored_rows()[k] for r in chosen]) for k in chosen[0].data}
         start = 0
         for r in chosen:  # the reservoirs now hold views of the pool (their capacity is unchanged)
             stop = start + len(r)
@@ -253,17 +307,26 @@ class MemoryModule(ContinualModule):
     Args:
         budget: Rows kept over all tasks (``"all"``: unbounded).
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
     memory_class: type[TaskMemory] = TaskMemory
     """What :attr:`memory` is (behaviour cloning and A-GEM keep outputs with their states)."""
 
-    def __init__(self, budget: Budget, require_task_id: bool = True, verbose: int = 0) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        require_task_id: bool = True,
+        verbose: int = 0,
+        memory_dtype: MemoryDtype = "float32",
+    ) -> None:
         super().__init__(verbose)
         self.budget = check_budget(budget, f"{type(self).__name__} budget")
         self.require_task_id = check_bool(require_task_id, f"{type(self).__name__} require_task_id")
-        self.memory = self.memory_class(self.budget)
+        self.memory_dtype = check_memory_dtype(memory_dtype, f"{type(self).__name__} memory_dtype")
+        self.memory = self.memory_class(self.budget, self.memory_dtype)
         self._rng = np.random.default_rng(0)
         self._sample_rng = np.random.default_rng(0)
 

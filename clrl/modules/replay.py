@@ -15,7 +15,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from clrl.errors import ConfigError
 from clrl.modules.base import TaskInfo, check_bool, check_fraction, patch_attributes
-from clrl.modules.memory import Budget, MemoryModule, Rows
+from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows
 
 
 class Replay(MemoryModule):
@@ -53,6 +53,8 @@ class Replay(MemoryModule):
         fraction: Share of each batch drawn from earlier tasks, in [0, 1]. 0 trains exactly as plain SB3.
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
         include_current: Also replay the current task's reservoir (task-free mode, above).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
+            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -66,9 +68,10 @@ class Replay(MemoryModule):
         fraction: float = 0.5,
         require_task_id: bool = True,
         include_current: bool = False,
+        memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
     ) -> None:
-        super().__init__(budget, require_task_id, verbose)
+        super().__init__(budget, require_task_id, verbose, memory_dtype)
         self.fraction = check_fraction(fraction, "Replay fraction")
         self.include_current = check_bool(include_current, "Replay include_current")
         self._buffer: ReplayBuffer | None = None
