@@ -43,6 +43,8 @@ MODULES: dict[str, Factory] = {
     "online_ewc": lambda: clrl.OnlineEWC(),
     "mas": lambda: clrl.MAS(),
     "si": lambda: clrl.SI(),
+    "scp": lambda: clrl.SCP(),
+    "rwalk": lambda: clrl.RWalk(),
 }
 
 

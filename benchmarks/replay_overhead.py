@@ -1,7 +1,7 @@
 """Training time and memory of the replay modules against plain SB3, as ratios measured in one run.
 
-    python benchmarks/replay_overhead.py --algo ppo --steps 4096 --repeats 6     # CLEAR, cloning, A-GEM
-    python benchmarks/replay_overhead.py --algo dqn --steps 4096 --repeats 6     # Replay, A-GEM
+    python benchmarks/replay_overhead.py --algo ppo --steps 4096 --repeats 6     # CLEAR, cloning, A-GEM, GEM
+    python benchmarks/replay_overhead.py --algo dqn --steps 4096 --repeats 6     # Replay, A-GEM, GEM
     python benchmarks/replay_overhead.py --algo sac --stream pendulum-flip --steps 2000 --only clonex
     python benchmarks/replay_overhead.py --algo dqn --skip-time --memory-tasks 12
 
@@ -29,9 +29,15 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
         "clear": lambda: clrl.CLEAR(),
         "behaviour-cloning": lambda: clrl.BehaviourCloning(),
         "agem": lambda: clrl.AGEM(),
+        "gem": lambda: clrl.GEM(),
     },
     "a2c": {"plain": None, "clear": lambda: clrl.CLEAR(), "agem": lambda: clrl.AGEM()},
-    "dqn": {"plain": None, "replay": lambda: clrl.Replay(), "agem": lambda: clrl.AGEM()},
+    "dqn": {
+        "plain": None,
+        "replay": lambda: clrl.Replay(),
+        "agem": lambda: clrl.AGEM(),
+        "gem": lambda: clrl.GEM(),
+    },
     "sac": {
         "plain": None,
         "replay": lambda: clrl.Replay(),
