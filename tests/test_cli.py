@@ -431,7 +431,7 @@ def test_run_learns_a_stream_with_hidden_boundaries_in_one_learn(
     detected = ["run", str(path), "--method", "detector+ewc", "--logdir", str(logdir), *TINY_RUN]
     assert main([*detected, "--method-arg", "warmup=3", "samples=32"]) == 0
     saved = json.loads((logdir / "hidden-drift" / "ppo-detector+ewc" / "seed0" / "results.json").read_text())
-    assert saved["config"]["modules"][0]["config"]["modules"][0]["class"] == "EWC"
+    assert saved["config"]["modules"][0]["config"]["modules"][0]["class"] == "clrl.modules.ewc:EWC"
     capsys.readouterr()
     announced = ["run", "cartpole-flip", "--method", "detector+ewc", "--logdir", str(logdir), *TINY_RUN]
     assert main(announced) == 2
