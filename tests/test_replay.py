@@ -435,7 +435,11 @@ def test_clear_does_not_push_actions_the_policy_no_longer_takes(behaviour: str) 
     offset = 0.0 if behaviour == "as-now" else 30.0
     segments["log_mu"] = log_pi.view(segments["log_mu"].shape) + offset
     clear._prefetched, clear._cursor = None, 0
-    clear._draw = lambda count: {k: v[:count] for k, v in segments.items()}  # type: ignore[method-assign]
+    clear._draw = (
+        lambda count: {  # type: ignore[method-assign]
+            k: v[0] for k, v in clear._batches({k: v[:count] for k, v in segments.items()}, count).items()
+        }
+    )
     model.vf_coef = 0.0  # the policy term alone
     model.policy.optimizer.zero_grad()
     loss = clear.extra_loss(next(iter([None])))  # type: ignore[arg-type]

@@ -3,7 +3,6 @@ RecurrentPPO."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -26,12 +25,6 @@ from clrl.modules.importance import _EvalMode
 from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows, TaskMemory, check_budget
 
 
-@functools.lru_cache(maxsize=8)
-def _strictly_lower(length: int, device: torch.device) -> torch.Tensor:
-    """The mask of ``k < t`` in a ``(t, k)`` matrix of side ``length``."""
-    return torch.ones(length, length, dtype=torch.bool, device=device).tril(-1)
-
-
 def _vtrace_terms(
     log_rhos: torch.Tensor,
     discounts: torch.Tensor,
@@ -48,13 +41,13 @@ def _vtrace_terms(
         rhos, cs = ratios.clamp(max=rho_bar), ratios.clamp(max=c_bar)
         next_values = torch.cat([values[:, 1:], bootstrap[:, None]], dim=1)
         deltas = rhos * (rewards + discounts * next_values - values)
-        # v_t - V(x_t) = Σ_{k>=t} (Π_{t<=i<k} γ_i c_i) δ_k, all at once: traces[n, t, k] is that product
-        # (1 at k = t, 0 for k < t); a cumulative product along k of γ_i c_i masked to i >= t.
-        lower = _strictly_lower(values.shape[1], values.device)
-        decay = (discounts * cs)[:, None, :].expand(-1, values.shape[1], -1).masked_fill(lower, 1.0)
-        shifted = torch.cat([torch.ones_like(decay[..., :1]), decay[..., :-1]], dim=2)
-        traces = shifted.cumprod(dim=2).masked_fill(lower, 0.0)
-        targets = values + (traces * deltas[:, None, :]).sum(dim=2)
+        # x_t = v_t - V(x_t) solves x_t - γ_t c_t x_{t+1} = δ_t (x_L = 0): a unit upper-bidiagonal system,
+        # solved for every segment at once by back substitution.
+        coupling = -torch.diag_embed((discounts * cs)[:, :-1], offset=1)
+        corrections = torch.linalg.solve_triangular(
+            coupling, deltas[..., None], upper=True, unitriangular=True
+        )
+        targets = values + corrections[..., 0]
         next_targets = torch.cat([targets[:, 1:], bootstrap[:, None]], dim=1)
         unweighted = rewards + discounts * next_targets - values
     return targets, rhos, unweighted
@@ -97,6 +90,9 @@ def vtrace(
 
 _PREFETCH = 32
 """Updates whose replayed segments are drawn at once."""
+
+_BEHAVIOUR = ("log_mu", "value", "reward", "first")
+"""Stored fields that are not network inputs (besides the behaviour distribution's ``mu.*``)."""
 
 
 class CLEAR(MemoryModule):
@@ -267,19 +263,45 @@ class CLEAR(MemoryModule):
         replayed = self.new_samples() * self.replay_ratio / (1 - self.replay_ratio)
         return max(1, round(replayed / self.unroll_length))
 
+    def _batches(self, segments: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+        """Segments of shape ``(updates * count, L + 1, ...)`` laid out per update, leading dimension
+        ``updates``: network inputs as ``in.*`` rows, the ``count * L`` steps acted (segment by segment)
+        first and the ``count`` bootstrap states after them; the behaviour's outputs ``mu.*`` and value on
+        the acted steps as rows; ``log_mu``, ``reward`` and the discount ``gamma`` of shape ``(count, L)``.
+        Everything that does not depend on the current networks is computed here, once per draw."""
+        length = self.unroll_length
+        updates = len(segments["reward"]) // count
+        split = {k: v.view(updates, count, length + 1, *v.shape[2:]) for k, v in segments.items()}
+
+        def acted(v: torch.Tensor) -> torch.Tensor:
+            return v[:, :, :length].reshape(updates, count * length, *v.shape[3:])
+
+        out = {
+            f"in.{k}": torch.cat([acted(v), v[:, :, length]], dim=1)
+            for k, v in split.items()
+            if k not in _BEHAVIOUR and not k.startswith("mu.")
+        }
+        out.update({k: acted(v) for k, v in split.items() if k.startswith("mu.")})
+        out["value"] = acted(split["value"])[..., None]
+        out["log_mu"], out["reward"] = split["log_mu"][:, :, :length], split["reward"][:, :, :length]
+        out["gamma"] = self.sb3_model.gamma * (1.0 - split["first"][:, :, 1:])  # type: ignore[attr-defined]
+        return out
+
     def _draw(self, count: int) -> dict[str, torch.Tensor]:
-        """``count`` segments drawn uniformly from everything stored, as tensors on the model's device.
+        """One update's ``count`` segments, drawn uniformly from everything stored, as :meth:`_batches`
+        lays them out, on the model's device.
 
         Segments for ``_PREFETCH`` updates are drawn and moved at once (the same distribution as drawing
         them one update at a time); a rollout that stores new segments discards what is left."""
         if self._prefetched is None or self._cursor == _PREFETCH:
             rows = self.memory.sample_with_current(count * _PREFETCH, self._sample_rng)
             device = self.sb3_model.device
-            self._prefetched = {k: torch.as_tensor(v, device=device) for k, v in rows.items()}
+            segments = {k: torch.as_tensor(v, device=device) for k, v in rows.items()}
+            self._prefetched = self._batches(segments, count)
             self._cursor = 0
-        start = self._cursor * count
+        cursor = self._cursor
         self._cursor += 1
-        return {k: v[start : start + count] for k, v in self._prefetched.items()}
+        return {k: v[cursor] for k, v in self._prefetched.items()}
 
     def extra_loss(self, group: ParamGroup) -> torch.Tensor | None:
         """CLEAR's loss on a batch of replayed segments (``None`` while nothing is stored)."""
@@ -287,16 +309,21 @@ class CLEAR(MemoryModule):
             return None
         model: Any = self.sb3_model
         count, length = self.replayed_segments(), self.unroll_length
-        segments = self._draw(count)
-        rows: Any = {k: v.reshape(count * (length + 1), *v.shape[2:]) for k, v in segments.items()}
-        new = network_outputs(model, rows, ("actor", "critic"))
-        log_pi = action_log_likelihood(model, new, rows["action"]).view(count, length + 1)[:, :length]
-        value = new["value"].view(count, length + 1)
-        log_rhos = (log_pi - segments["log_mu"][:, :length]).detach()
-        discounts, rewards = model.gamma * (1.0 - segments["first"][:, 1:]), segments["reward"][:, :length]
-        values, bootstrap = value[:, :length].detach(), value[:, length].detach()
+        acted = count * length
+        batch = self._draw(count)
+        inputs: Any = {k[3:]: v for k, v in batch.items() if k.startswith("in.")}  # tensors, as Rows
+        new = network_outputs(model, inputs, ("actor", "critic"))
+        now = {k: v[:acted] for k, v in new.items()}  # the outputs on the steps acted
+        log_pi = action_log_likelihood(model, now, batch["in.action"][:acted]).view(count, length)
+        value = now["value"].view(count, length)
         targets, rhos, unweighted = _vtrace_terms(
-            log_rhos, discounts, rewards, values, bootstrap, self.rho_bar, self.c_bar
+            (log_pi - batch["log_mu"]).detach(),
+            batch["gamma"],
+            batch["reward"],
+            value.detach(),
+            new["value"][acted:, 0].detach(),
+            self.rho_bar,
+            self.c_bar,
         )
         advantages = rhos * unweighted
         if getattr(model, "normalize_advantage", False) and advantages.numel() > 1:
@@ -304,17 +331,13 @@ class CLEAR(MemoryModule):
             # docstring.
             advantages = advantages / (unweighted.std() + 1e-8)
         policy_loss = -(advantages * log_pi).mean()
-        value_loss = F.mse_loss(value[:, :length], targets)
-        now = {
-            k: v.view(count, length + 1, *v.shape[1:])[:, :length].reshape(count * length, *v.shape[1:])
-            for k, v in new.items()
+        value_loss = F.mse_loss(value, targets)
+        # the behaviour policy's outputs and value on the steps it acted
+        old = {
+            k[3:] if k.startswith("mu.") else k: v
+            for k, v in batch.items()
+            if k.startswith("mu.") or k == "value"
         }
-        old = {  # the behaviour policy's outputs and value on the steps it acted
-            k[3:]: v[:, :length].reshape(count * length, *v.shape[2:])
-            for k, v in segments.items()
-            if k.startswith("mu.")
-        }
-        old["value"] = segments["value"][:, :length].reshape(-1, 1)
         cloning = distillation_losses(model, old, now)
         loss = (
             policy_loss
@@ -331,7 +354,7 @@ class CLEAR(MemoryModule):
             "value_cloning": cloning["critic"].detach(),
             "rho": rhos.mean(),
         }
-        return (count * length / self.new_samples()) * loss
+        return (acted / self.new_samples()) * loss
 
     def log_scalars(self) -> dict[str, float]:
         """The last replayed batch's ``policy_loss``, ``value_loss``, ``policy_cloning``, ``value_cloning``

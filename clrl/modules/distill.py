@@ -19,7 +19,9 @@ mean squared error for deterministic actions, Q-values and values.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -240,10 +242,16 @@ def frozen_copy(model: BaseAlgorithm) -> torch.nn.Module:
     return copy
 
 
-def categorical_sizes(model: BaseAlgorithm, logits: torch.Tensor) -> list[int]:
-    """The widths of the categorical distributions side by side in ``logits``: a multi-categorical policy's
-    ``action_dims``, else one distribution over every column."""
-    return _split_categorical(model) or [logits.shape[1]]
+def categorical_parts(model: BaseAlgorithm, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The logits of each categorical distribution side by side in ``logits``: a multi-categorical policy's
+    ``action_dims`` columns each, else ``logits`` itself (one distribution over every column)."""
+    sizes = _split_categorical(model)
+    return logits.split(sizes, dim=1) if sizes else (logits,)
+
+
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of ``terms`` (one term alone: itself, no extra operation on the hot path)."""
+    return functools.reduce(operator.add, terms)
 
 
 def action_entropy(model: BaseAlgorithm, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -255,11 +263,8 @@ def action_entropy(model: BaseAlgorithm, outputs: dict[str, torch.Tensor]) -> to
     if isinstance(getattr(model.policy, "action_dist", None), BernoulliDistribution):
         p = torch.sigmoid(logits)
         return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).sum(1)
-    total = torch.zeros(len(logits), device=logits.device)
-    for part in logits.split(categorical_sizes(model, logits), dim=1):
-        log_p = F.log_softmax(part, dim=1)
-        total = total - (log_p.exp() * log_p).sum(1)
-    return total
+    log_ps = [F.log_softmax(part, dim=1) for part in categorical_parts(model, logits)]
+    return -_total((log_p.exp() * log_p).sum(1) for log_p in log_ps)
 
 
 def action_log_likelihood(
@@ -280,11 +285,10 @@ def action_log_likelihood(
         logits = outputs["logits"]
         if isinstance(dist, BernoulliDistribution):
             return (actions * F.logsigmoid(logits) + (1 - actions) * F.logsigmoid(-logits)).sum(1)
-        total = torch.zeros(len(logits), device=logits.device)
-        for k, part in enumerate(logits.split(categorical_sizes(model, logits), dim=1)):
-            index = actions[:, k].long().unsqueeze(1)
-            total = total + F.log_softmax(part, dim=1).gather(1, index).squeeze(1)
-        return total
+        return _total(
+            F.log_softmax(part, dim=1).gather(1, actions[:, k : k + 1].long()).squeeze(1)
+            for k, part in enumerate(categorical_parts(model, logits))
+        )
     if "mean" in outputs:
         if not isinstance(policy, ActorCriticPolicy):  # squashed: the buffer holds tanh(u) in [-1, 1]
             actions = torch.atanh(actions.clamp(-1 + 1e-6, 1 - 1e-6))
@@ -331,14 +335,13 @@ def distillation_losses(
             )
             losses["actor"] = kl.sum(1).mean()
         else:
-            sizes = categorical_sizes(model, new["logits"])
-            total = torch.zeros((), device=new["logits"].device)
+            terms = []
             for a, b in zip(
-                old["logits"].split(sizes, dim=1), new["logits"].split(sizes, dim=1), strict=True
+                categorical_parts(model, old["logits"]), categorical_parts(model, new["logits"]), strict=True
             ):
-                log_p, log_q = F.log_softmax(a, dim=1), F.log_softmax(b, dim=1)
-                total = total + (log_p.exp() * (log_p - log_q)).sum(1).mean()
-            losses["actor"] = total
+                log_p = F.log_softmax(a, dim=1)
+                terms.append((log_p.exp() * (log_p - F.log_softmax(b, dim=1))).sum(1).mean())
+            losses["actor"] = _total(terms)
     elif "mean" in new:
         var_old, var_new = (2 * old["log_std"]).exp(), (2 * new["log_std"]).exp()
         kl = (
