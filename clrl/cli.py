@@ -231,7 +231,8 @@ SMOKE_TEST_VARIABLE = "CLRL_SMOKE_TEST"
 SMOKE_TEST_STEPS = 256
 """With ``CLRL_SMOKE_TEST=1`` in the environment, ``clrl run``, ``clrl demo`` and ``clrl sweep`` check that
 a command runs instead of measuring: ``SMOKE_TEST_STEPS`` steps per task, one evaluation episode, no
-evaluations during training, the smallest seed only (how the README's commands are tested; README, Set-up)."""
+evaluations during training, the smallest seed only and, of a sweep, each method's first run only (the other
+runs are checked, not trained); how the README's commands are tested (README, Set-up)."""
 
 
 def smoke_test() -> bool:
@@ -240,20 +241,29 @@ def smoke_test() -> bool:
 
 
 def _smoke_specs(specs: list[RunSpec]) -> list[RunSpec]:
-    """``specs`` shrunk to a smoke test (:data:`SMOKE_TEST_STEPS`) when ``CLRL_SMOKE_TEST`` asks for one."""
+    """``specs`` shrunk to a smoke test (:data:`SMOKE_TEST_STEPS`) when ``CLRL_SMOKE_TEST`` asks for one.
+
+    Raises:
+        ConfigError, StreamError: A run left out has a setting that cannot work (:meth:`RunSpec.check`).
+    """
     if not smoke_test():
         return specs
     print(
         f"clrl: {SMOKE_TEST_VARIABLE} is set: {SMOKE_TEST_STEPS} steps per task, one evaluation episode, the "
-        "smallest seed only (a check that the command runs, not a result)",
+        "smallest seed and each method's first run only (a check that the command runs, not a result)",
         file=sys.stderr,
         flush=True,
     )
     first = min(spec.seed for spec in specs)
+    kept: dict[str, RunSpec] = {}
+    for spec in specs:
+        if spec.seed == first and spec.method not in kept:
+            kept[spec.method] = spec
+        else:
+            spec.check()  # left out, but its settings must work
     return [
         dataclasses.replace(spec, steps=SMOKE_TEST_STEPS, eval_episodes=1, eval_freq=None)
-        for spec in specs
-        if spec.seed == first
+        for spec in kept.values()
     ]
 
 
