@@ -56,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from clrl import _worker
 from clrl.errors import ConfigError
 from clrl.experiment import BASELINES, LOG_FILE, SPEC_FILE, RunSpec, completed_tasks, make_modules
 from clrl.progress import progress as make_progress
@@ -297,6 +296,8 @@ def _command(job: _Job) -> list[str]:
 
 
 def _environment(threads: int) -> dict[str, str]:
+    from clrl import _worker  # here, not at import: ``python -m clrl._worker`` must not find it imported
+
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
@@ -318,6 +319,8 @@ def execute(payload: dict[str, Any], threads: int) -> int:
     import contextlib
 
     import torch
+
+    from clrl import _worker
 
     torch.set_num_threads(threads)
     run_dir = Path(payload["run_dir"])
