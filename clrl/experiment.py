@@ -61,6 +61,7 @@ from clrl.modules import (
     progressive_policy,
 )
 from clrl.modules.plasticity_injection import injections_needed
+from clrl.modules.surgery import rollout_steps
 from clrl.presets import hyperparameters, make_model, module_defaults, preset
 from clrl.results import TrainResult, reference_mismatch, run_config
 from clrl.runner import (
@@ -213,7 +214,9 @@ def policy_hyperparameters(
     if needs:
         out["policy"] = POLICY_METHODS[needs[0]](get_algorithm(algo))
         if needs[0] == "plasticity-injection":
-            policy_kwargs["injections"] = injections_needed(stream, (method_args or {}).get("every"))
+            settings = {**preset(stream.name, algo), **hp}
+            rollout = rollout_steps(get_algorithm(algo), settings, settings.get("n_envs", 1))
+            policy_kwargs["injections"] = injections_needed(stream, (method_args or {}).get("every"), rollout)
         else:
             policy_kwargs["n_tasks"] = 2 if needs[0] == "pnc" else len(stream)
     if extractors:

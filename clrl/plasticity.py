@@ -431,12 +431,25 @@ class Periodic:
     def __init__(self, every: int | None) -> None:
         self.every = every
         self._next = 0
+        self.started = False
+        """Whether :meth:`start` or :meth:`restore` set when the action is next due."""
 
     def start(self, step: int) -> None:
         """Begin counting at ``step`` (a ``learn`` call's first): the action is next due at the next
         multiple of ``every``."""
         if self.every is not None:
             self._next = next_multiple(step, self.every)
+        self.started = True
+
+    @property
+    def next_due(self) -> int:
+        """The step at or after which the action is next due."""
+        return self._next
+
+    def restore(self, next_due: int) -> None:
+        """Continue a schedule whose action was next due at ``next_due`` (a resumed run)."""
+        self._next = int(next_due)
+        self.started = True
 
     def due(self, step: int) -> bool:
         """Whether the action is due at ``step``; if so, the next one is at the following multiple."""

@@ -14,8 +14,8 @@ from test_reliability import three_tasks, whole_and_resumed
 
 import clrl
 from clrl.errors import ConfigError
-from clrl.experiment import policy_hyperparameters
-from clrl.modules.plasticity_injection import InjectedMLP
+from clrl.experiment import policy_hyperparameters, run_experiment
+from clrl.modules.plasticity_injection import InjectedMLP, injections_needed
 from clrl.streams import make_stream
 
 ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
@@ -208,6 +208,38 @@ def test_injections_happen_at_later_task_starts_or_on_a_schedule() -> None:
     model = _model("dqn", injections=3, stream=stream)
     clrl.train(model, stream, [scheduled], eval_episodes=1)  # 384 steps: at 100, 200, 300
     assert scheduled.injections == 3 and not scheduled.needs_boundaries()
+
+
+def test_a_multiple_of_every_at_a_task_boundary_is_acted_on_at_the_next_tasks_first_rollout() -> None:
+    """The schedule runs over the run's ``learn`` calls: 128 and 256 are the second and third tasks' first
+    steps (a schedule restarted at each call skipped both)."""
+    stream = three_tasks(ALGO_SETUPS["dqn"][1])  # 3 x 128 steps in rollouts of 4
+    model = _model("dqn", injections=2, stream=stream)
+    scheduled = clrl.PlasticityInjection(every=128)
+    clrl.train(model, stream, [scheduled], eval_episodes=1)
+    assert scheduled.injections == 2
+
+
+def test_the_injections_counted_are_those_of_whole_rollouts(tmp_path: Path) -> None:
+    """SB3 trains whole rollouts: 20 visits of 10,000 steps in DQN's rollouts of 1,024 train 204,800 steps,
+    which cross 100,000 and 200,000."""
+    stream = make_stream("cartpole-permuted")
+    assert injections_needed(stream, 100_000, 1) == 1
+    assert injections_needed(stream, 100_000, 1024) == 2
+    hp = policy_hyperparameters("plasticity-injection", "dqn", stream, {}, {"every": 100_000})
+    assert hp["policy_kwargs"]["injections"] == 2  # the preset's 4 envs x train_freq 256
+    # A run whose tasks of 100 steps train 128 (rollouts of 32): injections at 160, 320 and 480.
+    spec = clrl.RunSpec(
+        "cartpole-flip",
+        method="plasticity-injection",
+        steps=100,
+        eval_episodes=1,
+        method_args={"every": 150},
+        hyperparameters={"n_envs": 1, "n_steps": 32, "batch_size": 32, "n_epochs": 1},
+        plasticity=False,
+    )
+    result = run_experiment(spec, tmp_path, log=lambda _: None)
+    assert result.module_stats[-1]["plasticity-injection"]["injections"] == 3
 
 
 def test_a_policy_without_injections_or_too_few_is_refused_before_training() -> None:

@@ -21,7 +21,14 @@ from clrl.algorithms import Networks, check_networks
 from clrl.errors import ConfigError
 from clrl.modules.base import ParamGroup, check_positive_int
 from clrl.modules.multihead import policy_for
-from clrl.modules.surgery import ScheduledSurgery, fresh_linear, selected_networks, target_copy
+from clrl.modules.surgery import (
+    ScheduledSurgery,
+    fresh_linear,
+    model_rollout_steps,
+    scheduled_operations,
+    selected_networks,
+    target_copy,
+)
 from clrl.plasticity import policy_networks, under
 
 
@@ -341,13 +348,14 @@ def injection_policy(algorithm: type[BaseAlgorithm] | str) -> type[BaseModel]:
     return policy_for(INJECTION_POLICIES, algorithm, "plasticity-injection")
 
 
-def injections_needed(stream: Any, every: int | None) -> int:
-    """How many injections :class:`PlasticityInjection` makes on ``stream``: one per task after the
-    first, or, with ``every``, one per multiple of ``every`` before the stream's last step (at least 1)."""
+def injections_needed(stream: Any, every: int | None, rollout: int = 1) -> int:
+    """How many injections :class:`PlasticityInjection` makes on ``stream`` (at least 1): one per task after
+    the first, or, with ``every``, :func:`clrl.modules.surgery.scheduled_operations` for rollouts of
+    ``rollout`` steps (:func:`clrl.modules.surgery.rollout_steps`: SB3 trains whole rollouts, so a task
+    of 10,000 steps in rollouts of 1,024 trains 10,240)."""
     if every is None:
         return max(len(stream.tasks) - 1, 1)
-    total = sum(task.budget(stream.steps_per_task) for task in stream.tasks)
-    return max((total - 1) // every, 1)
+    return max(scheduled_operations(stream, every, rollout), 1)
 
 
 class PlasticityInjection(ScheduledSurgery):
@@ -396,11 +404,11 @@ class PlasticityInjection(ScheduledSurgery):
         self.networks: Networks = check_networks(networks)
         self.injections = 0
         """Injections made so far."""
-        self._needed: int | None = None
+        self._stream: Any = None
 
     def check_stream(self, stream: Any) -> None:
-        """Note how many injections the stream makes, for :meth:`check_model`."""
-        self._needed = injections_needed(stream, self.every)
+        """Note the stream, whose schedule :meth:`check_model` counts."""
+        self._stream = stream
 
     def check_model(self, model: BaseAlgorithm) -> None:
         """Refuse a policy without injectable networks, or with fewer slots than the stream needs."""
@@ -411,11 +419,13 @@ class PlasticityInjection(ScheduledSurgery):
                 f"PlasticityInjection needs an injection policy; build the model with "
                 f"{algo}(clrl.injection_policy({algo}), env, policy_kwargs={{'injections': n}})"
             )
-        if self._needed is not None and min(slots) < self._needed - self.injections:
+        if self._stream is None:
+            return
+        needed = injections_needed(self._stream, self.every, model_rollout_steps(model))
+        if min(slots) < needed - self.injections:
             raise ConfigError(
-                f"the stream makes {self._needed} injections but the policy has room for "
-                f"{min(slots) + self.injections}; build it with "
-                f"policy_kwargs={{'injections': {self._needed}}}"
+                f"the stream makes {needed} injections but the policy has room for "
+                f"{min(slots) + self.injections}; build it with policy_kwargs={{'injections': {needed}}}"
             )
 
     def _targets(self, model: BaseAlgorithm) -> dict[str, InjectedMLP]:
@@ -462,10 +472,11 @@ class PlasticityInjection(ScheduledSurgery):
 
     def state_dict(self) -> dict[str, Any]:
         """The count of injections (the injected networks are in the policy's state)."""
-        return {"injections": self.injections}
+        return {**super().state_dict(), "injections": self.injections}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
         self.injections = int(state["injections"])
 
     def log_scalars(self) -> dict[str, float]:

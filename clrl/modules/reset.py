@@ -112,10 +112,11 @@ class Reset(ScheduledSurgery):
 
     def state_dict(self) -> dict[str, Any]:
         """The count of resets."""
-        return {"resets": self.resets}
+        return {**super().state_dict(), "resets": self.resets}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
         self.resets = int(state["resets"])
 
     def log_scalars(self) -> dict[str, float]:

@@ -79,10 +79,11 @@ class ShrinkAndPerturb(ScheduledSurgery):
 
     def state_dict(self) -> dict[str, Any]:
         """The count of applications."""
-        return {"applied": self.applied}
+        return {**super().state_dict(), "applied": self.applied}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        super().load_state_dict(state)
         self.applied = int(state["applied"])
 
     def log_scalars(self) -> dict[str, float]:

@@ -11,10 +11,14 @@ TD3. Draws use torch's global generator, which SB3 seeds.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
@@ -159,10 +163,47 @@ def linear_depths(model: BaseAlgorithm, network: str) -> dict[str, int]:
     return {path: deepest if d is None else d for path, d in known.items()}
 
 
+def rollout_steps(algorithm: type[BaseAlgorithm], settings: Mapping[str, Any], n_envs: int = 1) -> int:
+    """Environment steps SB3 collects per rollout of ``algorithm`` with ``settings`` (its keyword arguments;
+    SB3's defaults for those not given) on ``n_envs`` environments: ``n_steps * n_envs`` on-policy,
+    ``train_freq * n_envs`` off-policy (``n_envs`` for a ``train_freq`` counted in episodes, the fewest a
+    rollout takes), 1 for algorithms without rollouts. A ``learn`` call trains whole rollouts."""
+    defaults = inspect.signature(algorithm.__init__).parameters
+
+    def setting(name: str) -> Any:
+        if name in settings:
+            return settings[name]
+        return defaults[name].default if name in defaults else 1
+
+    if issubclass(algorithm, OnPolicyAlgorithm):
+        return int(setting("n_steps")) * n_envs
+    frequency = setting("train_freq")  # an int, (n, "step" | "episode"), or SB3's TrainFreq
+    if isinstance(frequency, tuple | list):
+        count, unit = frequency
+        return (int(count) if str(getattr(unit, "value", unit)) == "step" else 1) * n_envs
+    return int(frequency) * n_envs
+
+
+def model_rollout_steps(model: BaseAlgorithm) -> int:
+    """:func:`rollout_steps` of a built model."""
+    settings = {k: getattr(model, k) for k in ("n_steps", "train_freq") if hasattr(model, k)}
+    return rollout_steps(type(model), settings, model.n_envs)
+
+
+def scheduled_operations(stream: Any, every: int, rollout: int) -> int:
+    """How many times a :class:`ScheduledSurgery` with ``every`` operates on ``stream`` when each task trains
+    whole rollouts of ``rollout`` steps (:func:`rollout_steps`): once per multiple of ``every`` that a
+    rollout starts at or after (several multiples within one rollout: once)."""
+    total = sum(-(-task.budget(stream.steps_per_task) // rollout) * rollout for task in stream.tasks)
+    return len({start // every for start in range(0, total, rollout)} - {0})
+
+
 class ScheduledSurgery(ContinualModule):
     """A module that changes the network at the start of every task after the first, or, with ``every``,
     at the start of the first rollout after each multiple of ``every`` environment steps (after an update,
-    before states are collected, so an on-policy rollout is collected and learned by one policy).
+    before states are collected, so an on-policy rollout is collected and learned by one policy). The
+    schedule runs over every ``learn`` call of a run: a multiple that falls in a call's last rollout is due
+    at the next call's first rollout, and a resumed run keeps it (:meth:`state_dict`).
 
     Subclasses implement :meth:`operate`.
 
@@ -177,6 +218,7 @@ class ScheduledSurgery(ContinualModule):
         super().__init__(verbose)
         self.every = None if every is None else check_positive_int(every, f"{type(self).__name__} every")
         self._due = Periodic(self.every)
+        self._seen = 0
 
     def operate(self) -> object:
         """Change the network now."""
@@ -193,9 +235,23 @@ class ScheduledSurgery(ContinualModule):
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
-        self._due = Periodic(self.every)
-        self._due.start(self.sb3_model.num_timesteps)
+        step = self.sb3_model.num_timesteps
+        if not self._due.started or step < self._seen:  # the first call, or a model counting from 0 again
+            self._due = Periodic(self.every)
+            self._due.start(step)
+        self._seen = step
 
     def _on_rollout_start(self) -> None:
-        if self._due.due(self.sb3_model.num_timesteps):
+        self._seen = self.sb3_model.num_timesteps
+        if self._due.due(self._seen):
             self.operate()
+
+    def state_dict(self) -> dict[str, Any]:
+        """When the scheduled change is next due (``None`` before training or without ``every``)."""
+        started = self.every is not None and self._due.started
+        return {"next_due": self._due.next_due if started else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a state saved without the schedule starts it afresh)."""
+        if state.get("next_due") is not None:
+            self._due.restore(state["next_due"])
