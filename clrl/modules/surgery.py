@@ -237,7 +237,6 @@ class ScheduledSurgery(ContinualModule):
         super()._on_training_start()
         step = self.sb3_model.num_timesteps
         if not self._due.started or step < self._seen:  # the first call, or a model counting from 0 again
-            self._due = Periodic(self.every)
             self._due.start(step)
         self._seen = step
 
