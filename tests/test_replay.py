@@ -697,16 +697,88 @@ def test_a_float16_reservoir_halves_float_fields_and_reads_them_back_within_its_
     memory.start_task(1, np.random.default_rng(0))
     sample = memory.sample(8, np.random.default_rng(0), [0])
     assert sample["obs"].dtype == np.float32 and memory.tasks[0].data["obs"].dtype == np.float16
-    with pytest.raises(clrl.ConfigError, match="memory_dtype must be one of float32, float16"):
+    with pytest.raises(clrl.ConfigError, match="memory_dtype must be one of float32, float16, uint8"):
         clrl.Replay(memory_dtype="int8")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("module", "algo"), [(clrl.Replay, "dqn"), (clrl.BehaviourCloning, "ppo")])
-def test_a_half_precision_memory_holds_about_half_the_bytes(module: type, algo: str) -> None:
+def test_uint8_codes_read_back_within_one_step_of_a_range_that_widens_as_rows_arrive() -> None:
+    rng = np.random.default_rng(0)
+    # Later chunks spread further (feature 0 grows, feature 1 shifts down), feature 2 is constant.
+    chunks = [
+        np.stack([rng.normal(scale=0.1 * 3**i, size=20), rng.uniform(-i, 1 - i, 20), np.full(20, 2.5)], 1)
+        for i in range(5)
+    ]
+    reservoir = Reservoir(None, "uint8")
+    for chunk in chunks:
+        reservoir.add({"obs": chunk.astype(np.float32), "action": np.arange(20)}, rng)
+    given = np.concatenate(chunks).astype(np.float32)
+    back = reservoir.rows()
+    step = reservoir.quantiser.step("obs")
+    assert reservoir.data["obs"].dtype == np.uint8 and back["obs"].dtype == np.float32
+    assert np.array_equal(back["action"], np.tile(np.arange(20), 5))
+    error = np.abs(back["obs"] - given)
+    assert (error <= step + 1e-6).all(), (error.max(0), step)
+    assert (
+        error[:, 0].max() > step[0] / 2
+    )  # rows coded again when the range widened lost more than half a step
+    assert (error[-20:] <= step / 2 + 1e-6).all()  # the last chunk widened the range and was coded once
+    assert np.array_equal(back["obs"][:, 2], given[:, 2])  # a constant feature is exact
+    assert (reservoir.quantiser.lo["obs"] <= given.min(0)).all()
+    assert (reservoir.quantiser.hi["obs"] >= given.max(0)).all()
+    again = Reservoir.from_state_dict(reservoir.state_dict())
+    assert np.array_equal(again.rows()["obs"], back["obs"])
+    with pytest.raises(ValueError, match="finite values only; field 'obs'"):
+        reservoir.add({"obs": np.full((1, 3), np.inf, np.float32), "action": np.zeros(1, int)}, rng)
+
+
+def test_a_uint8_memory_shares_its_ranges_across_tasks_so_gathered_rows_read_back_right() -> None:
+    rng = np.random.default_rng(1)
+    memory = TaskMemory(1_000, "uint8")
+    given = []
+    for task in range(3):  # each task widens the shared range: the earlier tasks' codes are redone
+        obs = rng.normal(loc=4.0 * task, size=(100, 2)).astype(np.float32)
+        given.append(obs)
+        memory.start_task(task, rng)
+        memory.record({"obs": obs, "index": np.arange(100) + 100 * task}, rng)
+    step = memory.quantiser.step("obs")
+    rows = memory.sample(500, rng)
+    expected = np.concatenate(given)[rows["index"]]
+    assert (np.abs(rows["obs"] - expected) <= step + 1e-6).all()
+    assert memory.nbytes == len(memory) * (2 + 8) + memory.quantiser.nbytes
+    loaded = TaskMemory(1_000, "uint8")
+    loaded.load_state_dict(memory.state_dict())
+    assert loaded.quantiser is loaded.tasks[0].quantiser is loaded.tasks[2].quantiser
+    assert np.array_equal(
+        loaded.sample(500, np.random.default_rng(2))["obs"],
+        memory.sample(500, np.random.default_rng(2))["obs"],
+    )
+    state = memory.state_dict()
+    state["tasks"][0]["quantiser"]["lo"]["obs"] = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(clrl.ConfigError, match="range of field 'obs' is not \\(2,\\) finite values"):
+        TaskMemory(1_000, "uint8").load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("module", "algo"), [(clrl.Replay, "dqn"), (clrl.BehaviourCloning, "ppo"), (clrl.CLEAR, "ppo")]
+)
+def test_compressed_memories_hold_a_half_and_a_quarter_of_the_float_bytes(module: type, algo: str) -> None:
     sizes = {}
-    for dtype in ("float32", "float16"):
+    for dtype in ("float32", "float16", "uint8"):
         kept = module(budget=200, memory_dtype=dtype)
         learn_two_tasks(algo, kept)
         sizes[dtype] = kept.memory.nbytes
         assert kept.get_config()["memory_dtype"] == dtype
+        assert kept.memory.tasks[0].dtype == dtype
     assert sizes["float16"] < 0.6 * sizes["float32"], sizes
+    assert sizes["uint8"] < 0.4 * sizes["float32"], sizes
+
+
+def test_a_uint8_memory_survives_a_checkpoint_with_its_ranges(tmp_path: Path) -> None:
+    kept = clrl.CLEAR(budget=200, memory_dtype="uint8")
+    model = learn_two_tasks("ppo", kept)
+    (restored,) = clrl.load(clrl.save(model, tmp_path / "ckpt", [kept]), device=DEVICE)[1]
+    assert isinstance(restored, clrl.CLEAR) and restored.memory.quantiser.row_axes == 2
+    rng = [np.random.default_rng(3), np.random.default_rng(3)]
+    ours, theirs = (m.memory.sample(40, r) for m, r in zip((kept, restored), rng, strict=True))
+    assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    assert restored.memory.tasks[1].data["obs"].dtype == np.uint8

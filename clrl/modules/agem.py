@@ -92,8 +92,9 @@ class AGEM(StateRecorder, OutputReplay):
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
         project: ``"gradient"`` (default, the paper's rule on the gradient given to the optimiser) or
             ``"step"`` (the same rule on the parameter change the optimiser made; see above).
-        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
-            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given),
+            ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
+            within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 

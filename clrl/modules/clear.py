@@ -150,8 +150,9 @@ class CLEAR(MemoryModule):
         rho_bar: V-trace's truncation of the importance weights (the paper's 1).
         c_bar: V-trace's truncation of the trace coefficients (the paper's 1).
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
-        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
-            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given),
+            ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
+            within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
@@ -180,7 +181,8 @@ class CLEAR(MemoryModule):
         self.value_cloning = check_non_negative(value_cloning, "CLEAR value_cloning")
         self.rho_bar = check_non_negative(rho_bar, "CLEAR rho_bar")
         self.c_bar = check_non_negative(c_bar, "CLEAR c_bar")
-        self.memory = TaskMemory("all" if budget == "all" else max(1, budget // self.unroll_length))
+        segments: Budget = "all" if budget == "all" else max(1, budget // self.unroll_length)
+        self.memory = TaskMemory(segments, self.memory_dtype, row_axes=2)  # rows are (L + 1)-step segments
         self._pending: Rows | None = None  # the steps of the current task not yet in a segment, time-major
         self._prefetched: dict[str, torch.Tensor] | None = None  # drawn segments of the next updates
         self._cursor = 0

@@ -98,8 +98,9 @@ class CLSER(StateRecorder, MemoryModule):
         evaluate_with: ``"stable"`` (default), ``"plastic"`` or ``"working"`` (the trained policy itself).
         prefetch: Optimiser steps served by one draw and one pass of the copies (>= 1; see above; 1, the
             default, is the paper's computation).
-        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
-            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given),
+            ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
+            within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 

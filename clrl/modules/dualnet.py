@@ -171,8 +171,9 @@ class DualNet(StateRecorder, MemoryModule):
         redundancy_weight: Weight ``w`` of the Barlow Twins off-diagonal (redundancy) term (>= 0).
         noise: Scale of the Gaussian noise of the augmentations, relative to each feature's spread (>= 0).
         mask_prob: Probability that an augmentation replaces an entry by its batch mean, in [0, 1].
-        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
-            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given),
+            ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
+            within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 

@@ -89,8 +89,9 @@ class GEM(AGEM):
         networks: ``"all"`` (default) projects every optimiser's gradient (critics and value too);
             ``"actor"`` only what chooses actions.
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
-        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
-            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given),
+            ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
+            within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 

@@ -7,11 +7,14 @@ uint8 images stay uint8). :class:`TaskMemory` holds one reservoir per task under
 starts, every earlier reservoir is shrunk to ``budget // (tasks + 1)`` rows by a uniform subsample (a
 uniform sample of a uniform sample is uniform), and the new task gets the same share, so the rows held
 never exceed the budget however long the stream.
+
+Floating-point fields can be stored compressed (``dtype``): at half precision, or as per-feature uint8 codes
+of a range shared by the memory's reservoirs (:class:`Quantiser`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -22,12 +25,12 @@ from clrl.modules.base import ContinualModule, TaskInfo, check_bool
 
 Budget = int | Literal["all"]
 Rows = dict[str, np.ndarray]
-MemoryDtype = Literal["float32", "float16"]
-MEMORY_DTYPES = ("float32", "float16")
+MemoryDtype = Literal["float32", "float16", "uint8"]
+MEMORY_DTYPES = ("float32", "float16", "uint8")
 
 
 def check_memory_dtype(dtype: Any, what: str) -> MemoryDtype:
-    """Return ``dtype`` (``"float32"`` or ``"float16"``), or raise :class:`ConfigError`."""
+    """Return ``dtype`` (``"float32"``, ``"float16"`` or ``"uint8"``), or raise :class:`ConfigError`."""
     if dtype not in MEMORY_DTYPES:
         raise ConfigError(f"{what} must be one of {', '.join(MEMORY_DTYPES)}, got {dtype!r}")
     return dtype
@@ -47,6 +50,124 @@ def concat_rows(parts: list[Rows]) -> Rows:
     return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+class Quantiser:
+    """Per-feature uint8 codes of floating-point fields, over a range shared by the reservoirs of a memory.
+
+    Each field's every entry of a row (a feature) has its own range ``[lo, hi]``, and a value ``x`` is kept
+    as ``q = round(255 · (x - lo) / (hi - lo))`` and read back as ``lo + q · (hi - lo) / 255``: within half
+    a step ``(hi - lo) / 255`` of ``x``. The range starts as that of the first rows offered and widens when
+    later rows fall outside it; the rows already held are then coded again in the new range, each time
+    adding up to half of its step. A range that widens at least doubles its span (it is extended past the
+    new values where needed), so those steps shrink geometrically into the past and every value read back
+    is within one step of the value given (half a step for rows offered since the range last widened).
+    Constant features (``lo == hi``) are exact. Non-finite values cannot be coded and raise ``ValueError``.
+
+    One quantiser serves all the reservoirs of a :class:`TaskMemory`, so that their codes mean the same and
+    can be gathered into one array; ``members`` names them (a lone reservoir is its own only member) and
+    ``on_change`` is called after they were coded again.
+
+    Args:
+        members: The reservoirs whose rows use this quantiser's ranges.
+        on_change: Called after the held rows were coded in a widened range.
+        row_axes: Leading axes of a field that share one range: 1 (rows; a feature is every entry of a
+            row), 2 for rows of sequences (CLEAR's segments: a feature is an entry of every step).
+    """
+
+    def __init__(
+        self,
+        members: Callable[[], Iterable[Reservoir]] = lambda: (),
+        on_change: Callable[[], None] = lambda: None,
+        row_axes: int = 1,
+    ) -> None:
+        self.members = members
+        self.on_change = on_change
+        self.row_axes = row_axes
+        self.lo: dict[str, np.ndarray] = {}
+        """Each field's lowest value per feature (float64, the shape after the ``row_axes``)."""
+        self.hi: dict[str, np.ndarray] = {}
+        """Each field's highest value per feature."""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the ranges."""
+        return sum(v.nbytes for v in (*self.lo.values(), *self.hi.values()))
+
+    def step(self, key: str) -> np.ndarray:
+        """The width of one code of ``key``'s features (``(hi - lo) / 255``)."""
+        return (self.hi[key] - self.lo[key]) / 255.0
+
+    def encode(self, key: str, values: np.ndarray) -> np.ndarray:
+        """The codes of ``values`` (rows of field ``key``), widening its range first if they leave it."""
+        x = values.astype(np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError(
+                f"memory_dtype='uint8' codes finite values only; field {key!r} has non-finite ones"
+            )
+        if len(x) == 0:
+            return np.zeros(x.shape, dtype=np.uint8)
+        axes = tuple(range(self.row_axes))
+        low, high = x.min(axis=axes), x.max(axis=axes)
+        if key not in self.lo:
+            self.lo[key], self.hi[key] = low, high
+        elif (low < self.lo[key]).any() or (high > self.hi[key]).any():
+            self._widen(key, low, high)
+        return self._codes(x, self.lo[key], self.hi[key])
+
+    def decode(self, key: str, codes: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+        """The values of ``codes`` of field ``key``, in ``dtype``."""
+        lo, hi = self.lo[key], self.hi[key]
+        return (lo + (hi - lo) * (codes / 255.0)).astype(dtype)
+
+    @staticmethod
+    def _codes(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        span = hi - lo
+        scaled = np.divide((x - lo) * 255.0, span, out=np.zeros_like(x), where=span > 0)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+    def _widen(self, key: str, low: np.ndarray, high: np.ndarray) -> None:
+        lo, hi = self.lo[key], self.hi[key]
+        span = hi - lo
+        new_lo, new_hi = np.minimum(lo, low), np.maximum(hi, high)
+        short = (span > 0) & (new_hi - new_lo < 2 * span) & ((new_lo < lo) | (new_hi > hi))
+        upward = short & (new_hi > hi)  # the top was passed: double the span upward, else downward
+        new_hi = np.where(upward, new_lo + 2 * span, new_hi)
+        new_lo = np.where(short & ~upward, new_hi - 2 * span, new_lo)
+        for member in self.members():
+            if member.size and key in member.data:
+                held = member.data[key][: member.size]
+                held[...] = self._codes(lo + span * (held / 255.0), new_lo, new_hi)
+        self.lo[key], self.hi[key] = new_lo, new_hi
+        self.on_change()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ranges, as float64 tensors."""
+        return {
+            "lo": {k: torch.from_numpy(np.array(v, dtype=np.float64)) for k, v in self.lo.items()},
+            "hi": {k: torch.from_numpy(np.array(v, dtype=np.float64)) for k, v in self.hi.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Restore the ranges of the fields in ``shapes`` (each the shape after the ``row_axes``), checking
+        them."""
+        for key, shape in shapes.items():
+            try:
+                lo = np.asarray(state["lo"][key].numpy(), dtype=np.float64)
+                hi = np.asarray(state["hi"][key].numpy(), dtype=np.float64)
+            except (KeyError, TypeError, AttributeError):
+                raise ConfigError(f"a saved uint8 memory has no range for its field {key!r}") from None
+            if (
+                lo.shape != shape
+                or hi.shape != shape
+                or not (np.isfinite(lo).all() and np.isfinite(hi).all())
+            ):
+                raise ConfigError(
+                    f"a saved uint8 memory's range of field {key!r} is not {shape} finite values"
+                )
+            if (hi < lo).any():
+                raise ConfigError(f"a saved uint8 memory's range of field {key!r} has hi below lo")
+            self.lo[key], self.hi[key] = lo, hi
+
+
 class Reservoir:
     """A uniform random sample of at most ``capacity`` rows of everything added (``None``: keep all).
 
@@ -54,16 +175,23 @@ class Reservoir:
     compressed memory of Hayes et al. 2019, "Memory Efficient Experience Replay for Streaming Learning",
     ICRA, in its simplest form) and read back in their own dtype: each value then carries float16's
     relative error (at most ``2⁻¹¹``) and values beyond ``±65504`` become infinite. Other fields (uint8
-    images, integer actions) are kept as they are.
+    images, integer actions) are kept as they are. With ``dtype="uint8"``, they are stored as one byte per
+    value, coded per feature over a range that follows the data (:class:`Quantiser`; a quarter of float32's
+    bytes): each value read back is within one step ``(hi - lo) / 255`` of its feature's range.
 
     Args:
         capacity: Rows kept; ``None`` keeps every row (storage grows by doubling).
-        dtype: ``"float32"`` (default: every field as given) or ``"float16"``.
+        dtype: ``"float32"`` (default: every field as given), ``"float16"`` or ``"uint8"``.
+        quantiser: The ranges of ``"uint8"`` codes, shared with other reservoirs (default: its own).
     """
 
-    def __init__(self, capacity: int | None, dtype: MemoryDtype = "float32") -> None:
+    def __init__(
+        self, capacity: int | None, dtype: MemoryDtype = "float32", quantiser: Quantiser | None = None
+    ) -> None:
         self.capacity = capacity
         self.dtype: MemoryDtype = dtype
+        self.quantiser = Quantiser(lambda: (self,)) if quantiser is None else quantiser
+        """The ranges of the ``"uint8"`` codes (unused by the other dtypes)."""
         self.seen = 0
         """Rows offered so far."""
         self.size = 0
@@ -74,20 +202,40 @@ class Reservoir:
         """Each field's dtype as given."""
 
     def _stored(self, dtype: np.dtype[Any]) -> np.dtype[Any]:
-        compress = self.dtype == "float16" and np.issubdtype(dtype, np.floating)
-        return np.dtype(np.float16) if compress else dtype
+        if self.dtype == "float32" or not np.issubdtype(dtype, np.floating):
+            return dtype
+        return np.dtype(np.float16 if self.dtype == "float16" else np.uint8)
+
+    def _coded(self, key: str) -> bool:
+        return self.dtype == "uint8" and np.issubdtype(self.dtypes[key], np.floating)
+
+    def _encode(self, rows: Rows) -> Rows:
+        if self.dtype != "uint8":
+            return rows  # float16: numpy casts on assignment
+        return {k: self.quantiser.encode(k, v) if self._coded(k) else v for k, v in rows.items()}
 
     def restore(self, rows: Rows) -> Rows:
         """``rows`` of this reservoir's stored fields in their own dtypes."""
-        return {
-            k: v if v.dtype == self.dtypes.get(k, v.dtype) else v.astype(self.dtypes[k])
-            for k, v in rows.items()
-        }
+        restored = {}
+        for k, v in rows.items():
+            own = self.dtypes.get(k, v.dtype)
+            if v.dtype == own:
+                restored[k] = v
+            elif self._coded(k):
+                restored[k] = self.quantiser.decode(k, v, own)
+            else:
+                restored[k] = v.astype(own)
+        return restored
 
     def set_field(self, key: str, values: np.ndarray) -> None:
         """Store a whole field (one row per slot, the held rows first), compressed like the others."""
         self.dtypes[key] = values.dtype
-        self.data[key] = values.astype(self._stored(values.dtype), copy=False)
+        if self._coded(key):
+            codes = np.zeros(values.shape, dtype=np.uint8)
+            codes[: self.size] = self.quantiser.encode(key, values[: self.size])
+            self.data[key] = codes
+        else:
+            self.data[key] = values.astype(self._stored(values.dtype), copy=False)
 
     def __len__(self) -> int:
         return self.size
@@ -118,6 +266,7 @@ class Reservoir:
         cap = self.capacity
         free = n if cap is None else max(0, min(n, cap - self.size))
         self._reserve(rows, self.size + free)
+        rows = self._encode(rows)
         if free:
             for k, v in rows.items():
                 self.data[k][self.size : self.size + free] = v[:free]
@@ -157,9 +306,11 @@ class Reservoir:
         return sum(v[: self.size].nbytes for v in self.data.values())
 
     def state_dict(self) -> dict[str, Any]:
-        """The rows held as tensors (as stored: compressed fields stay compressed), with the counters and
-        the fields' own dtypes."""
+        """The rows held as tensors (as stored: compressed fields stay compressed), with the counters, the
+        fields' own dtypes and (``"uint8"``) the codes' ranges."""
+        extra = {"quantiser": self.quantiser.state_dict()} if self.dtype == "uint8" else {}
         return {
+            **extra,
             "capacity": -1 if self.capacity is None else self.capacity,
             "seen": self.seen,
             "dtype": self.dtype,
@@ -168,10 +319,11 @@ class Reservoir:
         }
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> Reservoir:
-        """Rebuild a reservoir saved by :meth:`state_dict`."""
+    def from_state_dict(cls, state: Mapping[str, Any], quantiser: Quantiser | None = None) -> Reservoir:
+        """Rebuild a reservoir saved by :meth:`state_dict` (its ``"uint8"`` ranges into ``quantiser``, if
+        given: the one its memory shares)."""
         dtype = check_memory_dtype(state.get("dtype", "float32"), "a saved memory's dtype")
-        reservoir = cls(None if state["capacity"] < 0 else int(state["capacity"]), dtype)
+        reservoir = cls(None if state["capacity"] < 0 else int(state["capacity"]), dtype, quantiser)
         reservoir.seen = int(state["seen"])
         reservoir.data = {k: v.numpy().copy() for k, v in state["data"].items()}
         saved = state.get("dtypes", {})
@@ -179,6 +331,13 @@ class Reservoir:
         if not all(np.issubdtype(d, np.number) or d == np.bool_ for d in reservoir.dtypes.values()):
             raise ConfigError(f"a saved memory names field dtypes that are not numbers: {saved!r}")
         reservoir.size = len(next(iter(reservoir.data.values()))) if reservoir.data else 0
+        if dtype == "uint8":
+            coded = [k for k in reservoir.data if reservoir._coded(k)]
+            if any(reservoir.data[k].dtype != np.uint8 for k in coded):
+                raise ConfigError("a saved uint8 memory holds floating-point fields that are not uint8 codes")
+            axes = reservoir.quantiser.row_axes
+            shapes = {k: tuple(reservoir.data[k].shape[axes:]) for k in coded}
+            reservoir.quantiser.load_state_dict(state.get("quantiser", {"lo": {}, "hi": {}}), shapes)
         return reservoir
 
 
@@ -188,11 +347,14 @@ class TaskMemory:
     Args:
         budget: Rows held in all (``"all"``: every row of every task, no bound).
         dtype: How the reservoirs store floating-point fields (:class:`Reservoir`).
+        row_axes: Leading axes of a field that share one ``"uint8"`` range (:class:`Quantiser`).
     """
 
-    def __init__(self, budget: Budget, dtype: MemoryDtype = "float32") -> None:
+    def __init__(self, budget: Budget, dtype: MemoryDtype = "float32", row_axes: int = 1) -> None:
         self.budget = budget
         self.dtype: MemoryDtype = dtype
+        self.quantiser = Quantiser(lambda: self.tasks, self.invalidate, row_axes)
+        """The ranges of the ``"uint8"`` codes, shared by every reservoir (unused by the other dtypes)."""
         self.tasks: list[Reservoir] = []
         """Reservoirs of the tasks, in the order they were started (the last may still be filling)."""
         self.task_ids: list[int] = []
@@ -212,7 +374,7 @@ class TaskMemory:
         if share is not None:
             for reservoir in self.tasks:
                 reservoir.shrink(share, rng)
-        self.tasks.append(Reservoir(share, self.dtype))
+        self.tasks.append(Reservoir(share, self.dtype, self.quantiser))
         self.task_ids.append(task_id)
         self.current = self.tasks[-1]
         return self.current
@@ -230,8 +392,9 @@ class TaskMemory:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by every task's rows."""
-        return sum(r.nbytes for r in self.tasks)
+        """Bytes held by every task's rows (and the ranges of ``"uint8"`` codes)."""
+        ranges = self.quantiser.nbytes if self.dtype == "uint8" else 0
+        return sum(r.nbytes for r in self.tasks) + ranges
 
     def sample(self, n: int, rng: np.random.Generator, tasks: list[int] | None = None) -> Rows:
         """``n`` rows drawn uniformly, with replacement, from the reservoirs at positions ``tasks`` (all).
@@ -294,7 +457,8 @@ class TaskMemory:
         self.invalidate()
         self.current = None
         self.task_ids = [int(t) for t in state["task_ids"]]
-        self.tasks = [Reservoir.from_state_dict(s) for s in state["tasks"]]
+        self.quantiser = Quantiser(lambda: self.tasks, self.invalidate, self.quantiser.row_axes)
+        self.tasks = [Reservoir.from_state_dict(s, self.quantiser) for s in state["tasks"]]
 
 
 class MemoryModule(ContinualModule):
@@ -307,8 +471,9 @@ class MemoryModule(ContinualModule):
     Args:
         budget: Rows kept over all tasks (``"all"``: unbounded).
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
-        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
-            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given),
+            ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
+            within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 

@@ -53,8 +53,9 @@ class Replay(MemoryModule):
         fraction: Share of each batch drawn from earlier tasks, in [0, 1]. 0 trains exactly as plain SB3.
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
         include_current: Also replay the current task's reservoir (task-free mode, above).
-        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given) or
-            ``"float16"`` (half the bytes, float16's precision; see :class:`clrl.modules.memory.Reservoir`).
+        memory_dtype: How the memory stores floating-point fields: ``"float32"`` (default, as given),
+            ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
+            within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
     """
 
