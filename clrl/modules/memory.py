@@ -115,8 +115,11 @@ class Quantiser:
 
     def decode(self, key: str, codes: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
         """The values of ``codes`` of field ``key``, in ``dtype``."""
-        lo, hi = self.lo[key], self.hi[key]
-        return (lo + (hi - lo) * (codes / 255.0)).astype(dtype)
+        return self._values(codes, self.lo[key], self.hi[key]).astype(dtype)
+
+    @staticmethod
+    def _values(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return lo + (hi - lo) * (codes / 255.0)
 
     @staticmethod
     def _codes(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -135,7 +138,7 @@ class Quantiser:
         for member in self.members():
             if member.size and key in member.data:
                 held = member.data[key][: member.size]
-                held[...] = self._codes(lo + span * (held / 255.0), new_lo, new_hi)
+                held[...] = self._codes(self._values(held, lo, hi), new_lo, new_hi)
         self.lo[key], self.hi[key] = new_lo, new_hi
         self.on_change()
 
