@@ -1,7 +1,7 @@
 """Training time and memory of the replay modules against plain SB3, as ratios measured in one run.
 
     python benchmarks/replay_overhead.py --algo ppo --steps 4096 --repeats 6     # CLEAR, cloning, A-GEM, GEM
-    python benchmarks/replay_overhead.py --algo dqn --steps 4096 --repeats 6     # Replay, A-GEM, GEM
+    python benchmarks/replay_overhead.py --algo dqn --steps 4096 --repeats 6     # Replay, MIR, A-GEM, GEM
     python benchmarks/replay_overhead.py --algo sac --stream pendulum-flip --steps 2000 --only clonex
     python benchmarks/replay_overhead.py --algo dqn --skip-time --memory-tasks 12
 
@@ -35,12 +35,14 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
     "dqn": {
         "plain": None,
         "replay": lambda: clrl.Replay(),
+        "mir": lambda: clrl.MIR(),
         "agem": lambda: clrl.AGEM(),
         "gem": lambda: clrl.GEM(),
     },
     "sac": {
         "plain": None,
         "replay": lambda: clrl.Replay(),
+        "mir": lambda: clrl.MIR(),
         "clonex": lambda: clrl.ClonEx(exploration_steps=200),
         "agem": lambda: clrl.AGEM(),
     },

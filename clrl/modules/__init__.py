@@ -15,6 +15,7 @@ from clrl.modules.l2 import L2
 from clrl.modules.l2_init import L2Init
 from clrl.modules.lwf import LwF
 from clrl.modules.mas import MAS
+from clrl.modules.mir import MIR
 from clrl.modules.multihead import (
     MultiHead,
     MultiHeadActorCriticPolicy,
@@ -61,6 +62,7 @@ __all__ = [
     "GEM",
     "L2",
     "MAS",
+    "MIR",
     "SCP",
     "SI",
     "BehaviourCloning",

@@ -177,21 +177,31 @@ class Replay(MemoryModule):
         if n_old == 0:
             return sample(batch_size, env)
         assert self._buffer is not None
-        if self.include_current:  # the current reservoir is still filling: drawn apart from the gathered ones
-            rows = self.memory.sample_with_current(n_old, self._sample_rng)
-        else:
-            rows = self.memory.sample(n_old, self._sample_rng, earlier)
-        old = self._to_samples(rows, env)
+        # The live rows come from SB3's own generator, the replayed ones from the module's: the order of the
+        # two draws changes neither.
+        live = sample(batch_size - n_old, env) if n_old < batch_size else None
+        old = self._replayed(n_old, earlier, env, live)
         self.replayed += n_old
-        if n_old == batch_size:
+        if live is None:
             return old
-        live = sample(batch_size - n_old, env)
         discounts = None
         if live.discounts is not None:  # n-step buffer: replayed rows are one-step transitions
             gamma = torch.full((n_old, 1), float(self.sb3_model.gamma), device=live.discounts.device)  # type: ignore[attr-defined]
             discounts = torch.cat([live.discounts, gamma.to(live.discounts.dtype)])
         fields = [_cat(a, b) for a, b in zip(live[:5], old[:5], strict=True)]
         return type(live)(*fields, discounts)
+
+    def _draw(self, n: int, earlier: list[int]) -> Rows:
+        """``n`` rows drawn uniformly from the earlier tasks' reservoirs (and the current one's, in task-free
+        mode)."""
+        if self.include_current:  # the current reservoir is still filling: drawn apart from the gathered ones
+            return self.memory.sample_with_current(n, self._sample_rng)
+        return self.memory.sample(n, self._sample_rng, earlier)
+
+    def _replayed(self, n: int, earlier: list[int], env: VecNormalize | None, live: Any) -> Any:
+        """The ``n`` replayed rows of a batch whose live rows are ``live`` (``None`` when there are none), as
+        SB3 samples: here a uniform draw (:class:`clrl.MIR` chooses them)."""
+        return self._to_samples(self._draw(n, earlier), env)
 
     def _to_samples(self, rows: Rows, env: VecNormalize | None) -> Any:
         buffer: Any = self._buffer
