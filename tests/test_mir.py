@@ -1,4 +1,5 @@
-"""MIR (Aljundi et al. 2019): the interference score of a virtual step, and the top-k choice it drives."""
+"""MIR (Aljundi et al. 2019): the interference score of a virtual step, and the top-k choice it drives, for
+replayed transitions (MIR) and cloned states (BehaviourCloning's ``retrieval="mir"``)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import cartpole_stream, make_model, tiny_ppo
-from test_modules import params_of
+from test_modules import learn_two_tasks, params_of
 from test_replay import two_tasks_with
 
 import clrl
+from clrl.modules import behaviour_cloning as bc_module
 from clrl.modules import mir as mir_module
+from clrl.modules.distill import distillation_losses, network_outputs
 from clrl.modules.mir import interference, td_losses, td_targets
 
 
@@ -164,7 +167,9 @@ def test_mir_refuses_critics_it_cannot_score(algo: str) -> None:
 
 
 def test_mir_refuses_on_policy_algorithms_and_too_few_candidates() -> None:
-    with pytest.raises(clrl.ConfigError, match="off-policy"):
+    with pytest.raises(
+        clrl.ConfigError, match=r"MIR needs an off-policy.*BehaviourCloning\(retrieval='mir'\)"
+    ):
         tiny_ppo(cartpole_stream()).learn(64, callback=clrl.MIR())
     model, _ = make_model("dqn")  # batch_size 16: 8 replayed rows
     with pytest.raises(clrl.ConfigError, match="at least the 8 rows"):
@@ -181,3 +186,102 @@ def test_mir_memory_survives_save_and_load(tmp_path: Path) -> None:
     for a, b in zip(loaded.memory, original.memory, strict=True):
         for key in a.rows():
             assert np.array_equal(a.rows()[key], b.rows()[key]), key
+
+
+# ------------------------------------------------------------------------------------------ behaviour cloning
+@pytest.mark.parametrize("algo", ["ppo", "sac", "td3", "dqn", "qrdqn"])
+def test_per_row_cloning_losses_average_to_the_batch_loss(algo: str) -> None:
+    model, stream = make_model(algo)
+    module = clrl.BehaviourCloning(budget=64)
+    model.learn(stream.steps(0), callback=module)
+    with torch.no_grad():
+        for p in model.policy.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    rows, old = module.memory.sample_outputs(model, 32, np.random.default_rng(1))
+    with torch.no_grad():
+        new = network_outputs(model, rows, ("actor", "critic"))
+        mean, per_row = (
+            distillation_losses(model, old, new),
+            distillation_losses(model, old, new, per_row=True),
+        )
+    assert mean.keys() == per_row.keys() and mean
+    for part in mean:
+        assert per_row[part].shape == (32,)
+        assert torch.allclose(per_row[part].mean(), mean[part], rtol=1e-5)
+        assert per_row[part].std() > 0  # rows differ: a per-part mean broadcast would fail
+
+
+def test_cloning_by_interference_clones_the_top_k_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a known score (a fixed permutation), each update clones exactly the k best of its candidates,
+    and the scores are taken along the gradient SB3 put into ``.grad``."""
+    module = clrl.BehaviourCloning(budget=64, batch_size=8, retrieval="mir", candidates=20)
+    generator = torch.Generator().manual_seed(0)
+    steps: list[dict[str, Any]] = []
+    real_sample = module.memory.sample_outputs
+    real_losses = bc_module.distillation_losses
+
+    def sample_outputs(*args: Any, **kwargs: Any) -> Any:
+        rows, old = real_sample(*args, **kwargs)
+        steps.append({"old": old})
+        return rows, old
+
+    def scores(params: Any, grads: Any, lr: float, row_losses: Any) -> torch.Tensor:
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)  # SB3's gradient is there
+        assert len(row_losses()) == 20
+        steps[-1]["scores"] = torch.randperm(20, generator=generator).float()
+        return steps[-1]["scores"]
+
+    def losses(model: Any, old: Any, new: Any, per_row: bool = False) -> Any:
+        if not per_row:
+            steps[-1]["cloned"] = old
+        return real_losses(model, old, new, per_row)
+
+    monkeypatch.setattr(module.memory, "sample_outputs", sample_outputs)
+    monkeypatch.setattr(bc_module, "virtual_step_scores", scores)
+    monkeypatch.setattr(bc_module, "distillation_losses", losses)
+    learn_two_tasks("ppo", module)
+    assert steps  # the second task's updates cloned
+    for step in steps:
+        best = torch.argsort(step["scores"], descending=True)[:8]
+        for key, value in step["cloned"].items():
+            assert torch.equal(value, step["old"][key][best]), key
+    assert module.chosen_score == pytest.approx(float(torch.arange(12, 20).float().mean()))
+    assert module.chosen_score > module.candidate_score
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_cloning_by_interference_keeps_the_old_policy_on_replayed_states(algo: str) -> None:
+    def kl_after_second_task(module: clrl.BehaviourCloning) -> float:
+        model = learn_two_tasks(algo, module, learning_rate=0.01)
+        rows = module.memory.tasks[0].rows()
+        old = {k[4:]: torch.as_tensor(v) for k, v in rows.items() if k.startswith("out.")}
+        with torch.no_grad():
+            return float(distillation_losses(model, old, network_outputs(model, rows, ("actor",)))["actor"])
+
+    free = kl_after_second_task(clrl.BehaviourCloning(budget=200, policy_coef=0.0, value_coef=0.0))
+    chosen = clrl.BehaviourCloning(budget=200, policy_coef=100.0, batch_size=64, retrieval="mir")
+    cloned = kl_after_second_task(chosen)
+    assert free > 0
+    assert cloned < 0.5 * free
+    assert chosen.chosen_score >= chosen.candidate_score
+    assert {"chosen_score", "candidate_score", "kl"} <= chosen.log_scalars().keys()
+
+
+def test_cloning_by_interference_is_reproducible() -> None:
+    def trained() -> dict[str, torch.Tensor]:
+        return params_of(learn_two_tasks("ppo", clrl.BehaviourCloning(budget=64, retrieval="mir")))
+
+    a, b = trained(), trained()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_bad_cloning_retrieval_settings_raise_config_errors() -> None:
+    with pytest.raises(clrl.ConfigError, match="retrieval must be 'uniform' or 'mir'"):
+        clrl.BehaviourCloning(retrieval="max")  # type: ignore[arg-type]
+    with pytest.raises(clrl.ConfigError, match="virtual_lr"):
+        clrl.BehaviourCloning(retrieval="mir", virtual_lr=0.0)
+    with pytest.raises(clrl.ConfigError, match="at least the 64 states cloned"):
+        tiny_ppo(cartpole_stream()).learn(
+            64, callback=clrl.BehaviourCloning(batch_size=64, retrieval="mir", candidates=10)
+        )

@@ -122,7 +122,14 @@ class ClonEx(BehaviourCloning):
         verbose: int = 0,
     ) -> None:
         super().__init__(
-            budget, batch_size, policy_coef, value_coef, networks, require_task_id, memory_dtype, verbose
+            budget,
+            batch_size,
+            policy_coef,
+            value_coef,
+            networks,
+            require_task_id=require_task_id,
+            memory_dtype=memory_dtype,
+            verbose=verbose,
         )
         if (
             isinstance(exploration_steps, bool)

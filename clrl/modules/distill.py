@@ -321,11 +321,12 @@ def default_parts(model: BaseAlgorithm) -> tuple[Part, ...]:
 
 
 def distillation_losses(
-    model: BaseAlgorithm, old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]
+    model: BaseAlgorithm, old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], per_row: bool = False
 ) -> dict[str, torch.Tensor]:
     """Mean divergence of ``new`` outputs from ``old`` ones, per part present in ``new``: ``actor``
-    (KL for distributions, squared error otherwise) and ``critic`` (squared error)."""
-    losses: dict[str, torch.Tensor] = {}
+    (KL for distributions, squared error otherwise) and ``critic`` (squared error); with ``per_row``, each
+    row's divergence (shape ``(n,)``, whose mean is the default's)."""
+    rows: dict[str, torch.Tensor] = {}
     if "logits" in new:
         dist = getattr(model.policy, "action_dist", None)
         if isinstance(dist, BernoulliDistribution):
@@ -333,29 +334,29 @@ def distillation_losses(
             kl = p_old * (F.logsigmoid(old["logits"]) - F.logsigmoid(new["logits"])) + (1 - p_old) * (
                 F.logsigmoid(-old["logits"]) - F.logsigmoid(-new["logits"])
             )
-            losses["actor"] = kl.sum(1).mean()
+            rows["actor"] = kl.sum(1)
         else:
             terms = []
             for a, b in zip(
                 categorical_parts(model, old["logits"]), categorical_parts(model, new["logits"]), strict=True
             ):
                 log_p = F.log_softmax(a, dim=1)
-                terms.append((log_p.exp() * (log_p - F.log_softmax(b, dim=1))).sum(1).mean())
-            losses["actor"] = _total(terms)
+                terms.append((log_p.exp() * (log_p - F.log_softmax(b, dim=1))).sum(1))
+            rows["actor"] = _total(terms)
     elif "mean" in new:
         var_old, var_new = (2 * old["log_std"]).exp(), (2 * new["log_std"]).exp()
         kl = (
             new["log_std"] - old["log_std"] + (var_old + (old["mean"] - new["mean"]).square()) / (2 * var_new)
         )
-        losses["actor"] = (kl - 0.5).sum(1).mean()
+        rows["actor"] = (kl - 0.5).sum(1)
     elif "action" in new:
-        losses["actor"] = (new["action"] - old["action"]).square().sum(1).mean()
+        rows["actor"] = (new["action"] - old["action"]).square().sum(1)
     elif "q" in new:
-        losses["actor"] = (new["q"] - old["q"]).square().mean()
+        rows["actor"] = (new["q"] - old["q"]).square().flatten(1).mean(1)
     for key in ("value", "critic_q"):
         if key in new:
-            losses["critic"] = (new[key] - old[key]).square().mean()
-    return losses
+            rows["critic"] = (new[key] - old[key]).square().flatten(1).mean(1)
+    return rows if per_row else {part: value.mean() for part, value in rows.items()}
 
 
 class StateRecorder(ContinualModule):
@@ -467,12 +468,12 @@ class OutputReplay(MemoryModule):
         """Store the networks' outputs on the task's states."""
         self.memory.finish_task(self.sb3_model)
 
-    def replay_batch_size(self) -> int:
-        """Memory states per update."""
+    def replay_batch_size(self, model: BaseAlgorithm | None = None) -> int:
+        """Memory states per update (of ``model``, default: the attached one)."""
         if self.batch_size is not None:
             return self.batch_size
-        model: Any = self.sb3_model
-        return int(getattr(model, "batch_size", None) or model.n_steps * model.n_envs)
+        algo: Any = self.sb3_model if model is None else model
+        return int(getattr(algo, "batch_size", None) or algo.n_steps * algo.n_envs)
 
     def log_scalars(self) -> dict[str, float]:
         """``bytes`` and ``states`` held in memory."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -88,18 +89,34 @@ def interference(model: BaseAlgorithm, live: Any, candidates: Any, lr: float) ->
     live_loss = td_losses(model, live, td_targets(model, live)).mean()
     grads = torch.autograd.grad(live_loss, params, allow_unused=True)
     targets = td_targets(model, candidates)
+    return virtual_step_scores(params, grads, lr, lambda: td_losses(model, candidates, targets))
+
+
+def virtual_step_scores(
+    params: Sequence[torch.nn.Parameter],
+    grads: Sequence[torch.Tensor | None],
+    lr: float,
+    row_losses: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """``row_losses()`` after the virtual SGD step ``θ - lr·grads`` minus before it, without gradients; the
+    parameters are copied back, so they end bit for bit as they were (``None`` gradients: no step)."""
     with torch.no_grad():
-        before = td_losses(model, candidates, targets)
+        before = row_losses()
         saved = [p.detach().clone() for p in params]
         try:
             for p, g in zip(params, grads, strict=True):
                 if g is not None:
                     p.sub_(lr * g)
-            after = td_losses(model, candidates, targets)
+            after = row_losses()
         finally:
             for p, value in zip(params, saved, strict=True):
                 p.copy_(value)
     return after - before
+
+
+def top_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The positions of the ``k`` highest scores, highest first (ties: the earlier row)."""
+    return torch.argsort(scores, descending=True, stable=True)[:k]
 
 
 def take(samples: Any, index: torch.Tensor) -> Any:
@@ -167,6 +184,7 @@ class MIR(Replay):
     """
 
     name = "mir"
+    on_policy_alternative = "BehaviourCloning(retrieval='mir')"
 
     def __init__(
         self,
@@ -219,7 +237,7 @@ class MIR(Replay):
         if lr is None:
             lr = float(critic_optimizer(self.sb3_model).param_groups[0]["lr"])
         scores = interference(self.sb3_model, live, pool, lr)
-        chosen = torch.argsort(scores, descending=True, stable=True)[:n]
+        chosen = top_rows(scores, n)
         self.chosen_score = float(scores[chosen].mean())
         self.candidate_score = float(scores.mean())
         return take(pool, chosen)

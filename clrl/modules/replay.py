@@ -62,6 +62,8 @@ class Replay(MemoryModule):
     task_free_with = "include_current=true"
 
     name = "replay"
+    on_policy_alternative = "CLEAR or BehaviourCloning"
+    """What the refusal of an on-policy algorithm points to."""
 
     def __init__(
         self,
@@ -89,8 +91,8 @@ class Replay(MemoryModule):
         """Refuse an algorithm without a replay buffer (before anything trains)."""
         if not isinstance(model, OffPolicyAlgorithm) or model.replay_buffer is None:
             raise ConfigError(
-                f"Replay needs an off-policy algorithm with a replay buffer (SAC, TD3, DQN, ...), got "
-                f"{type(model).__name__}; use CLEAR or BehaviourCloning for on-policy algorithms"
+                f"{type(self).__name__} needs an off-policy algorithm with a replay buffer (SAC, TD3, DQN, "
+                f"...), got {type(model).__name__}; use {self.on_policy_alternative} for on-policy algorithms"
             )
 
     def on_task_start(self, task: TaskInfo) -> None:
