@@ -61,7 +61,7 @@ class BehaviourCloning(StateRecorder, OutputReplay):
     hidden task id unless ``require_task_id=False``.
 
     **Retrieval by interference** (``retrieval="mir"``, MIR's rule for this memory, the on-policy
-    counterpart of :class:`clrl.MIR`; Aljundi et al. 2019, "Online Continual Learning with Maximal
+    counterpart of :class:`clrl.MIR`; Aljundi et al. 2019, "Online Continual Learning with Maximally
     Interfered Retrieval", NeurIPS). The ``batch_size`` states are not drawn uniformly but chosen, at each
     optimiser step, from ``candidates`` drawn uniformly: a virtual SGD step ``θ - α·g`` along the gradient
     ``g`` SB3's own loss has just put into ``.grad``, and the states whose cloning loss that step would

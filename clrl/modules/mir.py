@@ -166,7 +166,7 @@ class MIR(Replay):
     forward passes of the critic and one of the targets on the candidates (SAC, TD3: also the actor's next
     actions). With the default 5 candidates per replayed row, a DQN batch of 32 (16 replayed) scores 80.
 
-    Paper: Aljundi et al. 2019, "Online Continual Learning with Maximal Interfered Retrieval" (NeurIPS).
+    Paper: Aljundi et al. 2019, "Online Continual Learning with Maximally Interfered Retrieval" (NeurIPS).
 
     Args:
         budget: Transitions kept over all tasks (``"all"``: every transition, unbounded).
