@@ -8,7 +8,8 @@ difference (``visit_gap``, negative = learned worse later); the mean return whil
 against last cycle (``visit_curve_gap``, the area under the training curves); and the network's dormant
 share, the effective rank of its last hidden layer and the root mean square of its weights at the end of
 the first and of the last task. Only runs
-that finished every task are counted.
+that finished every task are counted. A run whose ``policy_kwargs`` name an activation or an optimiser
+(``benchmarks/plasticity_crelu.toml``, ``plasticity_trac.toml``) is a row of its own, ``finetune (crelu)``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def _boundary(result: dict, key: str, task: int) -> float | None:
     return None
 
 
+def _label(spec: dict) -> str:
+    """The method, with the activation or optimiser its ``policy_kwargs`` name (``finetune (crelu)``)."""
+    policy_kwargs = spec.get("hyperparameters", {}).get("policy_kwargs", {})
+    options = [str(policy_kwargs[k]) for k in ("activation_fn", "optimizer_class") if k in policy_kwargs]
+    return f"{spec['method']} ({', '.join(options)})" if options else spec["method"]
+
+
 def main(root: Path) -> None:
     rows: dict[str, dict[str, list[float]]] = {}
     for path in sorted(root.glob("**/results.json")):
@@ -51,7 +59,7 @@ def main(root: Path) -> None:
         curves = [(c["step"], c["task"], c["returns"]) for c in result.get("curves", [])]
         means = metrics.visit_curve_means(curves, n, cycles)
         network = next(iter(result["plasticity"][0]["values"])).split("/")[0]
-        row = rows.setdefault(spec["method"], {})
+        row = rows.setdefault(_label(spec), {})
         row.setdefault("first", []).append(float(visits[0].mean()))
         row.setdefault("last", []).append(float(visits[-1].mean()))
         row.setdefault("gap", []).append(metrics.visit_gap(matrix, cycles))

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
 
 from clrl.errors import ConfigError
 
@@ -121,3 +121,14 @@ def finished_returns(infos: Iterable[Mapping[str, Any]]) -> Iterator[float]:
         episode = info.get("episode")
         if isinstance(episode, dict):
             yield float(episode["r"])
+
+
+def policy_for(
+    table: dict[str, type[BaseModel]], algorithm: type[BaseAlgorithm] | str, what: str
+) -> type[BaseModel]:
+    """The policy class ``table`` gives ``algorithm`` (a class or a name), or a :class:`ConfigError`."""
+    name = algorithm if isinstance(algorithm, str) else algorithm.__name__
+    try:
+        return table[name.upper()]
+    except KeyError:
+        raise ConfigError(f"no {what} policy for {name}; supported: {', '.join(table)}") from None

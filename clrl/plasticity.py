@@ -41,7 +41,7 @@ from torch import nn
 
 from clrl.algorithms import optimizers
 from clrl.errors import ConfigError
-from clrl.networks import LayerNormReLU, LayerNormTanh
+from clrl.networks import CReLU, LayerNormReLU, LayerNormTanh
 
 __all__ = [
     "ACTIVATIONS",
@@ -77,6 +77,7 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Sigmoid,
     LayerNormReLU,
     LayerNormTanh,
+    CReLU,
 )
 """Module types whose outputs are a network's hidden features (SB3 builds its MLPs from ``activation_fn``
 instances, so every hidden layer ends in one)."""

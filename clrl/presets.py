@@ -10,9 +10,12 @@ SB3 constructor arguments, plus ``policy`` (default ``"MlpPolicy"``) and ``n_env
     learning_rate = 0.001
     policy_kwargs = { net_arch = [64, 64], activation_fn = "relu" }
 
-``policy_kwargs.activation_fn`` may name its ``torch.nn`` class (``"ReLU"``, ``"Tanh"``, ...; any case) or
+``policy_kwargs.activation_fn`` may name its ``torch.nn`` class (``"ReLU"``, ``"Tanh"``, ...; any case),
 one of clrl's layer-normalised activations (``"layernorm-relu"``, ``"layernorm-tanh"``,
-:mod:`clrl.networks`), so that TOML files and ``clrl run --hp`` can set it.
+:mod:`clrl.networks`) or ``"crelu"`` (which builds the model with :func:`clrl.networks.crelu_policy`),
+and ``policy_kwargs.optimizer_class`` its ``torch.optim`` class (``"Adam"``, ``"RMSprop"``, ...; any case)
+or ``"trac-adam"`` (:class:`clrl.optimizers.TRACAdam`), so that TOML files and ``clrl run --hp`` can set
+them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from clrl._data import data_dir
 from clrl.algorithms import get_algorithm
 from clrl.errors import ConfigError
 from clrl.hyperparameters import check_hyperparameters
-from clrl.networks import NORMALISED_ACTIVATIONS
+from clrl.networks import CRELU_POLICIES, NORMALISED_ACTIVATIONS, CReLU, crelu_policy
 from clrl.streams import TaskStream
 
 if sys.version_info >= (3, 11):
@@ -88,22 +91,67 @@ def hyperparameters(
 
 
 def activation_class(name: str) -> type[torch.nn.Module]:
-    """The ``torch.nn`` activation class called ``name``, case-insensitively (``"relu"`` -> ``nn.ReLU``), or
-    one of :data:`clrl.networks.NORMALISED_ACTIVATIONS` (``"layernorm-relu"``).
+    """The ``torch.nn`` activation class called ``name``, case-insensitively (``"relu"`` -> ``nn.ReLU``),
+    one of :data:`clrl.networks.NORMALISED_ACTIVATIONS` (``"layernorm-relu"``) or ``"crelu"``
+    (:class:`clrl.networks.CReLU`).
 
     Raises:
         ConfigError: No activation of that name in ``torch.nn``.
     """
     names = [n for n in torch.nn.modules.activation.__all__ if n not in ("MultiheadAttention", "Threshold")]
     key = name.lower().replace("_", "")
-    normalised = {n.replace("-", ""): cls for n, cls in NORMALISED_ACTIVATIONS.items()}
+    ours = {**NORMALISED_ACTIVATIONS, "crelu": CReLU}
+    normalised = {n.replace("-", ""): cls for n, cls in ours.items()}
     found = {n.lower(): getattr(torch.nn, n) for n in names}.get(key) or normalised.get(key.replace("-", ""))
     if found is None:
         raise ConfigError(
             f"activation_fn {name!r} is not an activation of torch.nn ({', '.join(names)}) or one of "
-            f"{', '.join(NORMALISED_ACTIVATIONS)}"
+            f"{', '.join(ours)}"
         )
     return found
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The ``torch.optim`` optimiser class called ``name``, case-insensitively (``"adam"`` ->
+    ``torch.optim.Adam``), or ``"trac-adam"``: :class:`clrl.optimizers.TRACAdam` (the ``trac`` extra).
+
+    Raises:
+        ConfigError: No optimiser of that name, or ``"trac-adam"`` without its extra.
+    """
+    key = name.lower().replace("_", "-")
+    if key == "trac-adam":
+        try:
+            from clrl.optimizers import TRACAdam
+        except ImportError as exc:
+            raise ConfigError(
+                f'optimizer_class "trac-adam" needs pytorch-optimizer ({exc}); pip install "clrl[trac]"'
+            ) from None
+        return TRACAdam
+    # not LBFGS (its step needs a closure), SparseAdam (sparse gradients) or Muon (matrices only)
+    unfit = ("Optimizer", "LBFGS", "SparseAdam", "Muon")
+    names = [n for n in torch.optim.__all__ if n[0].isupper() and n not in unfit]
+    found = {n.lower(): getattr(torch.optim, n) for n in names}.get(key)
+    if not (isinstance(found, type) and issubclass(found, torch.optim.Optimizer)):
+        raise ConfigError(
+            f"optimizer_class {name!r} is not an optimiser of torch.optim ({', '.join(names)}) or trac-adam"
+        )
+    return found
+
+
+NAMED_CLASSES = {"activation_fn": activation_class, "optimizer_class": optimizer_class}
+"""The ``policy_kwargs`` entries a preset or ``--hp`` may give as a name, and what resolves the name."""
+
+
+def _crelu_policy(cls: type[BaseAlgorithm], policy: Any) -> Any:
+    """The policy that widens the layers after CReLU activations in place of SB3's ``MlpPolicy``."""
+    if policy == "MlpPolicy":
+        return crelu_policy(cls)
+    if policy in CRELU_POLICIES.values():
+        return policy
+    raise ConfigError(
+        f"activation_fn crelu needs clrl's CReLU policy (its layers read twice the units); "
+        f"{getattr(policy, '__name__', policy)} cannot widen them: choose another activation_fn"
+    )
 
 
 def make_model(
@@ -124,11 +172,13 @@ def make_model(
     kwargs = hyperparameters(stream.name, algorithm, overrides)
     policy = kwargs.pop("policy", "MlpPolicy")
     policy_kwargs = kwargs.get("policy_kwargs")
-    if isinstance(policy_kwargs, dict) and isinstance(policy_kwargs.get("activation_fn"), str):
+    if isinstance(policy_kwargs, dict):
         kwargs["policy_kwargs"] = {
-            **policy_kwargs,
-            "activation_fn": activation_class(policy_kwargs["activation_fn"]),
+            key: NAMED_CLASSES[key](value) if key in NAMED_CLASSES and isinstance(value, str) else value
+            for key, value in policy_kwargs.items()
         }
+        if kwargs["policy_kwargs"].get("activation_fn") is CReLU:
+            policy = _crelu_policy(cls, policy)
     n_envs = kwargs.pop("n_envs", 1)
     if not isinstance(n_envs, int) or n_envs < 1:
         raise ConfigError(f"n_envs must be a positive integer, got {n_envs!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
 
 from clrl.algorithms import Networks, check_networks
 from clrl.errors import ConfigError
@@ -16,7 +17,7 @@ from clrl.modules.base import (
     check_non_negative,
     check_positive_int,
 )
-from clrl.modules.surgery import reinitialise_units, selected_networks
+from clrl.modules.surgery import check_one_feature_per_unit, reinitialise_units, selected_networks
 from clrl.plasticity import HiddenLayer, hidden_layers, network_parameters
 
 
@@ -100,6 +101,10 @@ class ContinualBackprop(ContinualModule):
         model = self.sb3_model
         chosen = selected_networks(model, self.networks)
         return {n: p for net in chosen for n, p in network_parameters(model, net).items()}
+
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse CReLU layers (:func:`clrl.modules.surgery.check_one_feature_per_unit`)."""
+        check_one_feature_per_unit(model, "ContinualBackprop")
 
     def needs_boundaries(self) -> bool:
         """Task-free: units are replaced after every optimiser step."""

@@ -16,6 +16,7 @@ from stable_baselines3.td3.policies import Actor as TD3Actor
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
+from clrl.algorithms import policy_for
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_bool
 
@@ -249,17 +250,6 @@ MULTIHEAD_POLICIES: dict[str, type[BaseModel]] = {
     "TD3": MultiHeadTD3Policy,
 }
 """The multi-head policy class of each supported algorithm, by class name."""
-
-
-def policy_for(
-    table: dict[str, type[BaseModel]], algorithm: type[BaseAlgorithm] | str, what: str
-) -> type[BaseModel]:
-    """The policy class ``table`` gives ``algorithm`` (a class or a name), or a :class:`ConfigError`."""
-    name = algorithm if isinstance(algorithm, str) else algorithm.__name__
-    try:
-        return table[name.upper()]
-    except KeyError:
-        raise ConfigError(f"no {what} policy for {name}; supported: {', '.join(table)}") from None
 
 
 def multihead_policy(algorithm: type[BaseAlgorithm] | str) -> type[BaseModel]:

@@ -17,10 +17,9 @@ from stable_baselines3.td3.policies import Actor as TD3Actor
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
-from clrl.algorithms import Networks, check_networks
+from clrl.algorithms import Networks, check_networks, policy_for
 from clrl.errors import ConfigError
 from clrl.modules.base import ParamGroup, check_positive_int
-from clrl.modules.multihead import policy_for
 from clrl.modules.surgery import (
     ScheduledSurgery,
     fresh_linear,

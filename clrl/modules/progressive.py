@@ -16,6 +16,7 @@ from stable_baselines3.td3.policies import Actor as TD3Actor
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
+from clrl.algorithms import policy_for
 from clrl.errors import ConfigError
 from clrl.modules.multihead import (
     MultiHead,
@@ -25,7 +26,6 @@ from clrl.modules.multihead import (
     _route,
     _TaskCritics,
     _TaskHeads,
-    policy_for,
     task_router,
 )
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from stable_baselines3.common.base_class import BaseAlgorithm
+
 from clrl.algorithms import Networks, check_networks
 from clrl.modules.base import ContinualModule, check_non_negative, check_positive_int
-from clrl.modules.surgery import reinitialise_units, selected_networks
+from clrl.modules.surgery import check_one_feature_per_unit, reinitialise_units, selected_networks
 from clrl.plasticity import Periodic, capture_features, dormant_units, recent_batch
 
 
@@ -62,6 +64,10 @@ class ReDo(ContinualModule):
         self.last_recycled = 0
         """Units recycled in the last round."""
         self._due = Periodic(self.every)
+
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse CReLU layers (:func:`clrl.modules.surgery.check_one_feature_per_unit`)."""
+        check_one_feature_per_unit(model, "ReDo")
 
     def needs_boundaries(self) -> bool:
         """Task-free: recycling runs on a schedule of steps."""

@@ -23,7 +23,9 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
 from clrl.algorithms import check_networks, optimizers
+from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
+from clrl.networks import CReLU
 from clrl.plasticity import Periodic, hidden_layers, policy_networks, under
 
 _ORTHO_GAINS = {
@@ -106,6 +108,16 @@ def reinitialise_units(
         reset_optimizer_entries(model, incoming.bias, units)
     for layer in outgoing:
         reset_optimizer_entries(model, layer.weight, units.unsqueeze(0).expand_as(layer.weight))
+
+
+def check_one_feature_per_unit(model: BaseAlgorithm, what: str) -> None:
+    """Refuse a policy with :class:`~clrl.networks.CReLU` layers, whose units each give two features, for
+    ``what``, which treats feature ``i`` of a hidden layer as unit ``i`` (its row and column)."""
+    if any(isinstance(layer.activation, CReLU) for layer in hidden_layers(model)):
+        raise ConfigError(
+            f"{what} replaces a hidden layer's units one feature each; a CReLU layer gives two features per "
+            "unit: use another activation_fn"
+        )
 
 
 def target_copy(model: BaseAlgorithm, path: str) -> nn.Module | None:
