@@ -231,8 +231,9 @@ SMOKE_TEST_VARIABLE = "CLRL_SMOKE_TEST"
 SMOKE_TEST_STEPS = 256
 """With ``CLRL_SMOKE_TEST=1`` in the environment, ``clrl run``, ``clrl demo`` and ``clrl sweep`` check that
 a command runs instead of measuring: ``SMOKE_TEST_STEPS`` steps per task, one evaluation episode, no
-evaluations during training, the smallest seed only and, of a sweep, each method's first run only (the other
-runs are checked, not trained); how the README's commands are tested (README, Set-up)."""
+evaluations during training, the smallest seed only and, of a sweep, the first run of each stream and
+algorithm only (the other runs are checked, not trained); how the README's commands are tested (README,
+Set-up)."""
 
 
 def smoke_test() -> bool:
@@ -240,25 +241,29 @@ def smoke_test() -> bool:
     return os.environ.get(SMOKE_TEST_VARIABLE, "0") not in ("", "0")
 
 
-def _smoke_specs(specs: list[RunSpec]) -> list[RunSpec]:
-    """``specs`` shrunk to a smoke test (:data:`SMOKE_TEST_STEPS`) when ``CLRL_SMOKE_TEST`` asks for one.
+def _smoke_specs(specs: list[RunSpec], sweep: bool = False) -> list[RunSpec]:
+    """``specs`` shrunk to a smoke test (:data:`SMOKE_TEST_STEPS`) when ``CLRL_SMOKE_TEST`` asks for one: the
+    smallest seed's run of each method (``clrl run``, ``clrl demo``) or, of a ``sweep``, of each stream and
+    algorithm.
 
     Raises:
         ConfigError, StreamError: A run left out has a setting that cannot work (:meth:`RunSpec.check`).
     """
     if not smoke_test():
         return specs
+    which = "each stream and algorithm's first run" if sweep else "each method's run"
     print(
         f"clrl: {SMOKE_TEST_VARIABLE} is set: {SMOKE_TEST_STEPS} steps per task, one evaluation episode, the "
-        "smallest seed and each method's first run only (a check that the command runs, not a result)",
+        f"smallest seed and {which} only (a check that the command runs, not a result)",
         file=sys.stderr,
         flush=True,
     )
     first = min(spec.seed for spec in specs)
-    kept: dict[str, RunSpec] = {}
+    kept: dict[object, RunSpec] = {}
     for spec in specs:
-        if spec.seed == first and spec.method not in kept:
-            kept[spec.method] = spec
+        key = (spec.stream, spec.algo) if sweep else spec.method
+        if spec.seed == first and key not in kept:
+            kept[key] = spec
         else:
             spec.check()  # left out, but its settings must work
     return [
@@ -353,7 +358,7 @@ def _sweep(ns: argparse.Namespace) -> int:
         )
         for r in runs
     ]
-    runs = _smoke_specs(runs)
+    runs = _smoke_specs(runs, sweep=True)
     logdir = ns.logdir or settings.get("logdir") or "runs"
     if ns.dry_run:
         for spec in runs:

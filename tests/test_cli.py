@@ -464,7 +464,7 @@ def test_the_summary_over_seeds_aligns_every_metric() -> None:
     assert len(lines) == 3 and len({line.index("[") for line in lines}) == 1
 
 
-def test_a_smoke_test_sweep_trains_each_methods_first_run_and_checks_the_others(
+def test_a_smoke_test_sweep_trains_each_stream_and_algorithms_first_run_and_checks_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("CLRL_SMOKE_TEST", "1")
@@ -472,9 +472,12 @@ def test_a_smoke_test_sweep_trains_each_methods_first_run_and_checks_the_others(
     args += ["--seeds", "0", "1", "--logdir", str(tmp_path), "--dry-run"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "cartpole-flip / ppo / finetune / seed 0" in out and "cartpole-flip / ppo / l2 / seed 0" in out
-    assert "cartpole-physics" not in out and "2 runs ->" in out
-    # PackNet needs the task id that cartpole-physics hides: its run there is left out, yet refused.
+    assert (
+        "cartpole-flip / ppo / finetune / seed 0" in out
+        and "cartpole-physics / ppo / finetune / seed 0" in out
+    )
+    assert "/ l2 /" not in out and "seed 1" not in out and "2 runs ->" in out
+    # PackNet needs the task id that cartpole-physics hides: its runs are left out, yet refused.
     args[args.index("l2")] = "packnet"
     assert main(args) == 2
     assert "cartpole-physics" in capsys.readouterr().err

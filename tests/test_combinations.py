@@ -14,11 +14,16 @@ from clrl.experiment import METHODS, RunSpec, completed_tasks, run_experiment
 
 PAIRS = [f"{a}+{b}" for a, b in itertools.combinations([n for n in METHODS if n != "finetune"], 2)]
 TINY = {"n_envs": 1, "n_steps": 32, "batch_size": 32, "n_epochs": 1, "policy_kwargs": {"net_arch": [8]}}
+TINY_ARGS = {"pnc": {"compress_steps": 8}}
+"""Module arguments that shrink a part's own budget to the tiny runs' (P&C compresses for 1,000 steps)."""
 
 
 @pytest.mark.parametrize("method", PAIRS)
 def test_a_pair_of_modules_learns_or_is_refused_up_front(tmp_path: Path, method: str) -> None:
-    spec = RunSpec("cartpole-flip", method=method, steps=32, eval_episodes=1, hyperparameters=TINY)
+    args = {k: v for part in method.split("+") for k, v in TINY_ARGS.get(part, {}).items()}
+    spec = RunSpec(
+        "cartpole-flip", method=method, steps=32, eval_episodes=1, hyperparameters=TINY, method_args=args
+    )
     try:
         result = run_experiment(spec, tmp_path, log=lambda _: None)
     except clrl.ClrlError as exc:
