@@ -63,8 +63,12 @@ def main(root: Path) -> None:
         row.setdefault("first", []).append(float(visits[0].mean()))
         row.setdefault("last", []).append(float(visits[-1].mean()))
         row.setdefault("gap", []).append(metrics.visit_gap(matrix, cycles))
-        row.setdefault("curve_first", []).append(float(np.nanmean(means[0])))
-        row.setdefault("curve_last", []).append(float(np.nanmean(means[-1])))
+        if curves:  # runs evaluated during training (eval_freq; not the long sweep's)
+            row.setdefault("curve_first", []).append(float(np.nanmean(means[0])))
+            row.setdefault("curve_last", []).append(float(np.nanmean(means[-1])))
+        else:
+            row.setdefault("curve_first", [])
+            row.setdefault("curve_last", [])
         for stat in ("dormant", "effective_rank", "weight_magnitude"):
             for label, task in (("first", 0), ("last", n - 1)):
                 value = _boundary(result, f"{network}/{stat}", task)

@@ -84,7 +84,7 @@ class CReLU(nn.Module):
 
     Deviation: ``net_arch`` widths stay the number of units (pre-activations) per layer, so a layer's
     features, and the next layer's inputs, are twice that width: a CReLU network of ``net_arch=[64, 64]``
-    has about twice the parameters of SB3's (the paper compares at equal unit counts too).
+    has about twice the parameters of SB3's.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
