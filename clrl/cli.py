@@ -169,13 +169,17 @@ def _list() -> None:
     print("streams:")
     builtins = builtin_streams()
     width = max(len(name) for name in builtins)
+    rows = []
     for name, path in builtins.items():
         data = tomllib.loads(path.read_text(encoding="utf-8"))  # clrl's own files: read, not built
         install = missing_extra(data.get("extra"))
         tasks, task_id, cycles = len(data["tasks"]), data.get("task_id", "hidden"), data.get("cycles", 1)
         count = f"{tasks} tasks" if cycles == 1 else f"{tasks * cycles} tasks ({tasks} x {cycles} cycles)"
         note = f"  [not installed: {install}]" if install else ""
-        print(f"  {name:<{width}}  {count}, task id {task_id:<8}  {data.get('description', '')}{note}")
+        rows.append((name, f"{count}, task id {task_id}", f"{data.get('description', '')}{note}"))
+    middle = max(len(row[1]) for row in rows)
+    for name, shape, description in rows:
+        print(f"  {name:<{width}}  {shape:<{middle}}  {description}")
     print("algorithms:\n  " + ", ".join(ALGORITHMS))
     print("methods:\n  " + ", ".join([*METHODS, *BASELINES]))
     print("  (modules combine with '+', e.g. multihead+ewc)")

@@ -337,6 +337,8 @@ def test_list_and_an_extras_stream_on_the_base_install(tmp_path: Path) -> None:
     assert minigrid.endswith('[not installed: pip install "clrl[minigrid]"]')
     assert "not installed" not in next(line for line in lines if line.strip().startswith("cartpole-flip"))
     assert "algorithms:" in lines and "methods:" in lines
+    streams = lines[1 : lines.index("algorithms:")]  # descriptions in one column, the long streams' too
+    assert len({line.index("CartPole") for line in streams if "CartPole" in line}) == 1
     run = subprocess.run(
         [sys.executable, str(script), "run", "minigrid", "--logdir", str(tmp_path)],
         capture_output=True,
