@@ -10,6 +10,7 @@ from clrl.modules.clser import CLSER
 from clrl.modules.continual_backprop import ContinualBackprop
 from clrl.modules.dualnet import DualNet, DualNetExtractor
 from clrl.modules.ewc import EWC
+from clrl.modules.gdumb import GDumb
 from clrl.modules.gem import GEM
 from clrl.modules.l2 import L2
 from clrl.modules.l2_init import L2Init
@@ -72,6 +73,7 @@ __all__ = [
     "ContinualModule",
     "DualNet",
     "DualNetExtractor",
+    "GDumb",
     "ImportancePenalty",
     "InjectionActorCriticPolicy",
     "InjectionDQNPolicy",

@@ -17,6 +17,7 @@ from clrl.modules.distill import (
     Frozen,
     Part,
     StateRecorder,
+    acting_with,
     action_log_likelihood,
     check_distillable,
     distillation_losses,
@@ -285,13 +286,8 @@ class CLSER(StateRecorder, MemoryModule):
         if self.evaluate_with == "working" or self.plastic is None or not bound:
             yield
             return
-        policy = self.sb3_model.policy
-        trained = {k: v.clone() for k, v in policy.state_dict().items()}
-        policy.load_state_dict(self.copy(self.evaluate_with).state_dict())
-        try:
+        with acting_with(self.sb3_model.policy, self.copy(self.evaluate_with).state_dict()):
             yield
-        finally:
-            policy.load_state_dict(trained)
 
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

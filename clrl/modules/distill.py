@@ -19,10 +19,11 @@ mean squared error for deterministic actions, Q-values and values.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -221,24 +222,46 @@ class Frozen:
     device: torch.device
 
 
-def frozen_copy(model: BaseAlgorithm) -> torch.nn.Module:
-    """A copy of ``model.policy`` that receives no gradients, on no optimiser, in evaluation mode.
-
-    It is built as the algorithm builds its policy (a deep copy fails on the distribution tensors of the last
-    forward pass), without drawing from the training random generators, then given the policy's state.
-    """
+def new_policy(model: BaseAlgorithm, seed: int | None = None) -> torch.nn.Module:
+    """A new policy of ``model``'s class and arguments, on its device, built as the algorithm builds its
+    policy but without drawing from the training random generators (``seed``: the seed of its own draws;
+    ``None``: whatever the global generator holds, which is then restored)."""
     algo: Any = model
     kwargs = dict(algo.policy_kwargs)
     if isinstance(model, OnPolicyAlgorithm):
         kwargs["use_sde"] = False  # check_supported refused gSDE
     cuda = [model.device.index or 0] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # its initialisation must not draw from training's RNG
-        copy = algo.policy_class(model.observation_space, model.action_space, algo.lr_schedule, **kwargs)
-    copy = copy.to(model.device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        policy = algo.policy_class(model.observation_space, model.action_space, algo.lr_schedule, **kwargs)
+    assert isinstance(policy, torch.nn.Module)
+    return policy.to(model.device)
+
+
+@contextlib.contextmanager
+def acting_with(policy: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """``policy`` with ``weights`` loaded for the duration of the context, its own restored on exit (how a
+    module that evaluates other weights than the trained ones, CLSER's copy or GDumb's learner, acts)."""
+    trained = {k: v.clone() for k, v in policy.state_dict().items()}
+    policy.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        policy.load_state_dict(trained)
+
+
+def frozen_copy(model: BaseAlgorithm) -> torch.nn.Module:
+    """A copy of ``model.policy`` that receives no gradients, on no optimiser, in evaluation mode.
+
+    It is built as the algorithm builds its policy (a deep copy fails on the distribution tensors of the last
+    forward pass), without drawing from the training random generators (:func:`new_policy`), then given the
+    policy's state.
+    """
+    copy = new_policy(model)
     copy.load_state_dict(model.policy.state_dict())
     copy.requires_grad_(False)
-    copy.set_training_mode(False)
-    assert isinstance(copy, torch.nn.Module)
+    copy.set_training_mode(False)  # type: ignore[operator]
     return copy
 
 
