@@ -4,6 +4,7 @@
     python benchmarks/replay_overhead.py --algo dqn --steps 4096 --repeats 6     # Replay, MIR, A-GEM, GEM
     python benchmarks/replay_overhead.py --algo sac --stream pendulum-flip --steps 2000 --only clonex
     python benchmarks/replay_overhead.py --algo dqn --skip-time --memory-tasks 12
+    python benchmarks/replay_overhead.py --algo ppo --only clear --before e312e75  # and CLEAR at that commit
 
 Time: the same protocol as ``regularisation_overhead.py`` (the user's own ``set_env`` + ``learn`` loop over
 the stream, one model per configuration with the same seed, every configuration training task i back to
@@ -15,6 +16,12 @@ bytes held after each task and the process's peak resident memory.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +56,27 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
 }
 
 
+def module_at(revision: str, name: str) -> object:
+    """``clrl/modules/<name>.py`` as it was at git ``revision``, imported as a module of its own (it imports
+    the rest of clrl as it is now), to time an earlier version of a module in the same run."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{revision}:clrl/modules/{name}.py"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / f"{name}_at_{revision}.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def memory(args: argparse.Namespace) -> None:
     lengths = np.linspace(0.4, 1.5, args.memory_tasks)
     tasks = [clrl.Task(f"length{x:.2f}", "CartPole-v1", attributes={"length": float(x)}) for x in lengths]
@@ -78,6 +106,9 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=10_000, help="Replay budget of the memory part")
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="configurations to time besides plain")
+    parser.add_argument(
+        "--before", metavar="REV", help="also time CLEAR as it was at this git revision (<name>-before)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     configurations = CONFIGURATIONS[args.algo]
@@ -88,6 +119,9 @@ def main() -> None:
                 f"no configuration {', '.join(unknown)} for {args.algo}: {', '.join(configurations)}"
             )
         configurations = {k: v for k, v in configurations.items() if k == "plain" or k in args.only}
+    if args.before:
+        earlier: Any = module_at(args.before, "clear")
+        configurations = {**configurations, "clear-before": lambda: earlier.CLEAR()}
     if not args.skip_time:
         time_modules(args, configurations)
     if args.memory_tasks:

@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import ALGO_SETUPS, DEVICE, cartpole_stream, make_model, tiny_ppo
+from conftest import ALGO_SETUPS, DEVICE, cartpole_stream, make_model, pendulum_stream, tiny_ppo
 from stable_baselines3 import DQN
 from test_modules import learn_two_tasks, params_of
 
@@ -451,6 +451,57 @@ def test_clear_does_not_push_actions_the_policy_no_longer_takes(behaviour: str) 
         assert norm > 1e-3
     else:
         assert norm < 1e-6
+
+
+@pytest.mark.parametrize(("algo", "stream_fn"), [("ppo", None), ("a2c", None), ("ppo", pendulum_stream)])
+def test_clear_joined_forward_pass_equals_its_loss_added_to_sb3s(algo: str, stream_fn: Any) -> None:
+    """On a plain actor-critic policy CLEAR runs its replayed states through SB3's ``evaluate_actions``
+    beside SB3's batch: SB3 gets the same outputs, and its one backward gives the gradient of SB3's loss plus
+    CLEAR's loss computed on its own (the path every other policy takes)."""
+    if stream_fn is None:
+        model, _ = make_model(algo)
+    else:  # a Gaussian policy
+        cls, _, kwargs = ALGO_SETUPS[algo]
+        model = cls("MlpPolicy", stream_fn().make_vec_env(0, seed=0), seed=0, device=DEVICE, **kwargs)
+    clear = clrl.CLEAR(budget=400, unroll_length=8, policy_cloning=1.0, value_cloning=1.0)
+    model.learn(64 if algo == "ppo" else 32, callback=clear)  # the memory holds segments
+    segments = {k: torch.as_tensor(v) for k, v in clear.memory.tasks[0].rows().items()}
+    count = clear.replayed_segments()
+    fixed = {k: v[0] for k, v in clear._batches({k: v[:count] for k, v in segments.items()}, count).items()}
+    clear._draw = lambda count: fixed  # type: ignore[method-assign]
+    policy: Any = model.policy
+    buffer: Any = model.rollout_buffer
+    obs = torch.as_tensor(buffer.observations.reshape(-1, buffer.observations.shape[-1])[:10], device=DEVICE)
+    actions = torch.as_tensor(buffer.actions.reshape(-1, buffer.actions.shape[-1])[:10], device=DEVICE)
+    if stream_fn is None:  # SB3 passes discrete actions as a flat long tensor
+        actions = actions.long().flatten()
+
+    def step(extra_loss: bool = True) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        policy.zero_grad()
+        values, log_prob, entropy = policy.evaluate_actions(obs, actions)
+        (values.square().mean() - log_prob.mean() - entropy.mean()).backward()  # any loss of all three
+        extra = clear.extra_loss(next(iter([None]))) if extra_loss else None  # type: ignore[arg-type]
+        if extra is not None:
+            extra.backward()
+        grads = [p.grad.clone() for p in policy.parameters() if p.grad is not None]
+        return grads, {"values": values.detach(), "log_prob": log_prob.detach(), "entropy": entropy.detach()}
+
+    model.start_time = clear._stamp = 1  # hooks live, as inside a learn
+    alone, _ = step(extra_loss=False)
+    separate, separate_out = step()
+    assert any(not torch.allclose(a, b) for a, b in zip(alone, separate, strict=True))  # CLEAR's loss acts
+    assert "evaluate_actions" not in vars(policy)
+    clear.attach()
+    assert "evaluate_actions" in vars(policy)
+    assert "evaluate_actions" not in policy.__getstate__()  # copies and pickles are plain SB3
+    joined, joined_out = step()
+    for key in separate_out:
+        assert torch.allclose(joined_out[key], separate_out[key], atol=1e-6), key
+    assert len(joined) == len(separate) and len(joined) > 0
+    for a, b in zip(joined, separate, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    clear.detach()
+    assert "evaluate_actions" not in vars(policy)
 
 
 def test_clear_needs_an_on_policy_algorithm() -> None:

@@ -3,6 +3,7 @@ RecurrentPPO."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,14 +13,24 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from torch.nn import functional as F
 
 from clrl.errors import ConfigError
-from clrl.modules.base import ParamGroup, TaskInfo, check_fraction, check_non_negative, check_positive_int
+from clrl.modules.base import (
+    ParamGroup,
+    TaskInfo,
+    check_fraction,
+    check_non_negative,
+    check_positive_int,
+    patch_attributes,
+)
 from clrl.modules.distill import (
     action_entropy,
     action_log_likelihood,
     check_supported,
     distillation_losses,
+    distribution_outputs,
+    joins_evaluate_actions,
     network_outputs,
     rollout_rows,
+    tensor_batch,
 )
 from clrl.modules.importance import _EvalMode
 from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows, TaskMemory, check_budget
@@ -88,6 +99,20 @@ def vtrace(
     return targets, rhos * unweighted
 
 
+class _JoinLoss(torch.autograd.Function):
+    """``x`` unchanged in the forward pass; in the backward pass ``x``'s gradient passes through and
+    ``loss`` receives gradient 1, so whatever back-propagates through ``x`` also back-propagates ``loss``
+    (as if it were a term of that loss), in the same backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return grad, torch.ones((), dtype=grad.dtype, device=grad.device)
+
+
 _PREFETCH = 32
 """Updates whose replayed segments are drawn at once."""
 
@@ -117,8 +142,13 @@ class CLEAR(MemoryModule):
     networks), ``μ`` and ``V_μ`` the stored behaviour distribution and value, and ``vf_coef`` and
     ``ent_coef`` the algorithm's own. ``n_r = n · replay_ratio / (1 - replay_ratio)`` for SB3's ``n``
     samples per step (``batch_size``; A2C's rollout), and ``w = n_r / n``: as the paper's loss summed over
-    new and replayed samples, per new sample. The loss is back-propagated right after SB3's ``zero_grad``,
-    so SB3's gradient clipping treats it as one more term of the loss.
+    new and replayed samples, per new sample. The loss joins SB3's: on a policy that evaluates actions as
+    SB3's feed-forward ``ActorCriticPolicy`` does (PPO's and A2C's ``MlpPolicy``, ``CnnPolicy``,
+    ``MultiInputPolicy``), the replayed states go through the policy's ``evaluate_actions`` in the same
+    forward pass as SB3's batch, and SB3's one backward pass carries CLEAR's loss with its own (replaying as
+    many states as SB3's batch then costs far less than a second pass through the networks); on any other
+    (RecurrentPPO, multi-head, progressive columns) it is back-propagated on its own right after SB3's
+    ``zero_grad``. Either way SB3's gradient clipping treats it as one more term of the loss.
 
     Differences from the paper, for SB3's on-policy algorithms: new data is learned with SB3's loss (PPO's
     clipped objective, A2C's), not with IMPALA's V-trace loss (IMPALA's actors lag the learner; SB3's do not);
@@ -187,6 +217,7 @@ class CLEAR(MemoryModule):
         self._prefetched: dict[str, torch.Tensor] | None = None  # drawn segments of the next updates
         self._cursor = 0
         self._last: dict[str, torch.Tensor] = {}
+        self._unpatch: Callable[[], None] | None = None
 
     def check_model(self, model: BaseAlgorithm) -> None:
         """Refuse an off-policy algorithm or a policy whose distribution is not defined here."""
@@ -305,16 +336,70 @@ class CLEAR(MemoryModule):
         self._cursor += 1
         return {k: v[cursor] for k, v in self._prefetched.items()}
 
+    def attach(self) -> None:
+        """Install the optimiser hook and, on a policy that evaluates actions as SB3's feed-forward
+        ``ActorCriticPolicy`` does, the joined forward pass: the policy's ``evaluate_actions`` (an instance
+        attribute, left out of its pickled state by :func:`~clrl.modules.base.patch_attributes`) runs the
+        replayed states beside SB3's batch. After a ``learn`` that raised, its first call removes it."""
+        super().attach()
+        model = self.sb3_model
+        if self.replay_ratio == 0 or not joins_evaluate_actions(model):
+            return
+        policy: Any = model.policy
+        evaluate = policy.evaluate_actions
+
+        def evaluate_with_replay(obs: Any, actions: torch.Tensor) -> Any:
+            if not self.hooks_live():
+                self.detach()
+                return evaluate(obs, actions)
+            if not torch.is_grad_enabled() or len(self.memory) == 0:
+                return evaluate(obs, actions)
+            return self._evaluate_with_replay(evaluate, obs, actions)
+
+        self._unpatch = patch_attributes(policy, evaluate_actions=evaluate_with_replay)
+
+    def detach(self) -> None:
+        """Remove the hooks and restore the policy's own ``evaluate_actions``."""
+        super().detach()
+        unpatch, self._unpatch = getattr(self, "_unpatch", None), None
+        if unpatch is not None:
+            unpatch()
+
+    def _evaluate_with_replay(self, evaluate: Any, obs: Any, actions: torch.Tensor) -> Any:
+        """SB3's ``evaluate_actions`` on its batch and one update's replayed segments in one forward pass;
+        the replay loss joins the returned values (:class:`_JoinLoss`), so SB3's backward carries it."""
+        model: Any = self.sb3_model
+        batch = self._draw(self.replayed_segments())
+        inputs: Any = {k[3:]: v for k, v in batch.items() if k.startswith("in.")}  # tensors, as Rows
+        replay = tensor_batch(model, inputs)
+        n = len(actions)
+        joined_obs = (
+            {k: torch.cat([v, replay["obs"][k].to(v.dtype)]) for k, v in obs.items()}
+            if isinstance(obs, dict)
+            else torch.cat([obs, replay["obs"].to(obs.dtype)])
+        )
+        replayed_actions = replay["action"].reshape(-1, *actions.shape[1:]).to(actions.dtype)
+        values, log_prob, entropy = evaluate(joined_obs, torch.cat([actions, replayed_actions]))
+        new = {k: v[n:] for k, v in distribution_outputs(model.policy.action_dist).items()}
+        new["value"] = values[n:]
+        loss = self._replay_loss(batch, new)
+        return _JoinLoss.apply(values[:n], loss), log_prob[:n], None if entropy is None else entropy[:n]
+
     def extra_loss(self, group: ParamGroup) -> torch.Tensor | None:
-        """CLEAR's loss on a batch of replayed segments (``None`` while nothing is stored)."""
-        if len(self.memory) == 0:
+        """CLEAR's loss on a batch of replayed segments (``None`` while nothing is stored, and while the
+        joined forward pass of :meth:`attach` carries it)."""
+        if len(self.memory) == 0 or getattr(self, "_unpatch", None) is not None:
             return None
+        batch = self._draw(self.replayed_segments())
+        inputs: Any = {k[3:]: v for k, v in batch.items() if k.startswith("in.")}  # tensors, as Rows
+        return self._replay_loss(batch, network_outputs(self.sb3_model, inputs, ("actor", "critic")))
+
+    def _replay_loss(self, batch: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of one update's replayed segments (:meth:`_batches`' layout) from the networks' outputs
+        ``new`` on their inputs (the steps acted, then the bootstrap states), per new sample."""
         model: Any = self.sb3_model
         count, length = self.replayed_segments(), self.unroll_length
         acted = count * length
-        batch = self._draw(count)
-        inputs: Any = {k[3:]: v for k, v in batch.items() if k.startswith("in.")}  # tensors, as Rows
-        new = network_outputs(model, inputs, ("actor", "critic"))
         now = {k: v[:acted] for k, v in new.items()}  # the outputs on the steps acted
         log_pi = action_log_likelihood(model, now, batch["in.action"][:acted]).view(count, length)
         value = now["value"].view(count, length)

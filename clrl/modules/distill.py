@@ -34,6 +34,7 @@ from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
     DiagGaussianDistribution,
+    Distribution,
     MultiCategoricalDistribution,
 )
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -120,7 +121,9 @@ def step_rows(model: OffPolicyAlgorithm, buffer_actions: np.ndarray) -> Rows:
 
 
 # ------------------------------------------------------------------------------------------ outputs
-def _tensor_batch(model: BaseAlgorithm, rows: Rows) -> dict[str, Any]:
+def tensor_batch(model: BaseAlgorithm, rows: Rows) -> dict[str, Any]:
+    """``rows`` as tensors on the model's device: ``obs`` (a tensor, or a dict for dict observations),
+    ``action`` and, for RecurrentPPO, the LSTM states and ``episode_starts``."""
     device = model.device
     if "obs" in rows:
         obs: Any = torch.as_tensor(rows["obs"], device=device)
@@ -165,11 +168,35 @@ def _actor_critic_outputs(policy: Any, obs: Any, parts: set[Part]) -> dict[str, 
     return out
 
 
+def distribution_outputs(dist: Distribution) -> dict[str, torch.Tensor]:
+    """The actor outputs (:func:`network_outputs`'s keys ``logits`` or ``mean``/``log_std``) of an SB3
+    action distribution, as its last ``proba_distribution`` set it (differentiable)."""
+    if isinstance(dist, DiagGaussianDistribution):
+        return {"mean": dist.distribution.mean, "log_std": dist.distribution.stddev.log()}
+    if isinstance(dist, MultiCategoricalDistribution):
+        return {"logits": torch.cat([d.logits for d in dist.distribution], dim=1)}
+    return {"logits": dist.distribution.logits}  # type: ignore[union-attr]
+
+
+def joins_evaluate_actions(model: BaseAlgorithm) -> bool:
+    """Whether ``model``'s policy evaluates actions exactly as SB3's feed-forward ``ActorCriticPolicy``
+    does, so a module may run replayed states through its ``evaluate_actions`` beside SB3's batch and read
+    their distribution from ``policy.action_dist`` (recurrent policies and those that route states, as the
+    multi-head and progressive ones, do not)."""
+    policy = model.policy
+    return (
+        isinstance(policy, ActorCriticPolicy)
+        and not _is_recurrent(model)
+        and _plain_actor_critic(policy)
+        and type(policy).evaluate_actions is ActorCriticPolicy.evaluate_actions
+    )
+
+
 def network_outputs(model: BaseAlgorithm, rows: Rows, parts: Iterable[Part]) -> dict[str, torch.Tensor]:
     """The networks' outputs on the states in ``rows`` (differentiable), keyed as the module doc says:
     ``logits`` or ``mean``/``log_std`` or ``action`` or ``q`` for the actor; ``value`` or ``critic_q``."""
     policy: Any = model.policy
-    batch = _tensor_batch(model, rows)
+    batch = tensor_batch(model, rows)
     obs, parts = batch["obs"], set(parts)
     out: dict[str, torch.Tensor] = {}
     if isinstance(model.policy, ActorCriticPolicy):
@@ -182,13 +209,7 @@ def network_outputs(model: BaseAlgorithm, rows: Rows, parts: Iterable[Part]) -> 
                 dist = policy.get_distribution(obs, lstm, batch["episode_starts"])[0]
             else:
                 dist = policy.get_distribution(obs)
-            if isinstance(dist, DiagGaussianDistribution):
-                out["mean"] = dist.distribution.mean
-                out["log_std"] = dist.distribution.stddev.log()
-            elif isinstance(dist, MultiCategoricalDistribution):
-                out["logits"] = torch.cat([d.logits for d in dist.distribution], dim=1)
-            else:
-                out["logits"] = dist.distribution.logits
+            out.update(distribution_outputs(dist))
         if "critic" in parts:
             if recurrent:
                 lstm = (batch["lstm.h_vf"], batch["lstm.c_vf"])
