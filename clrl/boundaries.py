@@ -45,6 +45,7 @@ def check_stream_fit(modules: Sequence[ContinualModule], stream: Any) -> None:
                 + "; or boundaries from a change-point test: BoundaryDetector([module]) (detector+<name>)"
             )
         module.check_stream(stream)
+        module.check_companions([m for m in modules if m is not module])
 
 
 def task_free_modules(configured: bool = False) -> list[str]:

@@ -46,6 +46,7 @@ from clrl.modules import (
     L2Init,
     LwF,
     MultiHead,
+    Net2NetGrowth,
     OnlineEWC,
     PackNet,
     ParsevalRegularisation,
@@ -108,6 +109,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "continual-backprop": ContinualBackprop,
     "parseval": ParsevalRegularisation,
     "plasticity-injection": PlasticityInjection,
+    "net2net": Net2NetGrowth,
     "detector": BoundaryDetector,
 }
 """Continual methods by command-line name (``None``: no module). ``detector`` holds the other modules of

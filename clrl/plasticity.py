@@ -176,11 +176,15 @@ def weight_magnitude(params: Iterable[torch.Tensor]) -> float:
 
 def weight_distance(params: Mapping[str, torch.Tensor], initial: Mapping[str, torch.Tensor]) -> float:
     """The root mean square distance of the parameters from their initial values,
-    ``sqrt(Σ_i (θ_i - θ⁰_i)² / N)``, over the parameters both mappings name."""
+    ``sqrt(Σ_i (θ_i - θ⁰_i)² / N)``, over the parameters both mappings name (of a parameter that grew since,
+    as :class:`clrl.Net2NetGrowth` widens layers, over the entries it had initially: its leading ones)."""
     squares, count = 0.0, 0
     for name, p in params.items():
         if name in initial:
-            squares += float((p.detach() - initial[name].to(p.device)).double().pow(2).sum())
+            start = initial[name].to(p.device)
+            if start.dim() == p.dim() and start.shape != p.shape:
+                p = p[tuple(slice(0, size) for size in start.shape)]
+            squares += float((p.detach() - start).double().pow(2).sum())
             count += p.numel()
     return math.sqrt(squares / count) if count else 0.0
 
@@ -663,8 +667,10 @@ class _GradientCapture:
 
     A post-accumulate-grad hook per parameter keeps the squared norm of its gradient after every backward
     (the last is the total a ``zero_grad`` ... ``step`` cycle accumulated); the step pre-hook of the
-    optimiser that steps the network then adds them up and removes the network's hooks. Hooks installed
-    by a ``learn`` that raised remove themselves at the first step of any later ``learn``.
+    optimiser that steps the network then adds them up and removes the network's hooks (recording nothing
+    when the network's parameters were replaced in between, as a :class:`clrl.Net2NetGrowth` widening
+    does). Hooks installed by a ``learn`` that raised remove themselves at the first step of any later
+    ``learn``.
     """
 
     def __init__(self, monitor: PlasticityMonitor, record: dict[str, Any]) -> None:
@@ -672,6 +678,7 @@ class _GradientCapture:
         model = monitor.model
         self.stamp = model.start_time
         self.squares: dict[str, dict[str, float]] = {}
+        self.hooked: dict[str, set[int]] = {}
         self.handles: dict[str, list[Any]] = {}
         self.step_handles: list[Any] = []
         stepped = {
@@ -683,6 +690,7 @@ class _GradientCapture:
                 continue
             squares: dict[str, float] = {}
             self.squares[network] = squares
+            self.hooked[network] = {id(p) for p in params.values()}
             handles = self.handles[network] = []
             for name, param in params.items():
 
@@ -709,6 +717,8 @@ class _GradientCapture:
         squares = self.squares.pop(network)
         for handle in self.handles.pop(network, []):
             handle.remove()
+        if self.hooked.pop(network) != {id(p) for p in network_parameters(monitor.model, network).values()}:
+            return  # parameters were replaced since (a layer grew): their gradients were not all seen
         if squares:
             value = math.sqrt(sum(squares.values()))
             self.record["values"][f"{network}/grad_norm"] = value

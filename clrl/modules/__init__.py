@@ -25,6 +25,7 @@ from clrl.modules.multihead import (
     MultiHeadTD3Policy,
     multihead_policy,
 )
+from clrl.modules.net2net import Net2NetGrowth
 from clrl.modules.online_ewc import OnlineEWC
 from clrl.modules.packnet import PackNet
 from clrl.modules.parseval import ParsevalRegularisation
@@ -86,6 +87,7 @@ __all__ = [
     "MultiHeadDQNPolicy",
     "MultiHeadSACPolicy",
     "MultiHeadTD3Policy",
+    "Net2NetGrowth",
     "OnlineEWC",
     "PackNet",
     "ParamGroup",

@@ -39,7 +39,7 @@ import math
 import numbers
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -259,6 +259,10 @@ class ContinualModule(BaseCallback):
     def check_stream(self, stream: Any) -> None:
         """Called by ``clrl.train`` before training with the :class:`clrl.TaskStream`; raise
         :class:`clrl.ConfigError` if the module cannot work on it (default: accept every stream)."""
+
+    def check_companions(self, others: Sequence[ContinualModule]) -> None:
+        """Raise :class:`clrl.ConfigError` if the module cannot train beside ``others`` (the other modules
+        of the run); called with :meth:`check_stream` (default: accept every companion)."""
 
     def needs_boundaries(self) -> bool:
         """Whether the module needs to be told where tasks start and end to do anything (default: yes).
