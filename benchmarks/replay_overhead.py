@@ -37,6 +37,7 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
         "behaviour-cloning": lambda: clrl.BehaviourCloning(),
         "agem": lambda: clrl.AGEM(),
         "gem": lambda: clrl.GEM(),
+        "generative-replay": lambda: clrl.GenerativeReplay(),
     },
     "a2c": {"plain": None, "clear": lambda: clrl.CLEAR(), "agem": lambda: clrl.AGEM()},
     "dqn": {
@@ -45,6 +46,7 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
         "mir": lambda: clrl.MIR(),
         "agem": lambda: clrl.AGEM(),
         "gem": lambda: clrl.GEM(),
+        "generative-replay": lambda: clrl.GenerativeReplay(),
     },
     "sac": {
         "plain": None,

@@ -14,9 +14,10 @@ from clrl.experiment import METHODS, RunSpec, completed_tasks, run_experiment
 
 PAIRS = [f"{a}+{b}" for a, b in itertools.combinations([n for n in METHODS if n != "finetune"], 2)]
 TINY = {"n_envs": 1, "n_steps": 32, "batch_size": 32, "n_epochs": 1, "policy_kwargs": {"net_arch": [8]}}
-TINY_ARGS = {"pnc": {"compress_steps": 8}, "gdumb": {"steps": 8}}
+TINY_ARGS = {"pnc": {"compress_steps": 8}, "gdumb": {"steps": 8}, "generative-replay": {"generator_steps": 8}}
 """Module arguments that shrink a part's own budget to the tiny runs' (P&C compresses for 1,000 steps, GDumb
-trains its learner for 2,000 at every evaluation)."""
+trains its learner for 2,000 at every evaluation, generative replay its generator for 2,000 at every task
+end)."""
 
 
 @pytest.mark.parametrize("method", PAIRS)

@@ -12,6 +12,7 @@ from clrl.modules.dualnet import DualNet, DualNetExtractor
 from clrl.modules.ewc import EWC
 from clrl.modules.gdumb import GDumb
 from clrl.modules.gem import GEM
+from clrl.modules.generative_replay import GenerativeReplay
 from clrl.modules.l2 import L2
 from clrl.modules.l2_init import L2Init
 from clrl.modules.lwf import LwF
@@ -75,6 +76,7 @@ __all__ = [
     "DualNet",
     "DualNetExtractor",
     "GDumb",
+    "GenerativeReplay",
     "ImportancePenalty",
     "InjectionActorCriticPolicy",
     "InjectionDQNPolicy",
