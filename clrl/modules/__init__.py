@@ -15,6 +15,7 @@ from clrl.modules.gem import GEM
 from clrl.modules.generative_replay import GenerativeReplay
 from clrl.modules.l2 import L2
 from clrl.modules.l2_init import L2Init
+from clrl.modules.latent_replay import LatentReplay
 from clrl.modules.lwf import LwF
 from clrl.modules.mas import MAS
 from clrl.modules.mir import MIR
@@ -83,6 +84,7 @@ __all__ = [
     "InjectionSACPolicy",
     "InjectionTD3Policy",
     "L2Init",
+    "LatentReplay",
     "LwF",
     "MultiHead",
     "MultiHeadActorCriticPolicy",

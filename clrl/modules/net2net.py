@@ -177,7 +177,7 @@ class Net2NetGrowth(ScheduledSurgery):
         from clrl.modules.replay import Replay
 
         for other in others:
-            if not isinstance(other, Replay | CLEAR | BehaviourCloning):
+            if type(other) not in (Replay, CLEAR, BehaviourCloning):  # not subclasses: ClonEx keeps policies
                 raise ConfigError(
                     f"Net2NetGrowth changes the shapes of the network's weights, which "
                     f"{type(other).__name__} keeps state of; it runs beside Replay, CLEAR and "
