@@ -137,10 +137,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--memory-tasks", type=int, default=12)
     parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="modules to time besides plain")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.only:
+        unknown = sorted(set(args.only) - set(MODULES))
+        if unknown:
+            parser.error(f"no module {', '.join(unknown)}: {', '.join(MODULES)}")
     if not args.skip_time:
-        time_modules(args)
+        chosen = {k: v for k, v in MODULES.items() if k == "plain" or not args.only or k in args.only}
+        time_modules(args, chosen)
     if args.memory_tasks:
         memory(args)
 

@@ -31,6 +31,7 @@ from clrl.experiment import RunSpec, run_experiment
 from clrl.imports import allow_imports
 from clrl.modules import (
     AGEM,
+    AR1,
     CLEAR,
     CLSER,
     EWC,
@@ -45,6 +46,7 @@ from clrl.modules import (
     ClonEx,
     ContinualBackprop,
     ContinualModule,
+    CWRStar,
     DualNet,
     DualNetExtractor,
     GDumb,
@@ -100,6 +102,7 @@ register_streams()
 __all__ = [
     "AGEM",
     "ALGORITHMS",
+    "AR1",
     "CLEAR",
     "CLSER",
     "EWC",
@@ -111,6 +114,7 @@ __all__ = [
     "SI",
     "BehaviourCloning",
     "BoundaryDetector",
+    "CWRStar",
     "CheckpointError",
     "ClonEx",
     "ClrlError",

@@ -26,6 +26,7 @@ from clrl.checks import check_eval_episodes, check_eval_freq, check_seed, inside
 from clrl.errors import ConfigError
 from clrl.modules import (
     AGEM,
+    AR1,
     CLEAR,
     CLSER,
     EWC,
@@ -40,6 +41,7 @@ from clrl.modules import (
     ClonEx,
     ContinualBackprop,
     ContinualModule,
+    CWRStar,
     DualNet,
     DualNetExtractor,
     GDumb,
@@ -101,6 +103,8 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "packnet": PackNet,
     "multihead": MultiHead,
     "progressive": ProgressiveColumns,
+    "cwr-star": CWRStar,
+    "ar1": AR1,
     "lwf": LwF,
     "clser": CLSER,
     "pnc": ProgressAndCompress,
@@ -125,6 +129,8 @@ the tasks so far mixed, and a fresh model per task each evaluating its own task.
 POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
     "multihead": multihead_policy,
     "progressive": progressive_policy,
+    "cwr-star": multihead_policy,
+    "ar1": multihead_policy,
     "pnc": progressive_policy,  # two columns: the knowledge base and the active column
     "plasticity-injection": injection_policy,
 }

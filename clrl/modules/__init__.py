@@ -8,6 +8,7 @@ from clrl.modules.clear import CLEAR
 from clrl.modules.clonex import ClonEx
 from clrl.modules.clser import CLSER
 from clrl.modules.continual_backprop import ContinualBackprop
+from clrl.modules.cwr import AR1, CWRStar
 from clrl.modules.dualnet import DualNet, DualNetExtractor
 from clrl.modules.ewc import EWC
 from clrl.modules.gdumb import GDumb
@@ -60,6 +61,7 @@ from clrl.modules.si import SI
 
 __all__ = [
     "AGEM",
+    "AR1",
     "CLEAR",
     "CLSER",
     "EWC",
@@ -71,6 +73,7 @@ __all__ = [
     "SI",
     "BehaviourCloning",
     "BoundaryDetector",
+    "CWRStar",
     "ClonEx",
     "ContinualBackprop",
     "ContinualModule",

@@ -37,12 +37,28 @@ class TaskRouter:
         self.forced: int | None = None
         """Route every sample to this head (``None``: by the observation's task id)."""
         self._ids: torch.Tensor | None = None
+        self._only: int | None = None  # the one task of the last batch, when it has one
 
     def observe(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        """Forward pre-hook of a features extractor: read the batch's task ids."""
+        """Forward pre-hook of a features extractor: read the batch's task ids (and whether they are all
+        one task's, as most batches are, so that each head does not have to find out again)."""
         obs = args[0]
         one_hot = obs["task_id"] if isinstance(obs, dict) else obs[..., -self.n_tasks :]
-        self._ids = one_hot.argmax(dim=-1)
+        self._ids = ids = one_hot.argmax(dim=-1)
+        self._only = None
+        if ids.numel() and not torch._C._functorch.is_functorch_wrapped_tensor(ids):
+            lowest, highest = torch.aminmax(ids)
+            if lowest == highest:
+                self._only = int(lowest)
+
+    def only(self, x: torch.Tensor) -> int | None:
+        """The one head every sample of ``x`` goes to, if there is one and it is known without a look at
+        the ids (a forced head, or a batch of one task); ``None`` otherwise."""
+        if self.forced is not None:
+            return self.forced
+        if self._only is not None and self._ids is not None and self._ids.shape == x.shape[:-1]:
+            return self._only
+        return None
 
     def ids(self, x: torch.Tensor) -> torch.Tensor:
         """The head of each sample of ``x`` (shape ``x.shape[:-1]``; per-sample calls under vmap work too)."""
@@ -77,6 +93,9 @@ class TaskLinear(nn.Module):
         self._router = router  # a plain attribute: not a submodule, not in the state dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        only = self._router.only(x)
+        if only is not None and not torch._C._functorch.is_functorch_wrapped_tensor(x):
+            return nn.functional.linear(x, self.weight[only], self.bias[only])
         ids = self._router.ids(x)
         if torch._C._functorch.is_functorch_wrapped_tensor(x):
             # Inside torch.func transforms (per-sample gradients of the importance estimates): no
