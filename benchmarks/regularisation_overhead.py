@@ -57,6 +57,7 @@ def time_modules(
     model built with ``hyperparameters[name]`` over the preset. Returns the CPU seconds per (repeat, task)."""
     stream = clrl.make_stream(args.stream, steps_per_task=args.steps)
     names = list(configurations)
+    tasks = min(len(stream), getattr(args, "tasks", None) or len(stream))  # --tasks: the first ones
     cpu: dict[str, list[float]] = {name: [] for name in names}  # per (repeat, task)
     wall: dict[str, list[float]] = {name: [] for name in names}
     importance: dict[str, list[float]] = {}
@@ -66,7 +67,7 @@ def time_modules(
             for name in names
         }
         modules = {name: factory() if factory else None for name, factory in configurations.items()}
-        for i in range(len(stream)):
+        for i in range(tasks):
             # All configurations train task i back to back (order rotated), so drifts of a shared machine
             # hit them alike; ratios are taken per (repeat, task).
             shift = (repeat * len(stream) + i) % len(names)
@@ -86,7 +87,7 @@ def time_modules(
     full_task = clrl.make_stream(args.stream).steps(0)
     plain_per_step = statistics.median(cpu["plain"]) / args.steps
     print(
-        f"\n{args.algo} on {args.stream}, {len(stream)} tasks x {args.steps} steps, {args.repeats} repeats: "
+        f"\n{args.algo} on {args.stream}, {tasks} tasks x {args.steps} steps, {args.repeats} repeats: "
         "training time without importance estimation (CPU s per task, median), and its ratio to plain SB3 "
         "paired by repeat and task (median [range]); importance estimation in seconds per task and as a "
         f"share of a {full_task}-step task of plain SB3 (the stream's budget)"

@@ -5,6 +5,8 @@
     python benchmarks/replay_overhead.py --algo sac --stream pendulum-flip --steps 2000 --only clonex
     python benchmarks/replay_overhead.py --algo dqn --skip-time --memory-tasks 12
     python benchmarks/replay_overhead.py --algo ppo --only clear --before e312e75  # and CLEAR at that commit
+    python benchmarks/replay_overhead.py --algo dqn --stream cartpole-permuted --tasks 11 --steps 1024 \
+        --only agem gem gem-refresh1 --repeats 1    # GEM at 10 earlier tasks
 
 Time: the same protocol as ``regularisation_overhead.py`` (the user's own ``set_env`` + ``learn`` loop over
 the stream, one model per configuration with the same seed, every configuration training task i back to
@@ -46,6 +48,7 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
         "mir": lambda: clrl.MIR(),
         "agem": lambda: clrl.AGEM(),
         "gem": lambda: clrl.GEM(),
+        "gem-refresh1": lambda: clrl.GEM(refresh=1),
         "generative-replay": lambda: clrl.GenerativeReplay(),
     },
     "sac": {
@@ -104,6 +107,7 @@ def main() -> None:
     parser.add_argument("--algo", default="ppo", choices=sorted(CONFIGURATIONS))
     parser.add_argument("--steps", type=int, default=4096, help="steps per task")
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--tasks", type=int, help="train the stream's first TASKS tasks only")
     parser.add_argument("--memory-tasks", type=int, default=0, help="tasks of the memory part (0: skip)")
     parser.add_argument("--budget", type=int, default=10_000, help="Replay budget of the memory part")
     parser.add_argument("--skip-time", action="store_true")

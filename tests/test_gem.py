@@ -112,6 +112,30 @@ def test_gem_gradients_conflict_with_no_earlier_task_in_training(algo: str) -> N
     assert min(gem.worst) >= -1e-5, min(gem.worst)
 
 
+def test_gem_with_refresh_computes_that_many_reference_gradients_per_step_in_turn() -> None:
+    calls: list[list[int]] = []
+
+    class Counted(clrl.GEM):
+        def reference_gradient(
+            self, group: clrl.ParamGroup, tasks: list[int] | None = None
+        ) -> list[torch.Tensor]:
+            calls[-1].extend(tasks or [])
+            return super().reference_gradient(group, tasks)
+
+        def adjust_gradients(self, group: clrl.ParamGroup) -> None:
+            calls.append([])
+            super().adjust_gradients(group)
+
+    cls, make, hyper = ALGO_SETUPS["dqn"]
+    stream = three_tasks(make)
+    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
+    clrl.train(model, stream, [Counted(budget=150, refresh=1)], eval_episodes=1)
+    start = next(i for i, c in enumerate(calls) if sorted(c) == [0, 1])  # the third task's first step
+    assert all(c == [0] for c in calls[:start] if c)  # the second task: its one earlier task, every step
+    third = calls[start:]
+    assert [c for step in third[1:] for c in step] == [(i + 1) % 2 for i in range(len(third) - 1)]
+
+
 def test_gem_before_an_earlier_task_is_in_memory_equals_plain_sb3() -> None:
     model, stream = make_model("dqn")
     model.learn(stream.steps(0), callback=clrl.GEM(budget=50))

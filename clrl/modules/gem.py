@@ -10,7 +10,7 @@ import torch
 from clrl.algorithms import Networks
 from clrl.errors import ConfigError
 from clrl.modules.agem import AGEM
-from clrl.modules.base import ParamGroup, check_non_negative
+from clrl.modules.base import ParamGroup, TaskInfo, check_non_negative, check_positive_int
 from clrl.modules.memory import Budget, MemoryDtype
 
 
@@ -71,6 +71,9 @@ class GEM(AGEM):
 
     Cost per step, once ``K`` earlier tasks are in memory: ``K`` backward passes of the memory loss and a
     non-negative least-squares problem with ``K`` unknowns over the parameters (``O(P K²)``), on the CPU.
+    With ``refresh=r`` only ``r`` tasks' reference gradients are computed per step, in turn, and the others
+    are kept from the step that last computed them (at most ``ceil(K / r) - 1`` steps old): a step then
+    costs ``r`` backward passes whatever ``K``.
 
     Paper: Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (NeurIPS),
     https://arxiv.org/abs/1706.08840
@@ -78,7 +81,9 @@ class GEM(AGEM):
     Deviations: the paper's memory loss is the task loss on stored examples; an RL task's loss needs its
     rewards and targets, so the memory loss is A-GEM's output distillation here. The paper computes each
     task's gradient on its whole episodic memory; clrl on a batch of ``batch_size`` states of it per step.
-    The dual is solved by SciPy's NNLS, not by quadprog with the paper's code's ``1e-3`` ridge.
+    The dual is solved by SciPy's NNLS, not by quadprog with the paper's code's ``1e-3`` ridge. With
+    ``refresh`` set, the constraints of the tasks not refreshed on a step are their gradients at the
+    parameters of a few steps before (the paper recomputes every task's at every step: ``refresh=None``).
 
     Args:
         budget: States kept over all tasks (``"all"``: unbounded); shared evenly by the tasks.
@@ -86,6 +91,8 @@ class GEM(AGEM):
             or the rollout size for A2C).
         margin: The paper's ``γ`` (>= 0; the paper's code uses 0.5): how far the solution leans toward
             decreasing the memory losses; 0 (default) is the exact projection.
+        refresh: Earlier tasks whose reference gradient is computed afresh per step, in turn (``None``,
+            the default: every task's, as the paper).
         networks: ``"all"`` (default) projects every optimiser's gradient (critics and value too);
             ``"actor"`` only what chooses actions.
         require_task_id: Refuse streams with a hidden task id in ``clrl.train``.
@@ -105,11 +112,36 @@ class GEM(AGEM):
         networks: Networks = "all",
         require_task_id: bool = True,
         memory_dtype: MemoryDtype = "float32",
+        refresh: int | None = None,
         verbose: int = 0,
     ) -> None:
         super().__init__(budget, batch_size, networks, require_task_id, "gradient", memory_dtype, verbose)
         self.margin = check_non_negative(margin, "GEM margin")
+        self.refresh = None if refresh is None else check_positive_int(refresh, "GEM refresh")
+        self._kept: dict[str, dict[int, list[torch.Tensor]]] = {}  # per optimiser: task -> reference
+        self._turn: dict[str, int] = {}
         _nnls()  # refuse a missing SciPy now, not at the first conflicting step
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Open the task's reservoir; forget the kept reference gradients."""
+        super().on_task_start(task)
+        self._kept, self._turn = {}, {}
+
+    def _references(self, group: ParamGroup) -> list[list[torch.Tensor]]:
+        """Each earlier task's reference gradient for ``group``'s parameters: all computed afresh, or, with
+        ``refresh``, that many in turn (and any not computed yet), the others kept."""
+        tasks = self.memory.finished()
+        kept = self._kept.setdefault(group.optimizer_name, {})
+        if self.refresh is None or self.refresh >= len(tasks):
+            due = tasks
+        else:
+            turn = self._turn.get(group.optimizer_name, 0)
+            due = [tasks[(turn + i) % len(tasks)] for i in range(self.refresh)]
+            self._turn[group.optimizer_name] = (turn + self.refresh) % len(tasks)
+        for task in tasks:
+            if task in due or task not in kept:
+                kept[task] = self.reference_gradient(group, [task])
+        return [kept[task] for task in tasks]
 
     def adjust_gradients(self, group: ParamGroup) -> None:
         """Solve GEM's quadratic program when the clipped gradient conflicts with an earlier task's."""
@@ -119,8 +151,7 @@ class GEM(AGEM):
         self.steps += 1
         chosen = {id(p) for p in params}
         rows = []
-        for task in self.memory.finished():
-            reference = self.reference_gradient(group, [task])
+        for reference in self._references(group):
             picked = [r for p, r in zip(group.params, reference, strict=True) if id(p) in chosen]
             rows.append(torch.cat([r.reshape(-1) for r in picked]))
         grads: list[torch.Tensor] = [p.grad for p in params]  # type: ignore[misc]
