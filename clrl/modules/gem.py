@@ -22,6 +22,25 @@ def _nnls() -> Any:
     return nnls
 
 
+def _dual_solution(gram: np.ndarray, memory_dots: np.ndarray, margin: float) -> np.ndarray:
+    """The dual variables ``v`` of GEM's quadratic program from the ``K × K`` Gram matrix ``G Gᵀ`` and
+    ``G g``: ``v = u + margin`` with ``u ≥ 0`` minimising ``½ uᵀ (G Gᵀ) u + uᵀ G h``, ``h = g + margin Gᵀ1``.
+
+    Solved as the non-negative least squares ``min_{u ≥ 0} ‖A u - b‖`` with ``A = Λ^{1/2} Qᵀ`` and
+    ``b = -Λ^{-1/2} Qᵀ G h`` from the eigendecomposition ``G Gᵀ = Q Λ Qᵀ`` (``AᵀA = G Gᵀ`` and
+    ``Aᵀb = -G h``; directions with ``λ = 0`` carry no part of ``G h``): the same problem as ``½‖Gᵀu + h‖²``
+    over the ``P`` parameters, in ``K`` dimensions.
+    """
+    gh = memory_dots + margin * gram.sum(axis=1)
+    eigenvalues, vectors = np.linalg.eigh(gram)
+    keep = eigenvalues > max(float(eigenvalues.max()), 0.0) * 1e-12
+    root = np.sqrt(eigenvalues[keep])
+    a = root[:, None] * vectors[:, keep].T
+    b = -(vectors[:, keep].T @ gh) / root
+    u, _ = _nnls()(a, b)
+    return np.asarray(u + margin, dtype=np.float64)
+
+
 def gem_projection(grad: np.ndarray, memories: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
     """GEM's projection of ``grad`` against one reference gradient per earlier task.
 
@@ -31,8 +50,9 @@ def gem_projection(grad: np.ndarray, memories: np.ndarray, margin: float = 0.0) 
 
     through its dual, ``min_{v ≥ margin} ½ vᵀ G Gᵀ v + gᵀ Gᵀ v`` with ``G`` the rows ``g_k``, and returns
     ``g̃ = Gᵀ v + g``. The dual is ``½‖Gᵀ v + g‖²``, a non-negative least-squares problem in ``v - margin``,
-    solved exactly by SciPy's ``nnls`` (Lawson-Hanson active set): with ``margin=0``, ``g̃`` is the
-    Euclidean projection of ``g`` onto the cone of gradients that conflict with no ``g_k``.
+    solved exactly by SciPy's ``nnls`` (Lawson-Hanson active set) in ``K`` dimensions
+    (:func:`_dual_solution`): with ``margin=0``, ``g̃`` is the Euclidean projection of ``g`` onto the cone
+    of gradients that conflict with no ``g_k``.
 
     Args:
         grad: The gradient ``g``, shape ``(P,)``.
@@ -46,12 +66,12 @@ def gem_projection(grad: np.ndarray, memories: np.ndarray, margin: float = 0.0) 
     Raises:
         ConfigError: SciPy is not installed (``pip install "clrl[gem]"``).
     """
-    if memories.shape[0] == 0 or bool((memories @ grad >= 0).all()):
+    grad, memories = np.asarray(grad, dtype=np.float64), np.asarray(memories, dtype=np.float64)
+    dots = memories @ grad
+    if memories.shape[0] == 0 or bool((dots >= 0).all()):
         return None
-    a = np.ascontiguousarray(memories.T, dtype=np.float64)
-    b = -(grad + margin * memories.sum(axis=0))
-    u, _ = _nnls()(a, b)
-    return np.asarray(grad + a @ (u + margin), dtype=np.float64)
+    v = _dual_solution(memories @ memories.T, dots, margin)
+    return np.asarray(grad + memories.T @ v, dtype=np.float64)
 
 
 class GEM(AGEM):
@@ -156,12 +176,15 @@ class GEM(AGEM):
             rows.append(torch.cat([r.reshape(-1) for r in picked]))
         grads: list[torch.Tensor] = [p.grad for p in params]  # type: ignore[misc]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        memories = torch.stack(rows).detach().double().cpu().numpy()
-        projected = gem_projection(flat.detach().double().cpu().numpy(), memories, self.margin)
-        if projected is None:
+        # gem_projection's arithmetic, in float64 on the gradients' device: only K × K goes to the CPU.
+        memories, g = torch.stack(rows).detach().double(), flat.detach().double()
+        dots = memories @ g
+        if bool((dots >= 0).all()):
             return
         self.projections += 1
-        new = torch.as_tensor(projected, dtype=flat.dtype, device=flat.device)
+        gram = (memories @ memories.T).cpu().numpy()
+        v = torch.as_tensor(_dual_solution(gram, dots.cpu().numpy(), self.margin), device=g.device)
+        new = (g + memories.T @ v).to(flat.dtype)
         offset = 0
         for grad in grads:
             grad.copy_(new[offset : offset + grad.numel()].view_as(grad))
