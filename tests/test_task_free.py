@@ -127,7 +127,7 @@ def test_a_hidden_stream_refuses_a_module_without_every_and_names_the_scheduled_
         clrl.ConfigError,
         match=r"when configured: online-ewc \(every=K\), mas \(every=K\), si \(every=K\), scp \(every=K\), "
         r"replay \(include_current=true\), mir \(include_current=true\), shrink-and-perturb \(every=K\), "
-        r"reset \(every=K\), plasticity-injection \(every=K\)",
+        r"reset \(every=K\), plasticity-injection \(every=K\), net2net \(every=K\);",
     ):
         model.learn(callback.total_steps, callback=callback)
 

@@ -129,6 +129,7 @@ class AR1(SI):
     """
 
     name = "ar1"
+    task_free_with = None  # CWR*'s heads are consolidated at task ends: AR1 takes no every=K
 
     def __init__(
         self,
