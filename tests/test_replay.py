@@ -504,6 +504,27 @@ def test_clear_joined_forward_pass_equals_its_loss_added_to_sb3s(algo: str, stre
     assert "evaluate_actions" not in vars(policy)
 
 
+def test_clear_on_trpo_adds_its_loss_on_its_own() -> None:
+    """TRPO never calls evaluate_actions: CLEAR's loss reaches its critic's optimiser through extra_loss."""
+    from sb3_contrib import TRPO
+
+    losses: list[torch.Tensor | None] = []
+
+    class Seen(clrl.CLEAR):
+        def extra_loss(self, group: Any) -> torch.Tensor | None:
+            losses.append(super().extra_loss(group))
+            return losses[-1]
+
+    stream = cartpole_stream()
+    model = TRPO(
+        "MlpPolicy", stream.make_vec_env(0, seed=0), n_steps=64, batch_size=32, seed=0, device=DEVICE
+    )
+    with pytest.warns(UserWarning, match="without an optimiser step"):
+        model.learn(192, callback=Seen(budget=200, unroll_length=8))
+    assert "evaluate_actions" not in vars(model.policy)
+    assert any(loss is not None for loss in losses)
+
+
 def test_clear_needs_an_on_policy_algorithm() -> None:
     model, stream = make_model("dqn")
     with pytest.raises(clrl.ConfigError, match="on-policy"):

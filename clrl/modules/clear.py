@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from torch.nn import functional as F
@@ -142,12 +143,12 @@ class CLEAR(MemoryModule):
     networks), ``μ`` and ``V_μ`` the stored behaviour distribution and value, and ``vf_coef`` and
     ``ent_coef`` the algorithm's own. ``n_r = n · replay_ratio / (1 - replay_ratio)`` for SB3's ``n``
     samples per step (``batch_size``; A2C's rollout), and ``w = n_r / n``: as the paper's loss summed over
-    new and replayed samples, per new sample. The loss joins SB3's: on a policy that evaluates actions as
-    SB3's feed-forward ``ActorCriticPolicy`` does (PPO's and A2C's ``MlpPolicy``, ``CnnPolicy``,
+    new and replayed samples, per new sample. The loss joins SB3's: for PPO and A2C with a policy that
+    evaluates actions as SB3's feed-forward ``ActorCriticPolicy`` does (``MlpPolicy``, ``CnnPolicy``,
     ``MultiInputPolicy``), the replayed states go through the policy's ``evaluate_actions`` in the same
     forward pass as SB3's batch, and SB3's one backward pass carries CLEAR's loss with its own (replaying as
-    many states as SB3's batch then costs far less than a second pass through the networks); on any other
-    (RecurrentPPO, multi-head, progressive columns) it is back-propagated on its own right after SB3's
+    many states as SB3's batch then costs far less than a second pass through the networks); otherwise
+    (RecurrentPPO, TRPO, multi-head, progressive columns) it is back-propagated on its own right after SB3's
     ``zero_grad``. Either way SB3's gradient clipping treats it as one more term of the loss.
 
     Differences from the paper, for SB3's on-policy algorithms: new data is learned with SB3's loss (PPO's
@@ -337,13 +338,16 @@ class CLEAR(MemoryModule):
         return {k: v[cursor] for k, v in self._prefetched.items()}
 
     def attach(self) -> None:
-        """Install the optimiser hook and, on a policy that evaluates actions as SB3's feed-forward
-        ``ActorCriticPolicy`` does, the joined forward pass: the policy's ``evaluate_actions`` (an instance
-        attribute, left out of its pickled state by :func:`~clrl.modules.base.patch_attributes`) runs the
-        replayed states beside SB3's batch. After a ``learn`` that raised, its first call removes it."""
+        """Install the optimiser hook and, for PPO and A2C with a policy that evaluates actions as SB3's
+        feed-forward ``ActorCriticPolicy`` does, the joined forward pass: the policy's ``evaluate_actions``
+        (an instance attribute, left out of its pickled state by
+        :func:`~clrl.modules.base.patch_attributes`) runs the replayed states beside SB3's batch. After a
+        ``learn`` that raised, its first call removes it."""
         super().attach()
         model = self.sb3_model
-        if self.replay_ratio == 0 or not joins_evaluate_actions(model):
+        # PPO's and A2C's train() evaluate each batch's actions once, before zero_grad (TRPO does not call
+        # evaluate_actions: CLEAR reaches its critic's optimiser through extra_loss).
+        if self.replay_ratio == 0 or not isinstance(model, PPO | A2C) or not joins_evaluate_actions(model):
             return
         policy: Any = model.policy
         evaluate = policy.evaluate_actions
