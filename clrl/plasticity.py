@@ -678,7 +678,7 @@ class _GradientCapture:
         model = monitor.model
         self.stamp = model.start_time
         self.squares: dict[str, dict[str, float]] = {}
-        self.hooked: dict[str, set[int]] = {}
+        self.hooked: dict[str, dict[str, torch.Tensor]] = {}
         self.handles: dict[str, list[Any]] = {}
         self.step_handles: list[Any] = []
         stepped = {
@@ -690,7 +690,7 @@ class _GradientCapture:
                 continue
             squares: dict[str, float] = {}
             self.squares[network] = squares
-            self.hooked[network] = {id(p) for p in params.values()}
+            self.hooked[network] = dict(params)
             handles = self.handles[network] = []
             for name, param in params.items():
 
@@ -717,7 +717,8 @@ class _GradientCapture:
         squares = self.squares.pop(network)
         for handle in self.handles.pop(network, []):
             handle.remove()
-        if self.hooked.pop(network) != {id(p) for p in network_parameters(monitor.model, network).values()}:
+        current = network_parameters(monitor.model, network)
+        if any(current.get(name) is not param for name, param in self.hooked.pop(network).items()):
             return  # parameters were replaced since (a layer grew): their gradients were not all seen
         if squares:
             value = math.sqrt(sum(squares.values()))

@@ -12,7 +12,7 @@ from conftest import DEVICE, make_model
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 import clrl
-from clrl.plasticity import hidden_layers
+from clrl.plasticity import _GradientCapture, hidden_layers
 
 ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
 
@@ -159,6 +159,27 @@ def test_a_run_grows_at_every_task_start_and_resumes(tmp_path: Path) -> None:
     loaded, (module,) = clrl.load(checkpoint)
     assert isinstance(module, clrl.Net2NetGrowth) and module.added == 8
     assert widths(loaded) == [20, 20]
+
+
+@pytest.mark.parametrize("grows", [False, True])
+def test_the_monitors_gradient_norm_is_not_recorded_across_a_widening(grows: bool) -> None:
+    """The monitor's gradient norm is the first update's after a measurement: when a widening replaced
+    the parameters in between, it would miss theirs, so none is recorded."""
+    model, _ = make_model("ppo")
+    monitor = clrl.PlasticityMonitor()
+    model.learn(64, callback=monitor)  # binds the monitor to the model
+    record: dict[str, Any] = {"values": {}}
+    capture = _GradientCapture(monitor, record)  # what a measurement installs
+    growth = clrl.Net2NetGrowth(units=4)
+    growth.init_callback(model)
+    if grows:
+        growth.grow()
+    optimizer = model.policy.optimizer
+    optimizer.zero_grad()
+    sum(p.square().sum() for p in model.policy.parameters()).backward()
+    optimizer.step()
+    capture.remove()
+    assert ("actor/grad_norm" in record["values"]) is not grows
 
 
 def test_it_is_reproducible() -> None:
