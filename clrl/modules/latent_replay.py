@@ -251,6 +251,16 @@ class LatentReplay(BehaviourCloning):
         self.memory.layer = self.layer
         self.below_lr_scale = check_fraction(below_lr_scale, "LatentReplay below_lr_scale")
         self._before: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._cut_policy: Any = None  # the policy the splits below were built for
+        self._cuts: dict[Part, _Split] = {}
+
+    def splits(self) -> dict[Part, _Split]:
+        """The attached model's networks cut at ``layer``, built once per policy (not at every step: its
+        layers do not change while it trains)."""
+        model = self.sb3_model
+        if self._cut_policy is not model.policy:
+            self._cuts, self._cut_policy = _splits(model, self.layer), model.policy
+        return self._cuts
 
     def check_model(self, model: BaseAlgorithm) -> None:
         """Refuse policies that cannot be cut at ``layer`` (before anything trains)."""
@@ -275,7 +285,7 @@ class LatentReplay(BehaviourCloning):
             return None
         model = self.sb3_model
         rows, old = self.memory.sample_outputs(model, self.replay_batch_size(), self._sample_rng)
-        splits = _splits(model, self.layer)
+        splits = self.splits()
         new: dict[str, torch.Tensor] = {}
         for part in parts:
             new.update(splits[part].upper(torch.as_tensor(rows[f"lat.{part}"], device=model.device)))
@@ -284,8 +294,7 @@ class LatentReplay(BehaviourCloning):
 
     def _below(self, group: ParamGroup) -> list[nn.Parameter]:
         stepped = {id(p) for p in group.params}
-        splits = _splits(self.sb3_model, self.layer)
-        below = [p for split in splits.values() for p in split.below if id(p) in stepped]
+        below = [p for split in self.splits().values() for p in split.below if id(p) in stepped]
         return list({id(p): p for p in below}.values())
 
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
