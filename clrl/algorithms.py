@@ -83,6 +83,13 @@ _CRITIC_PREFIXES = (
 )
 
 
+def samples_per_update(model: BaseAlgorithm) -> int:
+    """The samples SB3 learns from per optimiser step: ``batch_size`` (PPO, DQN, SAC, ...), or the whole
+    rollout (A2C, which has none)."""
+    algo: Any = model
+    return int(getattr(algo, "batch_size", None) or algo.n_steps * algo.n_envs)
+
+
 def check_networks(networks: str) -> Networks:
     """Return ``networks`` if it is ``"actor"`` or ``"all"``, else raise :class:`ConfigError`."""
     if networks not in ("actor", "all"):

@@ -13,6 +13,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from torch.nn import functional as F
 
+from clrl.algorithms import samples_per_update
 from clrl.errors import ConfigError
 from clrl.modules.base import (
     ParamGroup,
@@ -289,8 +290,7 @@ class CLEAR(MemoryModule):
 
     def new_samples(self) -> int:
         """SB3's samples per optimiser step: PPO's ``batch_size``, A2C's whole rollout."""
-        model: Any = self.sb3_model
-        return int(getattr(model, "batch_size", None) or model.n_steps * model.n_envs)
+        return samples_per_update(self.sb3_model)
 
     def replayed_segments(self) -> int:
         """Segments replayed per optimiser step (at least one)."""

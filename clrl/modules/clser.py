@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from clrl.algorithms import Networks, check_networks, policy_parameters
+from clrl.algorithms import Networks, check_networks, policy_parameters, samples_per_update
 from clrl.errors import ConfigError
 from clrl.modules.base import ParamGroup, TaskInfo, check_fraction, check_non_negative, check_positive_int
 from clrl.modules.distill import (
@@ -203,10 +203,7 @@ class CLSER(StateRecorder, MemoryModule):
         return policy_parameters(self.sb3_model, self.networks)
 
     def _batch_size(self) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        model: Any = self.sb3_model
-        return int(getattr(model, "batch_size", None) or model.n_steps * model.n_envs)
+        return self.batch_size if self.batch_size is not None else samples_per_update(self.sb3_model)
 
     def consistency_targets(self, rows: Rows) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The chosen copy's outputs on ``rows`` (every part) and the mask of states where it is the stable

@@ -42,6 +42,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.nn import functional as F
 
+from clrl.algorithms import samples_per_update
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
 from clrl.modules.importance import _EvalMode, _split_categorical
@@ -516,8 +517,7 @@ class OutputReplay(MemoryModule):
         """Memory states per update (of ``model``, default: the attached one)."""
         if self.batch_size is not None:
             return self.batch_size
-        algo: Any = self.sb3_model if model is None else model
-        return int(getattr(algo, "batch_size", None) or algo.n_steps * algo.n_envs)
+        return samples_per_update(self.sb3_model if model is None else model)
 
     def log_scalars(self) -> dict[str, float]:
         """``bytes`` and ``states`` held in memory."""

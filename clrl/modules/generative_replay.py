@@ -14,7 +14,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from torch import nn
 
-from clrl.algorithms import policy_parameters
+from clrl.algorithms import policy_parameters, samples_per_update
 from clrl.errors import ConfigError
 from clrl.modules.base import (
     ContinualModule,
@@ -316,10 +316,7 @@ class GenerativeReplay(ContinualModule):
         return policy_parameters(model, "all" if isinstance(model, OnPolicyAlgorithm) else "actor")
 
     def _batch_size(self) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        model: Any = self.sb3_model
-        return int(getattr(model, "batch_size", None) or model.n_steps * model.n_envs)
+        return self.batch_size if self.batch_size is not None else samples_per_update(self.sb3_model)
 
     def _draw(self) -> dict[str, torch.Tensor]:
         """One update's generated states and their labels (those of ``_PREFETCH`` updates made at once)."""

@@ -10,7 +10,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-from clrl.algorithms import Networks, check_networks, policy_parameters
+from clrl.algorithms import Networks, check_networks, policy_parameters, samples_per_update
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo, check_non_negative, check_positive_int
 from clrl.modules.distill import (
@@ -125,10 +125,7 @@ class LwF(ContinualModule):
         super()._on_rollout_end()
 
     def _batch_size(self) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        model: Any = self.sb3_model
-        return int(getattr(model, "batch_size", None) or model.n_steps * model.n_envs)
+        return self.batch_size if self.batch_size is not None else samples_per_update(self.sb3_model)
 
     def current_states(self, n: int) -> Rows:
         """``n`` states (with actions) of the task being trained (on-policy: of the last rollout), drawn
