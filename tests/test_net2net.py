@@ -114,11 +114,17 @@ def test_only_the_noise_breaks_the_copies_symmetry(noise: float) -> None:
     sum(out.square().sum() for out in outputs_with_grad(model, observations(model))).backward()
     grad = linear.weight.grad
     assert grad is not None
-    gaps = [float((grad[16 + unit] - grad[old]).abs().max()) for unit, old in enumerate(source)]
+    # Relative to the gradient's own size: a unit whose gradient is small (a saturated tanh) has a small gap
+    # too, and an absolute threshold failed on such a unit under another thread count. Across 12 seeds the
+    # smallest relative gap with noise 0.05 was 7e-3; with no noise every gap is 0 or rounding (< 1e-6).
+    gaps = [
+        float((grad[16 + unit] - grad[old]).abs().max() / grad[old].abs().max().clamp_min(1e-12))
+        for unit, old in enumerate(source)
+    ]
     if noise == 0:
-        assert max(gaps) < 1e-6
+        assert max(gaps) < 1e-5
     else:
-        assert min(gaps) > 1e-6
+        assert min(gaps) > 1e-3
 
 
 def outputs_with_grad(model: BaseAlgorithm, obs: torch.Tensor) -> list[torch.Tensor]:
