@@ -54,6 +54,7 @@ from clrl.modules import (
     OnlineEWC,
     PackNet,
     ParsevalRegularisation,
+    Piggyback,
     PlasticityInjection,
     ProgressAndCompress,
     ProgressiveColumns,
@@ -63,7 +64,9 @@ from clrl.modules import (
     ResetOptimizer,
     RWalk,
     ShrinkAndPerturb,
+    SupSup,
     injection_policy,
+    masked_policy,
     multihead_policy,
     progressive_policy,
 )
@@ -105,6 +108,8 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "progressive": ProgressiveColumns,
     "cwr-star": CWRStar,
     "ar1": AR1,
+    "piggyback": Piggyback,
+    "supsup": SupSup,
     "lwf": LwF,
     "clser": CLSER,
     "pnc": ProgressAndCompress,
@@ -131,6 +136,8 @@ POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
     "progressive": progressive_policy,
     "cwr-star": multihead_policy,
     "ar1": multihead_policy,
+    "piggyback": masked_policy,
+    "supsup": masked_policy,
     "pnc": progressive_policy,  # two columns: the knowledge base and the active column
     "plasticity-injection": injection_policy,
 }

@@ -19,6 +19,13 @@ from clrl.modules.l2_init import L2Init
 from clrl.modules.latent_replay import LatentReplay
 from clrl.modules.lwf import LwF
 from clrl.modules.mas import MAS
+from clrl.modules.masks import (
+    MaskedActorCriticPolicy,
+    MaskedDQNPolicy,
+    MaskedSACPolicy,
+    MaskedTD3Policy,
+    masked_policy,
+)
 from clrl.modules.mir import MIR
 from clrl.modules.multihead import (
     MultiHead,
@@ -33,6 +40,7 @@ from clrl.modules.online_ewc import OnlineEWC
 from clrl.modules.packnet import PackNet
 from clrl.modules.parseval import ParsevalRegularisation
 from clrl.modules.penalty import ImportancePenalty, QuadraticPenalty
+from clrl.modules.piggyback import Piggyback
 from clrl.modules.plasticity_injection import (
     InjectionActorCriticPolicy,
     InjectionDQNPolicy,
@@ -58,6 +66,7 @@ from clrl.modules.rwalk import RWalk
 from clrl.modules.scp import SCP
 from clrl.modules.shrink_and_perturb import ShrinkAndPerturb
 from clrl.modules.si import SI
+from clrl.modules.supsup import SupSup
 
 __all__ = [
     "AGEM",
@@ -89,6 +98,10 @@ __all__ = [
     "L2Init",
     "LatentReplay",
     "LwF",
+    "MaskedActorCriticPolicy",
+    "MaskedDQNPolicy",
+    "MaskedSACPolicy",
+    "MaskedTD3Policy",
     "MultiHead",
     "MultiHeadActorCriticPolicy",
     "MultiHeadDQNPolicy",
@@ -99,6 +112,7 @@ __all__ = [
     "PackNet",
     "ParamGroup",
     "ParsevalRegularisation",
+    "Piggyback",
     "PlasticityInjection",
     "ProgressAndCompress",
     "ProgressiveActorCriticPolicy",
@@ -113,9 +127,11 @@ __all__ = [
     "Reset",
     "ResetOptimizer",
     "ShrinkAndPerturb",
+    "SupSup",
     "TaskInfo",
     "add_to_grad",
     "injection_policy",
+    "masked_policy",
     "multihead_policy",
     "progressive_policy",
 ]

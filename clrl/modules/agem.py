@@ -147,8 +147,13 @@ class AGEM(StateRecorder, OutputReplay):
         losses = distillation_losses(model, old, network_outputs(model, rows, parts))
         loss = sum(losses.values())
         assert isinstance(loss, torch.Tensor)
-        grads = torch.autograd.grad(loss, group.params, allow_unused=True)
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(group.params, grads, strict=True)]
+        # Frozen parameters (requires_grad=False: a mask method's backbone) have no gradient: zero.
+        trained = [p for p in group.params if p.requires_grad]
+        found = (
+            torch.autograd.grad(loss, trained, allow_unused=True) if loss.requires_grad and trained else ()
+        )
+        grads = dict(zip(map(id, trained), found, strict=False))
+        return [g if (g := grads.get(id(p))) is not None else torch.zeros_like(p) for p in group.params]
 
     def adjust_gradients(self, group: ParamGroup) -> None:
         """Project the clipped gradient when it conflicts with the memory's reference gradient (or, with

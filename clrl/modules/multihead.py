@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,6 +37,9 @@ class TaskRouter:
         self.n_tasks = n_tasks
         self.forced: int | None = None
         """Route every sample to this head (``None``: by the observation's task id)."""
+        self.alpha: torch.Tensor | None = None
+        """Weights of a superposition: while set, every per-task layer outputs ``Σ_i alpha[i] · layer_i(x)``
+        over the first ``len(alpha)`` tasks (SupSup's task inference)."""
         self._ids: torch.Tensor | None = None
         self._only: int | None = None  # the one task of the last batch, when it has one
 
@@ -72,6 +76,44 @@ class TaskRouter:
         return self._ids.to(x.device)
 
 
+def routed_linear(
+    x: torch.Tensor,
+    router: TaskRouter,
+    task_params: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
+    out_features: int,
+) -> torch.Tensor:
+    """A linear map whose weight and bias depend on each sample's task: ``task_params(t)`` gives task ``t``'s.
+
+    A batch of one task (most are) is one ``linear``; a mixed batch runs each task present on its rows; under
+    ``torch.func`` transforms (per-sample gradients) every sample gathers its task's from the stacked ones;
+    while ``router.alpha`` is set, the output is the superposition ``Σ_i alpha[i] · linear_i(x)``.
+    """
+    if router.alpha is not None:
+        return sum(  # type: ignore[return-value]
+            a * nn.functional.linear(x, *task_params(i)) for i, a in enumerate(router.alpha.unbind())
+        )
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor(x)
+    only = router.only(x)
+    if only is not None and not wrapped:
+        return nn.functional.linear(x, *task_params(only))
+    ids = router.ids(x)
+    if wrapped:
+        # Inside torch.func transforms (per-sample gradients of the importance estimates): no
+        # data-dependent shapes there, so gather every sample's weights from the stacked ones.
+        pairs = [task_params(t) for t in range(router.n_tasks)]
+        weight = torch.stack([w for w, _ in pairs])
+        bias = torch.stack([b if b is not None else w.new_zeros(w.shape[0]) for w, b in pairs])
+        return torch.einsum("...i,...oi->...o", x, weight[ids]) + bias[ids]
+    tasks = torch.unique(ids).tolist()
+    if len(tasks) == 1:
+        return nn.functional.linear(x, *task_params(tasks[0]))
+    out = x.new_empty(*x.shape[:-1], out_features)
+    for task in tasks:
+        rows = ids == task
+        out[rows] = nn.functional.linear(x[rows], *task_params(task))
+    return out
+
+
 class TaskLinear(nn.Module):
     """A linear layer with one weight matrix and bias per task: sample ``b`` uses those of its task.
 
@@ -93,23 +135,10 @@ class TaskLinear(nn.Module):
         self._router = router  # a plain attribute: not a submodule, not in the state dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        only = self._router.only(x)
-        if only is not None and not torch._C._functorch.is_functorch_wrapped_tensor(x):
-            return nn.functional.linear(x, self.weight[only], self.bias[only])
-        ids = self._router.ids(x)
-        if torch._C._functorch.is_functorch_wrapped_tensor(x):
-            # Inside torch.func transforms (per-sample gradients of the importance estimates): no
-            # data-dependent shapes there, so gather every sample's head from the stacked heads.
-            weight, bias = torch.stack(list(self.weight)), torch.stack(list(self.bias))
-            return torch.einsum("...i,...oi->...o", x, weight[ids]) + bias[ids]
-        tasks = torch.unique(ids).tolist()
-        if len(tasks) == 1:
-            return nn.functional.linear(x, self.weight[tasks[0]], self.bias[tasks[0]])
-        out = x.new_empty(*x.shape[:-1], self.out_features)
-        for task in tasks:
-            rows = ids == task
-            out[rows] = nn.functional.linear(x[rows], self.weight[task], self.bias[task])
-        return out
+        return routed_linear(x, self._router, self._task, self.out_features)
+
+    def _task(self, task: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.weight[task], self.bias[task]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, tasks={len(self.weight)}"

@@ -1,0 +1,357 @@
+"""Task masks over a shared network: one binary mask per task on the weights of every hidden layer, with
+per-task output heads (the setting of :class:`clrl.Piggyback` and :class:`clrl.SupSup`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import BaseModel
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from clrl.algorithms import policy_for
+from clrl.errors import ConfigError
+from clrl.modules.base import ParamGroup, TaskInfo
+from clrl.modules.multihead import (
+    MultiHead,
+    MultiHeadActorCriticPolicy,
+    MultiHeadDQNPolicy,
+    MultiHeadSACPolicy,
+    MultiHeadTD3Policy,
+    TaskLinear,
+    TaskRouter,
+    routed_linear,
+    task_router,
+)
+
+Rule = tuple[str, float]
+"""How the live task's real-valued scores become its binary mask: ``("threshold", τ)`` keeps the entries
+whose score exceeds ``τ`` (Piggyback); ``("keep", k)`` keeps the share ``k`` of largest ``|score|`` (SupSup's
+edge-popup)."""
+
+
+class MaskedLinear(nn.Module):
+    """A linear layer whose weight is multiplied, per task, by that task's binary mask.
+
+    The weight and bias are the layer it replaces (the same ``Parameter`` objects, so the optimiser that held
+    them still does). Task ``t`` computes ``x (W ⊙ M_t)ᵀ + b`` with ``M_t`` the ``t``-th entry of the
+    ``masks`` buffer (all ones until a task's mask is stored), except the *live* task, the one being
+    trained: its mask is computed from the real-valued :attr:`scores` by :attr:`rule` at every forward pass
+    (cached between optimiser steps), and its gradient reaches the scores straight through the
+    binarisation (``∂L/∂s = ∂L/∂(W ⊙ M) ⊙ W``, Piggyback's and edge-popup's estimator). Samples are routed
+    to their task's mask like :class:`clrl.modules.multihead.TaskLinear`'s heads.
+
+    Args:
+        base: The layer it replaces.
+        router: Where the task of each sample comes from.
+    """
+
+    def __init__(self, base: nn.Linear, router: TaskRouter) -> None:
+        super().__init__()
+        self.weight = base.weight
+        self.bias = base.bias
+        self.scores = nn.Parameter(torch.zeros_like(base.weight))
+        """The live task's real-valued mask; the module resets it when a task starts."""
+        self.register_buffer(
+            "masks",
+            torch.ones(router.n_tasks, *base.weight.shape, dtype=torch.bool, device=base.weight.device),
+        )
+        self.masks: torch.Tensor
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.live_task: int | None = None
+        """The task whose mask comes from :attr:`scores` (``None``: every task uses its stored mask)."""
+        self.rule: Rule | None = None
+        self._router = router  # a plain attribute: not a submodule, not in the state dict
+        self._hard: tuple[tuple[int, int, Rule | None], torch.Tensor] | None = None  # live mask, its key
+        self._masked: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}  # a stored task's W ⊙ M_t
+
+    def _apply(self, fn: Any, recurse: bool = True) -> MaskedLinear:
+        self._hard, self._masked = None, {}  # moved or cast tensors: the caches describe the old ones
+        return super()._apply(fn, recurse)
+
+    def live_mask(self) -> torch.Tensor:
+        """The live task's binary mask, from :attr:`scores` by :attr:`rule` (no gradient)."""
+        if self.rule is None:
+            raise RuntimeError("MaskedLinear has no rule: no task is being trained with a mask")
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor(self.scores)  # no storage under torch.func
+        key = (-1, -1, self.rule) if wrapped else (self.scores._version, self.scores.data_ptr(), self.rule)
+        if not wrapped and self._hard is not None and self._hard[0] == key:
+            return self._hard[1]
+        kind, value = self.rule
+        scores = self.scores.detach()
+        if kind == "threshold":
+            hard = scores > value
+        else:
+            flat = scores.abs().flatten()
+            hard = torch.zeros_like(flat, dtype=torch.bool)
+            hard[flat.topk(max(1, round(value * flat.numel()))).indices] = True
+            hard = hard.view_as(scores)
+        if not wrapped:
+            self._hard = (key, hard)
+        return hard
+
+    def task_mask(self, task: int) -> torch.Tensor:
+        """Task ``task``'s binary mask (the live one from the scores)."""
+        if task == self.live_task and self.rule is not None:
+            return self.live_mask()
+        return self.masks[task]
+
+    def _task(self, task: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if task == self.live_task and self.rule is not None:
+            hard = self.live_mask().to(self.weight.dtype)
+            # hard + (s - s) is hard exactly: the live mask computes what the stored one will
+            return self.weight * (hard + (self.scores - self.scores.detach())), self.bias
+        if (
+            self.weight.requires_grad and torch.is_grad_enabled()
+        ) or torch._C._functorch.is_functorch_wrapped_tensor(self.weight):
+            return self.weight * self.masks[task], self.bias
+        key = (self.weight._version, self.masks._version)
+        cached = self._masked.get(task)
+        if cached is None or cached[0] != key:
+            cached = (key, (self.weight * self.masks[task]).detach())
+            self._masked[task] = cached
+        return cached[1], self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return routed_linear(x, self._router, self._task, self.out_features)
+
+    def store(self, task: int) -> None:
+        """Store the live mask as task ``task``'s (all ones if no rule is live) and stop using the scores."""
+        with torch.no_grad():
+            if self.rule is not None and self.live_task == task:
+                self.masks[task] = self.live_mask()
+            else:
+                self.masks[task] = True
+        self.live_task, self.rule = None, None
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, tasks={len(self.masks)}"
+
+
+def _extractors(module: nn.Module) -> list[BaseFeaturesExtractor]:
+    return [m for m in module.modules() if isinstance(m, BaseFeaturesExtractor)]
+
+
+def mask_linears(module: nn.Module, router: TaskRouter) -> list[MaskedLinear]:
+    """Replace every ``nn.Linear`` inside ``module`` but outside its features extractors by a
+    :class:`MaskedLinear` (per-task heads, which are :class:`~clrl.modules.multihead.TaskLinear`, stay as
+    they are); return the new layers."""
+    done: dict[int, MaskedLinear] = {}
+    inside = {id(m) for extractor in _extractors(module) for m in extractor.modules()}
+    for parent in [m for m in module.modules() if id(m) not in inside]:
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                if id(child) not in done:
+                    done[id(child)] = MaskedLinear(child, router)
+                setattr(parent, name, done[id(child)])
+    return list(done.values())
+
+
+def _optimizers(policy: nn.Module) -> list[torch.optim.Optimizer]:
+    found = [getattr(m, "optimizer", None) for m in policy.modules()]
+    return [opt for opt in found if isinstance(opt, torch.optim.Optimizer)]
+
+
+class _MaskedLayers:
+    """Policy mixin: after SB3 (and the multi-head policy) built the networks and optimisers, every hidden
+    ``Linear`` becomes a :class:`MaskedLinear`, and each layer's scores join the optimiser of its weight."""
+
+    router: TaskRouter
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)  # type: ignore[misc]
+        layers = mask_linears(self, self.router)  # type: ignore[arg-type]
+        for optimizer in _optimizers(self):  # type: ignore[arg-type]
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            scores = [layer.scores for layer in layers if id(layer.weight) in held]
+            if scores:
+                optimizer.add_param_group({"params": scores})
+
+
+class MaskedActorCriticPolicy(_MaskedLayers, MultiHeadActorCriticPolicy):
+    """:class:`clrl.MultiHeadActorCriticPolicy` (PPO, A2C) whose hidden layers carry one mask per task.
+
+    Build it with ``PPO(clrl.MaskedActorCriticPolicy, env, policy_kwargs={"n_tasks": 4})`` (what
+    :func:`masked_policy` names), for :class:`clrl.Piggyback` or :class:`clrl.SupSup`.
+    """
+
+
+class MaskedDQNPolicy(_MaskedLayers, MultiHeadDQNPolicy):
+    """:class:`clrl.MultiHeadDQNPolicy` whose hidden layers (Q-network and target) carry one mask per task."""
+
+
+class MaskedSACPolicy(_MaskedLayers, MultiHeadSACPolicy):
+    """:class:`clrl.MultiHeadSACPolicy` whose hidden layers (actor, critics, targets) carry one mask per
+    task."""
+
+
+class MaskedTD3Policy(_MaskedLayers, MultiHeadTD3Policy):
+    """:class:`clrl.MultiHeadTD3Policy` whose hidden layers (actor, critics, targets) carry one mask per
+    task."""
+
+
+MASKED_POLICIES: dict[str, type[BaseModel]] = {
+    "PPO": MaskedActorCriticPolicy,
+    "A2C": MaskedActorCriticPolicy,
+    "DQN": MaskedDQNPolicy,
+    "SAC": MaskedSACPolicy,
+    "TD3": MaskedTD3Policy,
+}
+"""The masked policy class of each supported algorithm, by class name."""
+
+
+def masked_policy(algorithm: type[BaseAlgorithm] | str) -> type[BaseModel]:
+    """The masked policy class for ``algorithm`` (a class or a name such as ``"ppo"``).
+
+    Raises:
+        ConfigError: The algorithm has none (supported: PPO, A2C, DQN, SAC, TD3).
+    """
+    return policy_for(MASKED_POLICIES, algorithm, "masked")
+
+
+_TARGETS = (("q_net", "q_net_target"), ("actor", "actor_target"), ("critic", "critic_target"))
+
+
+def _layers(network: nn.Module) -> list[MaskedLinear]:
+    return [m for m in network.modules() if isinstance(m, MaskedLinear)]
+
+
+class TaskMasks(MultiHead):
+    """Base class of the mask methods: a masked policy (:func:`masked_policy`), each task's mask trained from
+    real-valued scores while it is live and stored as bits when it ends.
+
+    Only the current task's heads train: the others are held (gradient zeroed before SB3's clipping,
+    values written back after every step, as :class:`clrl.PackNet` holds its frozen weights), since an
+    earlier task's samples in a replay buffer reach its own heads. So an earlier task's policy is exactly
+    what it ended with. Subclasses say how a task starts (:meth:`start_masks`: which weights train, how the
+    scores start, the rule that binarises them). Target networks (DQN's, SAC's, TD3's) follow their online
+    networks: a frozen backbone is copied into them, their scores start equal and are averaged like every
+    other parameter,
+    and a task's stored mask is the online network's.
+    """
+
+    def __init__(self, require_task_id: bool = True, verbose: int = 0) -> None:
+        super().__init__(require_task_id, verbose)
+        self._held: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}  # other tasks' heads, by name
+
+    def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
+        model = self.sb3_model if model is None else model
+        router = task_router(model)
+        if router is None or not _layers(model.policy):
+            algo = type(model).__name__
+            raise ConfigError(
+                f"{type(self).__name__} needs a masked policy; build the model with "
+                f"{algo}(clrl.masked_policy({algo}), env, policy_kwargs={{'n_tasks': len(stream)}})"
+            )
+        return router
+
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse a policy without masks, or with a features extractor that has parameters (it is not
+        masked, so it would be shared by every task and change the earlier ones)."""
+        super().check_model(model)
+        trained = [type(m).__name__ for m in _extractors(model.policy) if any(True for _ in m.parameters())]
+        if trained:
+            raise ConfigError(
+                f"{type(self).__name__} masks the policy's MLPs, but its features extractor "
+                f"{trained[0]} has parameters that every task would share; use a parameter-free extractor "
+                "(SB3's default FlattenExtractor)"
+            )
+
+    def layers(self) -> list[MaskedLinear]:
+        """Every masked layer of the policy, target networks included."""
+        return _layers(self.sb3_model.policy)
+
+    def online_layers(self) -> list[MaskedLinear]:
+        """The masked layers of the networks that train (not the target networks)."""
+        policy = self.sb3_model.policy
+        targets = {
+            id(layer)
+            for _, target in _TARGETS
+            if isinstance(getattr(policy, target, None), nn.Module)
+            for layer in _layers(getattr(policy, target))
+        }
+        return [layer for layer in self.layers() if id(layer) not in targets]
+
+    def target_pairs(self) -> list[tuple[MaskedLinear, MaskedLinear]]:
+        """(online, target) pairs of masked layers."""
+        policy = self.sb3_model.policy
+        pairs: list[tuple[MaskedLinear, MaskedLinear]] = []
+        for online, target in _TARGETS:
+            if isinstance(getattr(policy, target, None), nn.Module):
+                pairs += zip(_layers(getattr(policy, online)), _layers(getattr(policy, target)), strict=True)
+        return pairs
+
+    def start_masks(self, task: TaskInfo) -> None:
+        """Prepare the masked layers for ``task`` (subclasses)."""
+        raise NotImplementedError
+
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Route by the task id; prepare the task's mask (fresh scores, no optimiser state for them)."""
+        super().on_task_start(task)
+        self.start_masks(task)
+        # A replayed sample of another task must not move its heads: they are held where they are.
+        self._held = {
+            f"{name}.{kind}.{i}": (param, param.detach().clone())
+            for name, head in self.sb3_model.policy.named_modules()
+            if isinstance(head, TaskLinear)
+            for kind in ("weight", "bias")
+            for i, param in enumerate(getattr(head, kind))
+            if i != task.index
+        }
+        with torch.no_grad():
+            for online, target in self.target_pairs():
+                if not online.weight.requires_grad:  # a frozen backbone: the targets' is the same
+                    target.weight.copy_(online.weight)
+                    if target.bias is not None and online.bias is not None:
+                        target.bias.copy_(online.bias)
+                target.scores.copy_(online.scores)
+                target.live_task, target.rule = online.live_task, online.rule
+        for optimizer in {id(o): o for o in _optimizers(self.sb3_model.policy)}.values():
+            for layer in self.layers():
+                optimizer.state.pop(layer.scores, None)
+
+    def target_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The heads of the other tasks (held)."""
+        return {name: param for name, (param, _) in self._held.items()}
+
+    def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
+        """Zero a held head's gradient before SB3's gradient clipping (it does not count in the norm)."""
+        if param.grad is not None:
+            param.grad.zero_()
+
+    def after_update(self, group: ParamGroup) -> None:
+        """Write the held heads back (Adam's momentum from their own task would move them)."""
+        with torch.no_grad():
+            for name in group.names:
+                held = self._held.get(name)
+                if held is not None:
+                    held[0].copy_(held[1])
+
+    def on_task_end(self, task: TaskInfo) -> None:
+        """Store the task's mask (the target networks get the online network's)."""
+        for layer in self.online_layers():
+            layer.store(task.index)
+        with torch.no_grad():
+            for online, target in self.target_pairs():
+                target.masks.copy_(online.masks)
+                target.live_task, target.rule = None, None
+
+    def log_scalars(self) -> dict[str, float]:
+        """``kept``: share of the hidden layers' weights the current task's mask keeps."""
+        layers = self.online_layers()
+        index = max(self.task_index, 0)
+        total = sum(layer.weight.numel() for layer in layers) or 1
+        kept = sum(int(layer.task_mask(index).sum()) for layer in layers)
+        return {**super().log_scalars(), "kept": kept / total}
+
+
+def set_backbone_trainable(layers: list[MaskedLinear], trainable: bool) -> None:
+    """Let the masked layers' weights and biases train, or freeze them (no gradient: the optimiser skips
+    them, and Adam's momentum cannot move them)."""
+    for layer in layers:
+        layer.weight.requires_grad_(trainable)
+        if layer.bias is not None:
+            layer.bias.requires_grad_(trainable)

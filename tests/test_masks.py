@@ -1,0 +1,227 @@
+"""Piggyback and SupSup: the backbone never changes once frozen, each task's stored mask reproduces its policy
+bit for bit, the live mask follows its rule, and SupSup infers a hidden task by its one-shot rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import ALGO_SETUPS, DEVICE, TINY_RUN, cartpole_stream
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+import clrl
+from clrl.cli import main
+from clrl.modules.masks import MaskedLinear, TaskMasks
+from clrl.modules.multihead import TaskLinear
+
+ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
+METHODS: dict[str, type[TaskMasks]] = {"piggyback": clrl.Piggyback, "supsup": clrl.SupSup}
+
+
+def masked_model(algo: str, **overrides: Any) -> tuple[BaseAlgorithm, clrl.TaskStream]:
+    cls, stream_fn, kwargs = ALGO_SETUPS[algo]
+    stream = stream_fn()
+    policy_kwargs = {**kwargs.get("policy_kwargs", {}), "n_tasks": len(stream)}
+    settings = {**kwargs, **overrides, "policy_kwargs": policy_kwargs}
+    model = cls(clrl.masked_policy(cls), stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **settings)
+    return model, stream
+
+
+def task_observations(model: BaseAlgorithm, task: int, n_tasks: int) -> torch.Tensor:
+    """A batch of observations of task ``task`` (its one-hot id at the end)."""
+    generator = torch.Generator().manual_seed(task)
+    shape = model.observation_space.shape
+    assert shape is not None
+    obs = torch.randn(16, *shape, generator=generator)
+    obs[:, -n_tasks:] = 0.0
+    obs[:, shape[0] - n_tasks + task] = 1.0
+    return obs.to(DEVICE)
+
+
+def online_outputs(model: BaseAlgorithm, obs: torch.Tensor) -> list[torch.Tensor]:
+    """What the trained (not target) networks compute: action distribution and value, Q-values, actor and
+    critics."""
+    policy: Any = model.policy
+    with torch.no_grad():
+        if hasattr(policy, "mlp_extractor"):
+            return [policy.get_distribution(obs).distribution.logits, policy.predict_values(obs)]
+        if hasattr(policy, "q_net"):
+            return [policy.q_net(obs)]
+        deterministic = {"deterministic": True} if hasattr(policy.actor, "latent_pi") else {}
+        action = policy.actor(obs, **deterministic)
+        return [action, *policy.critic(obs, action)]
+
+
+def backbone(model: BaseAlgorithm) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{kind}": getattr(m, kind).detach().clone()
+        for name, m in model.policy.named_modules()
+        if isinstance(m, MaskedLinear)
+        for kind in ("weight", "bias")
+    }
+
+
+def train_tasks(model: BaseAlgorithm, stream: clrl.TaskStream, module: TaskMasks, record: Any = None) -> None:
+    for i, task in enumerate(stream.tasks):
+        model.set_env(stream.make_vec_env(i, seed=0))
+        with clrl.training_task(model, [module], i, task.name, stream.steps(i)):
+            model.learn(stream.steps(i), callback=module, reset_num_timesteps=False)
+        if record is not None:
+            record(i)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_each_tasks_mask_reproduces_its_policy_and_the_backbone_holds(algo: str, method: str) -> None:
+    model, stream = masked_model(algo)
+    module = METHODS[method]()
+    n = len(stream)
+    ended: dict[int, list[torch.Tensor]] = {}
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def record(i: int) -> None:
+        module.set_task(i)
+        ended[i] = online_outputs(model, task_observations(model, i, n))
+        weights[i] = backbone(model)
+
+    train_tasks(model, stream, module, record)
+    for name, value in backbone(model).items():  # frozen after the first task (SupSup: from its start)
+        if "target" not in name:
+            assert torch.equal(value, weights[0][name]), name
+    for online, target in module.target_pairs():  # the targets' backbone is the same (up to SAC's and
+        # TD3's averaging, which rounds: (1 - τ) w + τ w is not always w)
+        assert torch.allclose(online.weight, target.weight) and torch.equal(online.masks, target.masks)
+    for i in range(n):
+        module.set_task(i)
+        for before, now in zip(ended[i], online_outputs(model, task_observations(model, i, n)), strict=True):
+            assert torch.equal(before, now)
+    layers = module.online_layers()
+    assert all(bool(layer.masks[n - 1].any()) for layer in layers)
+    if method == "supsup":  # the fixed weights are the signed Kaiming constant; each mask keeps its share
+        for layer in layers:
+            assert torch.equal(
+                layer.weight.abs(), torch.full_like(layer.weight, (2 / layer.in_features) ** 0.5)
+            )
+            for i in range(n):
+                assert int(layer.masks[i].sum()) == round(0.5 * layer.weight.numel())
+        assert any(not torch.equal(layer.masks[0], layer.masks[1]) for layer in layers)
+
+
+def test_piggyback_trains_the_backbone_on_the_first_task_and_masks_on_the_later_ones() -> None:
+    model, stream = masked_model("ppo", learning_rate=0.01)
+    module = clrl.Piggyback()
+    start = backbone(model)
+    seen: dict[int, dict[str, float]] = {}
+    train_tasks(model, stream, module, lambda i: seen.setdefault(i, module.log_scalars()))
+    first, second = seen[0]["kept"], seen[1]["kept"]
+    assert first == 1.0  # the first task's network is the whole backbone
+    assert 0.0 < second < 1.0  # the second task's mask released weights (scores fell below 5e-3)
+    assert any(not torch.equal(start[k], v) for k, v in backbone(model).items())  # the backbone trained
+    layer = module.online_layers()[0]
+    assert torch.equal(layer.masks[1], layer.scores.detach() > module.threshold)
+    assert not layer.weight.requires_grad and layer.scores.requires_grad
+
+
+def test_the_live_mask_gets_the_straight_through_gradient() -> None:
+    router = clrl.modules.multihead.TaskRouter(2)
+    router.forced = 1
+    base = torch.nn.Linear(3, 2)
+    layer = MaskedLinear(base, router)
+    layer.weight.requires_grad_(False)
+    with torch.no_grad():
+        layer.scores.copy_(torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, 1.0]]))
+    layer.live_task, layer.rule = 1, ("threshold", 0.0)
+    x = torch.randn(4, 3)
+    out = layer(x)
+    mask = layer.scores.detach() > 0
+    assert torch.equal(out, torch.nn.functional.linear(x, base.weight * mask, base.bias))
+    out.sum().backward()
+    assert layer.scores.grad is not None
+    expected = torch.ones(4, 2).T @ x * base.weight  # ∂L/∂(W ⊙ M) ⊙ W
+    assert torch.allclose(layer.scores.grad, expected)
+    layer.rule = ("keep", 0.5)
+    assert int(layer.live_mask().sum()) == 3
+
+
+def test_masks_and_heads_load_with_sb3(tmp_path: Path) -> None:
+    model, stream = masked_model("dqn")
+    module = clrl.SupSup()
+    train_tasks(model, stream, module)
+    model.save(tmp_path / "model.zip")
+    loaded = type(model).load(tmp_path / "model.zip", device=DEVICE)
+    for i in range(len(stream)):
+        obs = task_observations(model, i, len(stream))
+        for a, b in zip(online_outputs(model, obs), online_outputs(loaded, obs), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_supsup_infers_the_task_whose_superposed_mask_lowers_the_entropy() -> None:
+    model, stream = masked_model("ppo")
+    module = clrl.SupSup()
+    train_tasks(model, stream, module)
+    heads = [m for m in model.policy.modules() if isinstance(m, TaskLinear)]
+    action = next(h for h in heads if h.out_features == 2)
+    obs = task_observations(model, 0, 2)
+    with torch.no_grad():
+        action.weight[0].zero_()  # task 0's policy: uniform (entropy log 2) wherever it is
+        action.bias[0].zero_()
+        action.weight[1].mul_(50.0)  # task 1's: nearly deterministic
+    assert module.infer(obs) == 1
+    with torch.no_grad():
+        action.weight[0].copy_(action.weight[1] * 10)
+        action.weight[1].zero_()
+        action.bias[1].zero_()
+    assert module.infer(obs) == 0
+
+
+def test_supsup_learns_a_stream_with_a_hidden_task_id_and_logs_the_inference() -> None:
+    stream = cartpole_stream(task_id="hidden")
+    cls, _, kwargs = ALGO_SETUPS["ppo"]
+    policy_kwargs = {**kwargs["policy_kwargs"], "n_tasks": 2}
+    model = cls(
+        clrl.masked_policy(cls),
+        stream.make_vec_env(0, seed=0),
+        seed=0,
+        device=DEVICE,
+        **{**kwargs, "policy_kwargs": policy_kwargs},
+    )
+    with pytest.raises(clrl.ConfigError, match="infer_task=True"):
+        clrl.train(model, stream, [clrl.SupSup()], seed=0, eval_episodes=1)
+    module = clrl.SupSup(infer_task=True)
+    scalars: list[dict[str, float]] = []
+    original = module.log_scalars
+    module.log_scalars = lambda: scalars.append(original()) or scalars[-1]  # type: ignore[method-assign]
+    result = clrl.train(model, stream, [module], seed=0, eval_episodes=1)
+    assert np.isfinite(result.matrix).all()
+    inferred = [s["inferred"] for s in scalars if "inferred" in s]
+    assert inferred and all(0.0 <= v <= 1.0 for v in inferred)
+    assert module._router().forced == 1  # training's task again after the evaluation
+
+
+def test_refusals_come_before_training() -> None:
+    stream = cartpole_stream()
+    plain = PPO("MlpPolicy", stream.make_vec_env(0), n_steps=32, batch_size=32, device=DEVICE)
+    with pytest.raises(clrl.ConfigError, match=r"clrl.masked_policy\(PPO\)"):
+        clrl.train(plain, stream, [clrl.Piggyback()], seed=0, eval_episodes=1)
+    td3, _ = masked_model("td3")
+    with pytest.raises(clrl.ConfigError, match="entropy"):
+        clrl.SupSup(infer_task=True).check_model(td3)
+    for bad in ({"threshold": 0.02}, {"threshold": -1.0}, {"init": 0.0}):
+        with pytest.raises(clrl.ConfigError):
+            clrl.Piggyback(**bad)
+    for keep in (0.0, 1.5):
+        with pytest.raises(clrl.ConfigError, match="keep"):
+            clrl.SupSup(keep=keep)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_command_line_builds_the_masked_policy(tmp_path: Path, method: str) -> None:
+    code = main(["run", "cartpole-flip", "--method", method, "--logdir", str(tmp_path), *TINY_RUN])
+    assert code == 0
+    result = clrl.TrainResult.from_json(next(tmp_path.rglob("results.json")))
+    assert result.matrix.shape == (5, 4) and np.isfinite(result.matrix).all()
+    assert result.metrics["bwt"] == 0.0  # a finished task's mask and heads never change, nor does its return
