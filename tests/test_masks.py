@@ -133,12 +133,13 @@ def test_the_live_mask_gets_the_straight_through_gradient() -> None:
     layer = MaskedLinear(base, router)
     layer.weight.requires_grad_(False)
     with torch.no_grad():
-        layer.scores.copy_(torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, 1.0]]))
+        layer.scores.copy_(torch.tensor([[0.0123, -1.0, 0.7071], [-1.0, 0.0331, 0.1]]))  # (1 + s) - s != 1
     layer.live_task, layer.rule = 1, ("threshold", 0.0)
     x = torch.randn(4, 3)
     out = layer(x)
     mask = layer.scores.detach() > 0
-    assert torch.equal(out, torch.nn.functional.linear(x, base.weight * mask, base.bias))
+    assert torch.equal(out, torch.nn.functional.linear(x, base.weight * mask, base.bias))  # exactly the
+    # stored mask's output: a task computes the same before and after its mask is stored
     out.sum().backward()
     assert layer.scores.grad is not None
     expected = torch.ones(4, 2).T @ x * base.weight  # ∂L/∂(W ⊙ M) ⊙ W
