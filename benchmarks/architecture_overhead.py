@@ -8,8 +8,9 @@ The protocol of ``regularisation_overhead.py`` (the user's own ``set_env`` + ``l
 configuration with the same seed, every configuration training task i back to back, CPU time with one torch
 thread, ratios paired by repeat and task). Every configuration has the preset's network size. PackNet keeps
 the network as it is: its cost is masking the gradient and writing the frozen weights back after every
-optimiser step, and one pruning per task. Multi-head and progressive policies change the network: their
-ratios are also printed per task, since a progressive pass over task k runs k + 1 columns. Net2Net growth
+optimiser step, and one pruning per task. Multi-head, progressive and masked policies (Piggyback, SupSup)
+change the network: their ratios are also printed per task, since a progressive pass over task k runs
+k + 1 columns and Piggyback's first task trains unmasked. Net2Net growth
 widens every hidden layer at each task start after the first, so its later tasks train a wider network;
 ``--sizes`` prints its parameter count after that many tasks (each task start after the first widens).
 """
@@ -32,6 +33,8 @@ CONFIGURATIONS: dict[str, Factory] = {
     "multihead": lambda: clrl.MultiHead(),
     "progressive": lambda: clrl.ProgressiveColumns(),
     "net2net": lambda: clrl.Net2NetGrowth(),
+    "piggyback": lambda: clrl.Piggyback(),
+    "supsup": lambda: clrl.SupSup(),
 }
 
 
@@ -75,6 +78,8 @@ def main() -> None:
     policies = {
         "multihead": clrl.multihead_policy(args.algo),
         "progressive": clrl.progressive_policy(args.algo),
+        "piggyback": clrl.masked_policy(args.algo),
+        "supsup": clrl.masked_policy(args.algo),
     }
     hyperparameters = {
         name: {"policy": policy, "policy_kwargs": {**net, "n_tasks": len(stream)}}

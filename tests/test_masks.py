@@ -190,9 +190,9 @@ def test_supsup_learns_a_stream_with_a_hidden_task_id_and_logs_the_inference() -
         device=DEVICE,
         **{**kwargs, "policy_kwargs": policy_kwargs},
     )
-    with pytest.raises(clrl.ConfigError, match="infer_task=True"):
-        clrl.train(model, stream, [clrl.SupSup()], seed=0, eval_episodes=1)
-    module = clrl.SupSup(infer_task=True)
+    with pytest.raises(clrl.ConfigError, match="leave infer_task unset"):
+        clrl.train(model, stream, [clrl.SupSup(infer_task=False)], seed=0, eval_episodes=1)
+    module = clrl.SupSup()  # infers the task: the stream hides it
     scalars: list[dict[str, float]] = []
     original = module.log_scalars
     module.log_scalars = lambda: scalars.append(original()) or scalars[-1]  # type: ignore[method-assign]

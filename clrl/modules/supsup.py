@@ -59,13 +59,14 @@ class SupSup(TaskMasks):
     the largest ``|score|`` (edge-popup); the gradient reaches the scores straight through the top-k. When
     the task ends its mask is stored as bits, so each task's policy is exactly what it ended with.
 
-    With ``infer_task=True`` the task id is not needed (the only method of clrl's architectural family that
-    runs on a stream with a hidden id): training uses the current task's mask (the stream's boundaries say
-    which), and at evaluation every call of the policy infers the task from the observations it is given by
-    the paper's one-shot rule: with the masks of the ``k`` tasks so far superposed with weights
-    ``α = 1/k`` (the heads too: ``Σ_i α_i head_i``), the task is ``argmin_i ∂H/∂α_i``, with ``H`` the mean
-    entropy of the policy's output (:func:`output_entropy`). The evaluator's task index is then used only to
-    log how often the inference was right (``cl/supsup/inferred``).
+    With ``infer_task=True`` (the default on a stream that hides the id) the task id is not needed: SupSup is
+    the only method of clrl's architectural family that runs on such a stream. Training uses the current
+    task's mask (the stream's boundaries say which), and at evaluation every call of the policy infers the
+    task from the observations it is given by the paper's one-shot rule: with the masks of the ``k`` tasks
+    so far superposed with weights ``α = 1/k`` (the heads too: ``Σ_i α_i head_i``), the task is
+    ``argmin_i ∂H/∂α_i``, with ``H`` the mean entropy of the policy's output (:func:`output_entropy`). The
+    evaluator's task index is then used only to log how often the inference was right
+    (``cl/supsup/inferred``).
 
     Paper: Wortsman et al. 2020, "Supermasks in Superposition" (NeurIPS); edge-popup: Ramanujan et al. 2020,
     "What's Hidden in a Randomly Weighted Neural Network?" (CVPR).
@@ -78,36 +79,40 @@ class SupSup(TaskMasks):
 
     Args:
         keep: Share of each hidden layer's weights a task's mask keeps (edge-popup's ``k``), in (0, 1].
-        infer_task: Infer the task at evaluation instead of reading its id; allows streams that hide it.
+        infer_task: Infer the task at evaluation instead of reading its id (``None``, the default: when
+            ``clrl.train``'s stream hides the id; ``False`` refuses such a stream).
         verbose: SB3 callback verbosity.
     """
 
     name = "supsup"
 
-    def __init__(self, keep: float = 0.5, infer_task: bool = False, verbose: int = 0) -> None:
-        self.infer_task = check_bool(infer_task, "SupSup infer_task")
-        super().__init__(require_task_id=not self.infer_task, verbose=verbose)
+    def __init__(self, keep: float = 0.5, infer_task: bool | None = None, verbose: int = 0) -> None:
+        super().__init__(require_task_id=False, verbose=verbose)
+        self.infer_task = None if infer_task is None else check_bool(infer_task, "SupSup infer_task")
         self.keep = check_fraction(keep, "SupSup keep")
         if self.keep == 0:
             raise ConfigError("SupSup keep must be > 0: a mask has to keep some weights")
         self.initialised = False
         """Whether the fixed random weights have been drawn."""
+        self._infer = bool(infer_task)  # resolved by check_stream when infer_task is None
         self._evaluated: int | None = None  # the evaluator's task, for the inference's accuracy only
         self._inferred = [0, 0]  # right, total, since the task started
 
     def check_stream(self, stream: Any) -> None:
-        """Refuse a hidden task id unless ``infer_task=True``."""
-        if not self.infer_task and stream.task_id == "hidden":
+        """Infer the task when the stream hides its id (unless ``infer_task=False``, which refuses it)."""
+        hidden = stream.task_id == "hidden"
+        if hidden and self.infer_task is False:
             raise ConfigError(
-                f"SupSup routes samples by their task id, but stream {stream.name!r} hides it; pass "
-                "infer_task=True to infer the task from the masks"
+                f"SupSup(infer_task=False) routes samples by their task id, but stream {stream.name!r} hides "
+                "it; leave infer_task unset (or True) to infer the task from the masks"
             )
+        self._infer = hidden if self.infer_task is None else self.infer_task
         super().check_stream(stream)
 
     def check_model(self, model: BaseAlgorithm) -> None:
         """Refuse a policy without masks, and one whose output has no entropy when inferring the task."""
         super().check_model(model)
-        if self.infer_task:
+        if self._infer:
             check_entropy(model.policy)
 
     def start_masks(self, task: TaskInfo) -> None:
@@ -137,13 +142,13 @@ class SupSup(TaskMasks):
         """As :class:`TaskMasks`; with ``infer_task``, training uses the task's mask whatever the
         observation says."""
         super().on_task_start(task)
-        if self.infer_task:
+        if self._infer:
             self._router().forced = task.index
 
     def set_task(self, index: int) -> None:
         """Select task ``index``'s mask and heads; with ``infer_task``, only note it (to count whether the
         inference finds it): the policy infers the task itself."""
-        if not self.infer_task:
+        if not self._infer:
             super().set_task(index)
             return
         self._evaluated = index
@@ -167,7 +172,7 @@ class SupSup(TaskMasks):
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
         """With ``infer_task``: every call of the policy infers its task first."""
-        if not self.infer_task or getattr(self, "model", None) is None:
+        if not self._infer or getattr(self, "model", None) is None:
             yield
             return
         policy: Any = self.sb3_model.policy
@@ -200,10 +205,11 @@ class SupSup(TaskMasks):
         return scalars
 
     def state_dict(self) -> dict[str, Any]:
-        """The last task trained and whether the fixed weights were drawn."""
-        return {**super().state_dict(), "initialised": self.initialised}
+        """The last task trained, whether the fixed weights were drawn and whether the task is inferred."""
+        return {**super().state_dict(), "initialised": self.initialised, "infer": self._infer}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         super().load_state_dict(state)
         self.initialised = bool(state.get("initialised", False))
+        self._infer = bool(state.get("infer", self._infer))
