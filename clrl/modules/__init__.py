@@ -14,6 +14,14 @@ from clrl.modules.ewc import EWC
 from clrl.modules.gdumb import GDumb
 from clrl.modules.gem import GEM
 from clrl.modules.generative_replay import GenerativeReplay
+from clrl.modules.hat import (
+    HAT,
+    HATActorCriticPolicy,
+    HATDQNPolicy,
+    HATSACPolicy,
+    HATTD3Policy,
+    hat_policy,
+)
 from clrl.modules.l2 import L2
 from clrl.modules.l2_init import L2Init
 from clrl.modules.latent_replay import LatentReplay
@@ -75,6 +83,7 @@ __all__ = [
     "CLSER",
     "EWC",
     "GEM",
+    "HAT",
     "L2",
     "MAS",
     "MIR",
@@ -90,6 +99,10 @@ __all__ = [
     "DualNetExtractor",
     "GDumb",
     "GenerativeReplay",
+    "HATActorCriticPolicy",
+    "HATDQNPolicy",
+    "HATSACPolicy",
+    "HATTD3Policy",
     "ImportancePenalty",
     "InjectionActorCriticPolicy",
     "InjectionDQNPolicy",
@@ -130,6 +143,7 @@ __all__ = [
     "SupSup",
     "TaskInfo",
     "add_to_grad",
+    "hat_policy",
     "injection_policy",
     "masked_policy",
     "multihead_policy",

@@ -3,7 +3,7 @@ per-task output heads (the setting of :class:`clrl.Piggyback` and :class:`clrl.S
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -14,14 +14,14 @@ from torch import nn
 
 from clrl.algorithms import policy_for
 from clrl.errors import ConfigError
-from clrl.modules.base import ParamGroup, TaskInfo
+from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo
 from clrl.modules.multihead import (
+    HeldHeads,
     MultiHead,
     MultiHeadActorCriticPolicy,
     MultiHeadDQNPolicy,
     MultiHeadSACPolicy,
     MultiHeadTD3Policy,
-    TaskLinear,
     TaskRouter,
     routed_linear,
     task_router,
@@ -214,9 +214,45 @@ def masked_policy(algorithm: type[BaseAlgorithm] | str) -> type[BaseModel]:
 
 _TARGETS = (("q_net", "q_net_target"), ("actor", "actor_target"), ("critic", "critic_target"))
 
+L = TypeVar("L", bound=nn.Module)
 
-def _layers(network: nn.Module) -> list[MaskedLinear]:
-    return [m for m in network.modules() if isinstance(m, MaskedLinear)]
+
+def _layers(network: nn.Module, kind: type[L] | None = None) -> list[L]:
+    return [m for m in network.modules() if isinstance(m, kind or MaskedLinear)]  # type: ignore[misc]
+
+
+def online_layers(policy: nn.Module, kind: type[L]) -> list[L]:
+    """The ``kind`` layers of the policy's networks that train (not DQN's, SAC's or TD3's targets)."""
+    targets = {
+        id(layer)
+        for _, target in _TARGETS
+        if isinstance(getattr(policy, target, None), nn.Module)
+        for layer in _layers(getattr(policy, target), kind)
+    }
+    return [layer for layer in _layers(policy, kind) if id(layer) not in targets]
+
+
+def target_pairs(policy: nn.Module, kind: type[L]) -> list[tuple[L, L]]:
+    """(online, target) pairs of the policy's ``kind`` layers."""
+    pairs: list[tuple[L, L]] = []
+    for online, target in _TARGETS:
+        if isinstance(getattr(policy, target, None), nn.Module):
+            pairs += zip(
+                _layers(getattr(policy, online), kind), _layers(getattr(policy, target), kind), strict=True
+            )
+    return pairs
+
+
+def check_parameter_free_extractors(module: ContinualModule, model: BaseAlgorithm) -> None:
+    """Refuse a policy whose features extractor has parameters: a method that isolates each task in the
+    policy's MLPs would share them between every task, and they would change the earlier ones."""
+    trained = [type(m).__name__ for m in _extractors(model.policy) if any(True for _ in m.parameters())]
+    if trained:
+        raise ConfigError(
+            f"{type(module).__name__} isolates tasks in the policy's MLPs, but its features extractor "
+            f"{trained[0]} has parameters that every task would share; use a parameter-free extractor "
+            "(SB3's default FlattenExtractor)"
+        )
 
 
 class TaskMasks(MultiHead):
@@ -235,7 +271,7 @@ class TaskMasks(MultiHead):
 
     def __init__(self, require_task_id: bool = True, verbose: int = 0) -> None:
         super().__init__(require_task_id, verbose)
-        self._held: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}  # other tasks' heads, by name
+        self._heads = HeldHeads()
 
     def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
         model = self.sb3_model if model is None else model
@@ -252,13 +288,7 @@ class TaskMasks(MultiHead):
         """Refuse a policy without masks, or with a features extractor that has parameters (it is not
         masked, so it would be shared by every task and change the earlier ones)."""
         super().check_model(model)
-        trained = [type(m).__name__ for m in _extractors(model.policy) if any(True for _ in m.parameters())]
-        if trained:
-            raise ConfigError(
-                f"{type(self).__name__} masks the policy's MLPs, but its features extractor "
-                f"{trained[0]} has parameters that every task would share; use a parameter-free extractor "
-                "(SB3's default FlattenExtractor)"
-            )
+        check_parameter_free_extractors(self, model)
 
     def layers(self) -> list[MaskedLinear]:
         """Every masked layer of the policy, target networks included."""
@@ -266,23 +296,11 @@ class TaskMasks(MultiHead):
 
     def online_layers(self) -> list[MaskedLinear]:
         """The masked layers of the networks that train (not the target networks)."""
-        policy = self.sb3_model.policy
-        targets = {
-            id(layer)
-            for _, target in _TARGETS
-            if isinstance(getattr(policy, target, None), nn.Module)
-            for layer in _layers(getattr(policy, target))
-        }
-        return [layer for layer in self.layers() if id(layer) not in targets]
+        return online_layers(self.sb3_model.policy, MaskedLinear)
 
     def target_pairs(self) -> list[tuple[MaskedLinear, MaskedLinear]]:
         """(online, target) pairs of masked layers."""
-        policy = self.sb3_model.policy
-        pairs: list[tuple[MaskedLinear, MaskedLinear]] = []
-        for online, target in _TARGETS:
-            if isinstance(getattr(policy, target, None), nn.Module):
-                pairs += zip(_layers(getattr(policy, online)), _layers(getattr(policy, target)), strict=True)
-        return pairs
+        return target_pairs(self.sb3_model.policy, MaskedLinear)
 
     def start_masks(self, task: TaskInfo) -> None:
         """Prepare the masked layers for ``task`` (subclasses)."""
@@ -292,15 +310,7 @@ class TaskMasks(MultiHead):
         """Route by the task id; prepare the task's mask (fresh scores, no optimiser state for them)."""
         super().on_task_start(task)
         self.start_masks(task)
-        # A replayed sample of another task must not move its heads: they are held where they are.
-        self._held = {
-            f"{name}.{kind}.{i}": (param, param.detach().clone())
-            for name, head in self.sb3_model.policy.named_modules()
-            if isinstance(head, TaskLinear)
-            for kind in ("weight", "bias")
-            for i, param in enumerate(getattr(head, kind))
-            if i != task.index
-        }
+        self._heads.hold(self.sb3_model.policy, task.index)
         with torch.no_grad():
             for online, target in self.target_pairs():
                 if not online.weight.requires_grad:  # a frozen backbone: the targets' is the same
@@ -314,21 +324,16 @@ class TaskMasks(MultiHead):
                 optimizer.state.pop(layer.scores, None)
 
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """The heads of the other tasks (held)."""
-        return {name: param for name, (param, _) in self._held.items()}
+        """The heads of the other tasks (held: :class:`~clrl.modules.multihead.HeldHeads`)."""
+        return self._heads.parameters()
 
     def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
         """Zero a held head's gradient before SB3's gradient clipping (it does not count in the norm)."""
-        if param.grad is not None:
-            param.grad.zero_()
+        self._heads.zero_grad(name, param)
 
     def after_update(self, group: ParamGroup) -> None:
         """Write the held heads back (Adam's momentum from their own task would move them)."""
-        with torch.no_grad():
-            for name in group.names:
-                held = self._held.get(name)
-                if held is not None:
-                    held[0].copy_(held[1])
+        self._heads.restore(group.names)
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Store the task's mask (the target networks get the online network's)."""

@@ -1,0 +1,439 @@
+"""HAT: hard attention to the task, a learned gate per task on every hidden unit, with the gradients of the
+units earlier tasks use conditioned away."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import BaseModel
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from clrl.algorithms import policy_for
+from clrl.errors import ConfigError
+from clrl.modules.base import ParamGroup, TaskInfo, check_non_negative, check_positive
+from clrl.modules.masks import (
+    _extractors,
+    _optimizers,
+    check_parameter_free_extractors,
+    online_layers,
+    target_pairs,
+)
+from clrl.modules.multihead import (
+    HeldHeads,
+    MultiHead,
+    MultiHeadActorCriticPolicy,
+    MultiHeadDQNPolicy,
+    MultiHeadSACPolicy,
+    MultiHeadTD3Policy,
+    TaskLinear,
+    TaskRouter,
+    task_router,
+)
+
+
+class TaskGate(nn.Module):
+    """Multiplies a hidden layer's units by the gate of each sample's task: ``h ⊙ a_t``.
+
+    The live task (the one being trained) gates with ``a_t = σ(s · e_t)``, its embedding ``e_t`` (one
+    parameter per task, drawn from N(0, 1) like the paper's ``nn.Embedding``) scaled by :attr:`scale`. A
+    task whose gate is stored (it ended) uses the stored binary gate; a task never trained, ``σ(s_max e_t)``.
+
+    Args:
+        units: Units of the layer it follows.
+        router: Where the task of each sample comes from.
+        s_max: The scale of a finished or untrained task's gate.
+    """
+
+    def __init__(self, units: int, router: TaskRouter, s_max: float = 400.0) -> None:
+        super().__init__()
+        self.embedding = nn.ParameterList(torch.randn(units) for _ in range(router.n_tasks))
+        self.register_buffer("masks", torch.zeros(router.n_tasks, units, dtype=torch.bool))
+        self.register_buffer("stored", torch.zeros(router.n_tasks, dtype=torch.bool))
+        self.masks: torch.Tensor
+        self.stored: torch.Tensor
+        self.units = units
+        self.s_max = s_max
+        self.scale = s_max
+        """The live task's ``s`` (HAT anneals it from ``1/s_max`` to ``s_max`` over the task)."""
+        self.live_task: int | None = None
+        self._router = router  # a plain attribute: not a submodule, not in the state dict
+        self._cache: dict[int, tuple[int, torch.Tensor | None]] = {}  # stored gate by the buffers' version
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TaskGate:
+        self._cache = {}
+        return super()._apply(fn, recurse)
+
+    def gate(self, task: int) -> torch.Tensor:
+        """Task ``task``'s gate (the live task's with gradient to its embedding)."""
+        embedding = self.embedding[task]
+        if task == self.live_task:
+            return torch.sigmoid(self.scale * embedding)
+        version = self.masks._version + self.stored._version
+        cached = self._cache.get(task)
+        if cached is None or cached[0] != version:
+            stored = self.masks[task].to(embedding.dtype) if bool(self.stored[task]) else None
+            cached = self._cache[task] = (version, stored)
+        return cached[1] if cached[1] is not None else torch.sigmoid(self.s_max * embedding)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        only = self._router.only(h)
+        if only is not None and not torch._C._functorch.is_functorch_wrapped_tensor(h):
+            return h * self.gate(only)
+        gates = torch.stack([self.gate(t) for t in range(len(self.embedding))])
+        return h * gates[self._router.ids(h)]
+
+    def store(self, task: int) -> None:
+        """Store the live gate of ``task`` as bits (``σ(s_max e) > 0.5``) and stop training it."""
+        with torch.no_grad():
+            self.masks[task] = self.embedding[task] > 0  # σ(s_max e) > 0.5 exactly when e > 0
+            self.stored[task] = True
+        self.live_task = None
+
+    def extra_repr(self) -> str:
+        return f"units={self.units}, tasks={len(self.embedding)}"
+
+
+def insert_gates(policy: nn.Module, router: TaskRouter) -> list[tuple[nn.Linear, TaskGate, TaskGate | None]]:
+    """Insert a :class:`TaskGate` after the activation of every hidden ``Linear`` of the policy's MLPs (an
+    ``nn.Linear`` followed by something else in an ``nn.Sequential``; output layers are per-task heads);
+    return each gated layer with its gate and the gate of its input (``None``: the MLP's input)."""
+    found: list[tuple[nn.Linear, TaskGate, TaskGate | None]] = []
+    inside = {id(m) for extractor in _extractors(policy) for m in extractor.modules()}
+    for net in [m for m in policy.modules() if isinstance(m, nn.Sequential) and id(m) not in inside]:
+        previous: TaskGate | None = None
+        i = 0
+        while i < len(net):
+            layer = net[i]
+            if (
+                type(layer) is nn.Linear
+                and i + 1 < len(net)
+                and not isinstance(net[i + 1], nn.Linear | TaskLinear)
+            ):
+                gate = TaskGate(layer.out_features, router).to(layer.weight.device)
+                net.insert(i + 2, gate)
+                found.append((layer, gate, previous))
+                previous = gate
+                i += 3
+            else:
+                i += 1
+    return found
+
+
+def earlier_gate(gate: TaskGate, task: int) -> torch.Tensor:
+    """The cumulative gate ``a^{<t}`` of the tasks stored in ``gate`` other than ``task``, as 0/1 floats."""
+    others = gate.stored.clone()
+    others[task] = False
+    return gate.masks[others].any(0).to(gate.embedding[0].dtype)
+
+
+class _Gated:
+    """Policy mixin: after SB3 (and the multi-head policy) built the networks and optimisers, every hidden
+    layer gets a :class:`TaskGate`, and each gate's embeddings join the optimiser of its layer's weight."""
+
+    router: TaskRouter
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)  # type: ignore[misc]
+        gated = insert_gates(self, self.router)  # type: ignore[arg-type]
+        self.gated_layers = gated
+        """Every hidden layer (targets' included), its gate and the gate of its input."""
+        for optimizer in _optimizers(self):  # type: ignore[arg-type]
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            embeddings = [p for layer, gate, _ in gated if id(layer.weight) in held for p in gate.embedding]
+            if embeddings:
+                optimizer.add_param_group({"params": embeddings})
+
+
+class HATActorCriticPolicy(_Gated, MultiHeadActorCriticPolicy):
+    """:class:`clrl.MultiHeadActorCriticPolicy` (PPO, A2C) with a :class:`TaskGate` on every hidden layer.
+
+    Build it with ``PPO(clrl.HATActorCriticPolicy, env, policy_kwargs={"n_tasks": 4})`` (what
+    :func:`hat_policy` names), for :class:`clrl.HAT`.
+    """
+
+
+class HATDQNPolicy(_Gated, MultiHeadDQNPolicy):
+    """:class:`clrl.MultiHeadDQNPolicy` with a :class:`TaskGate` on every hidden layer (and the target's)."""
+
+
+class HATSACPolicy(_Gated, MultiHeadSACPolicy):
+    """:class:`clrl.MultiHeadSACPolicy` with a :class:`TaskGate` on every hidden layer (actor, critics,
+    targets)."""
+
+
+class HATTD3Policy(_Gated, MultiHeadTD3Policy):
+    """:class:`clrl.MultiHeadTD3Policy` with a :class:`TaskGate` on every hidden layer (actor, critics,
+    targets)."""
+
+
+HAT_POLICIES: dict[str, type[BaseModel]] = {
+    "PPO": HATActorCriticPolicy,
+    "A2C": HATActorCriticPolicy,
+    "DQN": HATDQNPolicy,
+    "SAC": HATSACPolicy,
+    "TD3": HATTD3Policy,
+}
+"""The HAT policy class of each supported algorithm, by class name."""
+
+
+def hat_policy(algorithm: type[BaseAlgorithm] | str) -> type[BaseModel]:
+    """The HAT policy class for ``algorithm`` (a class or a name such as ``"ppo"``).
+
+    Raises:
+        ConfigError: The algorithm has none (supported: PPO, A2C, DQN, SAC, TD3).
+    """
+    return policy_for(HAT_POLICIES, algorithm, "HAT")
+
+
+class HAT(MultiHead):
+    """HAT: each task learns a gate on every hidden unit; the weights between units an earlier task uses
+    do not change, and a regulariser keeps each task's share of the units small.
+
+    The gates live in the algorithm's HAT policy (:func:`clrl.hat_policy`:
+    ``PPO(clrl.HATActorCriticPolicy, env, policy_kwargs={"n_tasks": n})``, likewise ``HATDQNPolicy``,
+    ``HATSACPolicy``, ``HATTD3Policy``): every hidden layer of every network (actor, critic, Q-networks and
+    their targets) is followed by a :class:`TaskGate`, and every output layer is a per-task head, as in
+    :class:`clrl.MultiHead` (the paper's multi-head setting). While task ``t`` trains:
+
+    * its gates are ``a_t = σ(s · e_t)``, with ``s`` annealed from ``1/s_max`` to ``s_max`` (paper eq. 3);
+    * the gradient of a weight is multiplied by ``1 - min(a_out^{<t}, a_in^{<t})``, the cumulative gates
+      of earlier tasks on its output and input units (eq. 2; the input of an MLP is not gated), so a weight
+      between two units an earlier task uses gets none; such weights, and the biases of units an earlier
+      task uses, are also written back after every optimiser step (Adam's momentum would move them);
+    * the embeddings' gradient is compensated for the annealing,
+      ``s_max / s · (cosh(s e) + 1) / (cosh(e) + 1)`` (eq. 6, with the official code's clamp of ``s e`` at
+      ±50), and the embeddings are clamped to ±``clamp`` after every step;
+    * the loss gains ``c · Σ a_t (1 - a^{<t}) / Σ (1 - a^{<t})`` over every gated unit (eq. 5).
+
+    When the task ends its gates are stored as bits, ``σ(s_max e_t) > 0.5``, and they and its heads never
+    change again: a finished task's units get no gradient, its outputs are what they were when it ended,
+    bit for bit (``set_task(j)``, or the task id in the observation, selects task ``j``). The other tasks'
+    heads are held while a task trains (:class:`~clrl.modules.multihead.HeldHeads`).
+
+    Paper: Serra, Surís, Miron & Karatzoglou 2018, "Overcoming Catastrophic Forgetting with Hard Attention
+    to the Task" (ICML).
+
+    Deviations: the paper anneals ``s`` over the batches of every epoch and acts at test time with
+    ``s_max``; RL has no epochs, and an on-policy algorithm's update must see the policy that acted, so
+    ``s`` is annealed over each task's environment steps (linearly, eq. 3 with ``b/B`` the task's progress)
+    and the policy acts with it; evaluation uses ``s_max``. A finished task's gates are stored as bits
+    (``σ(s_max e) > 0.5``) rather than ``σ(s_max e)``, which differ by less than ``σ(-s_max · |e|)``: this
+    makes "a finished task never changes" exact. The paper's SGD is the algorithm's optimiser here (Adam
+    by default, which mostly cancels the compensation's scale), and its compensation comes after SB3's
+    gradient clipping instead of before. The critics are gated like the actor, so each task keeps its own
+    value function.
+
+    Args:
+        s_max: The gates' largest scale (the paper's 400).
+        c: The regulariser's strength (the paper's 0.75).
+        clamp: The embeddings' bound after every step (the official code's 6).
+        require_task_id: Refuse streams whose task id is hidden in ``clrl.train`` (the gates are routed by
+            it).
+        verbose: SB3 callback verbosity.
+    """
+
+    name = "hat"
+
+    def __init__(
+        self,
+        s_max: float = 400.0,
+        c: float = 0.75,
+        clamp: float = 6.0,
+        require_task_id: bool = True,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(require_task_id, verbose)
+        self.s_max = check_positive(s_max, "HAT s_max")
+        if self.s_max <= 1:
+            raise ConfigError(f"HAT s_max must be > 1 (its schedule starts at 1/s_max), got {s_max!r}")
+        self.c = check_non_negative(c, "HAT c")
+        self.clamp = check_positive(clamp, "HAT clamp")
+        self._heads = HeldHeads()
+        self._held: dict[
+            str, tuple[nn.Parameter, torch.Tensor, torch.Tensor]
+        ] = {}  # param, held entries, value
+        self._earlier: dict[int, torch.Tensor] = {}  # per gate (by id), the cumulative gate a^{<t} as floats
+        self._start = 0
+        self._steps: int | None = None
+
+    # ---------------------------------------------------------------- setting
+    def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
+        model = self.sb3_model if model is None else model
+        router = task_router(model)
+        if router is None or not getattr(model.policy, "gated_layers", None):
+            algo = type(model).__name__
+            raise ConfigError(
+                f"HAT needs a HAT policy with hidden layers; build the model with "
+                f"{algo}(clrl.hat_policy({algo}), env, policy_kwargs={{'n_tasks': len(stream)}})"
+            )
+        return router
+
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse a policy without gates, or with a features extractor that has parameters."""
+        super().check_model(model)
+        check_parameter_free_extractors(self, model)
+
+    def gates(self) -> list[TaskGate]:
+        """The gates of the networks that train (not the target networks)."""
+        return online_layers(self.sb3_model.policy, TaskGate)
+
+    def _all_gates(self) -> list[TaskGate]:
+        return [m for m in self.sb3_model.policy.modules() if isinstance(m, TaskGate)]
+
+    def _set_scale(self, scale: float) -> None:
+        for gate in self._all_gates():
+            gate.scale = scale
+
+    def scale(self) -> float:
+        """The live task's ``s`` now: ``1/s_max + (s_max - 1/s_max) · progress`` (eq. 3)."""
+        steps = self._steps or 1
+        progress = min(max((self.sb3_model.num_timesteps - self._start) / steps, 0.0), 1.0)
+        return 1.0 / self.s_max + (self.s_max - 1.0 / self.s_max) * progress
+
+    # ---------------------------------------------------------------- task boundaries
+    def on_task_start(self, task: TaskInfo) -> None:
+        """Make the task's gates live, condition the weights earlier tasks use, hold the other heads."""
+        if task.steps is None:
+            raise ConfigError(
+                f"HAT anneals its gates over each task's steps, but task {task.name!r} has no budget: pass "
+                "steps=N to clrl.training_task"
+            )
+        super().on_task_start(task)
+        model = self.sb3_model
+        self._start, self._steps = model.num_timesteps, task.steps
+        for gate in self._all_gates():
+            gate.live_task = task.index
+        self._set_scale(self.scale())
+        policy: Any = model.policy
+        self._earlier = {id(gate): earlier_gate(gate, task.index) for gate in self._all_gates()}
+        names = {id(p): n for n, p in policy.named_parameters()}
+        self._held = {}
+        for layer, gate, source in policy.gated_layers:
+            out = self._earlier[id(gate)].bool()
+            inputs = (
+                self._earlier[id(source)].bool()
+                if source is not None
+                else torch.ones(layer.in_features, dtype=torch.bool, device=out.device)
+            )
+            held_weight = out[:, None] & inputs[None, :]
+            for param, held in ((layer.weight, held_weight), (layer.bias, out)):
+                if param is not None and param.requires_grad and bool(held.any()) and id(param) in names:
+                    self._held[names[id(param)]] = (param, held, param.detach().clone())
+        self._heads.hold(policy, task.index)
+
+    def on_task_end(self, task: TaskInfo) -> None:
+        """Store the task's gates as bits (the target networks get the online network's)."""
+        for gate in self.gates():
+            gate.store(task.index)
+        with torch.no_grad():
+            for online, target in target_pairs(self.sb3_model.policy, TaskGate):
+                target.masks.copy_(online.masks)
+                target.stored.copy_(online.stored)
+                target.live_task = None
+        self._set_scale(self.s_max)
+        self._held = {}
+
+    # ---------------------------------------------------------------- training
+    def target_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The live task's embeddings, the conditioned weights and biases, and the other tasks' heads."""
+        if self.current_task is None:
+            return {}
+        index = self.current_task.index
+        live = {
+            name: param
+            for name, param in self.sb3_model.policy.named_parameters()
+            if any(param is gate.embedding[index] for gate in self.gates())
+        }
+        return {**live, **{n: p for n, (p, _, _) in self._held.items()}, **self._heads.parameters()}
+
+    def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
+        """Condition the gradient (eq. 2): zero where an earlier task uses both units, before clipping."""
+        if self._heads.zero_grad(name, param):
+            return
+        held = self._held.get(name)
+        if held is not None and param.grad is not None:
+            param.grad.masked_fill_(held[1], 0.0)
+
+    def extra_loss(self, group: ParamGroup) -> torch.Tensor | None:
+        """The attention regulariser (eq. 5) over the gates whose embeddings ``group`` steps."""
+        if self.c == 0 or self.current_task is None:
+            return None
+        index = self.current_task.index
+        stepped = {id(p) for p in group.params}
+        used, free = [], []
+        for gate in self._all_gates():
+            if id(gate.embedding[index]) in stepped:
+                earlier = self._earlier[id(gate)]
+                used.append((gate.gate(index) * (1 - earlier)).sum())
+                free.append((1 - earlier).sum())
+        if not used:
+            return None
+        return self.c * torch.stack(used).sum() / torch.stack(free).sum().clamp_min(1.0)
+
+    def adjust_gradients(self, group: ParamGroup) -> None:
+        """Compensate the live embeddings' gradient for the annealing (eq. 6)."""
+        if self.current_task is None:
+            return
+        index, scale = self.current_task.index, self.scale()
+        stepped = {id(p) for p in group.params}
+        with torch.no_grad():
+            for gate in self._all_gates():
+                embedding = gate.embedding[index]
+                if id(embedding) in stepped and embedding.grad is not None:
+                    num = torch.cosh((scale * embedding).clamp(-50.0, 50.0)) + 1
+                    embedding.grad.mul_(self.s_max / scale * num / (torch.cosh(embedding) + 1))
+
+    def after_update(self, group: ParamGroup) -> None:
+        """Write the conditioned entries and the other heads back; clamp the embeddings; next step's ``s``."""
+        self._heads.restore(group.names)
+        with torch.no_grad():
+            for name in group.names:
+                held = self._held.get(name)
+                if held is not None:
+                    param, mask, value = held
+                    param.copy_(torch.where(mask, value, param))
+            if self.current_task is not None:
+                stepped = {id(p) for p in group.params}
+                for gate in self._all_gates():
+                    embedding = gate.embedding[self.current_task.index]
+                    if id(embedding) in stepped:
+                        embedding.clamp_(-self.clamp, self.clamp)
+        self._set_scale(self.scale())
+
+    def _on_rollout_end(self) -> None:
+        self._set_scale(self.scale())  # the next rollout acts with this step's s
+        super()._on_rollout_end()
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Evaluate with ``s = s_max`` (the paper's test time)."""
+        if getattr(self, "model", None) is None:
+            yield
+            return
+        scale = self._all_gates()[0].scale if self._all_gates() else self.s_max
+        self._set_scale(self.s_max)
+        try:
+            yield
+        finally:
+            self._set_scale(scale)
+
+    # ---------------------------------------------------------------- state
+    def log_scalars(self) -> dict[str, float]:
+        """``used``: share of the hidden units the current task's gate opens (``σ(s_max e) > 0.5``);
+        ``used_earlier``: share some earlier task's does; ``s``: the live scale."""
+        gates = self.gates()
+        if not gates:
+            return {}
+        index = max(self.task_index, 0)
+        total = sum(g.units for g in gates)
+        used = sum(
+            int(g.masks[index].sum()) if bool(g.stored[index]) else int((g.embedding[index] > 0).sum())
+            for g in gates
+        )
+        earlier = sum(float(self._earlier.get(id(g), torch.zeros(1)).sum()) for g in gates)
+        return {"used": used / total, "used_earlier": earlier / total, "s": gates[0].scale}
