@@ -66,10 +66,11 @@ class MaskedLinear(nn.Module):
         self.rule: Rule | None = None
         self._router = router  # a plain attribute: not a submodule, not in the state dict
         self._hard: tuple[tuple[int, int, Rule | None], torch.Tensor] | None = None  # live mask, its key
-        self._masked: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}  # a stored task's W ⊙ M_t
+        self._masked: dict[int, tuple[Any, torch.Tensor]] = {}  # a task's W ⊙ M_t without gradient
+        self._all_ones: dict[int, tuple[int, bool]] = {}  # whether a task's stored mask keeps every weight
 
     def _apply(self, fn: Any, recurse: bool = True) -> MaskedLinear:
-        self._hard, self._masked = None, {}  # moved or cast tensors: the caches describe the old ones
+        self._hard, self._masked, self._all_ones = None, {}, {}  # moved or cast: the caches are the old ones
         return super()._apply(fn, recurse)
 
     def live_mask(self) -> torch.Tensor:
@@ -85,10 +86,10 @@ class MaskedLinear(nn.Module):
         if kind == "threshold":
             hard = scores > value
         else:
-            flat = scores.abs().flatten()
-            hard = torch.zeros_like(flat, dtype=torch.bool)
-            hard[flat.topk(max(1, round(value * flat.numel()))).indices] = True
-            hard = hard.view_as(scores)
+            magnitude = scores.abs()
+            keep = max(1, round(value * magnitude.numel()))
+            # the keep-th largest |s| (kthvalue: a fifth of topk's time); ties, of measure zero, keep more
+            hard = magnitude >= magnitude.flatten().kthvalue(magnitude.numel() - keep + 1).values
         if not wrapped:
             self._hard = (key, hard)
         return hard
@@ -100,20 +101,38 @@ class MaskedLinear(nn.Module):
         return self.masks[task]
 
     def _task(self, task: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if task == self.live_task and self.rule is not None:
-            hard = self.live_mask().to(self.weight.dtype)
-            # hard + (s - s) is hard exactly: the live mask computes what the stored one will
-            return self.weight * (hard + (self.scores - self.scores.detach())), self.bias
-        if (
-            self.weight.requires_grad and torch.is_grad_enabled()
-        ) or torch._C._functorch.is_functorch_wrapped_tensor(self.weight):
-            return self.weight * self.masks[task], self.bias
-        key = (self.weight._version, self.masks._version)
+        weight, scores = self.weight, self.scores
+        live = task == self.live_task and self.rule is not None
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor(weight) or (
+            live and torch._C._functorch.is_functorch_wrapped_tensor(scores)
+        )
+        if wrapped or (torch.is_grad_enabled() and (weight.requires_grad or (live and scores.requires_grad))):
+            if live:
+                hard = self.live_mask().to(weight.dtype)
+                # hard + (s - s) is hard exactly: the live mask computes what the stored one will
+                return weight * (hard + (scores - scores.detach())), self.bias
+            if self._full(task):  # a backbone's own task trains it unmasked
+                return weight, self.bias
+            return weight * self.masks[task], self.bias
+        # No gradient (acting, evaluating, a frozen backbone): the masked weight, until something changes.
+        key = (
+            weight._version,
+            scores._version if live else -1,
+            self.masks._version,
+            self.rule if live else None,
+        )
         cached = self._masked.get(task)
         if cached is None or cached[0] != key:
-            cached = (key, (self.weight * self.masks[task]).detach())
-            self._masked[task] = cached
+            mask = self.live_mask() if live else self.masks[task]
+            cached = self._masked[task] = (key, (weight * mask).detach())
         return cached[1], self.bias
+
+    def _full(self, task: int) -> bool:
+        key = self.masks._version
+        cached = self._all_ones.get(task)
+        if cached is None or cached[0] != key:
+            cached = self._all_ones[task] = (key, bool(self.masks[task].all()))
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return routed_linear(x, self._router, self._task, self.out_features)
