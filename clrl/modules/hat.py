@@ -260,6 +260,8 @@ class HAT(MultiHead):
         self._earlier: dict[int, torch.Tensor] = {}  # per gate (by id), the cumulative gate a^{<t} as floats
         self._start = 0
         self._steps: int | None = None
+        self._gate_cache: tuple[nn.Module, list[TaskGate]] | None = None
+        self._live_by_group: dict[str, list[tuple[TaskGate, nn.Parameter]]] = {}
 
     # ---------------------------------------------------------------- setting
     def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
@@ -283,7 +285,24 @@ class HAT(MultiHead):
         return online_layers(self.sb3_model.policy, TaskGate)
 
     def _all_gates(self) -> list[TaskGate]:
-        return [m for m in self.sb3_model.policy.modules() if isinstance(m, TaskGate)]
+        policy = self.sb3_model.policy
+        if self._gate_cache is None or self._gate_cache[0] is not policy:
+            self._gate_cache = (policy, [m for m in policy.modules() if isinstance(m, TaskGate)])
+        return self._gate_cache[1]
+
+    def _live(self, group: ParamGroup) -> list[tuple[TaskGate, nn.Parameter]]:
+        """The gates whose live embedding ``group`` steps, with that embedding."""
+        found = self._live_by_group.get(group.optimizer_name)
+        if found is None:
+            stepped = {id(p) for p in group.params}
+            index = self.current_task.index if self.current_task is not None else -1
+            found = [
+                (gate, gate.embedding[index])
+                for gate in self._all_gates()
+                if index >= 0 and id(gate.embedding[index]) in stepped
+            ]
+            self._live_by_group[group.optimizer_name] = found
+        return found
 
     def _set_scale(self, scale: float) -> None:
         for gate in self._all_gates():
@@ -306,6 +325,7 @@ class HAT(MultiHead):
         super().on_task_start(task)
         model = self.sb3_model
         self._start, self._steps = model.num_timesteps, task.steps
+        self._live_by_group = {}
         for gate in self._all_gates():
             gate.live_task = task.index
         self._set_scale(self.scale())
@@ -363,14 +383,11 @@ class HAT(MultiHead):
         """The attention regulariser (eq. 5) over the gates whose embeddings ``group`` steps."""
         if self.c == 0 or self.current_task is None:
             return None
-        index = self.current_task.index
-        stepped = {id(p) for p in group.params}
         used, free = [], []
-        for gate in self._all_gates():
-            if id(gate.embedding[index]) in stepped:
-                earlier = self._earlier[id(gate)]
-                used.append((gate.gate(index) * (1 - earlier)).sum())
-                free.append((1 - earlier).sum())
+        for gate, embedding in self._live(group):
+            earlier = self._earlier[id(gate)]
+            used.append((torch.sigmoid(gate.scale * embedding) * (1 - earlier)).sum())
+            free.append((1 - earlier).sum())
         if not used:
             return None
         return self.c * torch.stack(used).sum() / torch.stack(free).sum().clamp_min(1.0)
@@ -379,17 +396,15 @@ class HAT(MultiHead):
         """Compensate the live embeddings' gradient for the annealing (eq. 6)."""
         if self.current_task is None:
             return
-        index, scale = self.current_task.index, self.scale()
-        stepped = {id(p) for p in group.params}
+        scale = self.scale()
         with torch.no_grad():
-            for gate in self._all_gates():
-                embedding = gate.embedding[index]
-                if id(embedding) in stepped and embedding.grad is not None:
+            for _, embedding in self._live(group):
+                if embedding.grad is not None:
                     num = torch.cosh((scale * embedding).clamp(-50.0, 50.0)) + 1
                     embedding.grad.mul_(self.s_max / scale * num / (torch.cosh(embedding) + 1))
 
     def after_update(self, group: ParamGroup) -> None:
-        """Write the conditioned entries and the other heads back; clamp the embeddings; next step's ``s``."""
+        """Write the conditioned entries and the other heads back; clamp the embeddings."""
         self._heads.restore(group.names)
         with torch.no_grad():
             for name in group.names:
@@ -397,16 +412,11 @@ class HAT(MultiHead):
                 if held is not None:
                     param, mask, value = held
                     param.copy_(torch.where(mask, value, param))
-            if self.current_task is not None:
-                stepped = {id(p) for p in group.params}
-                for gate in self._all_gates():
-                    embedding = gate.embedding[self.current_task.index]
-                    if id(embedding) in stepped:
-                        embedding.clamp_(-self.clamp, self.clamp)
-        self._set_scale(self.scale())
+            for _, embedding in self._live(group):
+                embedding.clamp_(-self.clamp, self.clamp)
 
     def _on_rollout_end(self) -> None:
-        self._set_scale(self.scale())  # the next rollout acts with this step's s
+        self._set_scale(self.scale())  # s follows the environment steps: the next rollout and update use it
         super()._on_rollout_end()
 
     @contextlib.contextmanager
