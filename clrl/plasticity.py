@@ -685,7 +685,11 @@ class _GradientCapture:
             id(p): opt for opt in optimizers(model).values() for g in opt.param_groups for p in g["params"]
         }
         for network in policy_networks(model):
-            params = {n: p for n, p in network_parameters(model, network).items() if id(p) in stepped}
+            params = {  # a frozen parameter (a mask method's backbone) gets no gradient
+                n: p
+                for n, p in network_parameters(model, network).items()
+                if id(p) in stepped and p.requires_grad
+            }
             if not params:
                 continue
             squares: dict[str, float] = {}

@@ -226,3 +226,14 @@ def test_the_command_line_builds_the_masked_policy(tmp_path: Path, method: str) 
     result = clrl.TrainResult.from_json(next(tmp_path.rglob("results.json")))
     assert result.matrix.shape == (5, 4) and np.isfinite(result.matrix).all()
     assert result.metrics["bwt"] == 0.0  # a finished task's mask and heads never change, nor does its return
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_plasticity_monitor_measures_a_network_with_frozen_parts(method: str) -> None:
+    """The monitor hooks the gradients of the parameters the optimiser steps: a frozen backbone (and
+    Piggyback's scores while its first task trains) has none; hooking it failed the reference sweep."""
+    model, stream = masked_model("ppo")
+    monitor = clrl.PlasticityMonitor(interval=32)
+    result = clrl.train(model, stream, [METHODS[method]()], seed=0, eval_episodes=1, plasticity=monitor)
+    assert np.isfinite(result.matrix).all()
+    assert any(key.endswith("/grad_norm") for record in result.plasticity for key in record["values"])

@@ -517,6 +517,8 @@ class ContinualModule(BaseCallback):
             self._attached.append(hooks)
         if _overrides(self, "after_backward"):
             for name, param in targets.items():
+                if not param.requires_grad:  # frozen now: no gradient to see
+                    continue
 
                 def after_backward(p: torch.Tensor, name: str = name) -> None:
                     self.after_backward(name, p)  # type: ignore[arg-type]
