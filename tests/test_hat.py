@@ -111,7 +111,7 @@ def test_the_regulariser_and_the_compensation_are_the_papers() -> None:
         ]
         names, params = zip(*chosen, strict=True)
         group = ParamGroup("policy.optimizer", optimizer, names, params)
-        loss = hat.extra_loss(group)
+        loss = hat.regulariser(group)
         assert loss is not None
         used = free = 0.0
         for gate in hat._all_gates():
@@ -120,6 +120,13 @@ def test_the_regulariser_and_the_compensation_are_the_papers() -> None:
                 used += float((torch.sigmoid(gate.scale * gate.embedding[1]) * (1 - earlier)).sum())
                 free += float((1 - earlier).sum())
         assert math.isclose(float(loss), 0.5 * used / free, rel_tol=1e-5)
+        live = [p for p in group.params if any(p is g.embedding[1] for g in hat._all_gates())]
+        expected_grads = torch.autograd.grad(loss, live)
+        for p in live:
+            p.grad = None
+        hat.add_penalty_gradients(group)  # the closed form is autograd's gradient of the regulariser
+        for p, expected_grad in zip(live, expected_grads, strict=True):
+            assert p.grad is not None and torch.allclose(p.grad, expected_grad, atol=1e-7)
         gate = hat.gates()[0]
         embedding = gate.embedding[1]
         embedding.grad = torch.ones_like(embedding)

@@ -15,7 +15,7 @@ from torch import nn
 
 from clrl.algorithms import policy_for
 from clrl.errors import ConfigError
-from clrl.modules.base import ParamGroup, TaskInfo, check_non_negative, check_positive
+from clrl.modules.base import ParamGroup, TaskInfo, add_to_grad, check_non_negative, check_positive
 from clrl.modules.masks import (
     _extractors,
     _optimizers,
@@ -208,7 +208,8 @@ class HAT(MultiHead):
     * the embeddings' gradient is compensated for the annealing,
       ``s_max / s · (cosh(s e) + 1) / (cosh(e) + 1)`` (eq. 6, with the official code's clamp of ``s e`` at
       ±50), and the embeddings are clamped to ±``clamp`` after every step;
-    * the loss gains ``c · Σ a_t (1 - a^{<t}) / Σ (1 - a^{<t})`` over every gated unit (eq. 5).
+    * the loss gains ``c · Σ a_t (1 - a^{<t}) / Σ (1 - a^{<t})`` over the gated units of each optimiser's
+      networks (eq. 5; its gradient is added in closed form, without a second backward pass).
 
     When the task ends its gates are stored as bits, ``σ(s_max e_t) > 0.5``, and they and its heads never
     change again: a finished task's units get no gradient, its outputs are what they were when it ended,
@@ -379,18 +380,29 @@ class HAT(MultiHead):
         if held is not None and param.grad is not None:
             param.grad.masked_fill_(held[1], 0.0)
 
-    def extra_loss(self, group: ParamGroup) -> torch.Tensor | None:
-        """The attention regulariser (eq. 5) over the gates whose embeddings ``group`` steps."""
+    def regulariser(self, group: ParamGroup) -> torch.Tensor | None:
+        """The attention regulariser (eq. 5), ``c · Σ a_t (1 - a^{<t}) / Σ (1 - a^{<t})`` over the gates
+        whose embeddings ``group`` steps (with gradient to the embeddings)."""
+        live = self._live(group)
+        if not live:
+            return None
+        used = torch.stack([(torch.sigmoid(g.scale * e) * (1 - self._earlier[id(g)])).sum() for g, e in live])
+        free = sum(float((1 - self._earlier[id(g)]).sum()) for g, _ in live)
+        return self.c * used.sum() / max(free, 1.0)
+
+    def add_penalty_gradients(self, group: ParamGroup) -> None:
+        """Add the regulariser's gradient (eq. 5) to the live embeddings, in closed form:
+        ``c · s · a (1 - a) (1 - a^{<t}) / Σ (1 - a^{<t})`` with ``a = σ(s e)``."""
         if self.c == 0 or self.current_task is None:
-            return None
-        used, free = [], []
-        for gate, embedding in self._live(group):
-            earlier = self._earlier[id(gate)]
-            used.append((torch.sigmoid(gate.scale * embedding) * (1 - earlier)).sum())
-            free.append((1 - earlier).sum())
-        if not used:
-            return None
-        return self.c * torch.stack(used).sum() / torch.stack(free).sum().clamp_min(1.0)
+            return
+        live = self._live(group)
+        free = max(sum(float((1 - self._earlier[id(g)]).sum()) for g, _ in live), 1.0)
+        with torch.no_grad():
+            for gate, embedding in live:
+                a = torch.sigmoid(gate.scale * embedding)
+                add_to_grad(
+                    embedding, (self.c * gate.scale / free) * a * (1 - a) * (1 - self._earlier[id(gate)])
+                )
 
     def adjust_gradients(self, group: ParamGroup) -> None:
         """Compensate the live embeddings' gradient for the annealing (eq. 6)."""
