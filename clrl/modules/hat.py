@@ -263,6 +263,7 @@ class HAT(MultiHead):
         self._steps: int | None = None
         self._gate_cache: tuple[nn.Module, list[TaskGate]] | None = None
         self._live_by_group: dict[str, list[tuple[TaskGate, nn.Parameter]]] = {}
+        self._free: dict[str, float] = {}  # per optimiser, Σ (1 - a^{<t}) over its gates
 
     # ---------------------------------------------------------------- setting
     def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
@@ -326,7 +327,7 @@ class HAT(MultiHead):
         super().on_task_start(task)
         model = self.sb3_model
         self._start, self._steps = model.num_timesteps, task.steps
-        self._live_by_group = {}
+        self._live_by_group, self._free = {}, {}
         for gate in self._all_gates():
             gate.live_task = task.index
         self._set_scale(self.scale())
@@ -374,7 +375,7 @@ class HAT(MultiHead):
 
     def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
         """Condition the gradient (eq. 2): zero where an earlier task uses both units, before clipping."""
-        if self._heads.zero_grad(name, param):
+        if self._heads.drop_grad(name, param):
             return
         held = self._held.get(name)
         if held is not None and param.grad is not None:
@@ -396,7 +397,11 @@ class HAT(MultiHead):
         if self.c == 0 or self.current_task is None:
             return
         live = self._live(group)
-        free = max(sum(float((1 - self._earlier[id(g)]).sum()) for g, _ in live), 1.0)
+        free = self._free.get(group.optimizer_name)
+        if free is None:
+            free = self._free[group.optimizer_name] = max(
+                sum(float((1 - self._earlier[id(g)]).sum()) for g, _ in live), 1.0
+            )
         with torch.no_grad():
             for gate, embedding in live:
                 a = torch.sigmoid(gate.scale * embedding)
@@ -416,8 +421,7 @@ class HAT(MultiHead):
                     embedding.grad.mul_(self.s_max / scale * num / (torch.cosh(embedding) + 1))
 
     def after_update(self, group: ParamGroup) -> None:
-        """Write the conditioned entries and the other heads back; clamp the embeddings."""
-        self._heads.restore(group.names)
+        """Write the conditioned entries back (Adam's momentum would move them); clamp the embeddings."""
         with torch.no_grad():
             for name in group.names:
                 held = self._held.get(name)

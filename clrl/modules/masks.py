@@ -14,7 +14,7 @@ from torch import nn
 
 from clrl.algorithms import policy_for
 from clrl.errors import ConfigError
-from clrl.modules.base import ContinualModule, ParamGroup, TaskInfo
+from clrl.modules.base import ContinualModule, TaskInfo
 from clrl.modules.multihead import (
     HeldHeads,
     MultiHead,
@@ -278,9 +278,9 @@ class TaskMasks(MultiHead):
     """Base class of the mask methods: a masked policy (:func:`masked_policy`), each task's mask trained from
     real-valued scores while it is live and stored as bits when it ends.
 
-    Only the current task's heads train: the others are held (gradient zeroed before SB3's clipping,
-    values written back after every step, as :class:`clrl.PackNet` holds its frozen weights), since an
-    earlier task's samples in a replay buffer reach its own heads. So an earlier task's policy is exactly
+    Only the current task's heads train: the others are held (:class:`~clrl.modules.multihead.HeldHeads`:
+    their gradient dropped before SB3's clipping, so the optimiser skips them), since an earlier task's
+    samples in a replay buffer reach its own heads. So an earlier task's policy is exactly
     what it ended with. Subclasses say how a task starts (:meth:`start_masks`: which weights train, how the
     scores start, the rule that binarises them). Target networks (DQN's, SAC's, TD3's) follow their online
     networks: a frozen backbone is copied into them, their scores start equal and are averaged like every
@@ -347,12 +347,8 @@ class TaskMasks(MultiHead):
         return self._heads.parameters()
 
     def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
-        """Zero a held head's gradient before SB3's gradient clipping (it does not count in the norm)."""
-        self._heads.zero_grad(name, param)
-
-    def after_update(self, group: ParamGroup) -> None:
-        """Write the held heads back (Adam's momentum from their own task would move them)."""
-        self._heads.restore(group.names)
+        """Drop a held head's gradient before SB3's gradient clipping (the optimiser then skips it)."""
+        self._heads.drop_grad(name, param)
 
     def on_task_end(self, task: TaskInfo) -> None:
         """Store the task's mask (the target networks get the online network's)."""

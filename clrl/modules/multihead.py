@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -319,20 +319,20 @@ class HeldHeads:
     """The per-task heads of every task but the one being trained, held where they are.
 
     A method whose earlier tasks must not change at all (:class:`clrl.Piggyback`, :class:`clrl.SupSup`,
-    :class:`clrl.HAT`) holds them: an earlier task's samples in a replay buffer reach its own heads, and
-    Adam's momentum from their own task would move them. Their gradient is zeroed as soon as SB3's backward
-    has accumulated it (before gradient clipping, so it does not count in the norm), and their values are
-    written back after every optimiser step, as :class:`clrl.PackNet` holds its frozen weights.
+    :class:`clrl.HAT`) holds them: an earlier task's samples in a replay buffer reach its own heads. Their
+    gradient is dropped (set to ``None``) as soon as SB3's backward has accumulated it, before gradient
+    clipping: it does not count in the norm, and torch's optimisers skip a parameter without a gradient
+    entirely (no momentum, no weight decay), so the heads do not move.
     """
 
     def __init__(self) -> None:
-        self.held: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
-        """Held parameter and its value, by name relative to the policy."""
+        self.held: dict[str, nn.Parameter] = {}
+        """Held parameters, by name relative to the policy."""
 
     def hold(self, policy: nn.Module, task: int) -> None:
         """Hold every head of ``policy`` but task ``task``'s."""
         self.held = {
-            f"{name}.{kind}.{i}": (param, param.detach().clone())
+            f"{name}.{kind}.{i}": param
             for name, head in policy.named_modules()
             if isinstance(head, TaskLinear)
             for kind in ("weight", "bias")
@@ -342,23 +342,14 @@ class HeldHeads:
 
     def parameters(self) -> dict[str, nn.Parameter]:
         """The held parameters by name (what a module's ``target_parameters`` returns for them)."""
-        return {name: param for name, (param, _) in self.held.items()}
+        return dict(self.held)
 
-    def zero_grad(self, name: str, param: nn.Parameter) -> bool:
-        """Zero ``param``'s gradient if it is held; return whether it is."""
+    def drop_grad(self, name: str, param: nn.Parameter) -> bool:
+        """Drop ``param``'s gradient if it is held; return whether it is."""
         if name not in self.held:
             return False
-        if param.grad is not None:
-            param.grad.zero_()
+        param.grad = None
         return True
-
-    def restore(self, names: Sequence[str]) -> None:
-        """Write the held ones of ``names`` back."""
-        with torch.no_grad():
-            for name in names:
-                held = self.held.get(name)
-                if held is not None:
-                    held[0].copy_(held[1])
 
 
 class MultiHead(ContinualModule):
