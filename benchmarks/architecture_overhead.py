@@ -9,7 +9,7 @@ configuration with the same seed, every configuration training task i back to ba
 thread, ratios paired by repeat and task). Every configuration has the preset's network size. PackNet keeps
 the network as it is: its cost is masking the gradient and writing the frozen weights back after every
 optimiser step, and one pruning per task. Multi-head, progressive and masked policies (Piggyback, SupSup)
-(and HAT's gates) change the network: their ratios are also printed per task, since a progressive pass over task k runs
+(and HAT's gates, the hypernetworks) change the network: their ratios are also printed per task, since a progressive pass over task k runs
 k + 1 columns and Piggyback's first task trains unmasked. Net2Net growth
 widens every hidden layer at each task start after the first, so its later tasks train a wider network;
 ``--sizes`` prints its parameter count after that many tasks (each task start after the first widens).
@@ -36,6 +36,7 @@ CONFIGURATIONS: dict[str, Factory] = {
     "piggyback": lambda: clrl.Piggyback(),
     "supsup": lambda: clrl.SupSup(),
     "hat": lambda: clrl.HAT(),
+    "hypernetwork": lambda: clrl.HyperNetwork(),
 }
 
 
@@ -82,6 +83,7 @@ def main() -> None:
         "piggyback": clrl.masked_policy(args.algo),
         "supsup": clrl.masked_policy(args.algo),
         "hat": clrl.hat_policy(args.algo),
+        "hypernetwork": clrl.hypernetwork_policy(args.algo),
     }
     hyperparameters = {
         name: {"policy": policy, "policy_kwargs": {**net, "n_tasks": len(stream)}}

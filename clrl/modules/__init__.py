@@ -22,6 +22,14 @@ from clrl.modules.hat import (
     HATTD3Policy,
     hat_policy,
 )
+from clrl.modules.hypernetwork import (
+    HyperActorCriticPolicy,
+    HyperDQNPolicy,
+    HyperNetwork,
+    HyperSACPolicy,
+    HyperTD3Policy,
+    hypernetwork_policy,
+)
 from clrl.modules.l2 import L2
 from clrl.modules.l2_init import L2Init
 from clrl.modules.latent_replay import LatentReplay
@@ -103,6 +111,11 @@ __all__ = [
     "HATDQNPolicy",
     "HATSACPolicy",
     "HATTD3Policy",
+    "HyperActorCriticPolicy",
+    "HyperDQNPolicy",
+    "HyperNetwork",
+    "HyperSACPolicy",
+    "HyperTD3Policy",
     "ImportancePenalty",
     "InjectionActorCriticPolicy",
     "InjectionDQNPolicy",
@@ -144,6 +157,7 @@ __all__ = [
     "TaskInfo",
     "add_to_grad",
     "hat_policy",
+    "hypernetwork_policy",
     "injection_policy",
     "masked_policy",
     "multihead_policy",
