@@ -50,8 +50,12 @@ class TaskRouter:
         one_hot = obs["task_id"] if isinstance(obs, dict) else obs[..., -self.n_tasks :]
         self._ids = ids = one_hot.argmax(dim=-1)
         self._only = None
-        if ids.numel() and not torch._C._functorch.is_functorch_wrapped_tensor(ids):
-            lowest, highest = torch.aminmax(ids)
+        if torch._C._functorch.is_functorch_wrapped_tensor(ids) or not ids.numel():
+            return  # per-sample calls under vmap: each head reads its sample's id
+        if ids.numel() == 1:  # one environment acting: one task (an item, not three more operations)
+            self._only = int(ids.item())
+        else:
+            lowest, highest = torch.stack(torch.aminmax(ids)).tolist()  # one synchronisation, not two
             if lowest == highest:
                 self._only = int(lowest)
 
@@ -138,7 +142,8 @@ class TaskLinear(nn.Module):
         return routed_linear(x, self._router, self._task, self.out_features)
 
     def _task(self, task: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.weight[task], self.bias[task]
+        key = str(task)  # ParameterList's own indexing is 7x slower than its dictionary
+        return self.weight._parameters[key], self.bias._parameters[key]  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, tasks={len(self.weight)}"
