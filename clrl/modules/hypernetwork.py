@@ -75,13 +75,29 @@ class HyperMLP(nn.Module):
         with torch.no_grad():
             self.out.weight.zero_()
             self.out.bias.copy_(torch.cat(initial))
+        self._cache: dict[int, tuple[tuple[int, ...], Generated]] = {}  # generated without gradient
 
     def generate(self, task: int, detach_embedding: bool = False) -> Generated:
         """Task ``task``'s weights and biases (``detach_embedding``: no gradient to its embedding)."""
         param = self.embeddings._parameters[str(task)]  # ParameterList's own lookup is 7x slower
         assert param is not None
+        if not torch.is_grad_enabled():  # acting: the same weights until a parameter changes
+            key = (task, param._version, *(p._version for p in self._hyper_parameters()))
+            cached = self._cache.get(task)
+            if cached is None or cached[0] != key:
+                cached = self._cache[task] = (key, self._split(self.out(torch.relu(self.hidden(param)))))
+            return cached[1]
         embedding = param.detach() if detach_embedding else param
-        flat = self.out(torch.relu(self.hidden(embedding)))
+        return self._split(self.out(torch.relu(self.hidden(embedding))))
+
+    def _hyper_parameters(self) -> tuple[torch.Tensor, ...]:
+        return (self.hidden.weight, self.hidden.bias, self.out.weight, self.out.bias)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> HyperMLP:
+        self._cache = {}
+        return super()._apply(fn, recurse)
+
+    def _split(self, flat: torch.Tensor) -> Generated:
         found: Generated = []
         start = 0
         for out, inp in self.shapes:
