@@ -8,10 +8,10 @@ The protocol of ``regularisation_overhead.py`` (the user's own ``set_env`` + ``l
 configuration with the same seed, every configuration training task i back to back, CPU time with one torch
 thread, ratios paired by repeat and task). Every configuration has the preset's network size. PackNet keeps
 the network as it is: its cost is masking the gradient and writing the frozen weights back after every
-optimiser step, and one pruning per task. Multi-head, progressive and masked policies (Piggyback, SupSup)
-(and HAT's gates, the hypernetworks) change the network: their ratios are also printed per task, since a progressive pass over task k runs
-k + 1 columns and Piggyback's first task trains unmasked. Net2Net growth
-widens every hidden layer at each task start after the first, so its later tasks train a wider network;
+optimiser step, and one pruning per task. Multi-head, progressive, masked (Piggyback, SupSup), HAT and
+hypernetwork policies change the network: their ratios are also printed per task, since a progressive pass
+over task k runs k + 1 columns and Piggyback's first task trains unmasked. Net2Net growth widens every hidden
+layer at each task start after the first, so its later tasks train a wider network;
 ``--sizes`` prints its parameter count after that many tasks (each task start after the first widens).
 """
 

@@ -16,6 +16,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from test_masks import online_outputs, task_observations, train_tasks
 
 import clrl
+from clrl.algorithms import optimizers
 from clrl.cli import main
 from clrl.modules.hypernetwork import HyperMLP
 
@@ -46,6 +47,11 @@ def drift(module: clrl.HyperNetwork, task: int, before: dict[int, Any]) -> float
 def test_every_task_starts_as_sb3s_network(algo: str) -> None:
     hyper, stream = model_with(clrl.hypernetwork_policy, algo)
     heads, _ = model_with(clrl.multihead_policy, algo)
+    stepped = [id(p) for opt in optimizers(hyper).values() for g in opt.param_groups for p in g["params"]]
+    assert len(stepped) == len(set(stepped))  # no parameter twice (a head inside a replaced MLP)
+    for mlp in (m for m in hyper.policy.modules() if isinstance(m, HyperMLP)):
+        in_optimiser = [id(p) in stepped for p in mlp.parameters()]
+        assert all(in_optimiser) or not any(in_optimiser)  # a target's hypernetwork: none
     for task in range(len(stream)):
         obs = task_observations(hyper, task, len(stream))
         for a, b in zip(online_outputs(hyper, obs), online_outputs(heads, obs), strict=True):

@@ -200,7 +200,14 @@ class _HyperPolicy:
         for owner in owners:
             optimizer = owner.optimizer
             kept = [p for g in optimizer.param_groups for p in g["params"] if id(p) in alive]
-            new = [p for hyper in made if _owned_by(owner, hyper) for p in hyper.parameters()]
+            held = {id(p) for p in kept}  # a head inside a replaced MLP is already there
+            new = [
+                p
+                for hyper in made
+                if _owned_by(owner, hyper)
+                for p in hyper.parameters()
+                if id(p) not in held
+            ]
             owner.optimizer = type(optimizer)(kept + new, **optimizer.defaults)
 
 
