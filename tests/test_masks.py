@@ -237,3 +237,40 @@ def test_the_plasticity_monitor_measures_a_network_with_frozen_parts(method: str
     result = clrl.train(model, stream, [METHODS[method]()], seed=0, eval_episodes=1, plasticity=monitor)
     assert np.isfinite(result.matrix).all()
     assert any(key.endswith("/grad_norm") for record in result.plasticity for key in record["values"])
+
+
+ISOLATING: dict[str, tuple[Any, Any]] = {
+    "piggyback": (clrl.masked_policy, clrl.Piggyback),
+    "supsup": (clrl.masked_policy, clrl.SupSup),
+    "hat": (clrl.hat_policy, clrl.HAT),
+    "hypernetwork": (clrl.hypernetwork_policy, clrl.HyperNetwork),
+}
+
+
+@pytest.mark.parametrize("method", ISOLATING)
+def test_a_checkpoint_loads_with_its_module_and_acts_per_task_as_the_run_ended(
+    method: str, tmp_path: Path
+) -> None:
+    policy, cls = ISOLATING[method]
+    algo_cls, stream_fn, kwargs = ALGO_SETUPS["dqn"]
+    stream = stream_fn()
+    policy_kwargs = {**kwargs["policy_kwargs"], "n_tasks": len(stream)}
+    model = algo_cls(
+        policy(algo_cls),
+        stream.make_vec_env(0, seed=0),
+        seed=0,
+        device=DEVICE,
+        **{**kwargs, "policy_kwargs": policy_kwargs},
+    )
+    module = cls()
+    clrl.train(model, stream, [module], seed=0, eval_episodes=1, logdir=tmp_path / "run")
+    checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("*.zip"))[-1]
+    loaded, (again,) = clrl.load(checkpoint)
+    assert type(again) is cls and again.state_dict().keys() == module.state_dict().keys()
+    assert again.task_index == module.task_index == len(stream) - 1
+    for i in range(len(stream)):
+        module.set_task(i)
+        again.set_task(i)
+        obs = task_observations(model, i, len(stream))
+        for a, b in zip(online_outputs(model, obs), online_outputs(loaded, obs), strict=True):
+            assert torch.equal(a, b)
