@@ -41,7 +41,8 @@ class TaskGate(nn.Module):
 
     The live task (the one being trained) gates with ``a_t = σ(s · e_t)``, its embedding ``e_t`` (one
     parameter per task, drawn from N(0, 1) like the paper's ``nn.Embedding``) scaled by :attr:`scale`. A
-    task whose gate is stored (it ended) uses the stored binary gate; a task never trained, ``σ(s_max e_t)``.
+    task whose gate is stored (it ended) uses the stored binary gate; a task never trained, ``σ(s_max e_t)``
+    (neither with gradient: only the live task's embedding trains).
 
     Args:
         units: Units of the layer it follows.
@@ -62,7 +63,7 @@ class TaskGate(nn.Module):
         """The live task's ``s`` (HAT anneals it from ``1/s_max`` to ``s_max`` over the task)."""
         self.live_task: int | None = None
         self._router = router  # a plain attribute: not a submodule, not in the state dict
-        self._cache: dict[int, tuple[int, torch.Tensor | None]] = {}  # stored gate by the buffers' version
+        self._cache: dict[int, tuple[tuple[int, int, int], torch.Tensor]] = {}  # other tasks' gates
         self._live_gate: tuple[tuple[int, int, float], torch.Tensor] | None = None
 
     def _apply(self, fn: Any, recurse: bool = True) -> TaskGate:
@@ -80,12 +81,19 @@ class TaskGate(nn.Module):
             if self._live_gate is None or self._live_gate[0] != key:
                 self._live_gate = (key, torch.sigmoid(self.scale * embedding.detach()))
             return self._live_gate[1]
-        version = self.masks._version + self.stored._version
+        # A stored gate, or an untrained task's σ(s_max e) (no gradient: only the live task trains), until
+        # the buffers or the embedding change.
+        version = (self.masks._version, self.stored._version, embedding._version)
         cached = self._cache.get(task)
         if cached is None or cached[0] != version:
-            stored = self.masks[task].to(embedding.dtype) if bool(self.stored[task]) else None
-            cached = self._cache[task] = (version, stored)
-        return cached[1] if cached[1] is not None else torch.sigmoid(self.s_max * embedding)
+            stored = bool(self.stored[task])
+            gate = (
+                self.masks[task].to(embedding.dtype)
+                if stored
+                else torch.sigmoid(self.s_max * embedding.detach())
+            )
+            cached = self._cache[task] = (version, gate)
+        return cached[1]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         only = self._router.only(h)
