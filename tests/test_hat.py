@@ -14,7 +14,7 @@ import torch
 from conftest import ALGO_SETUPS, DEVICE, TINY_RUN, cartpole_stream
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from test_masks import online_outputs, task_observations, train_tasks
+from test_masks import loads_per_task, online_outputs, task_observations, train_tasks
 
 import clrl
 from clrl.cli import main
@@ -150,12 +150,7 @@ def test_gates_follow_every_hidden_layer_and_load_with_sb3(tmp_path: Path) -> No
     assert not isinstance(policy.critic.qf0[-1], TaskGate)
     hat = clrl.HAT()
     train_tasks(model, stream, hat)
-    model.save(tmp_path / "model.zip")
-    loaded = type(model).load(tmp_path / "model.zip", device=DEVICE)
-    for i in range(len(stream)):
-        obs = task_observations(model, i, len(stream))
-        for a, b in zip(online_outputs(model, obs), online_outputs(loaded, obs), strict=True):
-            assert torch.equal(a, b)
+    loads_per_task(model, stream, tmp_path)
 
 
 def test_a_gate_routes_each_sample_to_its_task() -> None:

@@ -148,16 +148,21 @@ def test_the_live_mask_gets_the_straight_through_gradient() -> None:
     assert int(layer.live_mask().sum()) == 3
 
 
-def test_masks_and_heads_load_with_sb3(tmp_path: Path) -> None:
-    model, stream = masked_model("dqn")
-    module = clrl.SupSup()
-    train_tasks(model, stream, module)
+def loads_per_task(model: BaseAlgorithm, stream: clrl.TaskStream, tmp_path: Path) -> BaseAlgorithm:
+    """SB3's ``save`` and ``load`` of ``model``; the loaded model computes each task's outputs bit for bit."""
     model.save(tmp_path / "model.zip")
     loaded = type(model).load(tmp_path / "model.zip", device=DEVICE)
     for i in range(len(stream)):
         obs = task_observations(model, i, len(stream))
         for a, b in zip(online_outputs(model, obs), online_outputs(loaded, obs), strict=True):
             assert torch.equal(a, b)
+    return loaded
+
+
+def test_masks_and_heads_load_with_sb3(tmp_path: Path) -> None:
+    model, stream = masked_model("dqn")
+    train_tasks(model, stream, clrl.SupSup())
+    loads_per_task(model, stream, tmp_path)
 
 
 def test_supsup_infers_the_task_whose_superposed_mask_lowers_the_entropy() -> None:
