@@ -24,6 +24,7 @@ from clrl.modules.masks import (
     target_pairs,
 )
 from clrl.modules.multihead import (
+    HeldEntries,
     HeldHeads,
     MultiHead,
     MultiHeadActorCriticPolicy,
@@ -270,9 +271,7 @@ class HAT(MultiHead):
         self.c = check_non_negative(c, "HAT c")
         self.clamp = check_positive(clamp, "HAT clamp")
         self._heads = HeldHeads()
-        self._held: dict[
-            str, tuple[nn.Parameter, torch.Tensor, torch.Tensor]
-        ] = {}  # param, held entries, value
+        self._held = HeldEntries()  # the weights and biases between units earlier tasks use
         self._earlier: dict[int, torch.Tensor] = {}  # per gate (by id), the cumulative gate a^{<t} as floats
         self._start = 0
         self._steps: int | None = None
@@ -349,7 +348,7 @@ class HAT(MultiHead):
         policy: Any = model.policy
         self._earlier = {id(gate): earlier_gate(gate, task.index) for gate in self._all_gates()}
         names = {id(p): n for n, p in policy.named_parameters()}
-        self._held = {}
+        self._held.clear()
         for layer, gate, source in policy.gated_layers:
             out = self._earlier[id(gate)].bool()
             inputs = (
@@ -359,8 +358,8 @@ class HAT(MultiHead):
             )
             held_weight = out[:, None] & inputs[None, :]
             for param, held in ((layer.weight, held_weight), (layer.bias, out)):
-                if param is not None and param.requires_grad and bool(held.any()) and id(param) in names:
-                    self._held[names[id(param)]] = (param, held, param.detach().clone())
+                if param is not None and param.requires_grad and id(param) in names:
+                    self._held.hold(names[id(param)], param, held)
         self._heads.hold(policy, task.index)
 
     def on_task_end(self, task: TaskInfo) -> None:
@@ -373,7 +372,7 @@ class HAT(MultiHead):
                 target.stored.copy_(online.stored)
                 target.live_task = None
         self._set_scale(self.s_max)
-        self._held = {}
+        self._held.clear()
 
     # ---------------------------------------------------------------- training
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -386,15 +385,12 @@ class HAT(MultiHead):
             for name, param in self.sb3_model.policy.named_parameters()
             if any(param is gate.embedding[index] for gate in self.gates())
         }
-        return {**live, **{n: p for n, (p, _, _) in self._held.items()}, **self._heads.parameters()}
+        return {**live, **self._held.parameters(), **self._heads.parameters()}
 
     def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
         """Condition the gradient (eq. 2): zero where an earlier task uses both units, before clipping."""
-        if self._heads.drop_grad(name, param):
-            return
-        held = self._held.get(name)
-        if held is not None and param.grad is not None:
-            param.grad.masked_fill_(held[1], 0.0)
+        if not self._heads.drop_grad(name, param):
+            self._held.zero_grad(name, param)
 
     def regulariser(self, group: ParamGroup) -> torch.Tensor | None:
         """The attention regulariser (eq. 5), ``c · Σ a_t (1 - a^{<t}) / Σ (1 - a^{<t})`` over the gates
@@ -437,12 +433,8 @@ class HAT(MultiHead):
 
     def after_update(self, group: ParamGroup) -> None:
         """Write the conditioned entries back (Adam's momentum would move them); clamp the embeddings."""
+        self._held.restore(group.names)
         with torch.no_grad():
-            for name in group.names:
-                held = self._held.get(name)
-                if held is not None:
-                    param, mask, value = held
-                    param.copy_(torch.where(mask, value, param))
             for _, embedding in self._live(group):
                 embedding.clamp_(-self.clamp, self.clamp)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -355,6 +355,48 @@ class HeldHeads:
             return False
         param.grad = None
         return True
+
+
+class HeldEntries:
+    """Entries of parameters held at their values: their gradient zeroed as soon as SB3's backward has
+    accumulated it (before gradient clipping, so it does not count in the norm), their values written back
+    after every optimiser step (Adam's momentum and weight decay would move them), as :class:`clrl.PackNet`
+    holds its frozen weights. :class:`clrl.HAT` holds the weights between units earlier tasks use,
+    :class:`clrl.CPG` the weights earlier tasks own."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = {}
+        """By parameter name: the parameter, the held entries (a bool mask) and their values."""
+
+    def hold(self, name: str, param: nn.Parameter, entries: torch.Tensor) -> None:
+        """Hold ``param``'s ``entries`` (a bool mask of its shape) at their current values (none: release)."""
+        if bool(entries.any()):
+            self.held[name] = (param, entries, param.detach().clone())
+        else:
+            self.held.pop(name, None)
+
+    def clear(self) -> None:
+        """Hold nothing."""
+        self.held = {}
+
+    def parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters with held entries, by name."""
+        return {name: param for name, (param, _, _) in self.held.items()}
+
+    def zero_grad(self, name: str, param: nn.Parameter) -> None:
+        """Zero the gradient of ``param``'s held entries."""
+        held = self.held.get(name)
+        if held is not None and param.grad is not None:
+            param.grad.masked_fill_(held[1], 0.0)
+
+    def restore(self, names: Sequence[str]) -> None:
+        """Write the held entries of the parameters ``names`` back."""
+        with torch.no_grad():
+            for name in names:
+                held = self.held.get(name)
+                if held is not None:
+                    param, entries, value = held
+                    param.copy_(torch.where(entries, value, param))
 
 
 class MultiHead(ContinualModule):
