@@ -29,6 +29,7 @@ from clrl.modules import (
     AR1,
     CLEAR,
     CLSER,
+    CPG,
     EWC,
     GEM,
     HAT,
@@ -116,6 +117,7 @@ METHODS: dict[str, type[ContinualModule] | None] = {
     "hypernetwork": HyperNetwork,
     "piggyback": Piggyback,
     "supsup": SupSup,
+    "cpg": CPG,
     "lwf": LwF,
     "clser": CLSER,
     "pnc": ProgressAndCompress,
@@ -146,6 +148,7 @@ POLICY_METHODS: dict[str, Callable[[Any], Any]] = {
     "hypernetwork": hypernetwork_policy,
     "piggyback": masked_policy,
     "supsup": masked_policy,
+    "cpg": masked_policy,
     "pnc": progressive_policy,  # two columns: the knowledge base and the active column
     "plasticity-injection": injection_policy,
 }

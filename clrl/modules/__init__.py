@@ -8,6 +8,7 @@ from clrl.modules.clear import CLEAR
 from clrl.modules.clonex import ClonEx
 from clrl.modules.clser import CLSER
 from clrl.modules.continual_backprop import ContinualBackprop
+from clrl.modules.cpg import CPG
 from clrl.modules.cwr import AR1, CWRStar
 from clrl.modules.dualnet import DualNet, DualNetExtractor
 from clrl.modules.ewc import EWC
@@ -89,6 +90,7 @@ __all__ = [
     "AR1",
     "CLEAR",
     "CLSER",
+    "CPG",
     "EWC",
     "GEM",
     "HAT",

@@ -137,10 +137,13 @@ class MaskedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return routed_linear(x, self._router, self._task, self.out_features)
 
-    def store(self, task: int) -> None:
-        """Store the live mask as task ``task``'s (all ones if no rule is live) and stop using the scores."""
+    def store(self, task: int, mask: torch.Tensor | None = None) -> None:
+        """Store ``mask`` (default: the live mask; all ones if no rule is live) as task ``task``'s and stop
+        using the scores."""
         with torch.no_grad():
-            if self.rule is not None and self.live_task == task:
+            if mask is not None:
+                self.masks[task] = mask
+            elif self.rule is not None and self.live_task == task:
                 self.masks[task] = self.live_mask()
             else:
                 self.masks[task] = True
@@ -325,6 +328,10 @@ class TaskMasks(MultiHead):
         """Prepare the masked layers for ``task`` (subclasses)."""
         raise NotImplementedError
 
+    def final_mask(self, layer: MaskedLinear, task: TaskInfo) -> torch.Tensor | None:
+        """The mask ``layer`` stores for ``task`` when it ends (default ``None``: its live mask)."""
+        return None
+
     def on_task_start(self, task: TaskInfo) -> None:
         """Route by the task id; prepare the task's mask (fresh scores, no optimiser state for them)."""
         super().on_task_start(task)
@@ -353,7 +360,7 @@ class TaskMasks(MultiHead):
     def on_task_end(self, task: TaskInfo) -> None:
         """Store the task's mask (the target networks get the online network's)."""
         for layer in self.online_layers():
-            layer.store(task.index)
+            layer.store(task.index, self.final_mask(layer, task))
         with torch.no_grad():
             for online, target in self.target_pairs():
                 target.masks.copy_(online.masks)

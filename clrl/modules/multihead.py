@@ -365,10 +365,10 @@ class HeldEntries:
     :class:`clrl.CPG` the weights earlier tasks own."""
 
     def __init__(self) -> None:
-        self.held: dict[str, tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = {}
+        self.held: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         """By parameter name: the parameter, the held entries (a bool mask) and their values."""
 
-    def hold(self, name: str, param: nn.Parameter, entries: torch.Tensor) -> None:
+    def hold(self, name: str, param: torch.Tensor, entries: torch.Tensor) -> None:
         """Hold ``param``'s ``entries`` (a bool mask of its shape) at their current values (none: release)."""
         if bool(entries.any()):
             self.held[name] = (param, entries, param.detach().clone())
@@ -381,7 +381,7 @@ class HeldEntries:
 
     def parameters(self) -> dict[str, nn.Parameter]:
         """The parameters with held entries, by name."""
-        return {name: param for name, (param, _, _) in self.held.items()}
+        return {name: param for name, (param, _, _) in self.held.items()}  # type: ignore[misc]
 
     def zero_grad(self, name: str, param: nn.Parameter) -> None:
         """Zero the gradient of ``param``'s held entries."""
