@@ -8,7 +8,7 @@ The protocol of ``regularisation_overhead.py`` (the user's own ``set_env`` + ``l
 configuration with the same seed, every configuration training task i back to back, CPU time with one torch
 thread, ratios paired by repeat and task). Every configuration has the preset's network size. PackNet keeps
 the network as it is: its cost is masking the gradient and writing the frozen weights back after every
-optimiser step, and one pruning per task. Multi-head, progressive, masked (Piggyback, SupSup), HAT and
+optimiser step, and one pruning per task. Multi-head, progressive, masked (Piggyback, SupSup, CPG), HAT and
 hypernetwork policies change the network: their ratios are also printed per task, since a progressive pass
 over task k runs k + 1 columns and Piggyback's first task trains unmasked. Net2Net growth widens every hidden
 layer at each task start after the first, so its later tasks train a wider network;
@@ -37,6 +37,7 @@ CONFIGURATIONS: dict[str, Factory] = {
     "supsup": lambda: clrl.SupSup(),
     "hat": lambda: clrl.HAT(),
     "hypernetwork": lambda: clrl.HyperNetwork(),
+    "cpg": lambda: clrl.CPG(),
 }
 
 
@@ -84,6 +85,7 @@ def main() -> None:
         "supsup": clrl.masked_policy(args.algo),
         "hat": clrl.hat_policy(args.algo),
         "hypernetwork": clrl.hypernetwork_policy(args.algo),
+        "cpg": clrl.masked_policy(args.algo),
     }
     hyperparameters = {
         name: {"policy": policy, "policy_kwargs": {**net, "n_tasks": len(stream)}}

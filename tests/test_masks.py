@@ -249,6 +249,7 @@ ISOLATING: dict[str, tuple[Any, Any]] = {
     "supsup": (clrl.masked_policy, clrl.SupSup),
     "hat": (clrl.hat_policy, clrl.HAT),
     "hypernetwork": (clrl.hypernetwork_policy, clrl.HyperNetwork),
+    "cpg": (clrl.masked_policy, clrl.CPG),
 }
 
 
