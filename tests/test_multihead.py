@@ -14,7 +14,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 import clrl
-from clrl.modules.multihead import TaskLinear, task_router
+from clrl.modules.multihead import TaskLinear, TaskRouter, task_router
 
 
 def multihead_model(algo: str, stream: clrl.TaskStream | None = None, seed: int = 0) -> BaseAlgorithm:
@@ -77,6 +77,35 @@ def test_a_mixed_batch_routes_each_sample_to_its_own_head(algo: str) -> None:
     relabelled = first.clone()
     relabelled[:, -2:] = second[:, -2:]  # task 0's states with task 1's id
     assert not torch.allclose(outputs(model, relabelled), outputs(model, first))
+
+
+def test_a_mixed_batch_gives_each_head_exactly_its_rows_outputs_and_gradients() -> None:
+    # Replayed batches mix tasks in any order; each head must compute what it would on its own rows alone,
+    # bit for bit, and a head whose task is absent must get no gradient (Adam then skips it).
+    torch.manual_seed(0)
+    router = TaskRouter(4)
+    layer = TaskLinear(torch.nn.Linear(5, 3), router)
+    with torch.no_grad():
+        for i, w in enumerate(layer.weight):
+            w.add_(0.1 * i)
+    ids = torch.tensor([2, 0, 2, 1, 0, 0, 2, 1])  # task 3 absent
+    obs = torch.cat([torch.randn(8, 5), torch.nn.functional.one_hot(ids, 4).float()], dim=1)
+    router.observe(layer, (obs,))
+    x = obs[:, :5].clone().requires_grad_()
+    out = layer(x)
+    out.square().sum().backward()
+    assert layer.weight[3].grad is None and layer.bias[3].grad is None
+    for task in range(3):
+        rows = ids == task
+        weight = layer.weight[task].detach().clone().requires_grad_()
+        bias = layer.bias[task].detach().clone().requires_grad_()
+        x_rows = x.detach()[rows].clone().requires_grad_()
+        alone = torch.nn.functional.linear(x_rows, weight, bias)
+        alone.square().sum().backward()
+        torch.testing.assert_close(out[rows], alone, rtol=0, atol=0)
+        torch.testing.assert_close(layer.weight[task].grad, weight.grad, rtol=0, atol=0)
+        torch.testing.assert_close(layer.bias[task].grad, bias.grad, rtol=0, atol=0)
+        torch.testing.assert_close(x.grad[rows], x_rows.grad, rtol=0, atol=0)  # type: ignore[index]
 
 
 def test_set_task_routes_every_sample_to_one_head(tiny_stream: clrl.TaskStream) -> None:

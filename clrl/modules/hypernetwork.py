@@ -129,7 +129,7 @@ class HyperMLP(nn.Module):
         if only is not None and not wrapped:
             return self._run(x, self.generate(only), per_sample=False)
         ids = self._router.ids(x)
-        tasks = list(range(self._router.n_tasks)) if wrapped else torch.unique(ids).tolist()
+        tasks = list(range(self._router.n_tasks)) if wrapped else self._router.tasks(x)
         if len(tasks) == 1:
             return self._run(x, self.generate(tasks[0]), per_sample=False)
         generated = [self.generate(t) for t in tasks]

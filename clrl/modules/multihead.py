@@ -42,6 +42,8 @@ class TaskRouter:
         over the first ``len(alpha)`` tasks (SupSup's task inference)."""
         self._ids: torch.Tensor | None = None
         self._only: int | None = None  # the one task of the last batch, when it has one
+        self._counts: list[int] | None = None  # samples per task of the last batch, when it mixes tasks
+        self._grouping: tuple[torch.Tensor, torch.Tensor] | None = None  # its order by task and inverse
 
     def observe(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         """Forward pre-hook of a features extractor: read the batch's task ids (and whether they are all
@@ -49,15 +51,42 @@ class TaskRouter:
         obs = args[0]
         one_hot = obs["task_id"] if isinstance(obs, dict) else obs[..., -self.n_tasks :]
         self._ids = ids = one_hot.argmax(dim=-1)
-        self._only = None
-        if torch._C._functorch.is_functorch_wrapped_tensor(ids) or not ids.numel():
+        self._only, self._counts, self._grouping = None, None, None
+        if torch._C._functorch.is_functorch_wrapped_tensor(ids):
             return  # per-sample calls under vmap: each head reads its sample's id
         if ids.numel() == 1:  # one environment acting: one task (an item, not three more operations)
             self._only = int(ids.item())
+            return
+        counts = torch.bincount(ids.flatten(), minlength=self.n_tasks).tolist()  # one synchronisation
+        present = [task for task, count in enumerate(counts) if count]
+        if len(present) == 1:
+            self._only = present[0]
         else:
-            lowest, highest = torch.stack(torch.aminmax(ids)).tolist()  # one synchronisation, not two
-            if lowest == highest:
-                self._only = int(lowest)
+            self._counts = counts
+
+    def tasks(self, x: torch.Tensor) -> list[int]:
+        """The tasks present in the batch ``x`` belongs to, in increasing order."""
+        only = self.only(x)
+        if only is not None:
+            return [only]
+        self.ids(x)  # the batch's ids must be known
+        assert self._counts is not None
+        return [task for task, count in enumerate(self._counts) if count]
+
+    def grouped(self, x: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """A mixed batch's samples per task, and the order that groups them by task (stable: each task's
+        samples keep their order) with its inverse, made once per batch for every head to use.
+
+        ``x.flatten(0, -2)[order].split(counts)`` are the tasks' samples, and ``cat(...)[inverse]`` puts
+        per-task results back in the batch's order.
+        """
+        ids = self.ids(x).flatten()
+        if self._counts is None:  # not a mixed batch of observe's (an empty one)
+            return torch.bincount(ids, minlength=self.n_tasks).tolist(), ids, ids
+        if self._grouping is None:
+            order = torch.argsort(ids, stable=True)
+            self._grouping = order, torch.argsort(order)
+        return self._counts, *self._grouping
 
     def only(self, x: torch.Tensor) -> int | None:
         """The one head every sample of ``x`` goes to, if there is one and it is known without a look at
@@ -88,7 +117,8 @@ def routed_linear(
 ) -> torch.Tensor:
     """A linear map whose weight and bias depend on each sample's task: ``task_params(t)`` gives task ``t``'s.
 
-    A batch of one task (most are) is one ``linear``; a mixed batch runs each task present on its rows; under
+    A batch of one task (most are) is one ``linear``; a mixed batch (replay of earlier tasks) is grouped by
+    task once and runs each task present on its rows; under
     ``torch.func`` transforms (per-sample gradients) every sample gathers its task's from the stacked ones;
     while ``router.alpha`` is set, the output is the superposition ``Σ_i alpha[i] · linear_i(x)``.
     """
@@ -100,22 +130,23 @@ def routed_linear(
     only = router.only(x)
     if only is not None and not wrapped:
         return nn.functional.linear(x, *task_params(only))
-    ids = router.ids(x)
     if wrapped:
         # Inside torch.func transforms (per-sample gradients of the importance estimates): no
         # data-dependent shapes there, so gather every sample's weights from the stacked ones.
+        ids = router.ids(x)
         pairs = [task_params(t) for t in range(router.n_tasks)]
         weight = torch.stack([w for w, _ in pairs])
         bias = torch.stack([b if b is not None else w.new_zeros(w.shape[0]) for w, b in pairs])
         return torch.einsum("...i,...oi->...o", x, weight[ids]) + bias[ids]
-    tasks = torch.unique(ids).tolist()
-    if len(tasks) == 1:
-        return nn.functional.linear(x, *task_params(tasks[0]))
-    out = x.new_empty(*x.shape[:-1], out_features)
-    for task in tasks:
-        rows = ids == task
-        out[rows] = nn.functional.linear(x[rows], *task_params(task))
-    return out
+    # A mixed batch: each task's samples, grouped by one index, through their task's layer, and back. Each
+    # task's layer sees exactly the rows `x[ids == task]` would give it, so results are those of one linear
+    # map per task's rows, without a mask, a gather and a scatter per task.
+    counts, order, inverse = router.grouped(x)
+    groups = x.flatten(0, -2).index_select(0, order).split(counts)
+    outs = [nn.functional.linear(g, *task_params(t)) for t, g in enumerate(groups) if counts[t]]
+    if not outs:
+        return x.new_empty(*x.shape[:-1], out_features)
+    return torch.cat(outs).index_select(0, inverse).reshape(*x.shape[:-1], out_features)
 
 
 class TaskLinear(nn.Module):

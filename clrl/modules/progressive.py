@@ -101,7 +101,7 @@ class ProgressiveMLP(nn.Module):
             )
         else:
             ids = self._router.ids(x)
-            tasks = torch.unique(ids).tolist()
+            tasks = self._router.tasks(x)
         hidden: list[list[torch.Tensor]] = []
         for k in range(max(tasks) + 1):
             if k < max(tasks):
