@@ -77,3 +77,64 @@ def test_the_command_line_runs_cpg(tmp_path: Path) -> None:
     assert code == 0
     result: Any = clrl.TrainResult.from_json(next(tmp_path.rglob("results.json")))
     assert np.isfinite(result.matrix).all() and result.metrics["bwt"] == 0.0
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_growing_adds_free_units_that_change_no_task_until_it_trains(algo: str) -> None:
+    # prune=0.05 leaves 5% of the weights free after the first task: below min_free, so the second grows.
+    model, stream = masked_model(algo, net_arch=[16, 12])  # two hidden layers: one reads the other's units
+    cpg = clrl.CPG(prune=0.05, min_free=0.1, grow_units=8)
+    n = len(stream)
+
+    def outputs(i: int) -> list[torch.Tensor]:
+        cpg.set_task(i)
+        return online_outputs(model, task_observations(model, i, n))
+
+    model.set_env(stream.make_vec_env(0, seed=0))
+    with clrl.training_task(model, [cpg], 0, stream.tasks[0].name, stream.steps(0)):
+        model.learn(stream.steps(0), callback=cpg, reset_num_timesteps=False)
+    before = {i: outputs(i) for i in range(n)}
+    narrow = [layer.out_features for layer in cpg.online_layers()]
+    assert cpg.free_share() < 0.1 and cpg.grown == 0
+    model.set_env(stream.make_vec_env(1, seed=0))
+    with clrl.training_task(model, [cpg], 1, stream.tasks[1].name, stream.steps(1)):
+        assert [layer.out_features for layer in cpg.online_layers()] == [w + 8 for w in narrow]
+        assert cpg.grown == 8 * len(narrow) and cpg.free_share() > 0.1
+        for layer, owner in zip(cpg.online_layers(), cpg.owner, strict=True):
+            assert owner.shape == layer.weight.shape == layer.masks.shape[1:] == layer.scores.shape
+            assert not bool(layer.masks[0][owner == FREE].any())  # the finished task's mask excludes them
+        # The new units' outgoing weights are zero: no task computes anything else (bit for bit on this
+        # CPU; the wider matrices' sums may run in another order elsewhere, hence the tolerance).
+        for i in range(n):
+            for old, new in zip(before[i], outputs(i), strict=True):
+                torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
+        cpg.set_task(1)
+        model.learn(stream.steps(1), callback=cpg, reset_num_timesteps=False)
+    for old, new in zip(before[0], outputs(0), strict=True):  # the first task still computes what it did
+        torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
+    grown_rows = [owner[-8:] for owner in cpg.owner]
+    assert any(bool((rows == 1).any()) for rows in grown_rows)  # the second task kept new units' weights
+
+
+def test_a_grown_policy_saves_and_loads(tmp_path: Path) -> None:
+    model, stream = masked_model("sac", net_arch=[16, 12])
+    cpg = clrl.CPG(prune=0.05, grow_units=8)
+    train_tasks(model, stream, cpg)
+    assert cpg.grown > 0
+    clrl.save(model, tmp_path / "model.zip", [cpg])
+    loaded, modules = clrl.load(tmp_path / "model.zip")
+    plain = type(model).load(tmp_path / "model.zip", device=model.device)  # SB3 alone rebuilds it too
+    assert modules[0].grown == cpg.grown  # type: ignore[attr-defined]
+    for i in range(len(stream)):
+        obs = task_observations(model, i, len(stream))
+        for other in (loaded, plain):
+            torch.testing.assert_close(online_outputs(other, obs), online_outputs(model, obs), rtol=0, atol=0)
+
+
+def test_growth_refuses_modules_with_per_weight_state_and_can_be_turned_off() -> None:
+    model, stream = masked_model("ppo")
+    with pytest.raises(clrl.ConfigError, match="runs beside Replay"):
+        clrl.train(model, stream, [clrl.CPG(), clrl.EWC()], eval_episodes=1)
+    off = clrl.CPG(prune=0.05, min_free=0.0)
+    train_tasks(model, stream, off)
+    assert off.grown == 0 and off.free_share() < 0.1

@@ -22,10 +22,14 @@ ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
 METHODS: dict[str, type[TaskMasks]] = {"piggyback": clrl.Piggyback, "supsup": clrl.SupSup}
 
 
-def masked_model(algo: str, **overrides: Any) -> tuple[BaseAlgorithm, clrl.TaskStream]:
+def masked_model(
+    algo: str, net_arch: list[int] | None = None, **overrides: Any
+) -> tuple[BaseAlgorithm, clrl.TaskStream]:
     cls, stream_fn, kwargs = ALGO_SETUPS[algo]
     stream = stream_fn()
     policy_kwargs = {**kwargs.get("policy_kwargs", {}), "n_tasks": len(stream)}
+    if net_arch is not None:
+        policy_kwargs["net_arch"] = net_arch
     settings = {**kwargs, **overrides, "policy_kwargs": policy_kwargs}
     model = cls(clrl.masked_policy(cls), stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **settings)
     return model, stream

@@ -22,6 +22,7 @@ from clrl.modules.multihead import (
     MultiHeadDQNPolicy,
     MultiHeadSACPolicy,
     MultiHeadTD3Policy,
+    TaskLinear,
     TaskRouter,
     routed_linear,
     task_router,
@@ -263,6 +264,47 @@ def target_pairs(policy: nn.Module, kind: type[L]) -> list[tuple[L, L]]:
                 _layers(getattr(policy, online), kind), _layers(getattr(policy, target), kind), strict=True
             )
     return pairs
+
+
+_LATENT_HEADS = {
+    "mlp_extractor.policy_net": ("action_net",),
+    "mlp_extractor.value_net": ("value_net",),
+    "actor.latent_pi": ("actor.mu", "actor.log_std"),
+    "actor_target.latent_pi": ("actor_target.mu", "actor_target.log_std"),
+}
+"""The heads SB3's policies apply to the last hidden layer of an MLP that has no output layer of its own."""
+
+
+def hidden_masked_layers(policy: nn.Module) -> list[tuple[MaskedLinear, list[MaskedLinear | TaskLinear]]]:
+    """Every masked layer whose outputs are hidden units, in the order of its MLP, with the layers that read
+    those units: the next masked layer, or the task heads on an MLP's last hidden layer (target networks
+    included).
+
+    Raises:
+        ConfigError: A masked layer's readers are not known (a policy clrl did not build).
+    """
+    found: list[tuple[MaskedLinear, list[MaskedLinear | TaskLinear]]] = []
+    modules = dict(policy.named_modules())
+    for path, mlp in modules.items():
+        if not isinstance(mlp, nn.Sequential):
+            continue
+        layers = [m for m in mlp.children() if isinstance(m, MaskedLinear | TaskLinear)]
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, MaskedLinear):
+                continue
+            readers: list[nn.Module | None]
+            if i + 1 < len(layers):
+                readers = [layers[i + 1]]
+            else:
+                readers = [modules.get(head) for head in _LATENT_HEADS.get(path, ())]
+            known = [r for r in readers if isinstance(r, MaskedLinear | TaskLinear)]
+            fits = all(r.in_features == layer.out_features for r in known)
+            if not known or len(known) < len(readers) or not fits:
+                raise ConfigError(
+                    f"cannot tell which layers read the units of {path!r} in {type(policy).__name__}"
+                )
+            found.append((layer, known))
+    return found
 
 
 def check_parameter_free_extractors(module: ContinualModule, model: BaseAlgorithm) -> None:

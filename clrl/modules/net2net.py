@@ -49,7 +49,8 @@ _LINEAR_STATE = ("exp_avg", "momentum_buffer")
 """Optimiser state that scales with the gradient (Adam's first moment, SGD's momentum)."""
 _SQUARE_STATE = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
 """Optimiser state that scales with the gradient's square (Adam's second moment, RMSprop's average)."""
-_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop)
+OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop)
+"""The optimisers whose state a widening can extend."""
 
 
 def _spread(weight: torch.Tensor) -> float:
@@ -57,7 +58,7 @@ def _spread(weight: torch.Tensor) -> float:
     return float(weight.detach().std()) if weight.numel() > 1 else 0.0
 
 
-def _replace(model: BaseAlgorithm, module: nn.Module, name: str, value: torch.Tensor) -> None:
+def replace_parameter(model: BaseAlgorithm, module: nn.Module, name: str, value: torch.Tensor) -> None:
     """Give ``module`` a new parameter ``name`` holding ``value``, in the old one's place in every optimiser,
     with its optimiser state (a new parameter, not new data in the old one: autograd keeps the old shape of
     a parameter that any live graph still refers to)."""
@@ -71,13 +72,18 @@ def _replace(model: BaseAlgorithm, module: nn.Module, name: str, value: torch.Te
             optimizer.state[new] = optimizer.state.pop(old)
 
 
-def _extend_state(
-    model: BaseAlgorithm, param: torch.Tensor, dim: int, source: torch.Tensor, scale: torch.Tensor | None
+def extend_state(
+    model: BaseAlgorithm,
+    param: torch.Tensor,
+    dim: int,
+    source: torch.Tensor | int,
+    scale: torch.Tensor | None = None,
 ) -> None:
-    """Give ``param``'s optimiser state the entries of its new units along ``dim`` (copies of the entries
-    of the units they replicate, ``source``) and, with ``scale`` (per unit along ``dim``, after widening),
-    scale the first moments by it and the second moments by its square: the state the widened network
-    would have had, whose gradients on these entries are those of the narrow one times ``scale``."""
+    """Give ``param``'s optimiser state the entries of its new units along ``dim``: copies of the entries
+    of the units they replicate (``source``, their indices), or ``source`` zero entries (new units, which no
+    gradient reached yet). With ``scale`` (per unit along ``dim``, after widening), scale the first moments
+    by it and the second moments by its square: the state the widened network would have had, whose
+    gradients on these entries are those of the narrow one times ``scale``."""
     for optimizer in optimizers(model).values():
         state = optimizer.state.get(param)
         if not state:
@@ -87,16 +93,37 @@ def _extend_state(
                 continue
             if key not in _LINEAR_STATE + _SQUARE_STATE:
                 raise ConfigError(
-                    f"Net2NetGrowth cannot widen the optimiser state {key!r} of {type(optimizer).__name__}; "
+                    f"cannot widen the optimiser state {key!r} of {type(optimizer).__name__}; "
                     "use Adam, AdamW, SGD or RMSprop"
                 )
-            grown = torch.cat([value, value.index_select(dim, source)], dim=dim)
+            if isinstance(source, int):
+                shape = list(value.shape)
+                shape[dim] = source
+                grown = torch.cat([value, value.new_zeros(shape)], dim=dim)
+            else:
+                grown = torch.cat([value, value.index_select(dim, source)], dim=dim)
             if scale is not None:
                 factor = scale if key in _LINEAR_STATE else scale.square()
                 shape = [1] * grown.dim()
                 shape[dim] = -1
                 grown = grown * factor.view(shape).to(grown.dtype)
             state[key] = grown
+
+
+def check_widening_companions(module: ContinualModule, others: Sequence[ContinualModule]) -> None:
+    """Refuse, beside ``module`` that widens the policy's layers, modules that keep per-parameter state
+    (anchors, importances, copies of the policy), whose shapes a widening would break."""
+    from clrl.modules.behaviour_cloning import BehaviourCloning
+    from clrl.modules.clear import CLEAR
+    from clrl.modules.replay import Replay
+
+    for other in others:
+        if type(other) not in (Replay, CLEAR, BehaviourCloning):  # not subclasses: ClonEx keeps policies
+            raise ConfigError(
+                f"{type(module).__name__} changes the shapes of the network's weights, which "
+                f"{type(other).__name__} keeps state of; it runs beside Replay, CLEAR and "
+                "BehaviourCloning only"
+            )
 
 
 class Net2NetGrowth(ScheduledSurgery):
@@ -172,17 +199,7 @@ class Net2NetGrowth(ScheduledSurgery):
 
     def check_companions(self, others: Sequence[ContinualModule]) -> None:
         """Refuse modules that keep per-parameter state, whose shapes a widening would break."""
-        from clrl.modules.behaviour_cloning import BehaviourCloning
-        from clrl.modules.clear import CLEAR
-        from clrl.modules.replay import Replay
-
-        for other in others:
-            if type(other) not in (Replay, CLEAR, BehaviourCloning):  # not subclasses: ClonEx keeps policies
-                raise ConfigError(
-                    f"Net2NetGrowth changes the shapes of the network's weights, which "
-                    f"{type(other).__name__} keeps state of; it runs beside Replay, CLEAR and "
-                    "BehaviourCloning only"
-                )
+        check_widening_companions(self, others)
 
     def check_model(self, model: BaseAlgorithm) -> None:
         """Refuse policies and optimisers a widening cannot handle (see the class docstring)."""
@@ -193,7 +210,7 @@ class Net2NetGrowth(ScheduledSurgery):
                 "Net2NetGrowth cannot widen a policy with LayerNorm (a copied unit changes its mean)"
             )
         for name, optimizer in optimizers(model).items():
-            if type(optimizer) not in _OPTIMIZERS:
+            if type(optimizer) not in OPTIMIZERS:
                 raise ConfigError(
                     f"Net2NetGrowth cannot extend the state of {name} ({type(optimizer).__name__}); "
                     "use Adam, AdamW, SGD or RMSprop"
@@ -238,7 +255,7 @@ class Net2NetGrowth(ScheduledSurgery):
                 self._widen(model, layer, count)
                 added += count
         if added:
-            self._record_widths(model)
+            record_widths(model)
         self.added += added
         return added
 
@@ -274,60 +291,21 @@ class Net2NetGrowth(ScheduledSurgery):
             networks.append((target_in, tuple(t for t in target_out if isinstance(t, nn.Linear))))
         for linear, readers in networks:
             with torch.no_grad():
-                _replace(model, linear, "weight", torch.cat([linear.weight, linear.weight[source]]))
+                replace_parameter(model, linear, "weight", torch.cat([linear.weight, linear.weight[source]]))
                 if linear.bias is not None:
-                    _replace(model, linear, "bias", torch.cat([linear.bias, linear.bias[source]]))
+                    replace_parameter(model, linear, "bias", torch.cat([linear.bias, linear.bias[source]]))
                 linear.out_features = linear.weight.shape[0]
                 for reader, noise in zip(readers, noises, strict=True):
                     columns = torch.cat([reader.weight, reader.weight[:, source]], dim=1) * share
                     columns[:, width:] += noise  # each copy gains ε, the unit it copies loses it
                     columns.index_add_(1, source, -noise)
-                    _replace(model, reader, "weight", columns)
+                    replace_parameter(model, reader, "weight", columns)
                     reader.in_features = columns.shape[1]
-        _extend_state(model, incoming.weight, 0, source, share)
+        extend_state(model, incoming.weight, 0, source, share)
         if incoming.bias is not None:
-            _extend_state(model, incoming.bias, 0, source, share)
+            extend_state(model, incoming.bias, 0, source, share)
         for reader in layer.outgoing:
-            _extend_state(model, reader.weight, 1, source, None)
-
-    def _record_widths(self, model: BaseAlgorithm) -> None:
-        """Write the MLPs' new widths into ``net_arch`` (the model's ``policy_kwargs``, from which SB3's
-        ``load`` rebuilds the policy, and the policy's own records of it)."""
-        policy: Any = model.policy
-        widths: dict[str, list[int]] = {}
-        for prefix, (key, ends_with_output) in _mlps(policy).items():
-            sizes = [
-                m.out_features for m in policy.get_submodule(prefix).modules() if isinstance(m, nn.Linear)
-            ]
-            widths[key] = sizes[:-1] if ends_with_output else sizes
-        if isinstance(policy, ActorCriticPolicy):
-            arch: Any = {"pi": widths["pi"], "vf": widths["vf"]}
-            extractor = policy.mlp_extractor
-            extractor.latent_dim_pi = widths["pi"][-1] if widths["pi"] else extractor.latent_dim_pi
-            extractor.latent_dim_vf = widths["vf"][-1] if widths["vf"] else extractor.latent_dim_vf
-        elif "qf" in widths:  # SAC, TD3 and their kin
-            arch = {"pi": widths["pi"], "qf": widths["qf"]}
-            for name, key in (
-                ("actor", "pi"),
-                ("actor_target", "pi"),
-                ("critic", "qf"),
-                ("critic_target", "qf"),
-            ):
-                if hasattr(getattr(policy, name, None), "net_arch"):
-                    getattr(policy, name).net_arch = widths[key]
-            for kwargs, key in (("actor_kwargs", "pi"), ("critic_kwargs", "qf")):
-                if isinstance(getattr(policy, kwargs, None), dict):
-                    getattr(policy, kwargs)["net_arch"] = widths[key]
-        else:  # DQN, QR-DQN
-            arch = widths[""]
-            for name in ("q_net", "q_net_target", "quantile_net", "quantile_net_target"):
-                if hasattr(getattr(policy, name, None), "net_arch"):
-                    getattr(policy, name).net_arch = arch
-            if isinstance(getattr(policy, "net_args", None), dict):
-                policy.net_args["net_arch"] = arch
-        policy.net_arch = arch
-        algorithm: Any = model
-        algorithm.policy_kwargs = {**algorithm.policy_kwargs, "net_arch": arch}
+            extend_state(model, reader.weight, 1, source, None)
 
     def state_dict(self) -> dict[str, Any]:
         """The units added so far."""
@@ -341,3 +319,46 @@ class Net2NetGrowth(ScheduledSurgery):
     def log_scalars(self) -> dict[str, float]:
         """``added``: units added so far."""
         return {"added": float(self.added)}
+
+
+def record_widths(model: BaseAlgorithm) -> None:
+    """Write the MLPs' widths into ``net_arch`` after a widening (the model's ``policy_kwargs``, from which
+    SB3's ``load`` rebuilds the policy, and the policy's own records of it). A layer of an MLP is any child
+    with ``out_features`` (``nn.Linear``, or the per-task and masked layers of clrl's policies)."""
+    policy: Any = model.policy
+    widths: dict[str, list[int]] = {}
+    for prefix, (key, ends_with_output) in _mlps(policy).items():
+        sizes = [
+            m.out_features
+            for m in policy.get_submodule(prefix).children()
+            if isinstance(getattr(m, "out_features", None), int)
+        ]
+        widths[key] = sizes[:-1] if ends_with_output else sizes
+    if isinstance(policy, ActorCriticPolicy):
+        arch: Any = {"pi": widths["pi"], "vf": widths["vf"]}
+        extractor = policy.mlp_extractor
+        extractor.latent_dim_pi = widths["pi"][-1] if widths["pi"] else extractor.latent_dim_pi
+        extractor.latent_dim_vf = widths["vf"][-1] if widths["vf"] else extractor.latent_dim_vf
+    elif "qf" in widths:  # SAC, TD3 and their kin
+        arch = {"pi": widths["pi"], "qf": widths["qf"]}
+        for name, key in (
+            ("actor", "pi"),
+            ("actor_target", "pi"),
+            ("critic", "qf"),
+            ("critic_target", "qf"),
+        ):
+            if hasattr(getattr(policy, name, None), "net_arch"):
+                getattr(policy, name).net_arch = widths[key]
+        for kwargs, key in (("actor_kwargs", "pi"), ("critic_kwargs", "qf")):
+            if isinstance(getattr(policy, kwargs, None), dict):
+                getattr(policy, kwargs)["net_arch"] = widths[key]
+    else:  # DQN, QR-DQN
+        arch = widths[""]
+        for name in ("q_net", "q_net_target", "quantile_net", "quantile_net_target"):
+            if hasattr(getattr(policy, name, None), "net_arch"):
+                getattr(policy, name).net_arch = arch
+        if isinstance(getattr(policy, "net_args", None), dict):
+            policy.net_args["net_arch"] = arch
+    policy.net_arch = arch
+    algorithm: Any = model
+    algorithm.policy_kwargs = {**algorithm.policy_kwargs, "net_arch": arch}
