@@ -20,10 +20,15 @@ def build(policy: str, module: Callable[[], clrl.ContinualModule]) -> tuple[PPO,
     stream = stream_fn()
     policy_kwargs = dict(kwargs["policy_kwargs"])
     policy_class: object = "MlpPolicy"
-    if policy == "multihead":
-        policy_class, policy_kwargs["n_tasks"] = clrl.multihead_policy(PPO), 2
-    elif policy == "progressive":
-        policy_class, policy_kwargs["n_tasks"] = clrl.progressive_policy(PPO), 2
+    routed = {
+        "multihead": clrl.multihead_policy,
+        "progressive": clrl.progressive_policy,
+        "masked": clrl.masked_policy,
+        "hat": clrl.hat_policy,
+        "hypernetwork": clrl.hypernetwork_policy,
+    }
+    if policy in routed:
+        policy_class, policy_kwargs["n_tasks"] = routed[policy](PPO), 2
     model = PPO(
         policy_class,  # type: ignore[arg-type]
         stream.make_vec_env(0, seed=0),
@@ -41,6 +46,11 @@ CASES = {
     "packnet": ("mlp", lambda: clrl.PackNet(prune=0.5, retrain=0.0)),
     "clser": ("mlp", lambda: clrl.CLSER(stable_rate=0.3)),
     "pnc": ("progressive", lambda: clrl.ProgressAndCompress(compress_steps=8, batch_size=16)),
+    "hat": ("hat", clrl.HAT),
+    "piggyback": ("masked", clrl.Piggyback),
+    "supsup": ("masked", clrl.SupSup),
+    "cpg": ("masked", clrl.CPG),
+    "hypernetwork": ("hypernetwork", clrl.HyperNetwork),
 }
 
 
@@ -56,7 +66,8 @@ def test_exported_policy_loaded_by_plain_sb3_scores_the_return_matrix_row(case: 
         assert evaluator(loaded)[task] == evaluated[task], (case, task)
     assert evaluator(model, modules, current_task=1).tolist() == evaluated.tolist()  # model left as it was
     # The export matters: the trained model alone (a plain load of clrl.save) is another policy.
-    if case != "multihead":  # (routing by the observation's id gives the same head on the task's own states)
+    if CASES[case][0] == "mlp" or case == "pnc":
+        # (a routed policy's plain load routes by the observation's id: the same task on its own states)
         exported = PPO.load(tmp_path / "task0.zip", device=DEVICE)
         clrl.save(model, tmp_path / "trained", modules)
         trained = PPO.load(tmp_path / "trained.zip", device=DEVICE)
