@@ -34,6 +34,7 @@ from clrl.modules.multihead import (
     TaskLinear,
     TaskRouter,
     task_router,
+    uncache_targets,
 )
 
 
@@ -63,6 +64,9 @@ class TaskGate(nn.Module):
         self.scale = s_max
         """The live task's ``s`` (HAT anneals it from ``1/s_max`` to ``s_max`` over the task)."""
         self.live_task: int | None = None
+        self.cache = True
+        """Keep gates between calls without gradient until the embedding or the buffers change (off in
+        target networks: :func:`~clrl.modules.multihead.uncache_targets`)."""
         self._router = router  # a plain attribute: not a submodule, not in the state dict
         self._cache: dict[int, tuple[tuple[int, int, int], torch.Tensor]] = {}  # other tasks' gates
         self._live_gate: tuple[tuple[int, int, float], torch.Tensor] | None = None
@@ -76,7 +80,7 @@ class TaskGate(nn.Module):
         embedding = self.embedding._parameters[str(task)]  # ParameterList's own lookup is 7x slower
         assert embedding is not None
         if task == self.live_task:
-            if torch.is_grad_enabled() and embedding.requires_grad:
+            if (torch.is_grad_enabled() and embedding.requires_grad) or not self.cache:
                 return torch.sigmoid(self.scale * embedding)
             key = (task, embedding._version, self.scale)  # acting: the same gate until a step or a new s
             if self._live_gate is None or self._live_gate[0] != key:
@@ -86,7 +90,7 @@ class TaskGate(nn.Module):
         # the buffers or the embedding change.
         version = (self.masks._version, self.stored._version, embedding._version)
         cached = self._cache.get(task)
-        if cached is None or cached[0] != version:
+        if cached is None or cached[0] != version or not self.cache:
             stored = bool(self.stored[task])
             gate = (
                 self.masks[task].to(embedding.dtype)
@@ -156,6 +160,7 @@ class _Gated:
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]
         gated = insert_gates(self, self.router)  # type: ignore[arg-type]
+        uncache_targets(self)  # type: ignore[arg-type]
         self.gated_layers = gated
         """Every hidden layer (targets' included), its gate and the gate of its input."""
         for optimizer in _optimizers(self):  # type: ignore[arg-type]

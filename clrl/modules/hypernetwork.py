@@ -29,6 +29,7 @@ from clrl.modules.multihead import (
     MultiHeadTD3Policy,
     TaskRouter,
     task_router,
+    uncache_targets,
 )
 
 Generated = list[tuple[torch.Tensor, torch.Tensor]]
@@ -54,6 +55,9 @@ class HyperMLP(nn.Module):
     def __init__(self, base: nn.Sequential, router: TaskRouter, embedding_dim: int, hidden: int) -> None:
         super().__init__()
         self._router = router  # a plain attribute: not a submodule, not in the state dict
+        self.cache = True
+        """Keep generated weights between calls without gradient until a parameter changes (off in target
+        networks: :func:`~clrl.modules.multihead.uncache_targets`)."""
         self.shapes: list[tuple[int, int]] = []
         self.slots: list[int] = []  # per module of base: the index of its generated layer, or -1
         kept: list[nn.Module] = []
@@ -81,7 +85,7 @@ class HyperMLP(nn.Module):
         """Task ``task``'s weights and biases (``detach_embedding``: no gradient to its embedding)."""
         param = self.embeddings._parameters[str(task)]  # ParameterList's own lookup is 7x slower
         assert param is not None
-        if not torch.is_grad_enabled():  # acting: the same weights until a parameter changes
+        if not torch.is_grad_enabled() and self.cache:  # acting: the same weights until a parameter changes
             key = (task, param._version, *(p._version for p in self._hyper_parameters()))
             cached = self._cache.get(task)
             if cached is None or cached[0] != key:
@@ -193,6 +197,7 @@ class _HyperPolicy:
             if isinstance(getattr(owner, "optimizer", None), torch.optim.Optimizer)
         ]
         made = _hyper_mlps(policy, self.router, self.embedding_dim, self.hyper_hidden)
+        uncache_targets(policy)
         with torch.no_grad():
             for online, target in target_pairs(policy, HyperMLP):
                 target.load_state_dict(online.state_dict())

@@ -26,6 +26,7 @@ from clrl.modules.multihead import (
     TaskRouter,
     routed_linear,
     task_router,
+    uncache_targets,
 )
 
 Rule = tuple[str, float]
@@ -65,6 +66,9 @@ class MaskedLinear(nn.Module):
         self.live_task: int | None = None
         """The task whose mask comes from :attr:`scores` (``None``: every task uses its stored mask)."""
         self.rule: Rule | None = None
+        self.cache = True
+        """Keep the live mask and ``W ⊙ M_t`` between calls without gradient, until the weight, scores or
+        masks change (off in target networks: :func:`~clrl.modules.multihead.uncache_targets`)."""
         self._router = router  # a plain attribute: not a submodule, not in the state dict
         self._hard: tuple[tuple[int, int, Rule | None], torch.Tensor] | None = None  # live mask, its key
         self._masked: dict[int, tuple[Any, torch.Tensor]] = {}  # a task's W ⊙ M_t without gradient
@@ -78,7 +82,8 @@ class MaskedLinear(nn.Module):
         """The live task's binary mask, from :attr:`scores` by :attr:`rule` (no gradient)."""
         if self.rule is None:
             raise RuntimeError("MaskedLinear has no rule: no task is being trained with a mask")
-        wrapped = torch._C._functorch.is_functorch_wrapped_tensor(self.scores)  # no storage under torch.func
+        # No storage under torch.func; no cache in a target network.
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor(self.scores) or not self.cache
         key = (-1, -1, self.rule) if wrapped else (self.scores._version, self.scores.data_ptr(), self.rule)
         if not wrapped and self._hard is not None and self._hard[0] == key:
             return self._hard[1]
@@ -116,6 +121,8 @@ class MaskedLinear(nn.Module):
                 return weight, self.bias
             return weight * self.masks[task], self.bias
         # No gradient (acting, evaluating, a frozen backbone): the masked weight, until something changes.
+        if not self.cache:
+            return (weight * (self.live_mask() if live else self.masks[task])).detach(), self.bias
         key = (
             weight._version,
             scores._version if live else -1,
@@ -187,6 +194,7 @@ class _MaskedLayers:
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]
         layers = mask_linears(self, self.router)  # type: ignore[arg-type]
+        uncache_targets(self)  # type: ignore[arg-type]
         for optimizer in _optimizers(self):  # type: ignore[arg-type]
             held = {id(p) for group in optimizer.param_groups for p in group["params"]}
             scores = [layer.scores for layer in layers if id(layer.weight) in held]

@@ -149,6 +149,25 @@ def routed_linear(
     return torch.cat(outs).index_select(0, inverse).reshape(*x.shape[:-1], out_features)
 
 
+TARGET_NETWORKS = ("q_net_target", "quantile_net_target", "actor_target", "critic_target")
+"""The attributes under which SB3's policies keep target networks."""
+
+
+def uncache_targets(policy: nn.Module) -> None:
+    """Turn off the caches of the layers (``cache`` attributes) in ``policy``'s target networks.
+
+    Layers that keep what they compute without gradient (a masked weight, a gate, generated weights) until
+    a parameter's version counter changes cannot do so in a target network: SB3 updates targets through
+    ``.data`` (``polyak_update``), which no version counter sees, so the cache would keep the first weights.
+    """
+    for name in TARGET_NETWORKS:
+        target = getattr(policy, name, None)
+        if isinstance(target, nn.Module):
+            for module in target.modules():
+                if hasattr(module, "cache"):
+                    setattr(module, "cache", False)  # noqa: B010
+
+
 class TaskLinear(nn.Module):
     """A linear layer with one weight matrix and bias per task: sample ``b`` uses those of its task.
 
