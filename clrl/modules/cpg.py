@@ -379,7 +379,9 @@ class CPG(TaskMasks):
         self.owner = [torch.as_tensor(o) for o in state.get("owner", [])]
         first = state.get("first")
         self.first = None if first is None else int(first)
-        self.finished = [int(t) for t in state.get("finished", [])]
+        # A checkpoint from before growing: every task that owns weights has finished.
+        owned = sorted({int(t) for o in self.owner for t in o.unique().tolist()} - {FREE})
+        self.finished = [int(t) for t in state.get("finished", owned)]
         self.grown = int(state.get("grown", 0))
 
 
