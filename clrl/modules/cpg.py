@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from clrl.algorithms import optimizers
 from clrl.errors import ConfigError
 from clrl.modules.base import (
     ContinualModule,
@@ -24,8 +23,8 @@ from clrl.modules.base import (
 from clrl.modules.masks import MaskedLinear, TaskMasks, hidden_masked_layers, set_backbone_trainable
 from clrl.modules.multihead import HeldEntries, TaskLinear
 from clrl.modules.net2net import (
-    OPTIMIZERS,
     check_widening_companions,
+    check_widening_optimizers,
     extend_state,
     record_widths,
     replace_parameter,
@@ -139,13 +138,7 @@ class CPG(TaskMasks):
         """Refuse optimisers whose state a growth cannot extend (with growth on)."""
         super().check_model(model)
         if self.min_free > 0:
-            for name, optimizer in optimizers(model).items():
-                if type(optimizer) not in OPTIMIZERS:
-                    raise ConfigError(
-                        f"CPG(min_free={self.min_free}) cannot extend the state of {name} "
-                        f"({type(optimizer).__name__}) when it grows; use Adam, AdamW, SGD or RMSprop, "
-                        "or min_free=0"
-                    )
+            check_widening_optimizers(model, f"CPG(min_free={self.min_free})", ", or min_free=0")
             hidden_masked_layers(model.policy)  # the readers of every hidden unit must be known
 
     # ---------------------------------------------------------------- task boundaries

@@ -16,6 +16,7 @@ from clrl.algorithms import policy_for
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo
 from clrl.modules.multihead import (
+    TARGET_NETWORKS,
     HeldHeads,
     MultiHead,
     MultiHeadActorCriticPolicy,
@@ -243,8 +244,6 @@ def masked_policy(algorithm: type[BaseAlgorithm] | str) -> type[BaseModel]:
     return policy_for(MASKED_POLICIES, algorithm, "masked")
 
 
-_TARGETS = (("q_net", "q_net_target"), ("actor", "actor_target"), ("critic", "critic_target"))
-
 L = TypeVar("L", bound=nn.Module)
 
 
@@ -256,7 +255,7 @@ def online_layers(policy: nn.Module, kind: type[L]) -> list[L]:
     """The ``kind`` layers of the policy's networks that train (not DQN's, SAC's or TD3's targets)."""
     targets = {
         id(layer)
-        for _, target in _TARGETS
+        for _, target in TARGET_NETWORKS
         if isinstance(getattr(policy, target, None), nn.Module)
         for layer in _layers(getattr(policy, target), kind)
     }
@@ -266,7 +265,7 @@ def online_layers(policy: nn.Module, kind: type[L]) -> list[L]:
 def target_pairs(policy: nn.Module, kind: type[L]) -> list[tuple[L, L]]:
     """(online, target) pairs of the policy's ``kind`` layers."""
     pairs: list[tuple[L, L]] = []
-    for online, target in _TARGETS:
+    for online, target in TARGET_NETWORKS:
         if isinstance(getattr(policy, target, None), nn.Module):
             pairs += zip(
                 _layers(getattr(policy, online), kind), _layers(getattr(policy, target), kind), strict=True

@@ -81,8 +81,7 @@ class TaskRouter:
         per-task results back in the batch's order.
         """
         ids = self.ids(x).flatten()
-        if self._counts is None:  # not a mixed batch of observe's (an empty one)
-            return torch.bincount(ids, minlength=self.n_tasks).tolist(), ids, ids
+        assert self._counts is not None  # observe saw a batch of several tasks (or none)
         if self._grouping is None:
             order = torch.argsort(ids, stable=True)
             self._grouping = order, torch.argsort(order)
@@ -149,8 +148,13 @@ def routed_linear(
     return torch.cat(outs).index_select(0, inverse).reshape(*x.shape[:-1], out_features)
 
 
-TARGET_NETWORKS = ("q_net_target", "quantile_net_target", "actor_target", "critic_target")
-"""The attributes under which SB3's policies keep target networks."""
+TARGET_NETWORKS = (
+    ("q_net", "q_net_target"),
+    ("quantile_net", "quantile_net_target"),
+    ("actor", "actor_target"),
+    ("critic", "critic_target"),
+)
+"""The attributes under which SB3's policies keep networks and their target networks, as pairs."""
 
 
 def uncache_targets(policy: nn.Module) -> None:
@@ -160,7 +164,7 @@ def uncache_targets(policy: nn.Module) -> None:
     a parameter's version counter changes cannot do so in a target network: SB3 updates targets through
     ``.data`` (``polyak_update``), which no version counter sees, so the cache would keep the first weights.
     """
-    for name in TARGET_NETWORKS:
+    for _, name in TARGET_NETWORKS:
         target = getattr(policy, name, None)
         if isinstance(target, nn.Module):
             for module in target.modules():

@@ -49,7 +49,7 @@ _LINEAR_STATE = ("exp_avg", "momentum_buffer")
 """Optimiser state that scales with the gradient (Adam's first moment, SGD's momentum)."""
 _SQUARE_STATE = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
 """Optimiser state that scales with the gradient's square (Adam's second moment, RMSprop's average)."""
-OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop)
+_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop)
 """The optimisers whose state a widening can extend."""
 
 
@@ -108,6 +108,17 @@ def extend_state(
                 shape[dim] = -1
                 grown = grown * factor.view(shape).to(grown.dtype)
             state[key] = grown
+
+
+def check_widening_optimizers(model: BaseAlgorithm, who: str, alternative: str = "") -> None:
+    """Refuse, for ``who`` that widens the policy's layers, an optimiser whose state it cannot extend
+    (``alternative``: another way out, added to the message)."""
+    for name, optimizer in optimizers(model).items():
+        if type(optimizer) not in _OPTIMIZERS:
+            raise ConfigError(
+                f"{who} cannot extend the state of {name} ({type(optimizer).__name__}); "
+                f"use Adam, AdamW, SGD or RMSprop{alternative}"
+            )
 
 
 def check_widening_companions(module: ContinualModule, others: Sequence[ContinualModule]) -> None:
@@ -209,12 +220,7 @@ class Net2NetGrowth(ScheduledSurgery):
             raise ConfigError(
                 "Net2NetGrowth cannot widen a policy with LayerNorm (a copied unit changes its mean)"
             )
-        for name, optimizer in optimizers(model).items():
-            if type(optimizer) not in OPTIMIZERS:
-                raise ConfigError(
-                    f"Net2NetGrowth cannot extend the state of {name} ({type(optimizer).__name__}); "
-                    "use Adam, AdamW, SGD or RMSprop"
-                )
+        check_widening_optimizers(model, "Net2NetGrowth")
         if not self._layers(model):
             raise ConfigError(
                 f"Net2NetGrowth found no hidden layer it can widen in {type(model.policy).__name__} "
