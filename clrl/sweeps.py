@@ -164,6 +164,11 @@ def grid(
     return sorted(runs, key=lambda r: r.method != "single-task")
 
 
+def _names(value: Any) -> set[str]:
+    """The names of a grid axis as the file wrote it (nothing when it is not a list of names)."""
+    return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
+
+
 _GRID_KEYS = {"streams", "algos", "methods", "seeds", "steps", "eval_episodes", "eval_freq", "device"}
 _FILE_KEYS = {*_GRID_KEYS, "logdir", "grid", "hyperparameters", "method_args"}
 
@@ -226,8 +231,11 @@ def load_sweep(
                     f"sweep file {str(path)!r}: grid {index}: {axis} must be a list of names, got {values!r}"
                 )
         algos = {a.lower() for a in settings["algos"]}
-        used_algos |= algos
-        used_methods |= set(settings["methods"])
+        # What the file's own grid names counts as used, so that narrowing it from the command line
+        # (``--methods reset``) does not make the file's other tables errors.
+        written = {**defaults, **table}
+        used_algos |= algos | {a.lower() for a in _names(written.get("algos"))}
+        used_methods |= set(settings["methods"]) | _names(written.get("methods"))
         try:
             runs += grid(
                 hyperparameters={

@@ -181,6 +181,22 @@ def test_a_sweep_file_field_of_the_wrong_type_or_an_unused_table_is_refused_when
         load_sweep(path)
 
 
+def test_narrowing_a_sweep_from_the_command_line_keeps_the_files_other_tables(tmp_path: Path) -> None:
+    # The file's [method_args.ewc] and [hyperparameters.sac] are for runs --methods/--algos leave out.
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        'streams = ["cartpole-flip"]\nalgos = ["ppo", "sac"]\nmethods = ["finetune", "ewc"]\nseeds = [0]\n'
+        "[method_args.ewc]\nstrength = 1.0\n[hyperparameters.sac]\nlearning_starts = 10\n"
+    )
+    runs, _ = load_sweep(path, {"methods": ["finetune"], "algos": ["ppo"]})
+    assert [(r.algo, r.method) for r in runs] == [("ppo", "finetune")]
+    assert runs[0].hyperparameters == {} and runs[0].method_args == {}
+    # A table for what neither the file nor the command line runs is still a mistake.
+    path.write_text(path.read_text() + "[method_args.l2]\nstrength = 1.0\n")
+    with pytest.raises(ConfigError, match=r"\[method_args\] for l2, which no grid runs"):
+        load_sweep(path, {"methods": ["finetune"]})
+
+
 def test_bad_runs_fail_before_anything_starts(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown method"):
         sweep([tiny(), tiny(method="ewk")], tmp_path, progress=False)
