@@ -113,11 +113,11 @@ def main() -> None:
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="configurations to time besides plain")
     parser.add_argument(
-        "--before", metavar="REV", help="also time CLEAR as it was at this git revision (<name>-before)"
+        "--before", metavar="REV", help="also time CLEAR and GEM (those chosen) as they were at this git revision (<name>-before)"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    configurations = CONFIGURATIONS[args.algo]
+    configurations = dict(CONFIGURATIONS[args.algo])
     if args.only:
         unknown = sorted(set(args.only) - set(configurations))
         if unknown:
@@ -125,9 +125,11 @@ def main() -> None:
                 f"no configuration {', '.join(unknown)} for {args.algo}: {', '.join(configurations)}"
             )
         configurations = {k: v for k, v in configurations.items() if k == "plain" or k in args.only}
-    if args.before:
-        earlier: Any = module_at(args.before, "clear")
-        configurations = {**configurations, "clear-before": lambda: earlier.CLEAR()}
+    if args.before:  # the chosen CLEAR and GEM configurations, also as they were at that revision
+        for name, cls in (("clear", "CLEAR"), ("gem", "GEM")):
+            if name in configurations:
+                earlier: Any = module_at(args.before, name)
+                configurations[f"{name}-before"] = lambda earlier=earlier, cls=cls: getattr(earlier, cls)()
     if not args.skip_time:
         time_modules(args, configurations)
     if args.memory_tasks:

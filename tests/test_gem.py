@@ -3,19 +3,24 @@ earlier task is in memory."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from conftest import ALGO_SETUPS, DEVICE, make_model
+from conftest import pendulum_stream as make_pendulum_stream
+from stable_baselines3 import PPO
 from test_modules import params_of
 from test_reliability import three_tasks
 
 import clrl
 from clrl.modules.agem import project_gradient
-from clrl.modules.gem import gem_projection
+from clrl.modules.gem import gem_projection, linear_owners
+from clrl.modules.memory import TaskMemory
 
 
 def _brute_force(g: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -79,12 +84,10 @@ class CheckedGEM(clrl.GEM):
         self.worst: list[float] = []
         self.constraints: list[int] = []
 
-    def reference_gradient(
-        self, group: clrl.ParamGroup, tasks: list[int] | None = None
-    ) -> list[torch.Tensor]:
-        reference = super().reference_gradient(group, tasks)
-        self.references.append(reference)
-        return reference
+    def reference_gradients(self, group: clrl.ParamGroup, tasks: list[int]) -> list[list[torch.Tensor]]:
+        references = super().reference_gradients(group, tasks)
+        self.references.extend(references)
+        return references
 
     def adjust_gradients(self, group: clrl.ParamGroup) -> None:
         self.references = []
@@ -116,11 +119,9 @@ def test_gem_with_refresh_computes_that_many_reference_gradients_per_step_in_tur
     calls: list[list[int]] = []
 
     class Counted(clrl.GEM):
-        def reference_gradient(
-            self, group: clrl.ParamGroup, tasks: list[int] | None = None
-        ) -> list[torch.Tensor]:
-            calls[-1].extend(tasks or [])
-            return super().reference_gradient(group, tasks)
+        def reference_gradients(self, group: clrl.ParamGroup, tasks: list[int]) -> list[list[torch.Tensor]]:
+            calls[-1].extend(tasks)
+            return super().reference_gradients(group, tasks)
 
         def adjust_gradients(self, group: clrl.ParamGroup) -> None:
             calls.append([])
@@ -134,6 +135,81 @@ def test_gem_with_refresh_computes_that_many_reference_gradients_per_step_in_tur
     assert all(c == [0] for c in calls[:start] if c)  # the second task: its one earlier task, every step
     third = calls[start:]
     assert [c for step in third[1:] for c in step] == [(i + 1) % 2 for i in range(len(third) - 1)]
+
+
+class ComparedGEM(clrl.GEM):
+    """Computes every step's reference gradients both ways, on the same states: in one pass over all tasks
+    (what GEM does) and one task at a time (:meth:`reference_gradient`)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.one_pass: list[bool] = []
+        self.passes: list[bool] = []
+        self.error = 0.0
+        self.scale = 0.0
+
+    def _gradients_in_one_pass(self, *args: Any) -> list[list[torch.Tensor]] | None:
+        found = super()._gradients_in_one_pass(*args)
+        self.passes.append(found is not None)
+        return found
+
+    def reference_gradients(self, group: clrl.ParamGroup, tasks: list[int]) -> list[list[torch.Tensor]]:
+        before = copy.deepcopy(self._sample_rng.bit_generator.state)
+        found = super().reference_gradients(group, tasks)
+        after = self._sample_rng.bit_generator.state
+        self._sample_rng.bit_generator.state = before
+        each = [self.reference_gradient(group, [task]) for task in tasks]
+        assert self._sample_rng.bit_generator.state == after  # the same states were drawn
+        if len(tasks) > 1:
+            self.one_pass.append(linear_owners(self.sb3_model.policy, group.params) is not None)
+        for a, b in zip(itertools.chain(*found), itertools.chain(*each), strict=True):
+            self.error = max(self.error, float((a - b).abs().max()))
+            self.scale = max(self.scale, float(b.abs().max()))
+        return found
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "sac", "td3"])
+def test_one_pass_gives_each_tasks_own_reference_gradient(algo: str) -> None:
+    cls, make, hyper = ALGO_SETUPS[algo]
+    stream = three_tasks(make)
+    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
+    gem = ComparedGEM(budget=150)
+    clrl.train(model, stream, [gem], eval_episodes=1)
+    assert gem.one_pass and all(gem.one_pass), "the plain SB3 policy should take the one-pass path"
+    assert gem.passes and all(gem.passes)
+    assert gem.scale > 0
+    assert gem.error <= 1e-5 * gem.scale, (gem.error, gem.scale)
+
+
+def test_policies_whose_layers_are_not_plain_linear_ones_take_one_pass_per_task() -> None:
+    plain, _ = make_model("ppo")
+    assert linear_owners(plain.policy, list(plain.policy.parameters())) is not None
+    # PPO's Gaussian policy has a log_std parameter of no layer; a multi-head policy routes rows by task.
+    gaussian = PPO("MlpPolicy", make_pendulum_stream().make_vec_env(0, seed=0), device=DEVICE)
+    heads = PPO(
+        clrl.multihead_policy(PPO),
+        clrl.make_stream("cartpole-flip").make_vec_env(0, seed=0),
+        policy_kwargs={"n_tasks": 4},
+        device=DEVICE,
+    )
+    for model in (gaussian, heads):
+        assert linear_owners(model.policy, list(model.policy.parameters())) is None
+    plain.policy.mlp_extractor.policy_net.append(torch.nn.Dropout(0.1))  # mixes in randomness per call
+    assert linear_owners(plain.policy, list(plain.policy.parameters())) is None
+
+
+def test_drawing_each_tasks_rows_at_once_draws_what_one_call_per_task_draws() -> None:
+    memory = TaskMemory(budget=300)
+    rng = np.random.default_rng(0)
+    for task in range(3):
+        memory.start_task(task, rng)
+        memory.record({"obs": np.arange(100, dtype=np.float32)[:, None] + 1000 * task}, rng)
+    memory.current = None
+    together = memory.sample(7, np.random.default_rng(1), [2, 0], each=True)["obs"]
+    draws = np.random.default_rng(1)
+    apart = np.concatenate([memory.sample(7, draws, [t])["obs"] for t in (2, 0)])
+    assert np.array_equal(together, apart)
+    assert (together[:7] >= 2000).all() and (together[7:] < 1000).all()
 
 
 def test_gem_before_an_earlier_task_is_in_memory_equals_plain_sb3() -> None:

@@ -463,11 +463,17 @@ class OutputMemory(TaskMemory):
         ]
 
     def sample_outputs(
-        self, model: BaseAlgorithm, n: int, rng: np.random.Generator, tasks: list[int] | None = None
+        self,
+        model: BaseAlgorithm,
+        n: int,
+        rng: np.random.Generator,
+        tasks: list[int] | None = None,
+        each: bool = False,
     ) -> tuple[Rows, dict[str, torch.Tensor]]:
         """``n`` states of earlier tasks (uniform over all held, or over the reservoirs at positions
-        ``tasks``) and their stored outputs as tensors."""
-        rows = self.sample(n, rng, self.finished() if tasks is None else tasks)
+        ``tasks``; with ``each``, ``n`` of each, task after task: see :meth:`sample`) and their stored
+        outputs as tensors."""
+        rows = self.sample(n, rng, self.finished() if tasks is None else tasks, each)
         old = {
             k[4:]: torch.as_tensor(v, device=model.device) for k, v in rows.items() if k.startswith("out.")
         }

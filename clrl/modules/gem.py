@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from clrl.algorithms import Networks
 from clrl.errors import ConfigError
 from clrl.modules.agem import AGEM
 from clrl.modules.base import ParamGroup, TaskInfo, check_non_negative, check_positive_int
+from clrl.modules.distill import distillation_losses, group_parts, network_outputs
 from clrl.modules.memory import Budget, MemoryDtype
+
+_PLAIN_PACKAGES = ("torch", "stable_baselines3", "sb3_contrib")
 
 
 def _nnls() -> Any:
@@ -72,6 +77,31 @@ def gem_projection(grad: np.ndarray, memories: np.ndarray, margin: float = 0.0) 
         return None
     v = _dual_solution(memories @ memories.T, dots, margin)
     return np.asarray(grad + memories.T @ v, dtype=np.float64)
+
+
+def linear_owners(
+    policy: nn.Module, params: Sequence[nn.Parameter]
+) -> dict[int, tuple[nn.Linear, str]] | None:
+    """Each trainable parameter of ``params`` (by ``id``) with the ``nn.Linear`` it is the ``"weight"`` or
+    ``"bias"`` of, when ``policy`` is built of layers whose rows do not mix: torch's and SB3's modules only,
+    every one with parameters an exact ``nn.Linear``, no batch normalisation, dropout or in-place
+    activation. ``None`` otherwise (or when a trainable parameter belongs to no such layer): then each row's
+    contribution to a gradient cannot be read off its layer's input and output."""
+    owners: dict[int, tuple[nn.Linear, str]] = {}
+    for module in policy.modules():
+        if type(module).__module__.split(".")[0] not in _PLAIN_PACKAGES:
+            return None
+        if type(module) is nn.Linear:
+            owners.update((id(p), (module, name)) for name, p in module.named_parameters(recurse=False))
+        elif (
+            any(True for _ in module.parameters(recurse=False))
+            or isinstance(module, nn.modules.batchnorm._NormBase | nn.modules.dropout._DropoutNd)
+            or getattr(module, "inplace", False)
+        ):
+            return None
+    if any(p.requires_grad and id(p) not in owners for p in params):
+        return None
+    return owners
 
 
 class GEM(AGEM):
@@ -158,10 +188,73 @@ class GEM(AGEM):
             turn = self._turn.get(group.optimizer_name, 0)
             due = [tasks[(turn + i) % len(tasks)] for i in range(self.refresh)]
             self._turn[group.optimizer_name] = (turn + self.refresh) % len(tasks)
-        for task in tasks:
-            if task in due or task not in kept:
-                kept[task] = self.reference_gradient(group, [task])
+        needed = [task for task in tasks if task in due or task not in kept]
+        kept.update(zip(needed, self.reference_gradients(group, needed), strict=True))
         return [kept[task] for task in tasks]
+
+    def reference_gradients(self, group: ParamGroup, tasks: list[int]) -> list[list[torch.Tensor]]:
+        """The reference gradients of the reservoirs at positions ``tasks``, in that order: from one forward
+        and one backward pass over every task's states when the policy's layers allow it
+        (:func:`linear_owners`), else one pass per task (:meth:`reference_gradient`). Both draw the same
+        states; the gradients agree to float32 rounding."""
+        owners = linear_owners(self.sb3_model.policy, group.params) if len(tasks) > 1 else None
+        found = None if owners is None else self._gradients_in_one_pass(group, tasks, owners)
+        return found if found is not None else [self.reference_gradient(group, [task]) for task in tasks]
+
+    def _gradients_in_one_pass(
+        self, group: ParamGroup, tasks: list[int], owners: dict[int, tuple[nn.Linear, str]]
+    ) -> list[list[torch.Tensor]] | None:
+        """Each task's gradient of its memory loss, read off one pass over all tasks' states.
+
+        The memory loss is a mean of per-state terms, so task ``k``'s gradient of a linear layer's weight is
+        ``Σ_{i in k} δ_i a_iᵀ`` (``a_i`` the layer's input on state ``i``, ``δ_i`` the gradient of task
+        ``k``'s loss with respect to its output there) and of its bias ``Σ_{i in k} δ_i``: one backward pass
+        of the sum of the tasks' losses gives every ``δ_i``. ``None`` when a layer sees anything other than
+        one row per state (then each task needs its own pass).
+        """
+        model, n = self.sb3_model, self.replay_batch_size()
+        rows, old = self.memory.sample_outputs(model, n, self._sample_rng, tasks, each=True)
+        layers = {owners[id(p)][0] for p in group.params if p.requires_grad}
+        calls: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {layer: [] for layer in layers}
+
+        def keep(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            calls[layer].append((inputs[0], output))
+
+        handles = [layer.register_forward_hook(keep) for layer in layers]
+        try:
+            new = network_outputs(model, rows, group_parts(model, group.optimizer_name, self.networks))
+        finally:
+            for handle in handles:
+                handle.remove()
+        seen = [(layer, a, z) for layer, pairs in calls.items() for a, z in pairs if z.requires_grad]
+        if any(a.dim() != 2 or a.shape[0] != n * len(tasks) for _, a, _ in seen):
+            return None
+        weight: dict[nn.Module, torch.Tensor] = {}
+        bias: dict[nn.Module, torch.Tensor] = {}
+        if seen:
+            per_state = sum(distillation_losses(model, old, new, per_row=True).values())
+            assert isinstance(per_state, torch.Tensor)
+            loss = per_state.view(len(tasks), n).mean(dim=1).sum()
+            deltas = torch.autograd.grad(loss, [z for _, _, z in seen], allow_unused=True)
+            for (layer, a, _), delta in zip(seen, deltas, strict=True):
+                if delta is None:
+                    continue
+                d = delta.view(len(tasks), n, -1)
+                w = torch.einsum("kno,kni->koi", d, a.detach().view(len(tasks), n, -1))
+                weight[layer] = weight[layer] + w if layer in weight else w
+                bias[layer] = bias[layer] + d.sum(dim=1) if layer in bias else d.sum(dim=1)
+        found: list[list[torch.Tensor]] = []
+        for k in range(len(tasks)):
+            grads = []
+            for p in group.params:
+                owner = owners.get(id(p))
+                source = weight if owner is not None and owner[1] == "weight" else bias
+                if p.requires_grad and owner is not None and owner[0] in source:
+                    grads.append(source[owner[0]][k])
+                else:
+                    grads.append(torch.zeros_like(p))
+            found.append(grads)
+        return found
 
     def adjust_gradients(self, group: ParamGroup) -> None:
         """Solve GEM's quadratic program when the clipped gradient conflicts with an earlier task's."""

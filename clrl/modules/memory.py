@@ -399,8 +399,13 @@ class TaskMemory:
         ranges = self.quantiser.nbytes if self.dtype == "uint8" else 0
         return sum(r.nbytes for r in self.tasks) + ranges
 
-    def sample(self, n: int, rng: np.random.Generator, tasks: list[int] | None = None) -> Rows:
+    def sample(
+        self, n: int, rng: np.random.Generator, tasks: list[int] | None = None, each: bool = False
+    ) -> Rows:
         """``n`` rows drawn uniformly, with replacement, from the reservoirs at positions ``tasks`` (all).
+
+        With ``each``, ``n`` rows from each of those reservoirs instead, task after task (rows ``i·n`` to
+        ``(i+1)·n`` are the ``i``-th's), the same rows as one call per task with ``tasks=[t]`` draws.
 
         The chosen reservoirs' rows are gathered once into one array per field (the reservoirs then hold
         views of it, so nothing is stored twice); later draws from the same reservoirs index it directly.
@@ -410,9 +415,15 @@ class TaskMemory:
             self._pool = (positions, self._gather(positions))
         pool = self._pool[1]
         size = len(next(iter(pool.values()))) if pool else 0
-        if size == 0:
+        sizes = [len(self.tasks[i]) for i in positions]
+        if size == 0 or (each and 0 in sizes):
             raise ValueError("the memory is empty")
-        index = rng.integers(0, size, size=n)
+        if each:
+            starts = np.cumsum([0, *sizes[:-1]])
+            draws = [start + rng.integers(0, k, size=n) for start, k in zip(starts, sizes, strict=True)]
+            index = np.concatenate(draws)
+        else:
+            index = rng.integers(0, size, size=n)
         first = next(self.tasks[i] for i in positions if len(self.tasks[i]))
         return first.restore({k: v[index] for k, v in pool.items()})
 
