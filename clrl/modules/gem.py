@@ -119,8 +119,11 @@ class GEM(AGEM):
     convex cone). As with A-GEM, the guarantee is about the gradient given to the optimiser: with Adam the
     step follows its moment estimates (see :class:`clrl.AGEM`).
 
-    Cost per step, once ``K`` earlier tasks are in memory: ``K`` backward passes of the memory loss and a
-    non-negative least-squares problem with ``K`` unknowns over the parameters (``O(P K²)``), on the CPU.
+    Cost per step, once ``K`` earlier tasks are in memory: ``K`` reference gradients and a non-negative
+    least-squares problem with ``K`` unknowns (``O(P K²)`` for the Gram matrix, then ``K × K`` on the CPU).
+    On a policy of plain linear layers (:func:`linear_owners`: SB3's ``MlpPolicy`` of PPO and A2C on
+    discrete actions, DQN, SAC, TD3) the ``K`` gradients come from one forward and one backward pass over
+    every task's states, each task's read off its states' rows; other policies take one pass per task.
     With ``refresh=r`` only ``r`` tasks' reference gradients are computed per step, in turn, and the others
     are kept from the step that last computed them (at most ``ceil(K / r) - 1`` steps old): a step then
     costs ``r`` backward passes whatever ``K``.
