@@ -115,10 +115,25 @@ def policy_parameters(model: BaseAlgorithm, networks: Networks = "actor") -> dic
         return {n: p for n, p in named.items() if id(p) in stepped}
     if isinstance(policy, ActorCriticPolicy):
         return {n: p for n, p in named.items() if not n.startswith(_CRITIC_PREFIXES)}
+    head = _actor_name(policy)
+    return {n: p for n, p in named.items() if n.startswith(head + ".")}
+
+
+def _actor_name(policy: torch.nn.Module) -> str:
     for head in ("actor", "q_net", "quantile_net", "action_net"):
         if isinstance(getattr(policy, head, None), torch.nn.Module):
-            return {n: p for n, p in named.items() if n.startswith(head + ".")}
+            return head
     raise ConfigError(f"cannot tell the actor of {type(policy).__name__}; use networks='all'")
+
+
+def acts(policy: torch.nn.Module, name: str) -> bool:
+    """Whether the submodule or parameter ``name`` of ``policy`` is in what chooses actions
+    (:func:`policy_parameters`'s ``"actor"``) or in its target network (TD3's ``actor_target``, DQN's
+    ``q_net_target``); not the critics, the value function and their targets."""
+    if isinstance(policy, ActorCriticPolicy):
+        return not (name + ".").startswith(_CRITIC_PREFIXES)
+    head = _actor_name(policy)
+    return name.split(".")[0] in (head, head + "_target")
 
 
 def finished_returns(infos: Iterable[Mapping[str, Any]]) -> Iterator[float]:

@@ -14,6 +14,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 import clrl
+from clrl.algorithms import acts
 from clrl.cli import main
 from clrl.modules.masks import MaskedLinear, TaskMasks
 from clrl.modules.multihead import TaskLinear
@@ -46,25 +47,27 @@ def task_observations(model: BaseAlgorithm, task: int, n_tasks: int) -> torch.Te
     return obs.to(DEVICE)
 
 
-def online_outputs(model: BaseAlgorithm, obs: torch.Tensor) -> list[torch.Tensor]:
+def online_outputs(model: BaseAlgorithm, obs: torch.Tensor, networks: str = "all") -> list[torch.Tensor]:
     """What the trained (not target) networks compute: action distribution and value, Q-values, actor and
-    critics."""
+    critics (``networks="actor"``: what chooses actions only)."""
     policy: Any = model.policy
     with torch.no_grad():
         if hasattr(policy, "mlp_extractor"):
-            return [policy.get_distribution(obs).distribution.logits, policy.predict_values(obs)]
+            logits = policy.get_distribution(obs).distribution.logits
+            return [logits] if networks == "actor" else [logits, policy.predict_values(obs)]
         if hasattr(policy, "q_net"):
             return [policy.q_net(obs)]
         deterministic = {"deterministic": True} if hasattr(policy.actor, "latent_pi") else {}
         action = policy.actor(obs, **deterministic)
-        return [action, *policy.critic(obs, action)]
+        return [action] if networks == "actor" else [action, *policy.critic(obs, action)]
 
 
-def backbone(model: BaseAlgorithm) -> dict[str, torch.Tensor]:
+def backbone(model: BaseAlgorithm, networks: str = "all") -> dict[str, torch.Tensor]:
+    """The masked layers' weights and biases (``networks="actor"``: of what chooses actions only)."""
     return {
         f"{name}.{kind}": getattr(m, kind).detach().clone()
         for name, m in model.policy.named_modules()
-        if isinstance(m, MaskedLinear)
+        if isinstance(m, MaskedLinear) and (networks == "all" or acts(model.policy, name))
         for kind in ("weight", "bias")
     }
 
@@ -78,31 +81,49 @@ def train_tasks(model: BaseAlgorithm, stream: clrl.TaskStream, module: TaskMasks
             record(i)
 
 
+@pytest.mark.parametrize("networks", ["actor", "all"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("algo", ALGOS)
-def test_each_tasks_mask_reproduces_its_policy_and_the_backbone_holds(algo: str, method: str) -> None:
+def test_each_tasks_mask_reproduces_its_policy_and_the_backbone_holds(
+    algo: str, method: str, networks: str
+) -> None:
     model, stream = masked_model(algo)
-    module = METHODS[method]()
+    module = METHODS[method](networks=networks)
     n = len(stream)
     ended: dict[int, list[torch.Tensor]] = {}
     weights: dict[int, dict[str, torch.Tensor]] = {}
+    free: dict[int, dict[str, torch.Tensor]] = {}
 
     def record(i: int) -> None:
         module.set_task(i)
-        ended[i] = online_outputs(model, task_observations(model, i, n))
-        weights[i] = backbone(model)
+        ended[i] = online_outputs(model, task_observations(model, i, n), networks)
+        weights[i] = backbone(model, networks)
+        free[i] = {k: v for k, v in backbone(model).items() if k not in weights[i]}
 
     train_tasks(model, stream, module, record)
-    for name, value in backbone(model).items():  # frozen after the first task (SupSup: from its start)
+    for name, value in backbone(
+        model, networks
+    ).items():  # frozen after the first task (SupSup: from its start)
         if "target" not in name:
             assert torch.equal(value, weights[0][name]), name
+    if networks == "actor" and algo != "dqn":  # the critics and value function train on every task, unmasked
+        assert free[0] and all(
+            not torch.equal(free[0][k], free[n - 1][k]) for k in free[0] if "target" not in k
+        )
+        unmasked = [
+            m for m in model.policy.modules() if isinstance(m, MaskedLinear) and m not in module.layers()
+        ]
+        assert unmasked and all(bool(m.masks.all()) and m.weight.requires_grad for m in unmasked)
+    elif networks == "actor":
+        assert not free[0]  # DQN's Q-network is what chooses actions: every layer is masked
     for online, target in module.target_pairs():  # the targets' backbone is the same (up to SAC's and
         # TD3's averaging, which rounds: (1 - τ) w + τ w is not always w)
         assert torch.allclose(online.weight, target.weight) and torch.equal(online.masks, target.masks)
     for i in range(n):
         module.set_task(i)
-        for before, now in zip(ended[i], online_outputs(model, task_observations(model, i, n)), strict=True):
-            assert torch.equal(before, now)
+        now = online_outputs(model, task_observations(model, i, n), networks)
+        for before, after in zip(ended[i], now, strict=True):
+            assert torch.equal(before, after)
     layers = module.online_layers()
     assert all(bool(layer.masks[n - 1].any()) for layer in layers)
     if method == "supsup":  # the fixed weights are the signed Kaiming constant; each mask keeps its share

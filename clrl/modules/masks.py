@@ -12,7 +12,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from clrl.algorithms import policy_for
+from clrl.algorithms import Networks, acts, check_networks, policy_for
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo
 from clrl.modules.multihead import (
@@ -340,9 +340,34 @@ class TaskMasks(MultiHead):
     and a task's stored mask is the online network's.
     """
 
-    def __init__(self, require_task_id: bool = True, verbose: int = 0) -> None:
+    def __init__(self, require_task_id: bool = True, verbose: int = 0, networks: Networks = "all") -> None:
         super().__init__(require_task_id, verbose)
         self._heads = HeldHeads()
+        self.networks: Networks = check_networks(networks)
+        """``"all"``: every hidden layer is masked; ``"actor"``: only those of what chooses actions (and its
+        target network), while the critics' and the value function's layers train as plain layers."""
+
+    def _chosen(self, layers: list[MaskedLinear]) -> list[MaskedLinear]:
+        """``layers`` that :attr:`networks` masks."""
+        if self.networks == "all":
+            return layers
+        policy = self.sb3_model.policy
+        acting = {
+            id(m) for name, m in policy.named_modules() if isinstance(m, MaskedLinear) and acts(policy, name)
+        }
+        return [layer for layer in layers if id(layer) in acting]
+
+    def _free_unchosen(self) -> None:
+        """With ``networks="actor"``, let the other masked layers train as plain layers: no live mask, every
+        stored mask all ones, weights and biases trainable."""
+        chosen = {id(layer) for layer in self.layers()}
+        every: list[MaskedLinear] = _layers(self.sb3_model.policy)
+        free = [layer for layer in every if id(layer) not in chosen]
+        with torch.no_grad():
+            for layer in free:
+                layer.live_task, layer.rule = None, None
+                layer.masks.fill_(True)
+        set_backbone_trainable(free, True)
 
     def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
         model = self.sb3_model if model is None else model
@@ -362,16 +387,17 @@ class TaskMasks(MultiHead):
         check_parameter_free_extractors(self, model)
 
     def layers(self) -> list[MaskedLinear]:
-        """Every masked layer of the policy, target networks included."""
-        return _layers(self.sb3_model.policy)
+        """Every masked layer of the policy that :attr:`networks` masks, target networks included."""
+        return self._chosen(_layers(self.sb3_model.policy))
 
     def online_layers(self) -> list[MaskedLinear]:
         """The masked layers of the networks that train (not the target networks)."""
-        return online_layers(self.sb3_model.policy, MaskedLinear)
+        return self._chosen(online_layers(self.sb3_model.policy, MaskedLinear))
 
     def target_pairs(self) -> list[tuple[MaskedLinear, MaskedLinear]]:
         """(online, target) pairs of masked layers."""
-        return target_pairs(self.sb3_model.policy, MaskedLinear)
+        chosen = {id(layer) for layer in self.layers()}
+        return [pair for pair in target_pairs(self.sb3_model.policy, MaskedLinear) if id(pair[0]) in chosen]
 
     def start_masks(self, task: TaskInfo) -> None:
         """Prepare the masked layers for ``task`` (subclasses)."""
@@ -384,6 +410,7 @@ class TaskMasks(MultiHead):
     def on_task_start(self, task: TaskInfo) -> None:
         """Route by the task id; prepare the task's mask (fresh scores, no optimiser state for them)."""
         super().on_task_start(task)
+        self._free_unchosen()
         self.start_masks(task)
         self._heads.hold(self.sb3_model.policy, task.index)
         with torch.no_grad():
@@ -414,6 +441,15 @@ class TaskMasks(MultiHead):
             for online, target in self.target_pairs():
                 target.masks.copy_(online.masks)
                 target.live_task, target.rule = None, None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The last task trained and :attr:`networks`."""
+        return {**super().state_dict(), "networks": self.networks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a checkpoint from before ``networks`` existed masked every network)."""
+        super().load_state_dict(state)
+        self.networks = check_networks(state.get("networks", "all"))
 
     def log_scalars(self) -> dict[str, float]:
         """``kept``: share of the hidden layers' weights the current task's mask keeps."""

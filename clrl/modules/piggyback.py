@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from clrl.algorithms import Networks
 from clrl.errors import ConfigError
 from clrl.modules.base import TaskInfo, check_bool, check_non_negative, check_positive
 from clrl.modules.masks import TaskMasks, set_backbone_trainable
@@ -34,7 +35,10 @@ class Piggyback(TaskMasks):
     classifier layer; here the backbone is the first task's policy (trained in the stream), and every
     task's output layers are its own heads. The paper trains the masks with their own optimiser (Adam, lr
     1e-4) and the classifier with another; here the scores join the algorithm's optimiser and learning rate.
-    SB3's critics are masked like the actor, so each task keeps its own value function. A Gaussian policy's
+    The paper has no critic: by default (``networks="actor"``) only what chooses actions is masked, and the
+    critics and value function (and their targets) train as plain layers on every task, with a head per
+    task; ``networks="all"`` masks them too, so each task keeps its own value function, and then a later
+    task's critic is a mask over the first task's. A Gaussian policy's
     state-independent ``log_std`` (PPO, A2C on Box actions) is shared and keeps training, so it changes a
     stochastic earlier policy (not its deterministic actions, which evaluation uses).
 
@@ -45,14 +49,22 @@ class Piggyback(TaskMasks):
         require_task_id: Refuse streams whose task id is hidden in ``clrl.train`` (the masks are routed by
             it).
         verbose: SB3 callback verbosity.
+        networks: ``"actor"`` (default) masks the networks that choose actions (DQN's Q-network, the actor
+            of SAC and TD3, PPO's and A2C's policy network) and lets critics and value functions train
+            freely; ``"all"`` masks every network.
     """
 
     name = "piggyback"
 
     def __init__(
-        self, threshold: float = 5e-3, init: float = 1e-2, require_task_id: bool = True, verbose: int = 0
+        self,
+        threshold: float = 5e-3,
+        init: float = 1e-2,
+        require_task_id: bool = True,
+        verbose: int = 0,
+        networks: Networks = "actor",
     ) -> None:
-        super().__init__(check_bool(require_task_id, "Piggyback require_task_id"), verbose)
+        super().__init__(check_bool(require_task_id, "Piggyback require_task_id"), verbose, networks)
         self.threshold = check_non_negative(threshold, "Piggyback threshold")
         self.init = check_positive(init, "Piggyback init")
         if self.threshold >= self.init:

@@ -15,6 +15,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.sac.policies import SACPolicy
 
+from clrl.algorithms import Networks
 from clrl.errors import ConfigError
 from clrl.modules.base import TaskInfo, check_bool, check_fraction, patch_attributes
 from clrl.modules.masks import TaskMasks, set_backbone_trainable
@@ -52,7 +53,7 @@ class SupSup(TaskMasks):
     over them (and its own output heads), and the task can be inferred from the masks when it is hidden.
 
     The masks live in the algorithm's masked policy (:func:`clrl.masked_policy`, as for
-    :class:`clrl.Piggyback`). When the first task starts, every hidden layer's weights are drawn again from
+    :class:`clrl.Piggyback`). When the first task starts, every masked layer's weights are drawn again from
     the signed Kaiming constant (``±sqrt(2 / fan_in)``, signs at random from torch's generator, which SB3
     seeds) and its biases set to zero; they never change after. Task ``t`` trains real-valued scores (Kaiming
     uniform at its start, as edge-popup's), and its mask keeps the ``keep`` share of each layer's weights with
@@ -73,8 +74,12 @@ class SupSup(TaskMasks):
 
     Deviations: the paper masks every layer, the output layer included, of bias-free networks; here each
     task's output layers are its own trained heads (a masked fixed output layer cannot reach values on the
-    scale of returns), and the biases are fixed at zero. The masked weights are SB3's critics and targets
-    too. The paper infers one task per batch of test images; here a batch is what the policy is called on,
+    scale of returns), and the biases are fixed at zero. The paper has no critic: by default
+    (``networks="actor"``) only what chooses actions is masked, and the critics and value function (and
+    their targets) train as plain layers, from SB3's initialisation, on every task, with a head per task;
+    ``networks="all"`` masks them too, and then a fixed random critic under a mask cannot follow the scale
+    of returns (with SAC on Pendulum its TD loss stays 30 to 100 times plain SAC's and no task is learned).
+    The paper infers one task per batch of test images; here a batch is what the policy is called on,
     one observation per environment at each evaluation step, so the inference sees one state at a time.
 
     Args:
@@ -82,12 +87,21 @@ class SupSup(TaskMasks):
         infer_task: Infer the task at evaluation instead of reading its id (``None``, the default: when
             ``clrl.train``'s stream hides the id; ``False`` refuses such a stream).
         verbose: SB3 callback verbosity.
+        networks: ``"actor"`` (default) masks the networks that choose actions (DQN's Q-network, the actor
+            of SAC and TD3, PPO's and A2C's policy network) and lets critics and value functions train
+            freely; ``"all"`` masks every network over fixed random weights.
     """
 
     name = "supsup"
 
-    def __init__(self, keep: float = 0.5, infer_task: bool | None = None, verbose: int = 0) -> None:
-        super().__init__(require_task_id=False, verbose=verbose)
+    def __init__(
+        self,
+        keep: float = 0.5,
+        infer_task: bool | None = None,
+        verbose: int = 0,
+        networks: Networks = "actor",
+    ) -> None:
+        super().__init__(require_task_id=False, verbose=verbose, networks=networks)
         self.infer_task = None if infer_task is None else check_bool(infer_task, "SupSup infer_task")
         self.keep = check_fraction(keep, "SupSup keep")
         if self.keep == 0:
