@@ -20,6 +20,7 @@ import clrl
 from clrl.cli import main
 from clrl.modules.base import ParamGroup
 from clrl.modules.hat import TaskGate, earlier_gate
+from clrl.modules.masks import online_layers
 from clrl.modules.multihead import TaskRouter
 
 ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
@@ -42,29 +43,38 @@ def gated_weights(model: BaseAlgorithm) -> list[tuple[torch.Tensor, torch.Tensor
     ]
 
 
+@pytest.mark.parametrize("networks", ["actor", "all"])
 @pytest.mark.parametrize("algo", ALGOS)
-def test_a_finished_task_computes_what_it_did_and_its_units_weights_hold(algo: str) -> None:
+def test_a_finished_task_computes_what_it_did_and_its_units_weights_hold(algo: str, networks: str) -> None:
     model, stream = hat_model(algo, net={"net_arch": [16, 16]})
-    hat = clrl.HAT()
+    hat = clrl.HAT(networks=networks)  # type: ignore[arg-type]
     n = len(stream)
     ended: dict[int, list[torch.Tensor]] = {}
     weights: dict[int, list[Any]] = {}
 
     def record(i: int) -> None:
         hat.set_task(i)
-        ended[i] = online_outputs(model, task_observations(model, i, n))
+        ended[i] = online_outputs(model, task_observations(model, i, n), networks)
         weights[i] = gated_weights(model)
 
     train_tasks(model, stream, hat, record)
     for i in range(n):
         hat.set_task(i)
-        for before, now in zip(ended[i], online_outputs(model, task_observations(model, i, n)), strict=True):
-            assert torch.equal(before, now)
+        now = online_outputs(model, task_observations(model, i, n), networks)
+        for before, after in zip(ended[i], now, strict=True):
+            assert torch.equal(before, after)
     policy: Any = model.policy
     moved = 0
-    targets = {id(g) for g in policy.modules() if isinstance(g, TaskGate)} - {id(g) for g in hat.gates()}
+    chosen = {id(g) for g in hat.gates()}
+    if networks == "actor" and algo != "dqn":  # the critics' gates stay open and their layers train freely
+        free = {id(g) for g in online_layers(policy, TaskGate)} - chosen
+        assert free
+        for (w0, _, gate, _), (layer, _, _) in zip(weights[0], policy.gated_layers, strict=True):
+            if id(gate) in free:
+                assert bool(gate.masks.all()) and gate.live_task is None
+                assert not torch.equal(layer.weight, w0)
     for (w0, b0, gate, source), (layer, _, _) in zip(weights[0], policy.gated_layers, strict=True):
-        if id(gate) in targets:
+        if id(gate) not in chosen:  # a target network's, or not gated (networks="actor")
             continue
         out = gate.masks[0]
         inputs = source.masks[0] if source is not None else torch.ones(layer.in_features, dtype=torch.bool)

@@ -13,7 +13,7 @@ from stable_baselines3.common.policies import BaseModel
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from clrl.algorithms import policy_for
+from clrl.algorithms import Networks, acts, check_networks, policy_for
 from clrl.errors import ConfigError
 from clrl.modules.base import ParamGroup, TaskInfo, add_to_grad, check_non_negative, check_positive
 from clrl.modules.masks import (
@@ -247,7 +247,9 @@ class HAT(MultiHead):
     (``σ(s_max e) > 0.5``) rather than ``σ(s_max e)``, which differ by less than ``σ(-s_max · |e|)``: this
     makes "a finished task never changes" exact. The paper's SGD is the algorithm's optimiser here (Adam
     by default, which mostly cancels the compensation's scale), and its compensation comes after SB3's
-    gradient clipping instead of before. The critics are gated like the actor, so each task keeps its own
+    gradient clipping instead of before. The paper has no critic: by default (``networks="actor"``) only what
+    chooses actions is gated, and the critics and value function (and their targets) train as plain layers
+    on every task, with a head per task; ``networks="all"`` gates them too, so each task keeps its own
     value function.
 
     Args:
@@ -257,6 +259,9 @@ class HAT(MultiHead):
         require_task_id: Refuse streams whose task id is hidden in ``clrl.train`` (the gates are routed by
             it).
         verbose: SB3 callback verbosity.
+        networks: ``"actor"`` (default) gates the networks that choose actions (DQN's Q-network, the actor
+            of SAC and TD3, PPO's and A2C's policy network) and lets critics and value functions train
+            freely; ``"all"`` gates every network.
     """
 
     name = "hat"
@@ -268,8 +273,12 @@ class HAT(MultiHead):
         clamp: float = 6.0,
         require_task_id: bool = True,
         verbose: int = 0,
+        networks: Networks = "actor",
     ) -> None:
         super().__init__(require_task_id, verbose)
+        self.networks: Networks = check_networks(networks)
+        """``"all"``: every hidden layer is gated; ``"actor"``: only those of what chooses actions (and its
+        target network), while the critics' and the value function's gates stay open."""
         self.s_max = check_positive(s_max, "HAT s_max")
         if self.s_max <= 1:
             raise ConfigError(f"HAT s_max must be > 1 (its schedule starts at 1/s_max), got {s_max!r}")
@@ -302,14 +311,34 @@ class HAT(MultiHead):
         check_parameter_free_extractors(self, model)
 
     def gates(self) -> list[TaskGate]:
-        """The gates of the networks that train (not the target networks)."""
-        return online_layers(self.sb3_model.policy, TaskGate)
+        """The gates of the networks that train (not the target networks) that :attr:`networks` gates."""
+        chosen = {id(g) for g in self._all_gates()}
+        return [g for g in online_layers(self.sb3_model.policy, TaskGate) if id(g) in chosen]
 
     def _all_gates(self) -> list[TaskGate]:
+        """Every gate :attr:`networks` chooses, target networks' included."""
         policy = self.sb3_model.policy
         if self._gate_cache is None or self._gate_cache[0] is not policy:
-            self._gate_cache = (policy, [m for m in policy.modules() if isinstance(m, TaskGate)])
+            self._gate_cache = (
+                policy,
+                [
+                    m
+                    for name, m in policy.named_modules()
+                    if isinstance(m, TaskGate) and (self.networks == "all" or acts(policy, name))
+                ],
+            )
         return self._gate_cache[1]
+
+    def _open_unchosen(self) -> None:
+        """With ``networks="actor"``, open the other gates for good: every task's gate stored as all ones,
+        none live (their embeddings get no gradient), so their layers train as plain layers."""
+        chosen = {id(g) for g in self._all_gates()}
+        with torch.no_grad():
+            for gate in self.sb3_model.policy.modules():
+                if isinstance(gate, TaskGate) and id(gate) not in chosen:
+                    gate.live_task = None
+                    gate.masks.fill_(True)
+                    gate.stored.fill_(True)
 
     def _live(self, group: ParamGroup) -> list[tuple[TaskGate, nn.Parameter]]:
         """The gates whose live embedding ``group`` steps, with that embedding."""
@@ -347,6 +376,7 @@ class HAT(MultiHead):
         model = self.sb3_model
         self._start, self._steps = model.num_timesteps, task.steps
         self._live_by_group, self._free = {}, {}
+        self._open_unchosen()
         for gate in self._all_gates():
             gate.live_task = task.index
         self._set_scale(self.scale())
@@ -355,6 +385,8 @@ class HAT(MultiHead):
         names = {id(p): n for n, p in policy.named_parameters()}
         self._held.clear()
         for layer, gate, source in policy.gated_layers:
+            if id(gate) not in self._earlier:  # not gated by this module (networks="actor")
+                continue
             out = self._earlier[id(gate)].bool()
             inputs = (
                 self._earlier[id(source)].bool()
@@ -371,8 +403,11 @@ class HAT(MultiHead):
         """Store the task's gates as bits (the target networks get the online network's)."""
         for gate in self.gates():
             gate.store(task.index)
+        chosen = {id(g) for g in self._all_gates()}
         with torch.no_grad():
             for online, target in target_pairs(self.sb3_model.policy, TaskGate):
+                if id(online) not in chosen:
+                    continue
                 target.masks.copy_(online.masks)
                 target.stored.copy_(online.stored)
                 target.live_task = None
@@ -461,6 +496,16 @@ class HAT(MultiHead):
             self._set_scale(scale)
 
     # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The last task trained and :attr:`networks`."""
+        return {**super().state_dict(), "networks": self.networks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a checkpoint from before ``networks`` existed gated every network)."""
+        super().load_state_dict(state)
+        self.networks = check_networks(state.get("networks", "all"))
+        self._gate_cache = None
+
     def log_scalars(self) -> dict[str, float]:
         """``used``: share of the hidden units the current task's gate opens (``σ(s_max e) > 0.5``);
         ``used_earlier``: share some earlier task's does; ``s``: the live scale."""
