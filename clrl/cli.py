@@ -157,7 +157,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser(
         "report",
         help="tables and plots comparing the runs of a directory",
-        description="Read every results.json under RUNS_DIR and write markdown and CSV tables (mean and 95%% "
+        description="Read every results.json under RUNS_DIR and write markdown and CSV tables (mean and 95% "
         "bootstrap CI over seeds), return-matrix heatmaps, forgetting curves and bar charts.",
     )
     rp.add_argument("runs_dir", help="a directory of runs (clrl run/sweep's logdir)")
