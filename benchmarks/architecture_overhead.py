@@ -34,8 +34,11 @@ CONFIGURATIONS: dict[str, Factory] = {
     "progressive": lambda: clrl.ProgressiveColumns(),
     "net2net": lambda: clrl.Net2NetGrowth(),
     "piggyback": lambda: clrl.Piggyback(),
+    "piggyback-all": lambda: clrl.Piggyback(networks="all"),
     "supsup": lambda: clrl.SupSup(),
+    "supsup-all": lambda: clrl.SupSup(networks="all"),
     "hat": lambda: clrl.HAT(),
+    "hat-all": lambda: clrl.HAT(networks="all"),
     "hypernetwork": lambda: clrl.HyperNetwork(),
     "cpg": lambda: clrl.CPG(),
 }
@@ -87,6 +90,7 @@ def main() -> None:
         "hypernetwork": clrl.hypernetwork_policy(args.algo),
         "cpg": clrl.masked_policy(args.algo),
     }
+    policies.update({f"{name}-all": policies[name] for name in ("piggyback", "supsup", "hat")})
     hyperparameters = {
         name: {"policy": policy, "policy_kwargs": {**net, "n_tasks": len(stream)}}
         for name, policy in policies.items()
