@@ -113,7 +113,9 @@ def main() -> None:
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="configurations to time besides plain")
     parser.add_argument(
-        "--before", metavar="REV", help="also time CLEAR and GEM (those chosen) as they were at this git revision (<name>-before)"
+        "--before",
+        metavar="REV",
+        help="also time CLEAR and GEM (those chosen) as they were at this git revision (<name>-before)",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
