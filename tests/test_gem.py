@@ -75,6 +75,14 @@ def test_a_margin_still_satisfies_the_constraints_and_leans_toward_them() -> Non
         clrl.GEM(margin=-1.0)
 
 
+def train_three_tasks(algo: str, gem: clrl.GEM) -> None:
+    """Train ``algo``'s tiny test model on three tasks with ``gem`` (the third has two earlier tasks)."""
+    cls, make, hyper = ALGO_SETUPS[algo]
+    stream = three_tasks(make)
+    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
+    clrl.train(model, stream, [gem], eval_episodes=1)
+
+
 class CheckedGEM(clrl.GEM):
     """Keeps each step's reference gradients and checks the gradient given to the optimiser against them."""
 
@@ -106,11 +114,8 @@ class CheckedGEM(clrl.GEM):
 
 @pytest.mark.parametrize("algo", ["ppo", "dqn", "sac"])
 def test_gem_gradients_conflict_with_no_earlier_task_in_training(algo: str) -> None:
-    cls, make, hyper = ALGO_SETUPS[algo]
-    stream = three_tasks(make)
-    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
     gem = CheckedGEM(budget=150)
-    clrl.train(model, stream, [gem], eval_episodes=1)
+    train_three_tasks(algo, gem)
     assert gem.projections > 0 and 2 in gem.constraints  # the third task: one constraint per earlier task
     assert min(gem.worst) >= -1e-5, min(gem.worst)
 
@@ -127,10 +132,7 @@ def test_gem_with_refresh_computes_that_many_reference_gradients_per_step_in_tur
             calls.append([])
             super().adjust_gradients(group)
 
-    cls, make, hyper = ALGO_SETUPS["dqn"]
-    stream = three_tasks(make)
-    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
-    clrl.train(model, stream, [Counted(budget=150, refresh=1)], eval_episodes=1)
+    train_three_tasks("dqn", Counted(budget=150, refresh=1))
     start = next(i for i, c in enumerate(calls) if sorted(c) == [0, 1])  # the third task's first step
     assert all(c == [0] for c in calls[:start] if c)  # the second task: its one earlier task, every step
     third = calls[start:]
@@ -170,11 +172,8 @@ class ComparedGEM(clrl.GEM):
 
 @pytest.mark.parametrize("algo", ["ppo", "dqn", "sac", "td3"])
 def test_one_pass_gives_each_tasks_own_reference_gradient(algo: str) -> None:
-    cls, make, hyper = ALGO_SETUPS[algo]
-    stream = three_tasks(make)
-    model = cls("MlpPolicy", stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
     gem = ComparedGEM(budget=150)
-    clrl.train(model, stream, [gem], eval_episodes=1)
+    train_three_tasks(algo, gem)
     assert gem.one_pass and all(gem.one_pass), "the plain SB3 policy should take the one-pass path"
     assert gem.passes and all(gem.passes)
     assert gem.scale > 0
