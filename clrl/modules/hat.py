@@ -13,13 +13,14 @@ from stable_baselines3.common.policies import BaseModel
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from clrl.algorithms import Networks, acts, check_networks, policy_for
+from clrl.algorithms import Networks, check_networks, policy_for
 from clrl.errors import ConfigError
 from clrl.modules.base import ParamGroup, TaskInfo, add_to_grad, check_non_negative, check_positive
 from clrl.modules.masks import (
     _extractors,
     _optimizers,
     check_parameter_free_extractors,
+    chosen_layers,
     online_layers,
     target_pairs,
 )
@@ -319,14 +320,7 @@ class HAT(MultiHead):
         """Every gate :attr:`networks` chooses, target networks' included."""
         policy = self.sb3_model.policy
         if self._gate_cache is None or self._gate_cache[0] is not policy:
-            self._gate_cache = (
-                policy,
-                [
-                    m
-                    for name, m in policy.named_modules()
-                    if isinstance(m, TaskGate) and (self.networks == "all" or acts(policy, name))
-                ],
-            )
+            self._gate_cache = (policy, chosen_layers(policy, TaskGate, self.networks))
         return self._gate_cache[1]
 
     def _open_unchosen(self) -> None:

@@ -251,6 +251,16 @@ def _layers(network: nn.Module, kind: type[L] | None = None) -> list[L]:
     return [m for m in network.modules() if isinstance(m, kind or MaskedLinear)]  # type: ignore[misc]
 
 
+def chosen_layers(policy: nn.Module, kind: type[L], networks: Networks) -> list[L]:
+    """The ``kind`` layers of the policy (targets included) in ``networks``: every one with ``"all"``, with
+    ``"actor"`` those of what chooses actions and its target (:func:`clrl.algorithms.acts`)."""
+    return [
+        m
+        for name, m in policy.named_modules()
+        if isinstance(m, kind) and (networks == "all" or acts(policy, name))
+    ]
+
+
 def online_layers(policy: nn.Module, kind: type[L]) -> list[L]:
     """The ``kind`` layers of the policy's networks that train (not DQN's, SAC's or TD3's targets)."""
     targets = {
@@ -351,10 +361,7 @@ class TaskMasks(MultiHead):
         """``layers`` that :attr:`networks` masks."""
         if self.networks == "all":
             return layers
-        policy = self.sb3_model.policy
-        acting = {
-            id(m) for name, m in policy.named_modules() if isinstance(m, MaskedLinear) and acts(policy, name)
-        }
+        acting = {id(m) for m in chosen_layers(self.sb3_model.policy, MaskedLinear, self.networks)}
         return [layer for layer in layers if id(layer) in acting]
 
     def _free_unchosen(self) -> None:
