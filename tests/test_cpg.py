@@ -10,35 +10,50 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_RUN
-from test_masks import masked_model, online_outputs, task_observations, train_tasks
+from test_masks import backbone, masked_model, online_outputs, task_observations, train_tasks
 
 import clrl
 from clrl.cli import main
 from clrl.modules.cpg import FREE
+from clrl.modules.masks import MaskedLinear
 
 ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
 
 
+@pytest.mark.parametrize("networks", ["actor", "all"])
 @pytest.mark.parametrize("algo", ALGOS)
-def test_a_finished_task_computes_what_it_did_and_later_tasks_use_the_released_weights(algo: str) -> None:
+def test_a_finished_task_computes_what_it_did_and_later_tasks_use_the_released_weights(
+    algo: str, networks: Any
+) -> None:
     model, stream = masked_model(algo)
-    cpg = clrl.CPG()
+    cpg = clrl.CPG(networks=networks)
     n = len(stream)
     ended: dict[int, list[torch.Tensor]] = {}
     owners: dict[int, list[torch.Tensor]] = {}
     weights: dict[int, list[torch.Tensor]] = {}
+    free: dict[int, dict[str, torch.Tensor]] = {}
 
     def record(i: int) -> None:
         cpg.set_task(i)
-        ended[i] = online_outputs(model, task_observations(model, i, n))
+        ended[i] = online_outputs(model, task_observations(model, i, n), networks)
         owners[i] = [o.clone() for o in cpg.owner]
         weights[i] = [layer.weight.detach().clone() for layer in cpg.online_layers()]
+        free[i] = {k: v for k, v in backbone(model).items() if k not in backbone(model, networks)}
 
     train_tasks(model, stream, cpg, record)
     for i in range(n):
         cpg.set_task(i)
-        for before, now in zip(ended[i], online_outputs(model, task_observations(model, i, n)), strict=True):
-            assert torch.equal(before, now)
+        now = online_outputs(model, task_observations(model, i, n), networks)
+        for before, after in zip(ended[i], now, strict=True):
+            assert torch.equal(before, after)
+    masked = {id(layer) for layer in cpg.layers()}
+    unmasked = [m for m in model.policy.modules() if isinstance(m, MaskedLinear) and id(m) not in masked]
+    if networks == "actor" and algo != "dqn":  # the critics and value function train on every task, unmasked
+        assert len(cpg.owner) < len(cpg.online_layers()) + len(unmasked)
+        assert unmasked and all(bool(m.masks.all()) and m.weight.requires_grad for m in unmasked)
+        assert all(not torch.equal(free[0][k], free[n - 1][k]) for k in free[0] if "target" not in k)
+    else:  # every network is masked (DQN's Q-network is what chooses actions)
+        assert not unmasked and not free[0]
     for layer, first, owner, w0 in zip(cpg.online_layers(), owners[0], owners[1], weights[0], strict=True):
         own = first == 0
         assert torch.equal(layer.weight[own], w0[own])  # the first task's weights never moved
@@ -79,16 +94,20 @@ def test_the_command_line_runs_cpg(tmp_path: Path) -> None:
     assert np.isfinite(result.matrix).all() and result.metrics["bwt"] == 0.0
 
 
+@pytest.mark.parametrize("networks", ["actor", "all"])
 @pytest.mark.parametrize("algo", ALGOS)
-def test_growing_adds_free_units_that_change_no_task_until_it_trains(algo: str) -> None:
+def test_growing_adds_free_units_that_change_no_task_until_it_trains(algo: str, networks: Any) -> None:
     # prune=0.05 leaves 5% of the weights free after the first task: below min_free, so the second grows.
     model, stream = masked_model(algo, net_arch=[16, 12])  # two hidden layers: one reads the other's units
-    cpg = clrl.CPG(prune=0.05, min_free=0.1, grow_units=8)
+    cpg = clrl.CPG(prune=0.05, min_free=0.1, grow_units=8, networks=networks)
     n = len(stream)
 
     def outputs(i: int) -> list[torch.Tensor]:
         cpg.set_task(i)
-        return online_outputs(model, task_observations(model, i, n))
+        return online_outputs(model, task_observations(model, i, n), networks)
+
+    def widths() -> dict[str, int]:
+        return {n: m.out_features for n, m in model.policy.named_modules() if isinstance(m, MaskedLinear)}
 
     model.set_env(stream.make_vec_env(0, seed=0))
     with clrl.training_task(model, [cpg], 0, stream.tasks[0].name, stream.steps(0)):
@@ -96,10 +115,14 @@ def test_growing_adds_free_units_that_change_no_task_until_it_trains(algo: str) 
     before = {i: outputs(i) for i in range(n)}
     narrow = [layer.out_features for layer in cpg.online_layers()]
     assert cpg.free_share() < 0.1 and cpg.grown == 0
+    before_widths = widths()
     model.set_env(stream.make_vec_env(1, seed=0))
     with clrl.training_task(model, [cpg], 1, stream.tasks[1].name, stream.steps(1)):
         assert [layer.out_features for layer in cpg.online_layers()] == [w + 8 for w in narrow]
         assert cpg.grown == 8 * len(narrow) and cpg.free_share() > 0.1
+        grew = {name for name, width in widths().items() if width != before_widths[name]}
+        masked = {name for name, m in model.policy.named_modules() if m in cpg.layers()}
+        assert grew == masked  # with networks="actor", not the critics' layers
         for layer, owner in zip(cpg.online_layers(), cpg.owner, strict=True):
             assert owner.shape == layer.weight.shape == layer.masks.shape[1:] == layer.scores.shape
             assert not bool(layer.masks[0][owner == FREE].any())  # the finished task's mask excludes them

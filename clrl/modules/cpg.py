@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from clrl.algorithms import Networks
 from clrl.errors import ConfigError
 from clrl.modules.base import (
     ContinualModule,
@@ -42,7 +43,8 @@ class CPG(TaskMasks):
     way, releasing the smallest for later tasks.
 
     The masks live in the algorithm's masked policy (:func:`clrl.masked_policy`, as for
-    :class:`clrl.Piggyback`): every hidden weight of every network has an owner, a task or nobody (free).
+    :class:`clrl.Piggyback`): every hidden weight of the masked networks (``networks``) has an owner, a task
+    or nobody (free).
     While task ``t`` trains, its layer computes ``x (W ⊙ M_t)ᵀ + b`` with ``M_t`` keeping every free weight
     and the earlier tasks' weights whose real-valued score (starting at ``init``) exceeds ``threshold`` (the
     picking mask, Piggyback's estimator); free weights train, earlier tasks' weights are held (gradient zeroed
@@ -57,7 +59,7 @@ class CPG(TaskMasks):
     Learning" (NeurIPS).
 
     Growing: when a task starts with less than ``min_free`` of the hidden weights free, every hidden layer
-    of every network (targets alike) gets ``grow_units`` new units, up to ``max_units`` per layer
+    of the masked networks (targets alike) gets ``grow_units`` new units, up to ``max_units`` per layer
     (:meth:`grow`). A new unit's incoming weights are drawn as ``nn.Linear`` draws them, its bias is zero
     (biases are the first task's, and stay fixed), and its outgoing weights, in the next layer or in every
     task's heads, start at zero; all of them are free. Every finished task's stored mask excludes them, so
@@ -74,7 +76,12 @@ class CPG(TaskMasks):
     grows when a task, trained on the picked and free weights, misses its accuracy goal, and then trains it
     again; an RL task has no held-out accuracy and a second training costs its environment steps again, so
     here the test is the capacity left before the task starts (``min_free``). The picking scores share the
-    algorithm's optimiser and learning rate. Growing changes the weights' shapes, so beside a growing CPG
+    algorithm's optimiser and learning rate. The paper has no critic: by default (``networks="actor"``) only
+    what chooses actions is compacted, picked and grown, and the critics and value function (and their
+    targets) train as plain layers on every task, with a head per task; ``networks="all"`` gives them
+    owners and masks too (each task keeps its own value function, but a later task's critic can only train
+    the weights left free, which on SAC kept it from fitting the Q-values: README, "Reference results").
+    Growing changes the weights' shapes, so beside a growing CPG
     only Replay, CLEAR and BehaviourCloning (which keep states and outputs, not per-weight state) can run.
 
     Args:
@@ -89,6 +96,10 @@ class CPG(TaskMasks):
         max_units: No hidden layer grows beyond this width.
         require_task_id: Refuse streams whose task id is hidden in ``clrl.train``.
         verbose: SB3 callback verbosity.
+        networks: ``"actor"`` (default) masks the networks that choose actions (DQN's Q-network, the actor
+            of SAC and TD3, PPO's and A2C's policy network) and lets critics and value functions train
+            freely; ``"all"`` masks every network (the behaviour before this option existed, which
+            checkpoints saved without it load with).
     """
 
     name = "cpg"
@@ -104,8 +115,9 @@ class CPG(TaskMasks):
         max_units: int = 512,
         require_task_id: bool = True,
         verbose: int = 0,
+        networks: Networks = "actor",
     ) -> None:
-        super().__init__(require_task_id, verbose)
+        super().__init__(require_task_id, verbose, networks)
         self.prune = check_fraction(prune, "CPG prune")
         if self.prune == 1.0:
             raise ConfigError("CPG prune must be < 1: a task has to keep some weights")
@@ -124,7 +136,7 @@ class CPG(TaskMasks):
         self.finished: list[int] = []
         """The tasks whose masks are stored, in the order they ended."""
         self.grown = 0
-        """Units added so far, over every hidden layer of the networks that train."""
+        """Units added so far, over every hidden layer of the masked networks (not the targets)."""
         self._entries = HeldEntries()
         self._prune_at: int | None = None
         self._pruned = False
@@ -217,7 +229,7 @@ class CPG(TaskMasks):
         self._hold(task)
 
     def free_share(self) -> float:
-        """The share of the hidden weights (of the networks that train) that no task owns."""
+        """The share of the masked networks' hidden weights (not the targets') that no task owns."""
         total = sum(o.numel() for o in self.owner) or 1
         return sum(int((o == FREE).sum()) for o in self.owner) / total
 
@@ -229,11 +241,13 @@ class CPG(TaskMasks):
         """
         model = self.sb3_model
         online = {id(la) for la in self.online_layers()}
+        chosen = {id(la) for la in self.layers()}  # with networks="actor", the critics' layers do not grow
         partner = {id(target): online_layer for online_layer, target in self.target_pairs()}
         rows: dict[int, torch.Tensor] = {}  # the new units' incoming weights, by online layer
         added = 0
         # Online layers first, so that each target layer copies its online layer's new units.
-        layers = sorted(hidden_masked_layers(model.policy), key=lambda pair: id(pair[0]) not in online)
+        grown = [pair for pair in hidden_masked_layers(model.policy) if id(pair[0]) in chosen]
+        layers = sorted(grown, key=lambda pair: id(pair[0]) not in online)
         for layer, readers in layers:
             if id(layer) in online:
                 count = min(self.grow_units, self.max_units - layer.out_features)
