@@ -122,7 +122,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run a grid of streams x algorithms x methods x seeds, several runs at a time",
         description="Run a grid of runs on a local process pool or on Ray. Finished runs are skipped and "
         "half-finished ones resumed, so the same command continues a sweep after a crash. Options "
-        "given here replace those of the sweep file.",
+        "given here replace those of the sweep file; with a file of several [[grid]] tables, --streams, "
+        "--algos and --methods pick among the names each table lists.",
     )
     sw.add_argument("file", nargs="?", help="a sweep file (TOML; see clrl.sweeps)")
     sw.add_argument("--streams", nargs="+", help="streams (built-in names or stream files)")

@@ -170,6 +170,14 @@ def _names(value: Any) -> set[str]:
 
 
 _GRID_KEYS = {"streams", "algos", "methods", "seeds", "steps", "eval_episodes", "eval_freq", "device"}
+_NAME_AXES = ("streams", "algos", "methods")
+
+
+def _key(axis: str, name: str) -> str:
+    """How a name of a grid axis compares (algorithm names in any case, as everywhere)."""
+    return name.lower() if axis == "algos" else name
+
+
 _FILE_KEYS = {*_GRID_KEYS, "logdir", "grid", "hyperparameters", "method_args"}
 
 
@@ -181,7 +189,9 @@ def load_sweep(
     Args:
         path: The file.
         overrides: Grid settings (``streams``, ``seeds``, ``steps``, ...) that replace the file's, in every
-            ``[[grid]]`` table (the command line's options).
+            ``[[grid]]`` table (the command line's options). With several tables, ``streams``, ``algos``
+            and ``methods`` instead pick among the names each table lists (a table left with none runs
+            nothing), so that ``--methods cpg`` reruns the file's CPG runs and no others.
 
     Returns:
         The runs, and the file's other settings (``logdir`` when given).
@@ -216,26 +226,38 @@ def load_sweep(
     used_algos: set[str] = set()
     used_methods: set[str] = set()
     runs: list[RunSpec] = []
+    overrides = dict(overrides or {})
+    # With several tables, the command line's names pick among each table's instead of replacing them.
+    picks = {axis: overrides.pop(axis) for axis in _NAME_AXES if axis in overrides} if len(tables) > 1 else {}
+    picked: dict[str, set[str]] = {axis: set() for axis in picks}
     for index, table in enumerate(tables):
         stray = sorted(set(table) - _GRID_KEYS)
         if stray:
             raise ConfigError(f"sweep file {str(path)!r}: grid {index}: unknown key(s) {', '.join(stray)}")
-        settings = {**defaults, **table, **(overrides or {})}
+        settings = {**defaults, **table, **overrides}
         missing = sorted({"streams", "algos", "methods", "seeds"} - set(settings))
         if missing:
             raise ConfigError(f"sweep file {str(path)!r}: grid {index} has no {', '.join(missing)}")
-        for axis in ("streams", "algos", "methods"):
+        for axis in _NAME_AXES:
             values = settings[axis]
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 raise ConfigError(
                     f"sweep file {str(path)!r}: grid {index}: {axis} must be a list of names, got {values!r}"
                 )
-        algos = {a.lower() for a in settings["algos"]}
         # What the file's own grid names counts as used, so that narrowing it from the command line
         # (``--methods reset``) does not make the file's other tables errors.
         written = {**defaults, **table}
-        used_algos |= algos | {a.lower() for a in _names(written.get("algos"))}
+        used_algos |= {a.lower() for a in settings["algos"]} | {
+            a.lower() for a in _names(written.get("algos"))
+        }
         used_methods |= set(settings["methods"]) | _names(written.get("methods"))
+        for axis, wanted in picks.items():
+            settings[axis] = [v for v in settings[axis] if _key(axis, v) in {_key(axis, w) for w in wanted}]
+        if not all(settings[axis] for axis in picks):
+            continue
+        for axis in picks:
+            picked[axis] |= {_key(axis, v) for v in settings[axis]}
+        algos = {a.lower() for a in settings["algos"]}
         try:
             runs += grid(
                 hyperparameters={
@@ -248,6 +270,13 @@ def load_sweep(
             )
         except (TypeError, AttributeError) as exc:
             raise ConfigError(f"sweep file {str(path)!r}: grid {index}: {exc}") from exc
+    for axis, wanted in picks.items():
+        absent = [w for w in wanted if _key(axis, w) not in picked[axis]]
+        if absent:
+            raise ConfigError(
+                f"sweep file {str(path)!r} has several grids, and none lists {axis} {', '.join(absent)}: "
+                f"given with such a file, --{axis} picks among each grid's"
+            )
     for what, used, lower in (("hyperparameters", used_algos, True), ("method_args", used_methods, False)):
         unused = sorted(k for k in data.get(what, {}) if (k.lower() if lower else k) not in used)
         if unused:

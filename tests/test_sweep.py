@@ -197,6 +197,36 @@ def test_narrowing_a_sweep_from_the_command_line_keeps_the_files_other_tables(tm
         load_sweep(path, {"methods": ["finetune"]})
 
 
+def test_names_given_with_a_file_of_several_grids_pick_among_each_grids(tmp_path: Path) -> None:
+    # Replacing every table's methods would run CPG on a stream that hides the task id (the reference
+    # sweep's cartpole-physics grid) and on algorithms the file never pairs with the stream.
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        'seeds = [0]\n[[grid]]\nstreams = ["cartpole-flip"]\nalgos = ["ppo"]\nmethods = ["finetune", "cpg"]\n'
+        '[[grid]]\nstreams = ["cartpole-physics"]\nalgos = ["PPO"]\nmethods = ["finetune", "ewc"]\n'
+        '[[grid]]\nstreams = ["pendulum-flip"]\nalgos = ["sac"]\nmethods = ["cpg"]\n'
+        "[method_args.ewc]\nstrength = 1.0\n[hyperparameters.sac]\nlearning_starts = 10\n"
+    )
+    runs, _ = load_sweep(path, {"methods": ["cpg"]})
+    assert [(r.stream, r.algo, r.method) for r in runs] == [
+        ("cartpole-flip", "ppo", "cpg"),
+        ("pendulum-flip", "sac", "cpg"),
+    ]
+    runs, _ = load_sweep(path, {"methods": ["finetune"], "algos": ["ppo"], "seeds": [4]})
+    assert [(r.stream, r.method, r.seed) for r in runs] == [
+        ("cartpole-flip", "finetune", 4),
+        ("cartpole-physics", "finetune", 4),
+    ]
+    with pytest.raises(ConfigError, match="none lists methods mas: given with such a file"):
+        load_sweep(path, {"methods": ["cpg", "mas"]})
+    with pytest.raises(ConfigError, match="none lists streams cartpole-physics"):  # not with cpg
+        load_sweep(path, {"methods": ["cpg"], "streams": ["cartpole-physics"]})
+    one = tmp_path / "one.toml"  # a file of one grid: the command line replaces its names, as before
+    one.write_text('streams = ["cartpole-flip"]\nalgos = ["ppo"]\nmethods = ["finetune"]\nseeds = [0]\n')
+    runs, _ = load_sweep(one, {"methods": ["mas"]})
+    assert [r.method for r in runs] == ["mas"]
+
+
 def test_bad_runs_fail_before_anything_starts(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown method"):
         sweep([tiny(), tiny(method="ewk")], tmp_path, progress=False)
