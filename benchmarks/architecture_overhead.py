@@ -39,9 +39,18 @@ CONFIGURATIONS: dict[str, Factory] = {
     "supsup-all": lambda: clrl.SupSup(networks="all"),
     "hat": lambda: clrl.HAT(),
     "hat-all": lambda: clrl.HAT(networks="all"),
+    "hat-denormals": lambda: _HATWithDenormals(),
     "hypernetwork": lambda: clrl.HyperNetwork(),
     "cpg": lambda: clrl.CPG(),
 }
+
+
+class _HATWithDenormals(clrl.HAT):
+    """HAT as before it flushed denormals to zero while a task trains (to measure what that saves)."""
+
+    def on_task_start(self, task: clrl.TaskInfo) -> None:
+        super().on_task_start(task)
+        torch.set_flush_denormal(False)
 
 
 def growth_sizes(stream: clrl.TaskStream, algo: str, tasks: list[int]) -> None:
@@ -91,6 +100,7 @@ def main() -> None:
         "cpg": clrl.masked_policy(args.algo),
     }
     policies.update({f"{name}-all": policies[name] for name in ("piggyback", "supsup", "hat")})
+    policies["hat-denormals"] = policies["hat"]
     hyperparameters = {
         name: {"policy": policy, "policy_kwargs": {**net, "n_tasks": len(stream)}}
         for name, policy in policies.items()

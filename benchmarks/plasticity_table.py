@@ -7,7 +7,9 @@ trained, averaged over the first cycle's visits and over the last cycle's (``vis
 difference (``visit_gap``, negative = learned worse later); the mean return while a visit trained, first
 against last cycle (``visit_curve_gap``, the area under the training curves); and the network's dormant
 share, the effective rank of its last hidden layer and the root mean square of its weights at the end of
-the first and of the last task. Only runs
+the first and of the last task. On streams of ten cycles or more a second table gives, per seed, the mean
+return after a visit over the first five cycles and over the last five (less noisy than one cycle's four
+visits), and the lowest cycle's mean. Only runs
 that finished every task are counted. A run whose ``policy_kwargs`` name an activation or an optimiser
 (``benchmarks/plasticity_crelu.toml``, ``plasticity_trac.toml``) is a row of its own, ``finetune (crelu)``.
 """
@@ -47,6 +49,7 @@ def _label(spec: dict) -> str:
 
 def main(root: Path) -> None:
     rows: dict[str, dict[str, list[float]]] = {}
+    seeds: dict[str, dict[int, np.ndarray]] = {}  # per method and seed, the returns after each visit
     for path in sorted(root.glob("**/results.json")):
         result = json.loads(path.read_text())
         spec = json.loads((path.parent / "spec.json").read_text())
@@ -60,6 +63,7 @@ def main(root: Path) -> None:
         means = metrics.visit_curve_means(curves, n, cycles)
         network = next(iter(result["plasticity"][0]["values"])).split("/")[0]
         row = rows.setdefault(_label(spec), {})
+        seeds.setdefault(_label(spec), {})[int(spec["seed"])] = visits
         row.setdefault("first", []).append(float(visits[0].mean()))
         row.setdefault("last", []).append(float(visits[-1].mean()))
         row.setdefault("gap", []).append(metrics.visit_gap(matrix, cycles))
@@ -91,6 +95,29 @@ def main(root: Path) -> None:
             f"{_cell(row['gap'])} | {_cell(row['curve_first'])} | {_cell(row['curve_last'])} | "
             f"{pair('dormant', 3)} | {pair('effective_rank')} | {pair('weight_magnitude', 2)} |"
         )
+    long = {method: runs for method, runs in seeds.items() if min(len(v) for v in runs.values()) >= 10}
+    if long:
+        print(
+            "\nPer seed, the mean return after a visit over the first five cycles → over the last five, "
+            "their difference ± its standard error, and the lowest cycle's mean:\n"
+        )
+        numbers = sorted({seed for runs in long.values() for seed in runs})
+        print("| method | " + " | ".join(f"seed {seed}" for seed in numbers) + " |")
+        print("|---|" + "---|" * len(numbers))
+        for method, runs in long.items():
+            cells = [_change(runs[seed]) if seed in runs else "-" for seed in numbers]
+            print(f"| {method} | " + " | ".join(cells) + " |")
+
+
+def _change(visits: np.ndarray) -> str:
+    """First five cycles → last five, the difference ± its standard error, and the lowest cycle's mean."""
+    first, last = visits[:5].ravel(), visits[-5:].ravel()
+    error = float(np.sqrt(first.var(ddof=1) / first.size + last.var(ddof=1) / last.size))
+    lowest = float(visits.mean(axis=1).min())
+    return (
+        f"{first.mean():.0f} → {last.mean():.0f} ({last.mean() - first.mean():+.0f} ± {error:.0f}; "
+        f"lowest {lowest:.0f})"
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from test_masks import loads_per_task, online_outputs, task_observations, train_
 import clrl
 from clrl.cli import main
 from clrl.modules.base import ParamGroup
-from clrl.modules.hat import TaskGate, earlier_gate
+from clrl.modules.hat import TaskGate, earlier_gate, flushing_denormals
 from clrl.modules.masks import online_layers
 from clrl.modules.multihead import TaskRouter
 
@@ -71,8 +71,11 @@ def test_a_finished_task_computes_what_it_did_and_its_units_weights_hold(algo: s
         assert free
         for (w0, _, gate, _), (layer, _, _) in zip(weights[0], policy.gated_layers, strict=True):
             if id(gate) in free:
-                assert bool(gate.masks.all()) and gate.live_task is None
+                assert bool(gate.masks.all()) and gate.live_task is None and gate.open
                 assert not torch.equal(layer.weight, w0)
+                h = torch.randn(3, gate.units)
+                assert gate(h) is h  # an open gate passes its units through, as h ⊙ 1 would
+    assert not any(g.open for g in hat.gates())
     for (w0, b0, gate, source), (layer, _, _) in zip(weights[0], policy.gated_layers, strict=True):
         if id(gate) not in chosen:  # a target network's, or not gated (networks="actor")
             continue
@@ -105,6 +108,28 @@ def test_gates_anneal_over_the_task_and_are_stored_as_bits() -> None:
         assert bool(gate.stored[0]) and gate.live_task is None
         assert torch.equal(gate.masks[0], gate.embedding[0].detach() > 0)
         assert torch.equal(gate.gate(0), gate.masks[0].float())
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_a_task_trains_with_denormals_flushed_and_the_setting_is_put_back(before: bool) -> None:
+    model, stream = hat_model("dqn")
+    hat = clrl.HAT()
+    seen: list[bool] = []
+    original = hat._on_rollout_end
+
+    def spy() -> None:
+        original()
+        seen.append(flushing_denormals())
+
+    hat._on_rollout_end = spy  # type: ignore[method-assign]
+    supported = torch.set_flush_denormal(before)  # False on CPUs without the setting: nothing changes
+    try:
+        with clrl.training_task(model, [hat], 0, "normal", stream.steps(0)):
+            model.learn(stream.steps(0), callback=hat)
+        assert seen and all(flushed is supported for flushed in seen)
+        assert flushing_denormals() is (before and supported)
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_the_regulariser_and_the_compensation_are_the_papers() -> None:

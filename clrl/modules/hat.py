@@ -65,6 +65,8 @@ class TaskGate(nn.Module):
         self.scale = s_max
         """The live task's ``s`` (HAT anneals it from ``1/s_max`` to ``s_max`` over the task)."""
         self.live_task: int | None = None
+        self.open = False
+        """Every task's gate is all ones (a layer HAT does not gate): pass the units through unchanged."""
         self.cache = True
         """Keep gates between calls without gradient until the embedding or the buffers change (off in
         target networks: :func:`~clrl.modules.multihead.uncache_targets`)."""
@@ -102,6 +104,8 @@ class TaskGate(nn.Module):
         return cached[1]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.open:
+            return h  # what h ⊙ 1 computes, without the routing and the multiply
         only = self._router.only(h)
         if only is not None and not torch._C._functorch.is_functorch_wrapped_tensor(h):
             return h * self.gate(only)
@@ -143,6 +147,13 @@ def insert_gates(policy: nn.Module, router: TaskRouter) -> list[tuple[nn.Linear,
             else:
                 i += 1
     return found
+
+
+def flushing_denormals() -> bool:
+    """Whether torch now flushes denormal floats to zero on the CPU (``torch.set_flush_denormal``, which
+    has no getter): a denormal float32, a quarter of the smallest normal one, doubled is zero only then."""
+    tiny = torch.tensor([torch.finfo(torch.float32).smallest_normal / 4])
+    return bool((tiny * 2 == 0).item())
 
 
 def earlier_gate(gate: TaskGate, task: int) -> torch.Tensor:
@@ -253,6 +264,12 @@ class HAT(MultiHead):
     on every task, with a head per task; ``networks="all"`` gates them too, so each task keeps its own
     value function.
 
+    Speed: a closed gate ``σ(s e)`` at a large ``s`` makes its units' activations and gradients so small
+    that they become denormal floats (below 1.2e-38), on which CPU arithmetic is many times slower (DQN's
+    backward pass and Adam's step took 2-3x as long). While a task trains, HAT therefore has torch flush
+    denormals to zero (``torch.set_flush_denormal(True)``, on the CPUs that support it; a numerical
+    difference below 1e-38), and puts the previous setting back when the task ends.
+
     Args:
         s_max: The gates' largest scale (the paper's 400).
         c: The regulariser's strength (the paper's 0.75).
@@ -293,6 +310,7 @@ class HAT(MultiHead):
         self._gate_cache: tuple[nn.Module, list[TaskGate]] | None = None
         self._live_by_group: dict[str, list[tuple[TaskGate, nn.Parameter]]] = {}
         self._free: dict[str, float] = {}  # per optimiser, Σ (1 - a^{<t}) over its gates
+        self._flushing_before: bool | None = None  # torch's denormal setting before this task
 
     # ---------------------------------------------------------------- setting
     def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
@@ -329,10 +347,12 @@ class HAT(MultiHead):
         chosen = {id(g) for g in self._all_gates()}
         with torch.no_grad():
             for gate in self.sb3_model.policy.modules():
-                if isinstance(gate, TaskGate) and id(gate) not in chosen:
-                    gate.live_task = None
-                    gate.masks.fill_(True)
-                    gate.stored.fill_(True)
+                if isinstance(gate, TaskGate):
+                    gate.open = id(gate) not in chosen
+                    if gate.open:
+                        gate.live_task = None
+                        gate.masks.fill_(True)
+                        gate.stored.fill_(True)
 
     def _live(self, group: ParamGroup) -> list[tuple[TaskGate, nn.Parameter]]:
         """The gates whose live embedding ``group`` steps, with that embedding."""
@@ -367,6 +387,9 @@ class HAT(MultiHead):
                 "steps=N to clrl.training_task"
             )
         super().on_task_start(task)
+        if self._flushing_before is None:
+            self._flushing_before = flushing_denormals()
+        torch.set_flush_denormal(True)
         model = self.sb3_model
         self._start, self._steps = model.num_timesteps, task.steps
         self._live_by_group, self._free = {}, {}
@@ -407,6 +430,9 @@ class HAT(MultiHead):
                 target.live_task = None
         self._set_scale(self.s_max)
         self._held.clear()
+        if self._flushing_before is not None:
+            torch.set_flush_denormal(self._flushing_before)
+            self._flushing_before = None
 
     # ---------------------------------------------------------------- training
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
