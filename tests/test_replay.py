@@ -19,7 +19,7 @@ from clrl import Task, TaskStream
 from clrl.modules.agem import project_gradient
 from clrl.modules.clear import vtrace
 from clrl.modules.distill import action_log_likelihood, distillation_losses, network_outputs
-from clrl.modules.memory import Reservoir, TaskMemory
+from clrl.modules.memory import Reservoir, TaskMemory, herding_features, herding_order
 
 OFF_POLICY = ["dqn", "sac", "td3", "qrdqn", "tqc", "crossq"]
 ON_POLICY = ["ppo", "a2c", "recurrentppo"]
@@ -854,3 +854,58 @@ def test_a_uint8_memory_survives_a_checkpoint_with_its_ranges(tmp_path: Path) ->
     ours, theirs = (m.memory.sample(40, r) for m, r in zip((kept, restored), rng, strict=True))
     assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
     assert restored.memory.tasks[1].data["obs"].dtype == np.uint8
+
+
+def test_herding_picks_the_rows_that_keep_the_running_mean_closest_to_the_mean() -> None:
+    # Mean 3.25: 2 is nearest; then (2 + x) / 2 nearest 3.25 wants x = 4.5: 1 (|4.5 - 1| = 3.5 < 5.5); then
+    # (3 + x) / 3 wants 6.75: 10 (3.25 away, 0 is 6.75); then 0.
+    assert herding_order(np.array([[0.0], [1.0], [2.0], [10.0]]), 4).tolist() == [2, 1, 3, 0]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)) * [1.0, 5.0, 0.1]
+    order = herding_order(x, 12)
+    assert len(set(order.tolist())) == 12
+    # Brute force: each step the row, not yet taken, whose addition leaves the mean closest.
+    taken: list[int] = []
+    for k in range(1, 13):
+        gaps = [
+            np.inf if i in taken else np.linalg.norm(x.mean(0) - (x[taken].sum(0) + x[i]) / k)
+            for i in range(60)
+        ]
+        taken.append(int(np.argmin(gaps)))
+    assert order.tolist() == taken
+    assert herding_order(x, 5).tolist() == taken[:5]  # a prefix is herding's choice of fewer rows
+    # Its mean is far closer to the mean than a uniform subset's.
+    uniform = [np.linalg.norm(x[rng.choice(60, 12, replace=False)].mean(0) - x.mean(0)) for _ in range(200)]
+    assert np.linalg.norm(x[order].mean(0) - x.mean(0)) < 0.1 * np.median(uniform)
+
+
+def test_a_herding_memory_keeps_herdings_rows_of_each_earlier_task_and_prefixes_later() -> None:
+    rng = np.random.default_rng(1)
+    memory = TaskMemory(400)
+    memory.selection = "herding"
+    rows = {"obs": rng.normal(size=(400, 4)).astype(np.float32) * [1, 10, 100, 0], "action": np.arange(400)}
+    memory.start_task(0, rng)
+    memory.record(rows, rng)
+    memory.start_task(1, rng)  # task 0 shrinks to 200 rows: herding's first 200, in that order
+    features = herding_features(rows)
+    assert np.array_equal(memory.tasks[0].rows()["action"], herding_order(features, 200))
+    assert memory.tasks[0].ordered
+    memory.record({"obs": rows["obs"][:50], "action": rows["action"][:50]}, rng)
+    memory.start_task(2, rng)  # 133 rows each: task 0 keeps a prefix of its order
+    assert np.array_equal(memory.tasks[0].rows()["action"], herding_order(features, 133))
+    assert len(memory.tasks[1]) == 50 and not memory.tasks[1].ordered  # below its share: kept as it is
+    # Saved and loaded, the order is kept.
+    again = TaskMemory(400)
+    again.load_state_dict(memory.state_dict())
+    assert again.tasks[0].ordered
+
+
+def test_replay_and_behaviour_cloning_take_herding_as_their_memory_selection(tmp_path: Path) -> None:
+    with pytest.raises(clrl.ConfigError, match="memory_selection must be one of uniform, herding"):
+        clrl.Replay(memory_selection="greedy")  # type: ignore[arg-type]
+    for module, algo in ((clrl.Replay, "dqn"), (clrl.BehaviourCloning, "ppo"), (clrl.MIR, "dqn")):
+        kept = module(budget=100, memory_selection="herding")
+        learn_two_tasks(algo, kept)
+        assert kept.get_config()["memory_selection"] == "herding"
+        first = kept.memory.tasks[0]
+        assert len(first) == 50 and first.ordered  # the second task's start shrank the first by herding

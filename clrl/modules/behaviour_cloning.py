@@ -26,7 +26,7 @@ from clrl.modules.distill import (
     group_parts,
     network_outputs,
 )
-from clrl.modules.memory import Budget, MemoryDtype
+from clrl.modules.memory import Budget, MemoryDtype, Selection
 from clrl.modules.mir import CANDIDATES_PER_REPLAYED, top_rows, virtual_step_scores
 
 Retrieval = Literal["uniform", "mir"]
@@ -94,6 +94,9 @@ class BehaviourCloning(StateRecorder, OutputReplay):
             ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
             within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
+        memory_selection: Which rows of an earlier task the memory keeps as later tasks take their share of
+            the budget: ``"uniform"`` (default, a uniform subsample) or ``"herding"`` (iCaRL's herding on the
+            observations; :func:`clrl.modules.memory.herding_order`).
     """
 
     name = "behaviour-cloning"
@@ -112,8 +115,9 @@ class BehaviourCloning(StateRecorder, OutputReplay):
         require_task_id: bool = True,
         memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
+        memory_selection: Selection = "uniform",
     ) -> None:
-        super().__init__(budget, batch_size, require_task_id, verbose, memory_dtype)
+        super().__init__(budget, batch_size, require_task_id, verbose, memory_dtype, memory_selection)
         who = type(self).__name__
         self.policy_coef = check_non_negative(policy_coef, f"{who} policy_coef")
         self.value_coef = check_non_negative(value_coef, f"{who} value_coef")

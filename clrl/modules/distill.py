@@ -46,7 +46,7 @@ from clrl.algorithms import samples_per_update
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_positive_int
 from clrl.modules.importance import _EvalMode, _split_categorical
-from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows, TaskMemory
+from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows, Selection, TaskMemory
 
 Part = Literal["actor", "critic"]
 _LSTM = ("lstm.h_pi", "lstm.c_pi", "lstm.h_vf", "lstm.c_vf")
@@ -493,6 +493,9 @@ class OutputReplay(MemoryModule):
             ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
             within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
+        memory_selection: Which rows of an earlier task the memory keeps as later tasks take their share of
+            the budget: ``"uniform"`` (default, a uniform subsample) or ``"herding"`` (iCaRL's herding on the
+            observations; :func:`clrl.modules.memory.herding_order`).
     """
 
     memory_class = OutputMemory
@@ -505,8 +508,9 @@ class OutputReplay(MemoryModule):
         require_task_id: bool = True,
         verbose: int = 0,
         memory_dtype: MemoryDtype = "float32",
+        memory_selection: Selection = "uniform",
     ) -> None:
-        super().__init__(budget, require_task_id, verbose, memory_dtype)
+        super().__init__(budget, require_task_id, verbose, memory_dtype, memory_selection)
         name = f"{type(self).__name__} batch_size"
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, name)
 

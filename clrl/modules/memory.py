@@ -10,6 +10,10 @@ never exceed the budget however long the stream.
 
 Floating-point fields can be stored compressed (``dtype``): at half precision, or as per-feature uint8 codes
 of a range shared by the memory's reservoirs (:class:`Quantiser`).
+
+With ``selection="herding"`` the shrinking keeps the rows iCaRL's herding picks instead of a uniform
+subsample (:func:`herding_order`): the rows whose running mean stays closest to the mean of every row held,
+so a task's few remaining rows still average like its many.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ Budget = int | Literal["all"]
 Rows = dict[str, np.ndarray]
 MemoryDtype = Literal["float32", "float16", "uint8"]
 MEMORY_DTYPES = ("float32", "float16", "uint8")
+Selection = Literal["uniform", "herding"]
+SELECTIONS = ("uniform", "herding")
 
 
 def check_memory_dtype(dtype: Any, what: str) -> MemoryDtype:
@@ -34,6 +40,54 @@ def check_memory_dtype(dtype: Any, what: str) -> MemoryDtype:
     if dtype not in MEMORY_DTYPES:
         raise ConfigError(f"{what} must be one of {', '.join(MEMORY_DTYPES)}, got {dtype!r}")
     return dtype
+
+
+def check_selection(selection: Any, what: str) -> Selection:
+    """Return ``selection`` (``"uniform"`` or ``"herding"``), or raise :class:`ConfigError`."""
+    if selection not in SELECTIONS:
+        raise ConfigError(f"{what} must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    return selection
+
+
+def herding_order(features: np.ndarray, count: int) -> np.ndarray:
+    """iCaRL's herding (Rebuffi et al. 2017, Algorithm 4; Welling 2009): ``count`` row indices, chosen one
+    at a time, each the row not yet chosen that brings the mean of the chosen rows closest (in Euclidean
+    distance) to the mean ``μ`` of all rows: ``p_k = argmin_x ‖μ - (x + Σ_{j<k} p_j) / k‖``. Ties go to the
+    lower index. Any prefix of the order is herding's choice of that many rows.
+
+    Each step is one matrix-vector product over the rows, so the cost is ``O(count · rows · features)``.
+
+    Args:
+        features: One row of features per candidate, shape ``(rows, features)``.
+        count: How many to choose (at most the rows).
+    """
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    count = min(int(count), len(x))
+    mean = x.mean(axis=0)
+    half_norms = 0.5 * np.einsum("ij,ij->i", x, x)  # +inf once a row is taken
+    total = np.zeros(x.shape[1])
+    score = np.empty(len(x))
+    order = np.empty(count, dtype=np.int64)
+    for k in range(1, count + 1):
+        # ‖μ - (S + x)/k‖² = ‖(kμ - S) - x‖² / k²: the row nearest r = kμ - S, i.e. least ‖x‖²/2 - r·x
+        np.dot(x, k * mean - total, out=score)
+        np.subtract(half_norms, score, out=score)
+        i = int(np.argmin(score))
+        order[k - 1], half_norms[i] = i, np.inf
+        total += x[i]
+    return order
+
+
+def herding_features(rows: Rows) -> np.ndarray:
+    """The features herding compares: the rows' observations (the ``"obs"`` field, or the ``"obs.<key>"``
+    fields of Dict observations, flattened), each feature standardised over the rows (a constant one is
+    left at 0), so that none counts more for its scale."""
+    keys = sorted(k for k in rows if k == "obs" or k.startswith("obs."))
+    if not keys:
+        raise ValueError(f"herding compares observations, but the rows have fields {sorted(rows)}")
+    x = np.concatenate([rows[k].reshape(len(rows[k]), -1).astype(np.float64) for k in keys], axis=1)
+    spread = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
 
 
 def check_budget(budget: Budget, what: str) -> Budget:
@@ -203,6 +257,8 @@ class Reservoir:
         """The stored rows (compressed fields at half precision); :meth:`rows` reads them back."""
         self.dtypes: dict[str, np.dtype[Any]] = {}
         """Each field's dtype as given."""
+        self.ordered = False
+        """The rows held are in herding's order (:meth:`shrink` with ``"herding"``; adding rows undoes it)."""
 
     def _stored(self, dtype: np.dtype[Any]) -> np.dtype[Any]:
         if self.dtype == "float32" or not np.issubdtype(dtype, np.floating):
@@ -266,6 +322,7 @@ class Reservoir:
         n = len(next(iter(rows.values())))
         if n == 0:
             return
+        self.ordered = False
         cap = self.capacity
         free = n if cap is None else max(0, min(n, cap - self.size))
         self._reserve(rows, self.size + free)
@@ -284,10 +341,20 @@ class Reservoir:
                     self.data[k][slot] = v[row]
         self.seen += n
 
-    def shrink(self, capacity: int, rng: np.random.Generator) -> None:
-        """Keep a uniform random subset of ``capacity`` rows (and keep at most that many from now on)."""
+    def shrink(self, capacity: int, rng: np.random.Generator, selection: Selection = "uniform") -> None:
+        """Keep ``capacity`` rows (and at most that many from now on): a uniform random subset, or with
+        ``"herding"`` the first ``capacity`` of :func:`herding_order` over the rows held (kept in that order,
+        so that a later shrink keeps a prefix: herding's choice of fewer rows)."""
         if self.size > capacity:
-            keep = np.sort(rng.choice(self.size, size=capacity, replace=False))
+            if selection == "herding":
+                keep = (
+                    np.arange(capacity)
+                    if self.ordered
+                    else herding_order(herding_features(self.rows()), capacity)
+                )
+                self.ordered = True
+            else:
+                keep = np.sort(rng.choice(self.size, size=capacity, replace=False))
             self.data = {k: v[keep].copy() for k, v in self.data.items()}
             self.size = capacity
         elif self.data and len(next(iter(self.data.values()))) > capacity:
@@ -316,6 +383,7 @@ class Reservoir:
             **extra,
             "capacity": -1 if self.capacity is None else self.capacity,
             "seen": self.seen,
+            "ordered": self.ordered,
             "dtype": self.dtype,
             "dtypes": {k: str(v) for k, v in self.dtypes.items()},
             "data": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.stored_rows().items()},
@@ -328,6 +396,7 @@ class Reservoir:
         dtype = check_memory_dtype(state.get("dtype", "float32"), "a saved memory's dtype")
         reservoir = cls(None if state["capacity"] < 0 else int(state["capacity"]), dtype, quantiser)
         reservoir.seen = int(state["seen"])
+        reservoir.ordered = bool(state.get("ordered", False))
         reservoir.data = {k: v.numpy().copy() for k, v in state["data"].items()}
         saved = state.get("dtypes", {})
         reservoir.dtypes = {k: np.dtype(saved.get(k, str(v.dtype))) for k, v in reservoir.data.items()}
@@ -356,6 +425,8 @@ class TaskMemory:
     def __init__(self, budget: Budget, dtype: MemoryDtype = "float32", row_axes: int = 1) -> None:
         self.budget = budget
         self.dtype: MemoryDtype = dtype
+        self.selection: Selection = "uniform"
+        """Which rows an earlier task's reservoir keeps when it shrinks (:meth:`Reservoir.shrink`)."""
         self.quantiser = Quantiser(lambda: self.tasks, self.invalidate, row_axes)
         """The ranges of the ``"uint8"`` codes, shared by every reservoir (unused by the other dtypes)."""
         self.tasks: list[Reservoir] = []
@@ -376,7 +447,7 @@ class TaskMemory:
         share = None if self.budget == "all" else max(1, self.budget // (len(self.tasks) + 1))
         if share is not None:
             for reservoir in self.tasks:
-                reservoir.shrink(share, rng)
+                reservoir.shrink(share, rng, self.selection)
         self.tasks.append(Reservoir(share, self.dtype, self.quantiser))
         self.task_ids.append(task_id)
         self.current = self.tasks[-1]
@@ -489,6 +560,8 @@ class MemoryModule(ContinualModule):
             ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
             within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
+        memory_selection: Which rows of an earlier task the memory keeps as later tasks take their share:
+            ``"uniform"`` (default, a uniform subsample) or ``"herding"`` (iCaRL's; :func:`herding_order`).
     """
 
     memory_class: type[TaskMemory] = TaskMemory
@@ -500,12 +573,15 @@ class MemoryModule(ContinualModule):
         require_task_id: bool = True,
         verbose: int = 0,
         memory_dtype: MemoryDtype = "float32",
+        memory_selection: Selection = "uniform",
     ) -> None:
         super().__init__(verbose)
         self.budget = check_budget(budget, f"{type(self).__name__} budget")
         self.require_task_id = check_bool(require_task_id, f"{type(self).__name__} require_task_id")
         self.memory_dtype = check_memory_dtype(memory_dtype, f"{type(self).__name__} memory_dtype")
+        self.memory_selection = check_selection(memory_selection, f"{type(self).__name__} memory_selection")
         self.memory = self.memory_class(self.budget, self.memory_dtype)
+        self.memory.selection = self.memory_selection
         self._rng = np.random.default_rng(0)
         self._sample_rng = np.random.default_rng(0)
 

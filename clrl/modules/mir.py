@@ -13,7 +13,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from clrl.errors import ConfigError
 from clrl.modules.base import check_positive, check_positive_int
-from clrl.modules.memory import Budget, MemoryDtype
+from clrl.modules.memory import Budget, MemoryDtype, Selection
 from clrl.modules.replay import Replay
 
 CANDIDATES_PER_REPLAYED = 5
@@ -181,6 +181,8 @@ class MIR(Replay):
         memory_dtype: How the memory stores floating-point fields (``"float32"``, ``"float16"``,
             ``"uint8"``; see :class:`clrl.Replay`).
         verbose: SB3 callback verbosity.
+        memory_selection: Which rows of an earlier task the memory keeps (``"uniform"`` or ``"herding"``;
+            see :class:`clrl.Replay`).
     """
 
     name = "mir"
@@ -196,8 +198,11 @@ class MIR(Replay):
         include_current: bool = False,
         memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
+        memory_selection: Selection = "uniform",
     ) -> None:
-        super().__init__(budget, fraction, require_task_id, include_current, memory_dtype, verbose)
+        super().__init__(
+            budget, fraction, require_task_id, include_current, memory_dtype, verbose, memory_selection
+        )
         if self.fraction >= 1:
             raise ConfigError(
                 f"MIR fraction must be below 1, got {fraction}: its virtual step trains on the batch's "

@@ -15,7 +15,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from clrl.errors import ConfigError
 from clrl.modules.base import TaskInfo, check_bool, check_fraction, patch_attributes
-from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows
+from clrl.modules.memory import Budget, MemoryDtype, MemoryModule, Rows, Selection
 
 
 class Replay(MemoryModule):
@@ -57,6 +57,9 @@ class Replay(MemoryModule):
             ``"float16"`` (half the bytes, float16's precision) or ``"uint8"`` (a quarter, per-feature codes
             within 1/255 of each feature's range; see :class:`clrl.modules.memory.Reservoir`).
         verbose: SB3 callback verbosity.
+        memory_selection: Which rows of an earlier task the memory keeps as later tasks take their share of
+            the budget: ``"uniform"`` (default, a uniform subsample) or ``"herding"`` (iCaRL's herding on the
+            observations; :func:`clrl.modules.memory.herding_order`).
     """
 
     task_free_with = "include_current=true"
@@ -73,8 +76,9 @@ class Replay(MemoryModule):
         include_current: bool = False,
         memory_dtype: MemoryDtype = "float32",
         verbose: int = 0,
+        memory_selection: Selection = "uniform",
     ) -> None:
-        super().__init__(budget, require_task_id, verbose, memory_dtype)
+        super().__init__(budget, require_task_id, verbose, memory_dtype, memory_selection)
         self.fraction = check_fraction(fraction, "Replay fraction")
         self.include_current = check_bool(include_current, "Replay include_current")
         self._buffer: ReplayBuffer | None = None
