@@ -125,8 +125,24 @@ def test_a_task_trains_with_denormals_flushed_and_the_setting_is_put_back(before
     supported = torch.set_flush_denormal(before)  # False on CPUs without the setting: nothing changes
     try:
         with clrl.training_task(model, [hat], 0, "normal", stream.steps(0)):
-            model.learn(stream.steps(0), callback=hat)
+            assert flushing_denormals() is (before and supported)  # not outside learn
+            model.learn(stream.steps(0) // 2, callback=hat)
+            assert flushing_denormals() is (before and supported)  # between two learn calls of the task
+            model.learn(stream.steps(0) // 2, callback=hat, reset_num_timesteps=False)
         assert seen and all(flushed is supported for flushed in seen)
+        assert flushing_denormals() is (before and supported)
+
+        # A learn that raises leaves the task to be aborted, which puts the setting back too.
+        def fail() -> None:
+            raise RuntimeError("stop")
+
+        hat._on_rollout_end = fail  # type: ignore[method-assign]
+        model.set_env(stream.make_vec_env(1, seed=0))
+        with (
+            pytest.raises(RuntimeError, match="stop"),
+            clrl.training_task(model, [hat], 1, "b", stream.steps(1)),
+        ):
+            model.learn(stream.steps(1), callback=hat, reset_num_timesteps=False)
         assert flushing_denormals() is (before and supported)
     finally:
         torch.set_flush_denormal(False)

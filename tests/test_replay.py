@@ -900,9 +900,20 @@ def test_a_herding_memory_keeps_herdings_rows_of_each_earlier_task_and_prefixes_
     assert again.tasks[0].ordered
 
 
+class _ImageEnv(gym.Env[np.ndarray, int]):
+    observation_space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+
 def test_replay_and_behaviour_cloning_take_herding_as_their_memory_selection(tmp_path: Path) -> None:
     with pytest.raises(clrl.ConfigError, match="memory_selection must be one of uniform, herding"):
         clrl.Replay(memory_selection="greedy")  # type: ignore[arg-type]
+    images = DQN("CnnPolicy", _ImageEnv(), buffer_size=100, device=DEVICE)
+    with pytest.raises(
+        clrl.ConfigError, match=r"these have 12288 \(at most 1024\); use memory_selection='uniform'"
+    ):
+        clrl.Replay(memory_selection="herding").check_model(images)
+    clrl.Replay().check_model(images)  # uniform selection takes any observation
     for module, algo in ((clrl.Replay, "dqn"), (clrl.BehaviourCloning, "ppo"), (clrl.MIR, "dqn")):
         kept = module(budget=100, memory_selection="herding")
         learn_two_tasks(algo, kept)

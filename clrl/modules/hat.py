@@ -266,9 +266,11 @@ class HAT(MultiHead):
 
     Speed: a closed gate ``σ(s e)`` at a large ``s`` makes its units' activations and gradients so small
     that they become denormal floats (below 1.2e-38), on which CPU arithmetic is many times slower (DQN's
-    backward pass and Adam's step took 2-3x as long). While a task trains, HAT therefore has torch flush
-    denormals to zero (``torch.set_flush_denormal(True)``, on the CPUs that support it; a numerical
-    difference below 1e-38), and puts the previous setting back when the task ends.
+    backward pass and Adam's step took 2-3x as long). While a task trains inside ``learn``, HAT therefore
+    has torch flush denormals to zero (``torch.set_flush_denormal(True)``, on the CPUs that support it; a
+    numerical difference below 1e-38), and puts the previous setting back when ``learn`` returns or the task
+    ends or is aborted. The setting is the process's (it also rounds Python's own floats below 1e-308 to
+    zero): a ``learn`` that raises leaves it on until the task is aborted or the next ``learn`` ends.
 
     Args:
         s_max: The gates' largest scale (the paper's 400).
@@ -310,7 +312,7 @@ class HAT(MultiHead):
         self._gate_cache: tuple[nn.Module, list[TaskGate]] | None = None
         self._live_by_group: dict[str, list[tuple[TaskGate, nn.Parameter]]] = {}
         self._free: dict[str, float] = {}  # per optimiser, Σ (1 - a^{<t}) over its gates
-        self._flushing_before: bool | None = None  # torch's denormal setting before this task
+        self._flushing_before: bool | None = None  # torch's denormal setting before this learn
 
     # ---------------------------------------------------------------- setting
     def _router(self, model: BaseAlgorithm | None = None) -> TaskRouter:
@@ -387,9 +389,8 @@ class HAT(MultiHead):
                 "steps=N to clrl.training_task"
             )
         super().on_task_start(task)
-        if self._flushing_before is None:
-            self._flushing_before = flushing_denormals()
-        torch.set_flush_denormal(True)
+        if self._learning:  # a boundary inside a running learn: the learn's flushing goes on
+            self._flush_denormals(True)
         model = self.sb3_model
         self._start, self._steps = model.num_timesteps, task.steps
         self._live_by_group, self._free = {}, {}
@@ -430,7 +431,29 @@ class HAT(MultiHead):
                 target.live_task = None
         self._set_scale(self.s_max)
         self._held.clear()
-        if self._flushing_before is not None:
+        self._flush_denormals(False)
+
+    def abort_task(self) -> None:
+        """Close the task without ending it (see the base class), and stop flushing denormals."""
+        self._flush_denormals(False)
+        super().abort_task()
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        if self.current_task is not None:
+            self._flush_denormals(True)
+
+    def _on_training_end(self) -> None:
+        self._flush_denormals(False)
+        super()._on_training_end()
+
+    def _flush_denormals(self, on: bool) -> None:
+        """Have torch flush denormals to zero (while a task trains inside ``learn``), or put back the setting
+        it had before."""
+        if on and self._flushing_before is None:
+            self._flushing_before = flushing_denormals()
+            torch.set_flush_denormal(True)
+        elif not on and self._flushing_before is not None:
             torch.set_flush_denormal(self._flushing_before)
             self._flushing_before = None
 

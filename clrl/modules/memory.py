@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 
 from clrl.errors import ConfigError
 from clrl.modules.base import ContinualModule, TaskInfo, check_bool
@@ -33,6 +35,9 @@ MemoryDtype = Literal["float32", "float16", "uint8"]
 MEMORY_DTYPES = ("float32", "float16", "uint8")
 Selection = Literal["uniform", "herding"]
 SELECTIONS = ("uniform", "herding")
+HERDING_MAX_FEATURES = 1024
+"""Herding compares observations feature by feature (rows × features floats at once): larger observations
+(images) are refused."""
 
 
 def check_memory_dtype(dtype: Any, what: str) -> MemoryDtype:
@@ -584,6 +589,17 @@ class MemoryModule(ContinualModule):
         self.memory.selection = self.memory_selection
         self._rng = np.random.default_rng(0)
         self._sample_rng = np.random.default_rng(0)
+
+    def check_model(self, model: BaseAlgorithm) -> None:
+        """Refuse herding on observations of more than :data:`HERDING_MAX_FEATURES` features (images)."""
+        super().check_model(model)
+        features = get_flattened_obs_dim(model.observation_space)
+        if self.memory_selection == "herding" and features > HERDING_MAX_FEATURES:
+            raise ConfigError(
+                f"{type(self).__name__}(memory_selection='herding') compares observations feature by "
+                f"feature, and these have {features} (at most {HERDING_MAX_FEATURES}); use "
+                "memory_selection='uniform'"
+            )
 
     def check_stream(self, stream: Any) -> None:
         """Refuse a stream that hides the task id, unless ``require_task_id`` is false."""

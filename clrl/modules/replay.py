@@ -93,6 +93,7 @@ class Replay(MemoryModule):
     # ---------------------------------------------------------------- task boundaries
     def check_model(self, model: BaseAlgorithm) -> None:
         """Refuse an algorithm without a replay buffer (before anything trains)."""
+        super().check_model(model)
         if not isinstance(model, OffPolicyAlgorithm) or model.replay_buffer is None:
             raise ConfigError(
                 f"{type(self).__name__} needs an off-policy algorithm with a replay buffer (SAC, TD3, DQN, "
