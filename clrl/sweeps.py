@@ -170,15 +170,13 @@ def _names(value: Any) -> set[str]:
 
 
 _GRID_KEYS = {"streams", "algos", "methods", "seeds", "steps", "eval_episodes", "eval_freq", "device"}
+_FILE_KEYS = {*_GRID_KEYS, "logdir", "grid", "hyperparameters", "method_args"}
 _NAME_AXES = ("streams", "algos", "methods")
 
 
 def _key(axis: str, name: str) -> str:
     """How a name of a grid axis compares (algorithm names in any case, as everywhere)."""
     return name.lower() if axis == "algos" else name
-
-
-_FILE_KEYS = {*_GRID_KEYS, "logdir", "grid", "hyperparameters", "method_args"}
 
 
 def load_sweep(
@@ -229,6 +227,11 @@ def load_sweep(
     overrides = dict(overrides or {})
     # With several tables, the command line's names pick among each table's instead of replacing them.
     picks = {axis: overrides.pop(axis) for axis in _NAME_AXES if axis in overrides} if len(tables) > 1 else {}
+    for axis, wanted in picks.items():
+        if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
+            raise ConfigError(
+                f"{axis} given with sweep file {str(path)!r} must be a list of names, got {wanted!r}"
+            )
     picked: dict[str, set[str]] = {axis: set() for axis in picks}
     for index, table in enumerate(tables):
         stray = sorted(set(table) - _GRID_KEYS)

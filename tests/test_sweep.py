@@ -217,6 +217,8 @@ def test_names_given_with_a_file_of_several_grids_pick_among_each_grids(tmp_path
         ("cartpole-flip", "finetune", 4),
         ("cartpole-physics", "finetune", 4),
     ]
+    with pytest.raises(ConfigError, match=r"methods given with sweep file .* must be a list of names"):
+        load_sweep(path, {"methods": "cpg"})
     with pytest.raises(ConfigError, match="none lists methods mas: given with such a file"):
         load_sweep(path, {"methods": ["cpg", "mas"]})
     with pytest.raises(ConfigError, match="none lists streams cartpole-physics"):  # not with cpg
