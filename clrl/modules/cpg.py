@@ -333,8 +333,12 @@ class CPG(TaskMasks):
 
     # ---------------------------------------------------------------- training
     def target_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """The held weights and scores, and the other tasks' heads."""
-        return {**super().target_parameters(), **self._entries.parameters()}
+        """The masked layers' weights and scores (whether or not any entry is held yet: the compaction holds
+        the released ones part-way through a ``learn``, after the hooks are installed), and the other tasks'
+        heads."""
+        names = {id(p): n for n, p in self.sb3_model.policy.named_parameters()}
+        layers = {names[id(p)]: p for la in self.online_layers() for p in (la.weight, la.scores)}
+        return {**super().target_parameters(), **layers, **self._entries.parameters()}
 
     def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
         """Zero the held entries' gradient (and drop the other heads'), before SB3's clipping."""
