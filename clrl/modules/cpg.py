@@ -336,8 +336,8 @@ class CPG(TaskMasks):
         """The masked layers' weights and scores (whether or not any entry is held yet: the compaction holds
         the released ones part-way through a ``learn``, after the hooks are installed), and the other tasks'
         heads."""
-        names = {id(p): n for n, p in self.sb3_model.policy.named_parameters()}
-        layers = {names[id(p)]: p for la in self.online_layers() for p in (la.weight, la.scores)}
+        masked = {id(p) for la in self.online_layers() for p in (la.weight, la.scores)}
+        layers = {n: p for n, p in self.sb3_model.policy.named_parameters() if id(p) in masked}
         return {**super().target_parameters(), **layers, **self._entries.parameters()}
 
     def after_backward(self, name: str, param: torch.nn.Parameter) -> None:
