@@ -40,18 +40,20 @@ HERDING_MAX_FEATURES = 1024
 (images) are refused."""
 
 
+def _check_choice(value: Any, choices: tuple[str, ...], what: str) -> Any:
+    if value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def check_memory_dtype(dtype: Any, what: str) -> MemoryDtype:
     """Return ``dtype`` (``"float32"``, ``"float16"`` or ``"uint8"``), or raise :class:`ConfigError`."""
-    if dtype not in MEMORY_DTYPES:
-        raise ConfigError(f"{what} must be one of {', '.join(MEMORY_DTYPES)}, got {dtype!r}")
-    return dtype
+    return _check_choice(dtype, MEMORY_DTYPES, what)
 
 
 def check_selection(selection: Any, what: str) -> Selection:
     """Return ``selection`` (``"uniform"`` or ``"herding"``), or raise :class:`ConfigError`."""
-    if selection not in SELECTIONS:
-        raise ConfigError(f"{what} must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    return selection
+    return _check_choice(selection, SELECTIONS, what)
 
 
 def herding_order(features: np.ndarray, count: int) -> np.ndarray:
@@ -593,8 +595,10 @@ class MemoryModule(ContinualModule):
     def check_model(self, model: BaseAlgorithm) -> None:
         """Refuse herding on observations of more than :data:`HERDING_MAX_FEATURES` features (images)."""
         super().check_model(model)
+        if self.memory_selection != "herding":
+            return  # uniform selection takes any observation space
         features = get_flattened_obs_dim(model.observation_space)
-        if self.memory_selection == "herding" and features > HERDING_MAX_FEATURES:
+        if features > HERDING_MAX_FEATURES:
             raise ConfigError(
                 f"{type(self).__name__}(memory_selection='herding') compares observations feature by "
                 f"feature, and these have {features} (at most {HERDING_MAX_FEATURES}); use "
