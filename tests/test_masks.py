@@ -16,8 +16,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 import clrl
 from clrl.algorithms import acts
 from clrl.cli import main
-from clrl.modules.masks import MaskedLinear, TaskMasks
-from clrl.modules.multihead import TaskLinear
+from clrl.modules.masks import MaskedLinear, TaskMasks, _StraightThrough, masked
+from clrl.modules.multihead import HeldEntries, TaskLinear
 
 ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
 METHODS: dict[str, type[TaskMasks]] = {"piggyback": clrl.Piggyback, "supsup": clrl.SupSup}
@@ -171,6 +171,47 @@ def test_the_live_mask_gets_the_straight_through_gradient() -> None:
     assert torch.allclose(layer.scores.grad, expected)
     layer.rule = ("keep", 0.5)
     assert int(layer.live_mask().sum()) == 3
+
+
+def test_the_one_operation_straight_through_computes_what_the_plain_operations_do() -> None:
+    """The live mask's forward and both gradients (weight, scores) equal ``W ⊙ (M + (s - s.detach()))``
+    bit for bit, as does the masked weight of a stored mask read as bytes."""
+    torch.manual_seed(0)
+    weight, scores = torch.randn(7, 5, requires_grad=True), torch.randn(7, 5, requires_grad=True)
+    hard = scores.detach() > 0.1
+    grad = torch.randn(7, 5)
+    out = _StraightThrough.apply(weight, scores, hard)
+    out.backward(grad)
+    w2, s2 = weight.detach().clone().requires_grad_(), scores.detach().clone().requires_grad_()
+    reference = w2 * (hard.to(w2.dtype) + (s2 - s2.detach()))
+    reference.backward(grad)
+    assert torch.equal(out, reference) and torch.equal(out, weight.detach() * hard)
+    assert torch.equal(weight.grad, w2.grad) and torch.equal(scores.grad, s2.grad)  # type: ignore[arg-type]
+    assert torch.equal(masked(weight.detach(), hard), weight.detach() * hard)
+    frozen = weight.detach().clone()  # a frozen backbone: only the scores get a gradient
+    scores.grad = None
+    _StraightThrough.apply(frozen, scores, hard).backward(grad)
+    assert torch.equal(scores.grad, grad * frozen)  # type: ignore[arg-type]
+
+
+def test_held_entries_are_zeroed_and_written_back_exactly() -> None:
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(6, 4))
+    entries = torch.rand(6, 4) > 0.5
+    before = param.detach().clone()
+    held = HeldEntries()
+    held.hold("w", param, entries)
+    param.grad = torch.randn(6, 4)
+    grad = param.grad.clone()
+    held.zero_grad("w", param)
+    assert torch.equal(param.grad, grad.masked_fill(entries, 0.0))
+    with torch.no_grad():
+        param.add_(torch.randn(6, 4))  # an optimiser step moves every entry
+    moved = param.detach().clone()
+    held.restore(["w"])
+    assert torch.equal(param, torch.where(entries, before, moved))
+    held.hold("w", param, torch.zeros_like(entries))  # nothing held: released
+    assert held.parameters() == {}
 
 
 def loads_per_task(model: BaseAlgorithm, stream: clrl.TaskStream, tmp_path: Path) -> BaseAlgorithm:

@@ -219,3 +219,41 @@ def test_a_finished_tasks_heads_never_move_again(algo: str) -> None:
     model.learn(128, callback=module, reset_num_timesteps=False)
     for name, weight in first.items():
         torch.testing.assert_close(heads(model)[name].weight[0], weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "sac"])
+def test_optimisers_step_all_tensors_at_once_with_the_same_results(algo: str) -> None:
+    """Per-task parameters multiply the tensors an optimiser steps: the policies step them together
+    (``foreach``), which must train exactly as torch's one-by-one default (Adam; RMSprop for A2C)."""
+    stream = ALGO_SETUPS[algo][1]()
+    optimizers = clrl.modules.multihead.policy_optimizers
+
+    def trained(foreach: bool) -> BaseAlgorithm:
+        model = multihead_model(algo, stream)
+        for optimizer in optimizers(model.policy):
+            assert all(g["foreach"] is True for g in optimizer.param_groups)
+            for group in optimizer.param_groups:
+                group["foreach"] = foreach
+        module = clrl.MultiHead()
+        for task in range(2):  # off-policy: task 1's batches mix both tasks' transitions
+            model.set_env(stream.make_vec_env(task, seed=task))
+            model.learn(128, callback=module, reset_num_timesteps=False)
+        return model
+
+    together, one_by_one = trained(True), trained(False)
+    for (name, a), b in zip(together.policy.named_parameters(), one_by_one.policy.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    online = [h for n, h in heads(together).items() if "target" not in n]
+    assert online and all(not torch.equal(h.weight[0], h.weight[1]) for h in online)  # both heads trained
+
+
+def test_a_users_choice_of_optimiser_stepping_stays() -> None:
+    model = multihead_model("dqn")
+    stream = ALGO_SETUPS["dqn"][1]()
+    chosen = PPO(
+        clrl.MultiHeadActorCriticPolicy, stream.make_vec_env(0), device=DEVICE,
+        policy_kwargs={"n_tasks": len(stream), "optimizer_kwargs": {"foreach": False, "eps": 1e-5}},
+    )  # fmt: skip
+    assert model.policy.optimizer.param_groups[0]["foreach"] is True
+    assert model.policy.optimizer.defaults["foreach"] is True  # groups added later step together too
+    assert chosen.policy.optimizer.param_groups[0]["foreach"] is False

@@ -18,7 +18,6 @@ from clrl.errors import ConfigError
 from clrl.modules.base import ParamGroup, TaskInfo, add_to_grad, check_non_negative, check_positive
 from clrl.modules.masks import (
     _extractors,
-    _optimizers,
     check_parameter_free_extractors,
     chosen_layers,
     online_layers,
@@ -34,6 +33,7 @@ from clrl.modules.multihead import (
     MultiHeadTD3Policy,
     TaskLinear,
     TaskRouter,
+    policy_optimizers,
     task_router,
     uncache_targets,
 )
@@ -110,7 +110,10 @@ class TaskGate(nn.Module):
         if only is not None and not torch._C._functorch.is_functorch_wrapped_tensor(h):
             return h * self.gate(only)
         gates = torch.stack([self.gate(t) for t in range(len(self.embedding))])
-        return h * gates[self._router.ids(h)]
+        ids = self._router.ids(h)
+        if torch._C._functorch.is_functorch_wrapped_tensor(h):
+            return h * gates[ids]
+        return h * gates.index_select(0, ids.flatten()).view(h.shape)  # gates[ids], at half the cost
 
     def store(self, task: int) -> None:
         """Store the live gate of ``task`` as bits (``σ(s_max e) > 0.5``) and stop training it."""
@@ -175,7 +178,7 @@ class _Gated:
         uncache_targets(self)  # type: ignore[arg-type]
         self.gated_layers = gated
         """Every hidden layer (targets' included), its gate and the gate of its input."""
-        for optimizer in _optimizers(self):  # type: ignore[arg-type]
+        for optimizer in policy_optimizers(self):  # type: ignore[arg-type]
             held = {id(p) for group in optimizer.param_groups for p in group["params"]}
             embeddings = [p for layer, gate, _ in gated if id(layer.weight) in held for p in gate.embedding]
             if embeddings:

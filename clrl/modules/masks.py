@@ -25,6 +25,7 @@ from clrl.modules.multihead import (
     MultiHeadTD3Policy,
     TaskLinear,
     TaskRouter,
+    policy_optimizers,
     routed_linear,
     task_router,
     uncache_targets,
@@ -34,6 +35,34 @@ Rule = tuple[str, float]
 """How the live task's real-valued scores become its binary mask: ``("threshold", τ)`` keeps the entries
 whose score exceeds ``τ`` (Piggyback); ``("keep", k)`` keeps the share ``k`` of largest ``|score|`` (SupSup's
 edge-popup)."""
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``W ⊙ M`` for a binary mask ``M`` computed from scores ``s``, with the straight-through gradient
+    ``∂L/∂s = ∂L/∂(W ⊙ M) ⊙ W`` (and ``∂L/∂W = ∂L/∂(W ⊙ M) ⊙ M``): what ``W ⊙ (M + (s - s.detach()))``
+    computes, in one operation forward and one per input backward."""
+
+    @staticmethod
+    def forward(weight: torch.Tensor, scores: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+        return masked(weight, hard)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        weight, _, hard = inputs
+        ctx.save_for_backward(weight, hard)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weight, hard = ctx.saved_tensors
+        grad_weight = masked(grad, hard) if ctx.needs_input_grad[0] else None
+        grad_scores = grad * weight if ctx.needs_input_grad[1] else None
+        return grad_weight, grad_scores, None
+
+
+def masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``weight ⊙ mask`` for a boolean ``mask``, bit for bit, read as bytes: torch's CPU product with a
+    boolean tensor converts it first, at three times the cost."""
+    return weight * mask.view(torch.uint8)
 
 
 class MaskedLinear(nn.Module):
@@ -114,16 +143,18 @@ class MaskedLinear(nn.Module):
             live and torch._C._functorch.is_functorch_wrapped_tensor(scores)
         )
         if wrapped or (torch.is_grad_enabled() and (weight.requires_grad or (live and scores.requires_grad))):
-            if live:
+            if live and wrapped:  # torch.func transforms: plain operations
                 hard = self.live_mask().to(weight.dtype)
                 # hard + (s - s) is hard exactly: the live mask computes what the stored one will
                 return weight * (hard + (scores - scores.detach())), self.bias
+            if live:
+                return _StraightThrough.apply(weight, scores, self.live_mask()), self.bias
             if self._full(task):  # a backbone's own task trains it unmasked
                 return weight, self.bias
-            return weight * self.masks[task], self.bias
+            return masked(weight, self.masks[task]), self.bias
         # No gradient (acting, evaluating, a frozen backbone): the masked weight, until something changes.
         if not self.cache:
-            return (weight * (self.live_mask() if live else self.masks[task])).detach(), self.bias
+            return masked(weight, self.live_mask() if live else self.masks[task]).detach(), self.bias
         key = (
             weight._version,
             scores._version if live else -1,
@@ -133,7 +164,7 @@ class MaskedLinear(nn.Module):
         cached = self._masked.get(task)
         if cached is None or cached[0] != key:
             mask = self.live_mask() if live else self.masks[task]
-            cached = self._masked[task] = (key, (weight * mask).detach())
+            cached = self._masked[task] = (key, masked(weight, mask).detach())
         return cached[1], self.bias
 
     def _full(self, task: int) -> bool:
@@ -181,11 +212,6 @@ def mask_linears(module: nn.Module, router: TaskRouter) -> list[MaskedLinear]:
     return list(done.values())
 
 
-def _optimizers(policy: nn.Module) -> list[torch.optim.Optimizer]:
-    found = [getattr(m, "optimizer", None) for m in policy.modules()]
-    return [opt for opt in found if isinstance(opt, torch.optim.Optimizer)]
-
-
 class _MaskedLayers:
     """Policy mixin: after SB3 (and the multi-head policy) built the networks and optimisers, every hidden
     ``Linear`` becomes a :class:`MaskedLinear`, and each layer's scores join the optimiser of its weight."""
@@ -196,7 +222,7 @@ class _MaskedLayers:
         super()._build(lr_schedule)  # type: ignore[misc]
         layers = mask_linears(self, self.router)  # type: ignore[arg-type]
         uncache_targets(self)  # type: ignore[arg-type]
-        for optimizer in _optimizers(self):  # type: ignore[arg-type]
+        for optimizer in policy_optimizers(self):  # type: ignore[arg-type]
             held = {id(p) for group in optimizer.param_groups for p in group["params"]}
             scores = [layer.scores for layer in layers if id(layer.weight) in held]
             if scores:
@@ -428,7 +454,7 @@ class TaskMasks(MultiHead):
                         target.bias.copy_(online.bias)
                 target.scores.copy_(online.scores)
                 target.live_task, target.rule = online.live_task, online.rule
-        for optimizer in {id(o): o for o in _optimizers(self.sb3_model.policy)}.values():
+        for optimizer in {id(o): o for o in policy_optimizers(self.sb3_model.policy)}.values():
             for layer in self.layers():
                 optimizer.state.pop(layer.scores, None)
 

@@ -203,6 +203,29 @@ class TaskLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, tasks={len(self.weight)}"
 
 
+def policy_optimizers(policy: nn.Module) -> list[torch.optim.Optimizer]:
+    """The optimisers SB3 built in ``policy`` (``policy.optimizer``; SAC's and TD3's actor and critic)."""
+    found = [getattr(m, "optimizer", None) for m in policy.modules()]
+    return [opt for opt in found if isinstance(opt, torch.optim.Optimizer)]
+
+
+def step_together(policy: nn.Module) -> None:
+    """Have ``policy``'s optimisers step all their tensors in one call per operation (``foreach=True``)
+    where torch was left to choose.
+
+    Per-task parameters (a head, a mask's scores, a gate's embeddings per task) multiply the tensors an
+    optimiser steps, and torch's CPU default steps each on its own, a dozen small operations per tensor.
+    Stepping them together computes the same numbers, element for element (tested for Adam and RMSprop,
+    the optimisers of SB3's algorithms). A choice the user made (``optimizer_kwargs={"foreach": False}``,
+    or ``fused``), and optimisers without the option, are left as they are; the default also covers
+    parameter groups added later.
+    """
+    for optimizer in policy_optimizers(policy):
+        for group in [optimizer.defaults, *optimizer.param_groups]:
+            if "foreach" in group and group["foreach"] is None and not group.get("fused"):
+                group["foreach"] = True
+
+
 def _headed(module: Any, router: TaskRouter) -> Any:
     """``module`` with its output layer made per-task: a Linear becomes a :class:`TaskLinear`; in a
     Sequential, the last Linear is replaced in place."""
@@ -240,6 +263,7 @@ class _TaskHeads:
         self._fixed_task = task
         self.router.forced = task
         super().__init__(*args, **kwargs)
+        step_together(self)  # type: ignore[arg-type]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         params = {**super()._get_constructor_parameters(), "n_tasks": self.router.n_tasks}  # type: ignore[misc]
@@ -421,36 +445,44 @@ class HeldEntries:
     def __init__(self) -> None:
         self.held: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         """By parameter name: the parameter, the held entries (a bool mask) and their values."""
+        self._products: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # 0/1 of the free entries, values
 
     def hold(self, name: str, param: torch.Tensor, entries: torch.Tensor) -> None:
         """Hold ``param``'s ``entries`` (a bool mask of its shape) at their current values (none: release)."""
         if bool(entries.any()):
-            self.held[name] = (param, entries, param.detach().clone())
+            value = param.detach().clone()
+            self.held[name] = (param, entries, value)
+            # The same as a fill and a select by the mask, as products (several times faster on the CPU,
+            # where torch's boolean kernels are slow): free · x and free · x + held values.
+            free = (~entries).to(param.dtype)
+            self._products[name] = (free, value * entries.to(param.dtype))
         else:
             self.held.pop(name, None)
+            self._products.pop(name, None)
 
     def clear(self) -> None:
         """Hold nothing."""
-        self.held = {}
+        self.held, self._products = {}, {}
 
     def parameters(self) -> dict[str, nn.Parameter]:
         """The parameters with held entries, by name."""
         return {name: param for name, (param, _, _) in self.held.items()}  # type: ignore[misc]
 
     def zero_grad(self, name: str, param: nn.Parameter) -> None:
-        """Zero the gradient of ``param``'s held entries."""
-        held = self.held.get(name)
-        if held is not None and param.grad is not None:
-            param.grad.masked_fill_(held[1], 0.0)
+        """Zero the gradient of ``param``'s held entries (``-0.0`` where the gradient was negative)."""
+        products = self._products.get(name)
+        if products is not None and param.grad is not None:
+            param.grad.mul_(products[0])
 
     def restore(self, names: Sequence[str]) -> None:
-        """Write the held entries of the parameters ``names`` back."""
+        """Write the held entries of the parameters ``names`` back (exactly: ``0 · x + v`` is ``v`` for a
+        finite ``x``, and held entries never leave the finite values they are held at)."""
         with torch.no_grad():
             for name in names:
-                held = self.held.get(name)
-                if held is not None:
-                    param, entries, value = held
-                    param.copy_(torch.where(entries, value, param))
+                products = self._products.get(name)
+                if products is not None:
+                    param = self.held[name][0]
+                    param.mul_(products[0]).add_(products[1])
 
 
 class MultiHead(ContinualModule):
