@@ -16,7 +16,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 import clrl
 from clrl.algorithms import acts
 from clrl.cli import main
-from clrl.modules.masks import MaskedLinear, TaskMasks, _StraightThrough, masked
+from clrl.modules.masks import MaskedLinear, TaskMasks, _StraightThrough, kth_smallest, masked
 from clrl.modules.multihead import HeldEntries, TaskLinear
 
 ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
@@ -192,6 +192,17 @@ def test_the_one_operation_straight_through_computes_what_the_plain_operations_d
     scores.grad = None
     _StraightThrough.apply(frozen, scores, hard).backward(grad)
     assert torch.equal(scores.grad, grad * frozen)  # type: ignore[arg-type]
+
+
+def test_the_kth_smallest_is_torchs_kthvalue() -> None:
+    torch.manual_seed(0)
+    for values in (torch.randn(1000), torch.randint(0, 5, (300,)).float(), torch.randn(50).double()):
+        for k in (1, 2, len(values) // 2, len(values)):
+            expected = values.kthvalue(k).values
+            found = kth_smallest(values, k)
+            assert found.dtype == expected.dtype and torch.equal(found, expected)
+    half = torch.randn(9).bfloat16()  # no NumPy dtype: torch's kthvalue
+    assert torch.equal(kth_smallest(half, 3), half.kthvalue(3).values)
 
 
 def test_held_entries_are_zeroed_and_written_back_exactly() -> None:

