@@ -205,9 +205,12 @@ def test_the_kth_smallest_is_torchs_kthvalue() -> None:
     assert torch.equal(kth_smallest(half, 3), half.kthvalue(3).values)
 
 
-def test_held_entries_are_zeroed_and_written_back_exactly() -> None:
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_held_entries_are_zeroed_and_written_back_exactly(contiguous: bool) -> None:
     torch.manual_seed(0)
-    param = torch.nn.Parameter(torch.randn(6, 4))
+    data = torch.randn(6, 4) if contiguous else torch.randn(4, 6).T
+    param = torch.nn.Parameter(data)
+    assert param.is_contiguous() is contiguous
     entries = torch.rand(6, 4) > 0.5
     before = param.detach().clone()
     held = HeldEntries()
@@ -218,6 +221,8 @@ def test_held_entries_are_zeroed_and_written_back_exactly() -> None:
     assert torch.equal(param.grad, grad.masked_fill(entries, 0.0))
     with torch.no_grad():
         param.add_(torch.randn(6, 4))  # an optimiser step moves every entry
+        row, column = entries.nonzero()[0].tolist()
+        param[row, column] = float("nan")  # even a diverged entry is written back
     moved = param.detach().clone()
     held.restore(["w"])
     assert torch.equal(param, torch.where(entries, before, moved))

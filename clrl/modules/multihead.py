@@ -445,44 +445,48 @@ class HeldEntries:
     def __init__(self) -> None:
         self.held: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         """By parameter name: the parameter, the held entries (a bool mask) and their values."""
-        self._products: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # 0/1 of the free entries, values
+        self._fast: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # free 0/1, flat held
 
     def hold(self, name: str, param: torch.Tensor, entries: torch.Tensor) -> None:
         """Hold ``param``'s ``entries`` (a bool mask of its shape) at their current values (none: release)."""
         if bool(entries.any()):
             value = param.detach().clone()
             self.held[name] = (param, entries, value)
-            # The same as a fill and a select by the mask, as products (several times faster on the CPU,
-            # where torch's boolean kernels are slow): free · x and free · x + held values.
-            free = (~entries).to(param.dtype)
-            self._products[name] = (free, value * entries.to(param.dtype))
+            # What a fill and a selection by the mask do, without them: torch's boolean kernels are slow on
+            # the CPU (on a 256×256 weight, 500 µs for a fill, 14 µs for the product with the free entries'
+            # 0/1, 60 µs for writing the held values back by their flat indices).
+            index = entries.flatten().nonzero().squeeze(1)
+            self._fast[name] = ((~entries).to(param.dtype), index, value.flatten()[index])
         else:
             self.held.pop(name, None)
-            self._products.pop(name, None)
+            self._fast.pop(name, None)
 
     def clear(self) -> None:
         """Hold nothing."""
-        self.held, self._products = {}, {}
+        self.held, self._fast = {}, {}
 
     def parameters(self) -> dict[str, nn.Parameter]:
         """The parameters with held entries, by name."""
         return {name: param for name, (param, _, _) in self.held.items()}  # type: ignore[misc]
 
     def zero_grad(self, name: str, param: nn.Parameter) -> None:
-        """Zero the gradient of ``param``'s held entries (``-0.0`` where the gradient was negative)."""
-        products = self._products.get(name)
-        if products is not None and param.grad is not None:
-            param.grad.mul_(products[0])
+        """Zero the gradient of ``param``'s held entries (as a product: ``-0.0`` where it was negative)."""
+        fast = self._fast.get(name)
+        if fast is not None and param.grad is not None:
+            param.grad.mul_(fast[0])
 
     def restore(self, names: Sequence[str]) -> None:
-        """Write the held entries of the parameters ``names`` back (exactly: ``0 · x + v`` is ``v`` for a
-        finite ``x``, and held entries never leave the finite values they are held at)."""
+        """Write the held entries of the parameters ``names`` back, exactly."""
         with torch.no_grad():
             for name in names:
-                products = self._products.get(name)
-                if products is not None:
-                    param = self.held[name][0]
-                    param.mul_(products[0]).add_(products[1])
+                fast = self._fast.get(name)
+                if fast is None:
+                    continue
+                param, entries, value = self.held[name]
+                if param.is_contiguous():
+                    param.view(-1).index_copy_(0, fast[1], fast[2])
+                else:
+                    param.copy_(torch.where(entries, value, param))
 
 
 class MultiHead(ContinualModule):
