@@ -106,12 +106,13 @@ class TaskGate(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.open:
             return h  # what h ⊙ 1 computes, without the routing and the multiply
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor(h)
         only = self._router.only(h)
-        if only is not None and not torch._C._functorch.is_functorch_wrapped_tensor(h):
+        if only is not None and not wrapped:
             return h * self.gate(only)
         gates = torch.stack([self.gate(t) for t in range(len(self.embedding))])
         ids = self._router.ids(h)
-        if torch._C._functorch.is_functorch_wrapped_tensor(h):
+        if wrapped:
             return h * gates[ids]
         return h * gates.index_select(0, ids.flatten()).view(h.shape)  # gates[ids], at half the cost
 
