@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ALGO_SETUPS, DEVICE, TINY_RUN, cartpole_stream
+from conftest import ALGO_SETUPS, DEVICE, TINY_RUN, cartpole_stream, pendulum_stream
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -392,3 +392,77 @@ def test_a_target_network_follows_sb3s_polyak_update(algo: str, policy: str) -> 
             param.add_(0.1 * torch.randn_like(param))
     polyak_update(online.parameters(), target.parameters(), 1.0)  # as DQN's and SAC's own updates
     torch.testing.assert_close(run(target), run(online), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("algo", "method"), [("dqn", "piggyback"), ("dqn", "supsup"), ("dqn", "hat"), ("dqn", "hypernetwork"),
+                         ("sac", "piggyback")],
+)  # fmt: skip
+def test_target_layers_cache_only_while_dqn_trains_and_change_no_result(
+    algo: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DQN updates its target network in _on_step, between environment steps: from a rollout's end to the next
+    # rollout's start the target's layers keep what they compute (each replayed task's masked weights, gates,
+    # generated weights). SAC updates its targets inside train: their caches stay off.
+    import clrl.modules.multihead as multihead
+
+    make = {
+        "piggyback": (clrl.masked_policy, clrl.Piggyback),
+        "supsup": (clrl.masked_policy, clrl.SupSup),
+        "hat": (clrl.hat_policy, clrl.HAT),
+        "hypernetwork": (clrl.hypernetwork_policy, clrl.HyperNetwork),
+    }
+    policy, module_cls = make[method]
+    cls, stream_fn, kwargs = ALGO_SETUPS[algo]
+    stream = stream_fn()
+    target_name = "q_net_target" if algo == "dqn" else "critic_target"
+
+    def run() -> tuple[dict[str, torch.Tensor], list[list[bool]]]:
+        # the target moves at every rollout: a cache kept across one would show in the weights
+        settings = {**kwargs, "policy_kwargs": {**kwargs["policy_kwargs"], "n_tasks": len(stream)}}
+        if algo == "dqn":
+            settings["target_update_interval"] = 4
+        model = cls(policy(cls), stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **settings)
+        target = getattr(model.policy, target_name)
+        caching: list[list[bool]] = []
+        train = model.train
+
+        def spied(*args: Any, **kw: Any) -> None:
+            caching.append([m.cache for m in target.modules() if hasattr(m, "clear_cache")])
+            train(*args, **kw)
+
+        model.train = spied  # type: ignore[method-assign]
+        module = module_cls()
+        for i, task in enumerate(stream.tasks[:2]):
+            model.set_env(stream.make_vec_env(i, seed=0))
+            with clrl.training_task(model, [module], i, task.name, stream.steps(i)):
+                model.learn(stream.steps(i), callback=module, reset_num_timesteps=False)
+        assert not any(m.cache for m in target.modules() if hasattr(m, "clear_cache"))  # off after learn
+        return {k: v.clone() for k, v in model.policy.state_dict().items()}, caching
+
+    cached, caching = run()
+    monkeypatch.setattr(multihead, "targets_fixed_in_train", lambda model: False)
+    recomputed, never = run()
+    assert caching and all(caching) and not any(any(c) for c in never)  # every train ran with layers to cache
+    assert all(all(c) if algo == "dqn" else not any(c) for c in caching)
+    assert cached.keys() == recomputed.keys()
+    assert all(torch.equal(cached[k], recomputed[k]) for k in cached)
+
+
+def test_only_dqns_own_train_leaves_the_target_alone() -> None:
+    from stable_baselines3 import DQN, SAC
+
+    from clrl.modules.multihead import targets_fixed_in_train
+
+    class Kept(DQN):
+        pass
+
+    class Overridden(DQN):
+        def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+            super().train(gradient_steps, batch_size)
+
+    env = cartpole_stream().make_vec_env(0, seed=0)
+    fixed = [targets_fixed_in_train(cls("MlpPolicy", env, device=DEVICE)) for cls in (DQN, Kept, Overridden)]
+    assert fixed == [True, True, False]
+    sac = SAC("MlpPolicy", pendulum_stream().make_vec_env(0, seed=0), device=DEVICE)
+    assert not targets_fixed_in_train(sac)

@@ -33,9 +33,9 @@ from clrl.modules.multihead import (
     MultiHeadTD3Policy,
     TaskLinear,
     TaskRouter,
+    cache_targets,
     policy_optimizers,
     task_router,
-    uncache_targets,
 )
 
 
@@ -68,14 +68,18 @@ class TaskGate(nn.Module):
         self.open = False
         """Every task's gate is all ones (a layer HAT does not gate): pass the units through unchanged."""
         self.cache = True
-        """Keep gates between calls without gradient until the embedding or the buffers change (off in
-        target networks: :func:`~clrl.modules.multihead.uncache_targets`)."""
+        """Keep gates between calls without gradient until the embedding or the buffers change (in target
+        networks only while DQN trains: :func:`~clrl.modules.multihead.cache_targets`)."""
         self._router = router  # a plain attribute: not a submodule, not in the state dict
         self._cache: dict[int, tuple[tuple[int, int, int], torch.Tensor]] = {}  # other tasks' gates
         self._live_gate: tuple[tuple[int, int, float], torch.Tensor] | None = None
 
-    def _apply(self, fn: Any, recurse: bool = True) -> TaskGate:
+    def clear_cache(self) -> None:
+        """Forget what :attr:`cache` kept."""
         self._cache, self._live_gate = {}, None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TaskGate:
+        self.clear_cache()
         return super()._apply(fn, recurse)
 
     def gate(self, task: int) -> torch.Tensor:
@@ -176,7 +180,7 @@ class _Gated:
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]
         gated = insert_gates(self, self.router)  # type: ignore[arg-type]
-        uncache_targets(self)  # type: ignore[arg-type]
+        cache_targets(self, False)  # type: ignore[arg-type]
         self.gated_layers = gated
         """Every hidden layer (targets' included), its gate and the gate of its input."""
         for optimizer in policy_optimizers(self):  # type: ignore[arg-type]

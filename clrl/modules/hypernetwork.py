@@ -28,8 +28,8 @@ from clrl.modules.multihead import (
     MultiHeadSACPolicy,
     MultiHeadTD3Policy,
     TaskRouter,
+    cache_targets,
     task_router,
-    uncache_targets,
 )
 
 Generated = list[tuple[torch.Tensor, torch.Tensor]]
@@ -56,8 +56,8 @@ class HyperMLP(nn.Module):
         super().__init__()
         self._router = router  # a plain attribute: not a submodule, not in the state dict
         self.cache = True
-        """Keep generated weights between calls without gradient until a parameter changes (off in target
-        networks: :func:`~clrl.modules.multihead.uncache_targets`)."""
+        """Keep generated weights between calls without gradient until a parameter changes (in target
+        networks only while DQN trains: :func:`~clrl.modules.multihead.cache_targets`)."""
         self.shapes: list[tuple[int, int]] = []
         self.slots: list[int] = []  # per module of base: the index of its generated layer, or -1
         kept: list[nn.Module] = []
@@ -97,8 +97,12 @@ class HyperMLP(nn.Module):
     def _hyper_parameters(self) -> tuple[torch.Tensor, ...]:
         return (self.hidden.weight, self.hidden.bias, self.out.weight, self.out.bias)
 
-    def _apply(self, fn: Any, recurse: bool = True) -> HyperMLP:
+    def clear_cache(self) -> None:
+        """Forget what :attr:`cache` kept."""
         self._cache = {}
+
+    def _apply(self, fn: Any, recurse: bool = True) -> HyperMLP:
+        self.clear_cache()
         return super()._apply(fn, recurse)
 
     def _split(self, flat: torch.Tensor) -> Generated:
@@ -197,7 +201,7 @@ class _HyperPolicy:
             if isinstance(getattr(owner, "optimizer", None), torch.optim.Optimizer)
         ]
         made = _hyper_mlps(policy, self.router, self.embedding_dim, self.hyper_hidden)
-        uncache_targets(policy)
+        cache_targets(policy, False)
         with torch.no_grad():
             for online, target in target_pairs(policy, HyperMLP):
                 target.load_state_dict(online.state_dict())

@@ -26,10 +26,10 @@ from clrl.modules.multihead import (
     MultiHeadTD3Policy,
     TaskLinear,
     TaskRouter,
+    cache_targets,
     policy_optimizers,
     routed_linear,
     task_router,
-    uncache_targets,
 )
 
 Rule = tuple[str, float]
@@ -117,14 +117,19 @@ class MaskedLinear(nn.Module):
         self.rule: Rule | None = None
         self.cache = True
         """Keep the live mask and ``W ⊙ M_t`` between calls without gradient, until the weight, scores or
-        masks change (off in target networks: :func:`~clrl.modules.multihead.uncache_targets`)."""
+        masks change (in target networks only while DQN trains:
+        :func:`~clrl.modules.multihead.cache_targets`)."""
         self._router = router  # a plain attribute: not a submodule, not in the state dict
         self._hard: tuple[tuple[int, int, Rule | None], torch.Tensor] | None = None  # live mask, its key
         self._masked: dict[int, tuple[Any, torch.Tensor]] = {}  # a task's W ⊙ M_t without gradient
         self._all_ones: dict[int, tuple[int, bool]] = {}  # whether a task's stored mask keeps every weight
 
+    def clear_cache(self) -> None:
+        """Forget what :attr:`cache` kept."""
+        self._hard, self._masked, self._all_ones = None, {}, {}
+
     def _apply(self, fn: Any, recurse: bool = True) -> MaskedLinear:
-        self._hard, self._masked, self._all_ones = None, {}, {}  # moved or cast: the caches are the old ones
+        self.clear_cache()  # moved or cast: the caches are the old ones
         return super()._apply(fn, recurse)
 
     def live_mask(self) -> torch.Tensor:
@@ -240,7 +245,7 @@ class _MaskedLayers:
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]
         layers = mask_linears(self, self.router)  # type: ignore[arg-type]
-        uncache_targets(self)  # type: ignore[arg-type]
+        cache_targets(self, False)  # type: ignore[arg-type]
         for optimizer in policy_optimizers(self):  # type: ignore[arg-type]
             held = {id(p) for group in optimizer.param_groups for p in group["params"]}
             scores = [layer.scores for layer in layers if id(layer.weight) in held]

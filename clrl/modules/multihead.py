@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from stable_baselines3 import DQN
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -157,19 +158,30 @@ TARGET_NETWORKS = (
 """The attributes under which SB3's policies keep networks and their target networks, as pairs."""
 
 
-def uncache_targets(policy: nn.Module) -> None:
-    """Turn off the caches of the layers (``cache`` attributes) in ``policy``'s target networks.
+def cache_targets(policy: nn.Module, on: bool) -> None:
+    """Turn on or off the caches of the layers (``cache`` attributes) in ``policy``'s target networks, and
+    empty them either way.
 
     Layers that keep what they compute without gradient (a masked weight, a gate, generated weights) until
-    a parameter's version counter changes cannot do so in a target network: SB3 updates targets through
-    ``.data`` (``polyak_update``), which no version counter sees, so the cache would keep the first weights.
+    a parameter's version counter changes cannot do so in a target network at large: SB3 updates targets
+    through ``.data`` (``polyak_update``), which no version counter sees, so the cache would keep the first
+    weights. They are off from the policy's build on; the multi-head modules turn them on only while an
+    algorithm's ``train`` runs that leaves its target networks alone (:func:`targets_fixed_in_train`).
     """
     for _, name in TARGET_NETWORKS:
         target = getattr(policy, name, None)
         if isinstance(target, nn.Module):
             for module in target.modules():
-                if hasattr(module, "cache"):
-                    setattr(module, "cache", False)  # noqa: B010
+                if hasattr(module, "cache") and hasattr(module, "clear_cache"):
+                    setattr(module, "cache", on)  # noqa: B010
+                    getattr(module, "clear_cache")()  # noqa: B009
+
+
+def targets_fixed_in_train(model: BaseAlgorithm) -> bool:
+    """Whether ``model``'s ``train`` leaves its target network as it is: DQN's (and that of a subclass that
+    keeps it), which updates the target in ``_on_step``, between environment steps. SAC, TD3 and DDPG update
+    theirs after gradient steps, inside ``train``."""
+    return getattr(type(model), "train", None) is DQN.train
 
 
 class TaskLinear(nn.Module):
@@ -519,6 +531,7 @@ class MultiHead(ContinualModule):
         self.require_task_id = check_bool(require_task_id, f"{type(self).__name__} require_task_id")
         self.task_index = -1
         self._stream_tasks: int | None = None
+        self._targets_cached = False  # whether this module turned the target networks' caches on
 
     def check_stream(self, stream: Any) -> None:
         """Refuse a hidden task id unless ``require_task_id=False``; remember the number of tasks."""
@@ -556,6 +569,30 @@ class MultiHead(ContinualModule):
             raise ConfigError(f"the policy has {router.n_tasks} heads, no head for task index {task.index}")
         router.forced = None
         self.task_index = task.index
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        self._cache_targets(False, always=True)  # also after a learn that raised inside train
+
+    def _on_rollout_start(self) -> None:
+        super()._on_rollout_start()
+        self._cache_targets(False)  # the algorithm's _on_step may update the targets
+
+    def _on_rollout_end(self) -> None:
+        super()._on_rollout_end()  # subclasses change their layers before this (HAT's s, CPG's pruning)
+        if targets_fixed_in_train(self.sb3_model):
+            # train() is next and leaves the targets as they are: their layers can keep what they compute
+            # (DQN's target reuses every replayed task's masked weights) until the next rollout starts.
+            self._cache_targets(True)
+
+    def _on_training_end(self) -> None:
+        self._cache_targets(False)
+        super()._on_training_end()
+
+    def _cache_targets(self, on: bool, always: bool = False) -> None:
+        if always or on or self._targets_cached:
+            cache_targets(self.sb3_model.policy, on)
+        self._targets_cached = on
 
     def set_task(self, index: int) -> None:
         """Route every sample to head ``index`` (by the observation again when ``index`` is the task being
