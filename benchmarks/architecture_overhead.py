@@ -3,10 +3,12 @@
     python benchmarks/architecture_overhead.py --algo ppo --steps 4096 --repeats 4
     python benchmarks/architecture_overhead.py --algo dqn --steps 4096 --repeats 4
     python benchmarks/architecture_overhead.py --algo ppo --only net2net --sizes 4 20
+    python benchmarks/architecture_overhead.py --algo dqn --reset-buffer --only multihead piggyback
 
 The protocol of ``regularisation_overhead.py`` (the user's own ``set_env`` + ``learn`` loop, one model per
 configuration with the same seed, every configuration training task i back to back, CPU time with one torch
-thread, ratios paired by repeat and task). Every configuration has the preset's network size. PackNet keeps
+thread, ratios paired by repeat and task; the replay buffer carries over unless ``--reset-buffer``, so
+off-policy batches mix the tasks so far). Every configuration has the preset's network size. PackNet keeps
 the network as it is: its cost is masking the gradient and writing the frozen weights back after every
 optimiser step, and one pruning per task. Multi-head, progressive, masked (Piggyback, SupSup, CPG), HAT and
 hypernetwork policies change the network: their ratios are also printed per task, since a progressive pass
@@ -80,6 +82,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4096, help="steps per task")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--only", nargs="+", metavar="NAME", help="configurations to time besides plain")
+    parser.add_argument(
+        "--reset-buffer",
+        action="store_true",
+        help="off-policy: empty the replay buffer at each task after the first, as clrl.train does by "
+        "default (without it the buffer carries over, as in a user's own learn loop, and batches mix tasks)",
+    )
     parser.add_argument(
         "--sizes", nargs="+", type=int, metavar="TASKS", help="Net2Net's size after these tasks"
     )

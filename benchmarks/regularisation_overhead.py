@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 import clrl
+from clrl.algorithms import restart_replay
 from clrl.modules import ImportancePenalty
 from clrl.presets import make_model
 
@@ -67,6 +69,7 @@ def time_modules(
             for name in names
         }
         modules = {name: factory() if factory else None for name, factory in configurations.items()}
+        warmup = {name: getattr(model, "learning_starts", 0) for name, model in models.items()}
         for i in range(tasks):
             # All configurations train task i back to back (order rotated), so drifts of a shared machine
             # hit them alike; ratios are taken per (repeat, task).
@@ -74,6 +77,8 @@ def time_modules(
             for name in names[shift:] + names[:shift]:
                 model, module = models[name], modules[name]
                 model.set_env(stream.make_vec_env(i, n_envs=model.n_envs, seed=repeat + 1000 * i))
+                if getattr(args, "reset_buffer", False) and i > 0 and isinstance(model, OffPolicyAlgorithm):
+                    restart_replay(model, warmup[name])  # as clrl.train's default does
                 start_cpu, start_wall = time.process_time(), time.perf_counter()
                 model.learn(stream.steps(i), callback=module, reset_num_timesteps=False)
                 # Training time without the importance estimate (reported on its own below).

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
 
 from clrl.errors import ConfigError
@@ -154,3 +155,11 @@ def policy_for(
         return table[name.upper()]
     except KeyError:
         raise ConfigError(f"no {what} policy for {name}; supported: {', '.join(table)}") from None
+
+
+def restart_replay(model: OffPolicyAlgorithm, learning_starts: int) -> None:
+    """Empty ``model``'s replay buffer and apply its warm-up of ``learning_starts`` steps (the algorithm's
+    own setting) again from the current step: what ``reset_buffer=True`` does at each new task."""
+    assert model.replay_buffer is not None
+    model.replay_buffer.reset()
+    model.learning_starts = model.num_timesteps + learning_starts

@@ -33,6 +33,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from clrl import checkpoint, metrics
+from clrl.algorithms import restart_replay
 from clrl.boundaries import check_fit, check_modules, training_task
 from clrl.callbacks import ContinualEvalCallback, EpisodeReturns
 from clrl.checks import (
@@ -611,9 +612,7 @@ class _Run:
         model, task = self.model, self.stream.tasks[i]
         learning_starts = getattr(model, "learning_starts", None)
         if reset_buffer and isinstance(model, OffPolicyAlgorithm):
-            assert model.replay_buffer is not None
-            model.replay_buffer.reset()
-            model.learning_starts = model.num_timesteps + model.learning_starts
+            restart_replay(model, model.learning_starts)
         callbacks: list[BaseCallback] = [*self.modules, self.episodes]
         if self.monitor is not None:
             callbacks.append(self.monitor)

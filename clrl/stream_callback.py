@@ -15,6 +15,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from clrl import metrics
+from clrl.algorithms import restart_replay
 from clrl.boundaries import check_fit, check_modules
 from clrl.callbacks import EpisodeReturns
 from clrl.checks import RunLock, check_model, check_seed, prepare_logdir
@@ -315,9 +316,8 @@ class StreamCallback(BaseCallback):
         hidden = self.stream.boundaries == "hidden"
         buffer = getattr(model, "replay_buffer", None)
         if self.reset_buffer and not hidden and isinstance(model, OffPolicyAlgorithm) and buffer is not None:
-            buffer.reset()
             assert self._learning_starts is not None
-            model.learning_starts = model.num_timesteps + self._learning_starts
+            restart_replay(model, self._learning_starts)
         self._begin(i + 1)
 
     def _evaluate_row(self, row: int) -> None:
