@@ -449,6 +449,26 @@ def test_target_layers_cache_only_while_dqn_trains_and_change_no_result(
     assert all(torch.equal(cached[k], recomputed[k]) for k in cached)
 
 
+def test_a_learn_that_raises_inside_train_leaves_the_target_caches_off() -> None:
+    model, stream = masked_model("dqn")
+    module = clrl.Piggyback()
+    target_layers = [m for m in model.policy.q_net_target.modules() if isinstance(m, MaskedLinear)]
+    seen: list[bool] = []
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        seen.append(all(layer.cache for layer in target_layers))
+        raise RuntimeError("stop")
+
+    model.train = failing  # type: ignore[method-assign]
+    with (
+        pytest.raises(RuntimeError, match="stop"),
+        clrl.training_task(model, [module], 0, "a", stream.steps(0)),
+    ):
+        model.learn(stream.steps(0), callback=module)
+    assert seen == [True]  # on while train ran
+    assert target_layers and not any(layer.cache for layer in target_layers)  # off once the task is aborted
+
+
 def test_only_dqns_own_train_leaves_the_target_alone() -> None:
     from stable_baselines3 import DQN, SAC
 

@@ -589,6 +589,13 @@ class MultiHead(ContinualModule):
         self._cache_targets(False)
         super()._on_training_end()
 
+    def abort_task(self) -> None:
+        """Close the task without ending it (see the base class); a ``learn`` that raised inside ``train``
+        leaves the target networks' caches off again."""
+        if getattr(self, "model", None) is not None:
+            self._cache_targets(False, always=True)
+        super().abort_task()
+
     def _cache_targets(self, on: bool, always: bool = False) -> None:
         if always or on or self._targets_cached:
             cache_targets(self.sb3_model.policy, on)
