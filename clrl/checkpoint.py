@@ -7,7 +7,9 @@ The modules' configuration and state go into the zip as one extra entry, ``clrl.
 
 from __future__ import annotations
 
+import copy
 import io
+import itertools
 import json
 import math
 import os
@@ -376,7 +378,11 @@ def restore(
 
     Args:
         path: The checkpoint.
-        model: A model of the algorithm and spaces the checkpoint was saved from.
+        model: A model of the algorithm and spaces the checkpoint was saved from, built as that one was. A
+            network a module widened after the build (:class:`clrl.Net2NetGrowth`, a growing
+            :class:`clrl.CPG`) is rebuilt at the checkpoint's widths, as SB3's ``load`` builds it (the
+            replay buffer is kept; the random generators are reseeded, then restored when the checkpoint
+            holds their state).
         modules: Modules of the same classes and configuration, in the same order.
         validate: Called with the checkpoint's metadata before anything is changed; raise to refuse it.
 
@@ -409,6 +415,7 @@ def restore(
         raise _unreadable(path, "read", exc) from exc
     if data is None or not params:
         raise CheckpointError(f"{str(path)!r}: the SB3 model has no data or no parameters")
+    _grow_to(path, data, skipped, payload, params, model)
     fields = _checked_fields(path, data, skipped, model)
     targets = _checked_variables(path, variables or {}, model)
     episodes = {name: _episodes(zip_path, payload.get("sb3", {}), name) for name in _EPISODES}
@@ -431,6 +438,76 @@ def restore(
     if "rng" in metadata:
         set_rng_state(model, metadata["rng"])
     return metadata
+
+
+def _grow_to(
+    path: str | Path,
+    data: dict[str, Any],
+    skipped: dict[str, None],
+    payload: dict[str, Any],
+    params: dict[str, Any],
+    model: BaseAlgorithm,
+) -> None:
+    """Rebuild ``model``'s networks at the widths the checkpoint's ``net_arch`` records when a module
+    widened them after the model was built (:class:`clrl.Net2NetGrowth`, a growing :class:`clrl.CPG`), as
+    SB3's ``load`` builds them from it (``_setup_model``, which keeps the replay buffer and reseeds; the
+    caller restores the random state afterwards). Nothing happens when the parameters' shapes already match,
+    or when the checkpoint's network is not a widening of the model's (other settings, other depths, a
+    narrower layer): then loading the parameters reports the mismatch."""
+    saved_policy = params.get("policy")
+    if not isinstance(saved_policy, dict):
+        return
+    ours = model.policy.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in saved_policy.items() if isinstance(v, torch.Tensor)}
+    if shapes == {k: tuple(v.shape) for k, v in ours.items()}:
+        return
+    saved: Any = data.get("policy_kwargs")
+    if "policy_kwargs" in skipped:  # SB3 pickled it: clrl's plain copy
+        sb3 = payload.get("sb3")
+        entries = sb3.get("entries") if isinstance(sb3, dict) else None
+        entry = entries.get("policy_kwargs") if isinstance(entries, dict) else None
+        saved = None if entry is None else decode(entry, "policy_kwargs")
+    current = dict(model.policy_kwargs)
+    if not isinstance(saved, dict) or not _widened(current.get("net_arch"), saved.get("net_arch")):
+        return
+    # The hidden layers the widths ask for must fit in the parameters the file holds: a file cannot make
+    # clrl build a network larger than what it stores.
+    widths = _widths(saved["net_arch"]) or {}
+    hidden = sum(sum(a * b for a, b in itertools.pairwise(w)) + sum(w) for w in widths.values())
+    if hidden > sum(v.numel() for v in saved_policy.values() if isinstance(v, torch.Tensor)):
+        return
+    if {k: v for k, v in saved.items() if k != "net_arch"} != {
+        k: v for k, v in current.items() if k != "net_arch"
+    }:
+        return
+    model.policy_kwargs = {**current, "net_arch": copy.deepcopy(saved["net_arch"])}
+    model._setup_model()
+
+
+def _widths(net_arch: Any) -> dict[str, list[int]] | None:
+    """``net_arch`` as widths per network (a list is every network's), or ``None`` if it is neither form."""
+    if isinstance(net_arch, list):
+        return {"*": net_arch} if all(type(w) is int for w in net_arch) else None
+    if isinstance(net_arch, dict) and all(
+        isinstance(v, list) and all(type(w) is int for w in v) for v in net_arch.values()
+    ):
+        return {str(k): v for k, v in net_arch.items()}
+    return None
+
+
+def _widened(before: Any, after: Any) -> bool:
+    """Whether ``after`` is ``before`` with some layers wider: the same networks and depths, no layer
+    narrower, at least one wider."""
+    old, new = _widths(before), _widths(after)
+    if old is None or new is None or old == new:
+        return False
+    if "*" in old and "*" not in new:
+        old = dict.fromkeys(new, old["*"])
+    if old.keys() != new.keys():
+        return False
+    pairs = [(o, n) for key in new for o, n in zip(old[key], new[key], strict=False)]
+    same_depth = all(len(old[key]) == len(new[key]) for key in new)
+    return same_depth and all(n >= o for o, n in pairs) and any(n > o for o, n in pairs)
 
 
 def _checked_fields(

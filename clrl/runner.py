@@ -368,7 +368,9 @@ class _Run:
             self.evaluator = Evaluator(stream, eval_episodes, seed + EVAL_SEED_OFFSET)
             if model is None:
                 assert fresh_model is not None
-                model = fresh_model(self.start)  # task 0: the untrained model row 0 evaluates
+                # Task 0: the untrained model row 0 evaluates; a finished run builds its last task's, which
+                # only checks the settings (nothing trains).
+                model = fresh_model(min(self.start, len(stream) - 1))
                 check_model(model, stream)
             self.model = model
             self.config = run_config(model, stream, method, seed, eval_episodes, modules)
@@ -599,7 +601,8 @@ class _Run:
                 )
 
         checkpoint.restore(path, self.model, self.modules, validate=same_run)
-        if isinstance(self.model, OffPolicyAlgorithm) and not reset_buffer:
+        # A finished run has no next task, and its last task kept no buffer.
+        if isinstance(self.model, OffPolicyAlgorithm) and not reset_buffer and first < len(self.stream):
             buffer = self._buffer_path(first - 1)
             if not buffer.exists():
                 raise CheckpointError(

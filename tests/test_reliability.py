@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ALGO_SETUPS, DEVICE, cartpole_stream, tiny_ppo
+from conftest import ALGO_SETUPS, DEVICE, cartpole_stream, pendulum_stream, rewrite_zip, tiny_ppo
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -225,6 +225,88 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path: Path, tiny_stream: cl
     assert "resumed" in again.config
     model.learn(64, reset_num_timesteps=False)  # the model is usable in the user's own loop afterwards
     assert model.num_timesteps == full.steps[-1] + 64
+
+
+def grown_run(case: str) -> tuple[BaseAlgorithm, clrl.TaskStream, list[clrl.ContinualModule]]:
+    """A three-task run of ``case`` (``<algo>-net2net`` or ``<algo>-cpg``) whose network widens at the
+    second task's start."""
+    algo, method = case.split("-")
+    cls, make_stream, hyper = ALGO_SETUPS[algo]
+    stream = three_tasks(make_stream)
+    policy: Any = "MlpPolicy"
+    modules: list[clrl.ContinualModule] = [clrl.Net2NetGrowth(units=4)]
+    if method == "cpg":  # 5% of the weights free after the first task: below min_free, so the second grows
+        hyper = {**hyper, "policy_kwargs": {**hyper["policy_kwargs"], "n_tasks": len(stream)}}
+        policy, modules = clrl.masked_policy(algo), [clrl.CPG(prune=0.05, min_free=0.1, grow_units=8)]
+    model = cls(policy, stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
+    return model, stream, modules
+
+
+@pytest.mark.parametrize("case", ["ppo-net2net", "dqn-net2net", "sac-net2net", "td3-cpg"])
+def test_a_run_whose_network_grew_resumes_to_the_uninterrupted_matrix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Net2Net growth and CPG widen the network after the model was built: a resume rebuilds it at the
+    widths of the checkpoint it loads (it used to fail to load it), and so does a resume of the finished
+    run."""
+    model, stream, modules = grown_run(case)
+    full = clrl.train(model, stream, modules, logdir=tmp_path / "full", eval_episodes=2)
+    final = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 2)  # the checkpoint of task 1 holds the widened network
+        model, stream, modules = grown_run(case)
+        with pytest.raises(Interrupted):
+            clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2)
+    for logdir in ("run", "run", "full"):  # the interrupted run, then it and the uninterrupted one finished
+        model, stream, modules = grown_run(case)
+        narrow = {k: v.shape for k, v in model.policy.state_dict().items()}
+        resumed = clrl.train(model, stream, modules, logdir=tmp_path / logdir, eval_episodes=2, resume=True)
+        np.testing.assert_array_equal(resumed.matrix, full.matrix)
+        state = model.policy.state_dict()
+        assert state.keys() == final.keys()
+        assert any(state[k].shape != shape for k, shape in narrow.items())
+        for name, value in final.items():
+            assert torch.equal(state[name], value), name
+
+
+def test_a_checkpoint_asking_for_wider_layers_than_it_stores_is_not_built(tmp_path: Path) -> None:
+    """The widths a checkpoint records are believed only as far as its parameters hold them: a file cannot
+    make a restore allocate a network larger than the file."""
+    model, stream, modules = grown_run("dqn-net2net")
+    clrl.train(model, stream, modules, logdir=tmp_path / "run", eval_episodes=2, plasticity=False)
+    path = sorted((tmp_path / "run" / "checkpoints").glob("*.zip"))[-1]
+    with zipfile.ZipFile(path) as archive:
+        data = json.loads(archive.read("data"))
+    data["policy_kwargs"]["net_arch"] = [100_000]  # the run widened its one hidden layer from 16 to 24
+    bad = rewrite_zip(path, tmp_path / "bad.zip", {"data": json.dumps(data).encode()})
+    model, stream, modules = grown_run("dqn-net2net")
+    built = {k: v.shape for k, v in model.policy.state_dict().items()}
+    with pytest.raises(clrl.CheckpointError, match="size mismatch"):
+        clrl.checkpoint.restore(bad, model, modules)
+    assert {k: v.shape for k, v in model.policy.state_dict().items()} == built  # not rebuilt
+
+
+def test_a_finished_run_of_fresh_models_or_a_shared_buffer_resumes(tmp_path: Path) -> None:
+    """A resume of a finished run trains nothing: the ensemble and single-task baselines (which built a
+    model for the task after the last) and an off-policy run that keeps its buffer (whose last task kept
+    none) used to fail."""
+    stream = cartpole_stream()
+    for train in (clrl.train_ensemble, clrl.train_single_task):
+        logdir = tmp_path / train.__name__
+        full = train(lambda i: tiny_ppo(stream, i), stream, logdir=logdir, eval_episodes=2)
+        again = train(lambda i: tiny_ppo(stream, i), stream, logdir=logdir, eval_episodes=2, resume=True)
+        np.testing.assert_array_equal(again.matrix, full.matrix)
+    cls, _, hyper = ALGO_SETUPS["sac"]
+    sac_stream = pendulum_stream()
+    for train in (clrl.train, clrl.train_cumulative):
+        logdir = tmp_path / f"sac-{train.__name__}"
+        kwargs: dict[str, Any] = {"reset_buffer": False} if train is clrl.train else {}
+        model = cls("MlpPolicy", sac_stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
+        full = train(model, sac_stream, logdir=logdir, eval_episodes=2, **kwargs)
+        model = cls("MlpPolicy", sac_stream.make_vec_env(0, seed=0), seed=0, device=DEVICE, **hyper)
+        again = train(model, sac_stream, logdir=logdir, eval_episodes=2, resume=True, **kwargs)
+        np.testing.assert_array_equal(again.matrix, full.matrix)
+        assert model.num_timesteps == full.steps[-1]
 
 
 def test_resume_without_a_run_starts_afresh(tmp_path: Path, tiny_stream: clrl.TaskStream) -> None:
