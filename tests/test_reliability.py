@@ -71,6 +71,11 @@ CASES: dict[str, tuple[str, Callable[[], list[clrl.ContinualModule]], dict[str, 
     "dqn-replay": ("dqn", lambda: [clrl.Replay(budget=200)], {}),
     "sac-shared-buffer": ("sac", lambda: [], {"reset_buffer": False}),
     "td3-agem": ("td3", lambda: [clrl.AGEM(budget=100, batch_size=8)], {}),
+    # What they measure at a task's end or evaluation (the learner's loss, the generator's fidelity) is
+    # part of their state, and a resumed generative replay builds its generator without drawing from the
+    # restored random generators.
+    "ppo-gdumb": ("ppo", lambda: [clrl.GDumb(steps=8)], {}),
+    "ppo-generative-replay": ("ppo", lambda: [clrl.GenerativeReplay(generator_steps=8)], {}),
 }
 
 

@@ -136,12 +136,13 @@ class GDumb(StateRecorder, MemoryModule):
             yield
 
     def state_dict(self) -> dict[str, Any]:
-        """The memory, the counts and the learner's weights."""
+        """The memory, the counts, the learner's weights and its training's final loss."""
         state: dict[str, Any] = {
             **super().state_dict(),
             "recorded": self.recorded,
             "trainings": self.trainings,
             "trained_at": self._trained_at,
+            "last_loss": self.last_loss,
         }
         if self.learner is not None:
             state["learner"] = dict(self.learner)
@@ -153,6 +154,7 @@ class GDumb(StateRecorder, MemoryModule):
         self.recorded = int(state["recorded"])
         self.trainings = int(state["trainings"])
         self._trained_at = int(state["trained_at"])
+        self.last_loss = float(state.get("last_loss", float("nan")))
         learner = state.get("learner")
         self.learner = {k: v.clone() for k, v in learner.items()} if learner is not None else None
 

@@ -364,12 +364,15 @@ class GenerativeReplay(ContinualModule):
 
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """The generator, the labeller, the held-out states and the count of tasks learned."""
+        """The generator, the labeller, the held-out states, the count of tasks learned and the generator's
+        last measurements (``fidelity``, ``reconstruction``)."""
         if self._pending is not None:
             return dict(self._pending)
         state: dict[str, Any] = {
             "tasks_learned": self.tasks_learned,
             "held": [torch.from_numpy(h) for h in self._held],
+            "fidelity": self.fidelity,
+            "reconstruction": self.reconstruction,
         }
         if self.generator is not None:
             state["generator"] = {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
@@ -390,9 +393,15 @@ class GenerativeReplay(ContinualModule):
             return
         model = self.sb3_model
         self.tasks_learned = int(state["tasks_learned"])
+        self.fidelity = float(state.get("fidelity", float("nan")))
+        self.reconstruction = float(state.get("reconstruction", float("nan")))
         self._held = [torch.as_tensor(h).cpu().numpy() for h in state["held"]]
         if "generator" in state:
-            generator = StateVAE(self._features(), self.latent, self.hidden).to(model.device)
+            device = model.device
+            # Built after a resume restored the random generators: its initialisation, which the saved
+            # weights replace, must not draw from them.
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                generator = StateVAE(self._features(), self.latent, self.hidden).to(device)
             generator.load_state_dict(state["generator"])
             generator.requires_grad_(False)
             self.generator = generator.eval()
