@@ -416,6 +416,7 @@ def restore(
     if data is None or not params:
         raise CheckpointError(f"{str(path)!r}: the SB3 model has no data or no parameters")
     _grow_to(path, data, skipped, payload, params, model)
+    _check_network(path, params, model)
     fields = _checked_fields(path, data, skipped, model)
     targets = _checked_variables(path, variables or {}, model)
     episodes = {name: _episodes(zip_path, payload.get("sb3", {}), name) for name in _EPISODES}
@@ -482,6 +483,29 @@ def _grow_to(
         return
     model.policy_kwargs = {**current, "net_arch": copy.deepcopy(saved["net_arch"])}
     model._setup_model()
+
+
+def _check_network(path: str | Path, params: dict[str, Any], model: BaseAlgorithm) -> None:
+    """Refuse, in one line and before anything is loaded, a checkpoint whose policy has other parameters or
+    shapes than ``model``'s."""
+    saved = params.get("policy")
+    if not isinstance(saved, dict):
+        return  # SB3's loader names what is missing
+    ours = model.policy.state_dict()
+    for name in sorted(set(ours) | set(saved)):
+        value, mine = saved.get(name), ours.get(name)
+        if mine is None:
+            what = "the model has no such parameter"
+        elif not isinstance(value, torch.Tensor):
+            what = "the checkpoint lacks it" if value is None else "the checkpoint's is not a tensor"
+        elif value.shape != mine.shape:
+            what = f"the checkpoint has shape {tuple(value.shape)} where the model has {tuple(mine.shape)}"
+        else:
+            continue
+        raise CheckpointError(
+            f"{str(path)!r} holds another network than the model's: for {name!r} {what}; build the model "
+            "as the run that saved it was built"
+        )
 
 
 def _widths(net_arch: Any) -> dict[str, list[int]] | None:

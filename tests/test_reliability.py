@@ -285,10 +285,13 @@ def test_a_checkpoint_asking_for_wider_layers_than_it_stores_is_not_built(tmp_pa
     data["policy_kwargs"]["net_arch"] = [100_000]  # the run widened its one hidden layer from 16 to 24
     bad = rewrite_zip(path, tmp_path / "bad.zip", {"data": json.dumps(data).encode()})
     model, stream, modules = grown_run("dqn-net2net")
-    built = {k: v.shape for k, v in model.policy.state_dict().items()}
-    with pytest.raises(clrl.CheckpointError, match="size mismatch"):
+    built = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    with pytest.raises(
+        clrl.CheckpointError, match=r"another network .* shape \(24,\) where the model has \(16,\)"
+    ):
         clrl.checkpoint.restore(bad, model, modules)
-    assert {k: v.shape for k, v in model.policy.state_dict().items()} == built  # not rebuilt
+    after = model.policy.state_dict()  # not rebuilt, and nothing loaded
+    assert after.keys() == built.keys() and all(torch.equal(after[k], v) for k, v in built.items())
 
 
 def test_a_finished_run_of_fresh_models_or_a_shared_buffer_resumes(tmp_path: Path) -> None:
