@@ -46,6 +46,7 @@ CONFIGURATIONS: dict[str, dict[str, Factory]] = {
         "plain": None,
         "replay": lambda: clrl.Replay(),
         "mir": lambda: clrl.MIR(),
+        "mir-3": lambda: clrl.MIR(candidates=96),  # 3 per replayed row of the preset's batch of 64
         "agem": lambda: clrl.AGEM(),
         "gem": lambda: clrl.GEM(),
         "gem-refresh1": lambda: clrl.GEM(refresh=1),

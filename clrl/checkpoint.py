@@ -454,7 +454,7 @@ def _grow_to(
     SB3's ``load`` builds them from it (``_setup_model``, which keeps the replay buffer and reseeds; the
     caller restores the random state afterwards). Nothing happens when the parameters' shapes already match,
     or when the checkpoint's network is not a widening of the model's (other settings, other depths, a
-    narrower layer): then loading the parameters reports the mismatch."""
+    narrower layer, more than the file holds): then :func:`_check_network` refuses it."""
     saved_policy = params.get("policy")
     if not isinstance(saved_policy, dict):
         return
@@ -477,9 +477,8 @@ def _grow_to(
     hidden = sum(sum(a * b for a, b in itertools.pairwise(w)) + sum(w) for w in widths.values())
     if hidden > sum(v.numel() for v in saved_policy.values() if isinstance(v, torch.Tensor)):
         return
-    if {k: v for k, v in saved.items() if k != "net_arch"} != {
-        k: v for k, v in current.items() if k != "net_arch"
-    }:
+    others = [{k: _listed(v) for k, v in kwargs.items() if k != "net_arch"} for kwargs in (saved, current)]
+    if others[0] != others[1]:
         return
     model.policy_kwargs = {**current, "net_arch": copy.deepcopy(saved["net_arch"])}
     model._setup_model()
@@ -506,6 +505,15 @@ def _check_network(path: str | Path, params: dict[str, Any], model: BaseAlgorith
             f"{str(path)!r} holds another network than the model's: for {name!r} {what}; build the model "
             "as the run that saved it was built"
         )
+
+
+def _listed(value: Any) -> Any:
+    """``value`` with its tuples as lists, at any depth (what SB3's JSON copy of it holds)."""
+    if isinstance(value, tuple | list):
+        return [_listed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _listed(v) for k, v in value.items()}
+    return value
 
 
 def _widths(net_arch: Any) -> dict[str, list[int]] | None:
