@@ -460,7 +460,7 @@ def _grow_to(
         return
     ours = model.policy.state_dict()
     shapes = {k: tuple(v.shape) for k, v in saved_policy.items() if isinstance(v, torch.Tensor)}
-    if shapes == {k: tuple(v.shape) for k, v in ours.items()}:
+    if shapes == {k: tuple(v.shape) for k, v in ours.items() if isinstance(v, torch.Tensor)}:
         return
     saved: Any = data.get("policy_kwargs")
     if "policy_kwargs" in skipped:  # SB3 pickled it: clrl's plain copy
@@ -495,6 +495,8 @@ def _check_network(path: str | Path, params: dict[str, Any], model: BaseAlgorith
         value, mine = saved.get(name), ours.get(name)
         if mine is None:
             what = "the model has no such parameter"
+        elif not isinstance(mine, torch.Tensor):
+            continue  # a module's extra state: torch's loader checks it
         elif not isinstance(value, torch.Tensor):
             what = "the checkpoint lacks it" if value is None else "the checkpoint's is not a tensor"
         elif value.shape != mine.shape:
