@@ -469,7 +469,15 @@ def _grow_to(
         entry = entries.get("policy_kwargs") if isinstance(entries, dict) else None
         saved = None if entry is None else decode(entry, "policy_kwargs")
     current = dict(model.policy_kwargs)
-    if not isinstance(saved, dict) or not _widened(current.get("net_arch"), saved.get("net_arch")):
+    before = current.get("net_arch")
+    if before is None:  # SB3's default widths: the ones the model has
+        from clrl.modules.net2net import mlp_widths
+
+        try:
+            before = mlp_widths(model)
+        except KeyError:
+            return
+    if not isinstance(saved, dict) or not _widened(before, saved.get("net_arch")):
         return
     # The hidden layers the widths ask for must fit in the parameters the file holds: a file cannot make
     # clrl build a network larger than what it stores.

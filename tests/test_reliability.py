@@ -240,11 +240,9 @@ def grown_run(case: str) -> tuple[BaseAlgorithm, clrl.TaskStream, list[clrl.Cont
     stream = three_tasks(make_stream)
     policy: Any = "MlpPolicy"
     modules: list[clrl.ContinualModule] = [clrl.Net2NetGrowth(units=4)]
-    if algo == "ppo":  # a tuple, which the checkpoint's JSON copy of the policy's arguments holds as a list
-        hyper = {
-            **hyper,
-            "policy_kwargs": {**hyper["policy_kwargs"], "optimizer_kwargs": {"betas": (0.9, 0.99)}},
-        }
+    if algo == "ppo":  # SB3's default net_arch, and a tuple, which SB3's JSON copy of the arguments holds
+        # as a list
+        hyper = {**hyper, "policy_kwargs": {"optimizer_kwargs": {"betas": (0.9, 0.99)}}}
     if method == "cpg":  # 5% of the weights free after the first task: below min_free, so the second grows
         hyper = {**hyper, "policy_kwargs": {**hyper["policy_kwargs"], "n_tasks": len(stream)}}
         policy, modules = clrl.masked_policy(algo), [clrl.CPG(prune=0.05, min_free=0.1, grow_units=8)]

@@ -327,11 +327,10 @@ class Net2NetGrowth(ScheduledSurgery):
         return {"added": float(self.added)}
 
 
-def record_widths(model: BaseAlgorithm) -> None:
-    """Write the MLPs' widths into ``net_arch`` after a widening (the model's ``policy_kwargs``, from which
-    SB3's ``load`` rebuilds the policy, and the policy's own records of it). A layer of an MLP is any child
-    with ``out_features`` (``nn.Linear``, or the per-task and masked layers of clrl's policies)."""
-    policy: Any = model.policy
+def _network_widths(policy: Any) -> dict[str, list[int]]:
+    """The hidden widths of each of ``policy``'s MLPs, by ``net_arch`` key (``""``: DQN's one list). A layer
+    of an MLP is any child with ``out_features`` (``nn.Linear``, or the per-task and masked layers of
+    clrl's policies)."""
     widths: dict[str, list[int]] = {}
     for prefix, (key, ends_with_output) in _mlps(policy).items():
         sizes = [
@@ -340,13 +339,40 @@ def record_widths(model: BaseAlgorithm) -> None:
             if isinstance(getattr(m, "out_features", None), int)
         ]
         widths[key] = sizes[:-1] if ends_with_output else sizes
+    return widths
+
+
+def _as_net_arch(policy: Any, widths: dict[str, list[int]]) -> Any:
+    """``widths`` in the ``net_arch`` form of ``policy``'s algorithm family."""
     if isinstance(policy, ActorCriticPolicy):
-        arch: Any = {"pi": widths["pi"], "vf": widths["vf"]}
+        return {"pi": widths["pi"], "vf": widths["vf"]}
+    if "qf" in widths:  # SAC, TD3 and their kin
+        return {"pi": widths["pi"], "qf": widths["qf"]}
+    return widths[""]  # DQN, QR-DQN
+
+
+def mlp_widths(model: BaseAlgorithm) -> Any:
+    """The widths ``model``'s MLPs have now, in ``net_arch``'s form (what :func:`record_widths` writes; for
+    a model built with SB3's default ``net_arch``, its default widths).
+
+    Raises:
+        KeyError: The policy lacks an MLP its family has (a custom policy).
+    """
+    policy: Any = model.policy
+    return _as_net_arch(policy, _network_widths(policy))
+
+
+def record_widths(model: BaseAlgorithm) -> None:
+    """Write the MLPs' widths into ``net_arch`` after a widening (the model's ``policy_kwargs``, from which
+    SB3's ``load`` rebuilds the policy, and the policy's own records of it)."""
+    policy: Any = model.policy
+    widths = _network_widths(policy)
+    arch = _as_net_arch(policy, widths)
+    if isinstance(policy, ActorCriticPolicy):
         extractor = policy.mlp_extractor
         extractor.latent_dim_pi = widths["pi"][-1] if widths["pi"] else extractor.latent_dim_pi
         extractor.latent_dim_vf = widths["vf"][-1] if widths["vf"] else extractor.latent_dim_vf
     elif "qf" in widths:  # SAC, TD3 and their kin
-        arch = {"pi": widths["pi"], "qf": widths["qf"]}
         for name, key in (
             ("actor", "pi"),
             ("actor_target", "pi"),
@@ -359,7 +385,6 @@ def record_widths(model: BaseAlgorithm) -> None:
             if isinstance(getattr(policy, kwargs, None), dict):
                 getattr(policy, kwargs)["net_arch"] = widths[key]
     else:  # DQN, QR-DQN
-        arch = widths[""]
         for name in ("q_net", "q_net_target", "quantile_net", "quantile_net_target"):
             if hasattr(getattr(policy, name, None), "net_arch"):
                 getattr(policy, name).net_arch = arch
