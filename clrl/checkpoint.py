@@ -32,6 +32,7 @@ from clrl.errors import CheckpointError, ConfigError
 from clrl.evaluation import evaluated
 from clrl.modules.base import ContinualModule
 from clrl.modules.multihead import task_router
+from clrl.modules.net2net import mlp_widths
 from clrl.plain import Unencodable, decode, encode, import_class
 
 ENTRY = "clrl.pt"
@@ -471,8 +472,6 @@ def _grow_to(
     current = dict(model.policy_kwargs)
     before = current.get("net_arch")
     if before is None:  # SB3's default widths: the ones the model has
-        from clrl.modules.net2net import mlp_widths
-
         try:
             before = mlp_widths(model)
         except KeyError:
