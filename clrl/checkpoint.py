@@ -457,11 +457,7 @@ def _grow_to(
     or when the checkpoint's network is not a widening of the model's (other settings, other depths, a
     narrower layer, more than the file holds): then :func:`_check_network` refuses it."""
     saved_policy = params.get("policy")
-    if not isinstance(saved_policy, dict):
-        return
-    ours = model.policy.state_dict()
-    shapes = {k: tuple(v.shape) for k, v in saved_policy.items() if isinstance(v, torch.Tensor)}
-    if shapes == {k: tuple(v.shape) for k, v in ours.items() if isinstance(v, torch.Tensor)}:
+    if not isinstance(saved_policy, dict) or _mismatch(saved_policy, model) is None:
         return
     saved: Any = data.get("policy_kwargs")
     if "policy_kwargs" in skipped:  # SB3 pickled it: clrl's plain copy
@@ -497,6 +493,17 @@ def _check_network(path: str | Path, params: dict[str, Any], model: BaseAlgorith
     saved = params.get("policy")
     if not isinstance(saved, dict):
         return  # SB3's loader names what is missing
+    mismatch = _mismatch(saved, model)
+    if mismatch is not None:
+        raise CheckpointError(
+            f"{str(path)!r} holds another network than the model's: {mismatch}; build the model as the run "
+            "that saved it was built"
+        )
+
+
+def _mismatch(saved: dict[str, Any], model: BaseAlgorithm) -> str | None:
+    """The first parameter (by name) in which the checkpoint's policy state ``saved`` and ``model``'s policy
+    differ, said in words; ``None`` when every one has the model's shape."""
     ours = model.policy.state_dict()
     for name in sorted(set(ours) | set(saved)):
         value, mine = saved.get(name), ours.get(name)
@@ -510,10 +517,8 @@ def _check_network(path: str | Path, params: dict[str, Any], model: BaseAlgorith
             what = f"the checkpoint has shape {tuple(value.shape)} where the model has {tuple(mine.shape)}"
         else:
             continue
-        raise CheckpointError(
-            f"{str(path)!r} holds another network than the model's: for {name!r} {what}; build the model "
-            "as the run that saved it was built"
-        )
+        return f"for {name!r} {what}"
+    return None
 
 
 def _listed(value: Any) -> Any:

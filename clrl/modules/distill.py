@@ -244,6 +244,12 @@ class Frozen:
     device: torch.device
 
 
+def forked_rng(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """torch's global random generators forked (the CPU's, and ``device``'s when it is a GPU): what runs
+    inside draws from them and leaves them as they were, so it does not shift training's draws."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
 def new_policy(model: BaseAlgorithm, seed: int | None = None) -> torch.nn.Module:
     """A new policy of ``model``'s class and arguments, on its device, built as the algorithm builds its
     policy but without drawing from the training random generators (``seed``: the seed of its own draws;
@@ -252,8 +258,7 @@ def new_policy(model: BaseAlgorithm, seed: int | None = None) -> torch.nn.Module
     kwargs = dict(algo.policy_kwargs)
     if isinstance(model, OnPolicyAlgorithm):
         kwargs["use_sde"] = False  # check_supported refused gSDE
-    cuda = [model.device.index or 0] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):  # its initialisation must not draw from training's RNG
+    with forked_rng(model.device):  # its initialisation must not draw from training's RNG
         if seed is not None:
             torch.manual_seed(seed)
         policy = algo.policy_class(model.observation_space, model.action_space, algo.lr_schedule, **kwargs)

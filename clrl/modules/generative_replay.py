@@ -28,6 +28,7 @@ from clrl.modules.distill import (
     Frozen,
     check_distillable,
     distillation_losses,
+    forked_rng,
     frozen_copy,
     group_parts,
     network_outputs,
@@ -253,7 +254,7 @@ class GenerativeReplay(ContinualModule):
         earlier = self.tasks_learned
         old_count = round(self.generator_batch * earlier / (earlier + 1))
         # The VAE's initialisation and noise come from its own seed, not from training's generators.
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        with forked_rng(device):
             torch.manual_seed(int(self._rng.integers(2**62)))
             generator = StateVAE(self._features(), self.latent, self.hidden).to(device)
             if previous is not None:
@@ -400,7 +401,7 @@ class GenerativeReplay(ContinualModule):
             device = model.device
             # Built after a resume restored the random generators: its initialisation, which the saved
             # weights replace, must not draw from them.
-            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            with forked_rng(device):
                 generator = StateVAE(self._features(), self.latent, self.hidden).to(device)
             generator.load_state_dict(state["generator"])
             generator.requires_grad_(False)
