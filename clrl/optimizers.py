@@ -52,6 +52,11 @@ class TRACAdam(TRAC):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, **adam_kwargs: Any) -> None:
         super().__init__(torch.optim.Adam(params, lr=lr, **adam_kwargs))
 
+    def register_load_state_dict_pre_hook(self, hook: Any, prepend: bool = False) -> Any:
+        """Register ``hook`` on the Adam inside, which loads the saved state (``TRAC.load_state_dict``
+        hands it on); TRAC itself keeps no load hooks."""
+        return self.optimizer.register_load_state_dict_pre_hook(hook, prepend=prepend)
+
     @property
     def scale(self) -> float:
         """TRAC's current scale ``max(s_t, 0)`` on Adam's progress (0 before the first step)."""

@@ -16,7 +16,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 import clrl
 from clrl.algorithms import acts
 from clrl.cli import main
-from clrl.modules.masks import MaskedLinear, TaskMasks, _StraightThrough, kth_smallest, masked
+from clrl.modules.masks import MaskedLinear, NearbyKth, TaskMasks, _StraightThrough, masked
 from clrl.modules.multihead import HeldEntries, TaskLinear
 
 ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
@@ -194,15 +194,29 @@ def test_the_one_operation_straight_through_computes_what_the_plain_operations_d
     assert torch.equal(scores.grad, grad * frozen)  # type: ignore[arg-type]
 
 
-def test_the_kth_smallest_is_torchs_kthvalue() -> None:
+def test_the_kth_smallest_is_torchs_kthvalue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NearbyKth finds kthvalue's element, from a search of the whole tensor and from a band around its
+    last answer, with ties, at either end and after a jump that leaves the band."""
+    sizes: list[int] = []
+    partition = np.partition
+
+    def counted(array: np.ndarray, kth: Any) -> np.ndarray:
+        sizes.append(array.size)
+        return partition(array, kth)
+
+    monkeypatch.setattr(clrl.modules.masks.np, "partition", counted)
     torch.manual_seed(0)
     for values in (torch.randn(1000), torch.randint(0, 5, (300,)).float(), torch.randn(50).double()):
         for k in (1, 2, len(values) // 2, len(values)):
-            expected = values.kthvalue(k).values
-            found = kth_smallest(values, k)
-            assert found.dtype == expected.dtype and torch.equal(found, expected)
+            kth = NearbyKth(band=16)
+            for step in range(6):
+                moved = values + 1e-3 * step * torch.randn_like(values) + (5.0 if step == 4 else 0.0) * values
+                expected = moved.kthvalue(k).values
+                found = kth(moved, k)
+                assert found.dtype == expected.dtype and torch.equal(found, expected), (k, step)
+    assert min(sizes) < 50 and max(sizes) == 1000  # both searches ran
     half = torch.randn(9).bfloat16()  # no NumPy dtype: torch's kthvalue
-    assert torch.equal(kth_smallest(half, 3), half.kthvalue(3).values)
+    assert torch.equal(NearbyKth()(half, 3), half.kthvalue(3).values)
 
 
 @pytest.mark.parametrize("contiguous", [True, False])

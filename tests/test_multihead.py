@@ -257,3 +257,79 @@ def test_a_users_choice_of_optimiser_stepping_stays() -> None:
     assert model.policy.optimizer.param_groups[0]["foreach"] is True
     assert model.policy.optimizer.defaults["foreach"] is True  # groups added later step together too
     assert chosen.policy.optimizer.param_groups[0]["foreach"] is False
+
+
+POLICIES_WITH_ADDED_PARAMETERS = {
+    "hat": (clrl.hat_policy, clrl.HAT),
+    "masked": (clrl.masked_policy, clrl.Piggyback),
+}
+
+
+def added_parameters_model(kind: str, algo: str, **policy_kwargs: Any) -> BaseAlgorithm:
+    cls, make_stream, hyper = ALGO_SETUPS[algo]
+    stream = make_stream()
+    kwargs = dict(hyper)
+    policy_kwargs = {**kwargs.pop("policy_kwargs", {}), "n_tasks": len(stream), **policy_kwargs}
+    policy = POLICIES_WITH_ADDED_PARAMETERS[kind][0](cls)
+    return cls(policy, stream.make_vec_env(0), seed=0, device=DEVICE, policy_kwargs=policy_kwargs, **kwargs)
+
+
+def added(model: BaseAlgorithm) -> list[torch.nn.Parameter]:
+    """The gates' embeddings and the masks' scores of the networks that train."""
+    found = []
+    for name, module in model.policy.named_modules():
+        if "target" not in name:
+            found += [*getattr(module, "embedding", []), getattr(module, "scores", None)]
+    return [p for p in found if isinstance(p, torch.nn.Parameter)]
+
+
+@pytest.mark.parametrize("kind", ["hat", "masked"])
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "sac"])
+def test_added_parameters_join_the_optimisers_group(kind: str, algo: str) -> None:
+    """A gate's embeddings and a mask's scores are stepped in the group SB3 built (a group of their own
+    costs a second call of the optimiser's step per update), after SB3's parameters."""
+    model = added_parameters_model(kind, algo)
+    optimizers = clrl.modules.multihead.policy_optimizers(model.policy)
+    new = added(model)
+    assert new and all(len(optimizer.param_groups) == 1 for optimizer in optimizers)
+    stepped = [p for optimizer in optimizers for p in optimizer.param_groups[0]["params"]]
+    assert {id(p) for p in new} <= {id(p) for p in stepped}
+    assert len(stepped) == len({id(p) for p in stepped})  # each once
+    for optimizer in optimizers:
+        params = optimizer.param_groups[0]["params"]
+        joined = [i for i, p in enumerate(params) if any(p is q for q in new)]
+        assert joined == list(range(len(params) - len(joined), len(params)))
+
+
+def saved_with_own_group(optimizer: torch.optim.Optimizer, own: int) -> dict[str, Any]:
+    """``optimizer``'s state as saved when its last ``own`` parameters had a group of their own."""
+    state = optimizer.state_dict()
+    (group,) = state["param_groups"]
+    split = len(group["params"]) - own
+    first, second = {**group, "params": group["params"][:split]}, {**group, "params": group["params"][split:]}
+    return {**state, "param_groups": [first, second]}
+
+
+@pytest.mark.parametrize(("kind", "trac"), [("hat", False), ("masked", False), ("masked", True)])
+def test_an_optimiser_state_saved_with_the_added_parameters_own_group_loads(kind: str, trac: bool) -> None:
+    """Checkpoints written while the embeddings or scores had a parameter group of their own load into the
+    one group, with every parameter's state where it was (TRAC's too); other mismatches are still refused."""
+    options = {"optimizer_class": clrl.presets.optimizer_class("trac-adam")} if trac else {}
+    model = added_parameters_model(kind, "ppo", **options)
+    model.learn(64, callback=POLICIES_WITH_ADDED_PARAMETERS[kind][1]())
+    optimizer = model.policy.optimizer
+    state = optimizer.state_dict()
+    own = len([p for p in added(model) if any(p is q for q in optimizer.param_groups[0]["params"])])
+    fresh = added_parameters_model(kind, "ppo", **options)
+    fresh.policy.optimizer.load_state_dict(saved_with_own_group(optimizer, own))
+    loaded = fresh.policy.optimizer.state_dict()
+    assert loaded["param_groups"] == state["param_groups"]
+    assert loaded["state"].keys() == state["state"].keys()
+    for key, value in state["state"].items():
+        if isinstance(key, int):
+            for name, tensor in value.items():
+                torch.testing.assert_close(loaded["state"][key][name], tensor, rtol=0, atol=0)
+    wrong = saved_with_own_group(optimizer, own)
+    wrong["param_groups"][1]["params"] = wrong["param_groups"][1]["params"][:-1]
+    with pytest.raises(ValueError):
+        added_parameters_model(kind, "ppo", **options).policy.optimizer.load_state_dict(wrong)

@@ -34,7 +34,7 @@ from clrl.modules.multihead import (
     TaskLinear,
     TaskRouter,
     cache_targets,
-    policy_optimizers,
+    join_optimizers,
     task_router,
 )
 
@@ -173,7 +173,8 @@ def earlier_gate(gate: TaskGate, task: int) -> torch.Tensor:
 
 class _Gated:
     """Policy mixin: after SB3 (and the multi-head policy) built the networks and optimisers, every hidden
-    layer gets a :class:`TaskGate`, and each gate's embeddings join the optimiser of its layer's weight."""
+    layer gets a :class:`TaskGate`, and each gate's embeddings join the optimiser of its layer's weight
+    (:func:`~clrl.modules.multihead.join_optimizers`)."""
 
     router: TaskRouter
 
@@ -183,11 +184,7 @@ class _Gated:
         cache_targets(self, False)  # type: ignore[arg-type]
         self.gated_layers = gated
         """Every hidden layer (targets' included), its gate and the gate of its input."""
-        for optimizer in policy_optimizers(self):  # type: ignore[arg-type]
-            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            embeddings = [p for layer, gate, _ in gated if id(layer.weight) in held for p in gate.embedding]
-            if embeddings:
-                optimizer.add_param_group({"params": embeddings})
+        join_optimizers(self, [(layer.weight, list(gate.embedding)) for layer, gate, _ in gated])  # type: ignore[arg-type]
 
 
 class HATActorCriticPolicy(_Gated, MultiHeadActorCriticPolicy):
@@ -315,6 +312,7 @@ class HAT(MultiHead):
         self._heads = HeldHeads()
         self._held = HeldEntries()  # the weights and biases between units earlier tasks use
         self._earlier: dict[int, torch.Tensor] = {}  # per gate (by id), the cumulative gate a^{<t} as floats
+        self._unused: dict[int, torch.Tensor] = {}  # per gate (by id), 1 - a^{<t}
         self._start = 0
         self._steps: int | None = None
         self._gate_cache: tuple[nn.Module, list[TaskGate]] | None = None
@@ -408,6 +406,7 @@ class HAT(MultiHead):
         self._set_scale(self.scale())
         policy: Any = model.policy
         self._earlier = {id(gate): earlier_gate(gate, task.index) for gate in self._all_gates()}
+        self._unused = {key: 1 - earlier for key, earlier in self._earlier.items()}
         names = {id(p): n for n, p in policy.named_parameters()}
         self._held.clear()
         for layer, gate, source in policy.gated_layers:
@@ -489,8 +488,8 @@ class HAT(MultiHead):
         live = self._live(group)
         if not live:
             return None
-        used = torch.stack([(torch.sigmoid(g.scale * e) * (1 - self._earlier[id(g)])).sum() for g, e in live])
-        free = sum(float((1 - self._earlier[id(g)]).sum()) for g, _ in live)
+        used = torch.stack([(torch.sigmoid(g.scale * e) * self._unused[id(g)]).sum() for g, e in live])
+        free = sum(float(self._unused[id(g)].sum()) for g, _ in live)
         return self.c * used.sum() / max(free, 1.0)
 
     def add_penalty_gradients(self, group: ParamGroup) -> None:
@@ -499,17 +498,17 @@ class HAT(MultiHead):
         if self.c == 0 or self.current_task is None:
             return
         live = self._live(group)
+        if not live:
+            return
         free = self._free.get(group.optimizer_name)
         if free is None:
             free = self._free[group.optimizer_name] = max(
-                sum(float((1 - self._earlier[id(g)]).sum()) for g, _ in live), 1.0
+                sum(float(self._unused[id(g)].sum()) for g, _ in live), 1.0
             )
         with torch.no_grad():
             for gate, embedding in live:
                 a = torch.sigmoid(gate.scale * embedding)
-                add_to_grad(
-                    embedding, (self.c * gate.scale / free) * a * (1 - a) * (1 - self._earlier[id(gate)])
-                )
+                add_to_grad(embedding, (self.c * gate.scale / free) * a * (1 - a) * self._unused[id(gate)])
 
     def adjust_gradients(self, group: ParamGroup) -> None:
         """Compensate the live embeddings' gradient for the annealing (eq. 6)."""
