@@ -18,6 +18,7 @@ online EWC as callbacks: bytes of module state and the process's peak resident m
 from __future__ import annotations
 
 import argparse
+import platform
 import resource
 import statistics
 import time
@@ -48,6 +49,25 @@ MODULES: dict[str, Factory] = {
     "scp": lambda: clrl.SCP(),
     "rwalk": lambda: clrl.RWalk(),
 }
+
+
+def machine() -> str:
+    """The CPU and library versions the ratios were measured with (they differ between machines)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            fields = {
+                key.strip(): value.strip()
+                for key, value in (line.split(":", 1) for line in info if ":" in line)
+            }
+        named = [f"{key} {fields[key]}" for key in ("cpu family", "model") if key in fields]
+        cpu = ", ".join([fields.get("model name", cpu), *named])
+    except OSError:
+        pass
+    return (
+        f"{cpu}; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} thread(s)), numpy {np.__version__}"
+    )
 
 
 def time_modules(
@@ -95,7 +115,7 @@ def time_modules(
         f"\n{args.algo} on {args.stream}, {tasks} tasks x {args.steps} steps, {args.repeats} repeats: "
         "training time without importance estimation (CPU s per task, median), and its ratio to plain SB3 "
         "paired by repeat and task (median [range]); importance estimation in seconds per task and as a "
-        f"share of a {full_task}-step task of plain SB3 (the stream's budget)"
+        f"share of a {full_task}-step task of plain SB3 (the stream's budget); measured on {machine()}"
     )
     for name in names:
         ratios = [c / p for c, p in zip(cpu[name], cpu["plain"], strict=True)]
