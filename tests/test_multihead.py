@@ -324,11 +324,8 @@ def test_an_optimiser_state_saved_with_the_added_parameters_own_group_loads(kind
     fresh.policy.optimizer.load_state_dict(saved_with_own_group(optimizer, own))
     loaded = fresh.policy.optimizer.state_dict()
     assert loaded["param_groups"] == state["param_groups"]
-    assert loaded["state"].keys() == state["state"].keys()
-    for key, value in state["state"].items():
-        if isinstance(key, int):
-            for name, tensor in value.items():
-                torch.testing.assert_close(loaded["state"][key][name], tensor, rtol=0, atol=0)
+    assert ("trac" in state["state"]) is trac  # TRAC stepped: its references are compared too
+    torch.testing.assert_close(loaded["state"], state["state"], rtol=0, atol=0)
     wrong = saved_with_own_group(optimizer, own)
     wrong["param_groups"][1]["params"] = wrong["param_groups"][1]["params"][:-1]
     with pytest.raises(ValueError):
